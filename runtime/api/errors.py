@@ -1,0 +1,100 @@
+"""ONE table: error class -> HTTP status and the codes each dialect shows. Nothing here reads message text.
+
+OpenAI dialect body: ``{"error": {"message", "type", "param", "code"}}`` (all four keys, ``code`` a string).
+Gateway dialect body: ``{"status": 0, "error": {"code", "message"}}``.
+"""
+
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+
+from ..errors import (AuthenticationError, ContextLengthExceeded, EngineError, InsufficientCredit, InvalidRequest,
+                      LedgerError, MethodNotAllowed, ModelNotFound, NotFound, OverloadedError, PayloadTooLarge, ReverbError, TemplateError,
+                      UnsupportedMediaType)
+
+# class: (status, openai type, openai code, openai status override, gateway code)
+TABLE: dict[type[ReverbError], tuple[int, str, str | None, int | None, str | None]] = {
+    ContextLengthExceeded: (400, "invalid_request_error", "context_length_exceeded", None, None),
+    TemplateError: (400, "invalid_request_error", None, None, None),
+    InvalidRequest: (400, "invalid_request_error", None, None, None),
+    AuthenticationError: (401, "authentication_error", "invalid_api_key", None, None),
+    # OpenAI answers an exhausted budget with 429 insufficient_quota and its SDKs do not retry that.
+    InsufficientCredit: (402, "insufficient_quota", "insufficient_quota", 429, "insufficient_credit"),
+    ModelNotFound: (404, "invalid_request_error", "model_not_found", None, None),
+    NotFound: (404, "invalid_request_error", "not_found", None, None),
+    MethodNotAllowed: (405, "invalid_request_error", "method_not_allowed", None, None),
+    PayloadTooLarge: (413, "invalid_request_error", "payload_too_large", None, None),
+    UnsupportedMediaType: (415, "invalid_request_error", "unsupported_media_type", None, None),
+    OverloadedError: (503, "server_error", "overloaded", None, None),
+    LedgerError: (503, "server_error", "ledger_unavailable", None, None),
+    EngineError: (500, "server_error", "engine_error", None, None),
+}
+
+GENERIC = "The server could not complete the request"
+
+
+def _row(exc: BaseException):
+    for cls in type(exc).__mro__:
+        if cls in TABLE:
+            return TABLE[cls]
+    return None
+
+
+def _public_message(exc: BaseException) -> str:
+    # Engine and unknown failures keep their details in the server log, not in the body.
+    if isinstance(exc, ReverbError) and not isinstance(exc, EngineError):
+        return exc.message
+    return GENERIC
+
+
+def _headers(exc: BaseException, status: int) -> dict[str, str]:
+    headers = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, OverloadedError):
+        headers["Retry-After"] = str(exc.retry_after)
+    elif isinstance(exc, LedgerError):
+        headers["Retry-After"] = "5"
+    if isinstance(exc, InsufficientCredit):
+        headers["x-should-retry"] = "false"
+    return headers
+
+
+def openai_body(exc: BaseException) -> tuple[int, dict, dict[str, str]]:
+    """(status, body, headers) for the OpenAI dialect."""
+    row = _row(exc)
+    if row is None:
+        status, etype, code = 500, "server_error", "internal_error"
+    else:
+        status, etype, code, override, _ = row
+        status = override or status
+        code = code or getattr(exc, "code", None) or "invalid_request"
+    param = exc.param if isinstance(exc, ReverbError) else None
+    body = {"error": {"message": _public_message(exc), "type": etype, "param": param, "code": code}}
+    return status, body, _headers(exc, status)
+
+
+def gateway_body(exc: BaseException) -> tuple[int, dict, dict[str, str]]:
+    """(status, body, headers) for the /api/endpoint dialect."""
+    row = _row(exc)
+    if row is None:
+        status, code = 500, "internal_error"
+    else:
+        status, _, ocode, _, gcode = row
+        code = gcode or ocode or getattr(exc, "code", None) or "invalid_request"
+    body = {"status": 0, "error": {"code": code, "message": _public_message(exc)}}
+    if isinstance(exc, ReverbError) and exc.param:
+        body["error"]["param"] = exc.param
+    return status, body, _headers(exc, status)
+
+
+def is_gateway(path: str) -> bool:
+    return path.rstrip("/") == "/api/endpoint"
+
+
+def error_response(exc: BaseException, path: str, request_id: str | None = None) -> JSONResponse:
+    """The error as a response in the dialect the path belongs to."""
+    status, body, headers = (gateway_body if is_gateway(path) else openai_body)(exc)
+    if request_id:
+        headers["x-request-id"] = request_id
+    return JSONResponse(body, status_code=status, headers=headers)

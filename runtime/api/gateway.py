@@ -1,0 +1,84 @@
+"""The gateway dialect: POST /api/endpoint.
+
+Request ``{model, messages, options: {max_tokens, stream, stats, ...sampling}}``; success
+``{status: 1, result: {response, tokens_input, tokens_output, price, model, request}}``. ``options.stats``
+defaults to true; when false the token counts and price are left out. ``options.stream: true`` sends the text as
+plain chunks as it is generated and then ends, with no final JSON.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from ..errors import InvalidRequest, LedgerError
+from ..registry import MICRO
+from ..service import Generation, Service
+from ..types import Chunk
+from . import params as P
+from .body import read_json
+from .errors import error_response
+from .stream import GenerationResponse, StreamAborted, cancel_on_disconnect
+
+ENDPOINT = "gateway"
+
+
+async def endpoint(request: Request) -> object:
+    service: Service = request.state.service
+    settings = service.settings
+    rid = request.state.request_id
+    body = await read_json(request, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' must be a non-empty string", param="model")
+    messages = P.messages(body.get("messages"), settings)
+    options = body.get("options", {})
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise InvalidRequest("'options' must be an object", param="options")
+    sampling, max_tokens = P.sampling(options, settings, prefix="options.")
+    stream = P.boolean(options, "stream", False, param="options.stream")
+    stats = P.boolean(options, "stats", True, param="options.stats")
+    raw = _body_text(body) if settings.log_bodies else None
+    gen = await service.start(account=request.state.account, model=model, messages=messages, params=sampling,
+                              max_tokens=max_tokens, endpoint=ENDPOINT, request_id=rid,
+                              started=request.state.started, body=raw)
+    if stream:
+        return GenerationResponse(
+            gen, media_type="text/plain; charset=utf-8", body=lambda first: _text(gen, first),
+            on_early_error=lambda e: error_response(e, request.url.path, rid),
+            headers={"x-request-id": rid}, write_timeout=settings.stream_write_timeout)
+    async with cancel_on_disconnect(request.receive, gen):
+        text, final = await gen.collect()
+    if final.error is not None:
+        raise final.error
+    price = await gen.price
+    result = {"response": text}
+    if stats:
+        result.update(tokens_input=final.usage.prompt_tokens, tokens_output=final.usage.completion_tokens,
+                      price=price / MICRO)
+    result.update(model=gen.model, request=body["messages"])
+    return JSONResponse({"status": 1, "result": result}, headers={"x-request-id": rid,
+                                                                  "x-reverb-price": str(price)})
+
+
+async def _text(gen: Generation, first: Chunk):
+    current = first
+    while True:
+        if current.text:
+            yield current.text.encode("utf-8")
+        if current.finish_reason is not None:
+            break
+        current = await anext(gen)
+    if current.error is not None:
+        raise StreamAborted  # plain text has no error frame: a broken stream is the honest signal
+    try:
+        await gen.price
+    except LedgerError:
+        raise StreamAborted from None
+
+
+def _body_text(body: dict) -> str:
+    import json
+    return json.dumps(body, ensure_ascii=False)[:100_000]

@@ -1,0 +1,119 @@
+"""Checking wire values shared by both dialects: messages and sampling options.
+
+Each check names the offending ``param`` and rejects wrong types (a bool is not a number), NaN, infinities and
+out-of-range values with InvalidRequest, before anything reaches the engine.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..config import Settings
+from ..errors import InvalidRequest
+from ..types import Message, SamplingParams
+
+ROLES = {"system", "user", "assistant", "developer"}
+
+
+def messages(value, settings: Settings, param: str = "messages") -> list[Message]:
+    if not isinstance(value, list) or not value:
+        raise InvalidRequest(f"'{param}' must be a non-empty array", param=param)
+    if len(value) > settings.max_messages:
+        raise InvalidRequest(f"'{param}' has more than {settings.max_messages} messages", param=param)
+    out = []
+    for i, m in enumerate(value):
+        where = f"{param}[{i}]"
+        if not isinstance(m, dict):
+            raise InvalidRequest(f"'{where}' must be an object", param=where)
+        role = m.get("role")
+        if role not in ROLES:
+            raise InvalidRequest(f"'{where}.role' must be one of system, user, assistant", param=f"{where}.role")
+        content = _content(m.get("content"), f"{where}.content", role)
+        if len(content) > settings.max_message_chars:
+            raise InvalidRequest(f"'{where}.content' is longer than {settings.max_message_chars} characters",
+                                 param=f"{where}.content")
+        out.append(Message("system" if role == "developer" else role, content))
+    return out
+
+
+def _content(value, where: str, role: str) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None and role == "assistant":
+        return ""
+    if isinstance(value, list):  # OpenAI content parts: only text parts can be served by a text model
+        parts = []
+        for j, part in enumerate(value):
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise InvalidRequest(f"'{where}[{j}]' must be a text part", param=f"{where}[{j}]")
+            parts.append(part["text"])
+        return "".join(parts)
+    raise InvalidRequest(f"'{where}' must be a string", param=where)
+
+
+def number(body: dict, name: str, lo: float, hi: float, default, *, param: str | None = None):
+    value = body.get(name)
+    if value is None:
+        return default
+    p = param or name
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidRequest(f"'{p}' must be a number", param=p)
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"'{p}' must be between {lo} and {hi}", param=p)
+    return float(value)
+
+
+def integer(body: dict, name: str, lo: int, hi: int, default, *, param: str | None = None):
+    value = body.get(name)
+    if value is None:
+        return default
+    p = param or name
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer() and math.isfinite(value):
+            value = int(value)
+        else:
+            raise InvalidRequest(f"'{p}' must be an integer", param=p)
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"'{p}' must be between {lo} and {hi}", param=p)
+    return value
+
+
+def boolean(body: dict, name: str, default: bool, *, param: str | None = None) -> bool:
+    value = body.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"'{param or name}' must be a boolean", param=param or name)
+    return value
+
+
+def stop(body: dict, prefix: str = "") -> tuple[str, ...]:
+    value = body.get("stop")
+    p = prefix + "stop"
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if (not isinstance(value, list) or len(value) > 4
+            or not all(isinstance(s, str) and 0 < len(s) <= 256 for s in value)):
+        raise InvalidRequest(f"'{p}' must be a string or an array of up to 4 non-empty strings", param=p)
+    return tuple(value)
+
+
+def sampling(body: dict, settings: Settings, prefix: str = "") -> tuple[SamplingParams, int | None]:
+    """SamplingParams and the requested max_tokens (None: up to the end of the context)."""
+    max_tokens = integer(body, "max_completion_tokens", 1, settings.max_tokens_cap, None,
+                         param=prefix + "max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = integer(body, "max_tokens", 1, settings.max_tokens_cap, None, param=prefix + "max_tokens")
+    params = SamplingParams(
+        temperature=number(body, "temperature", 0.0, 2.0, 1.0, param=prefix + "temperature"),
+        top_p=number(body, "top_p", 0.0, 1.0, 1.0, param=prefix + "top_p"),
+        top_k=integer(body, "top_k", 0, 1_000_000, 0, param=prefix + "top_k"),
+        min_p=number(body, "min_p", 0.0, 1.0, 0.0, param=prefix + "min_p"),
+        seed=integer(body, "seed", -(2 ** 63), 2 ** 64 - 1, None, param=prefix + "seed"),
+        stop=stop(body, prefix),
+        presence_penalty=number(body, "presence_penalty", -2.0, 2.0, 0.0, param=prefix + "presence_penalty"),
+        frequency_penalty=number(body, "frequency_penalty", -2.0, 2.0, 0.0, param=prefix + "frequency_penalty"),
+    )
+    return params, max_tokens

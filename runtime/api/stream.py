@@ -1,0 +1,71 @@
+"""An ASGI response that streams one Generation to the client.
+
+It holds the status line back until the first chunk exists, so a request that times out in the queue still gets
+a proper 503. It watches for the client going away and cancels the job (its slot frees within one step); each
+write has a timeout, so a client that stops reading cannot pin a slot or buffer without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import AsyncIterator, Callable
+
+from ..service import Generation
+from ..types import Chunk
+
+
+@contextlib.asynccontextmanager
+async def cancel_on_disconnect(receive, gen: Generation):
+    """While inside, a client disconnect cancels ``gen``. For handlers that do not stream."""
+    async def watch():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gen.cancel()
+                return
+    task = asyncio.create_task(watch())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+class GenerationResponse:
+    def __init__(self, gen: Generation, *, media_type: str, body: Callable[[Chunk], AsyncIterator[bytes]],
+                 on_early_error: Callable[[BaseException], object], headers: dict[str, str],
+                 write_timeout: float):
+        self.gen = gen
+        self.media_type = media_type
+        self.body = body
+        self.on_early_error = on_early_error
+        self.headers = headers
+        self.write_timeout = write_timeout
+
+    async def __call__(self, scope, receive, send) -> None:
+        gen = self.gen
+        async with cancel_on_disconnect(receive, gen):
+            try:
+                first = await anext(gen)
+                if first.error is not None and first.finish_reason is not None and not first.text:
+                    response = self.on_early_error(first.error)
+                    await response(scope, receive, send)
+                    return
+                headers = [(b"content-type", self.media_type.encode()), (b"cache-control", b"no-cache"),
+                           (b"x-accel-buffering", b"no")]
+                headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                async for data in self.body(first):
+                    await asyncio.wait_for(send({"type": "http.response.body", "body": data, "more_body": True}),
+                                           self.write_timeout)
+                await asyncio.wait_for(send({"type": "http.response.body", "body": b"", "more_body": False}),
+                                       self.write_timeout)
+            except (OSError, asyncio.TimeoutError, StreamAborted):
+                return  # the client is gone, stopped reading, or must not see a clean end
+            finally:
+                gen.cancel()
+
+
+class StreamAborted(Exception):
+    """Raised by a body generator to drop the connection without a clean end (the client sees a broken
+    stream, never a success), e.g. when the ledger could not record the request."""

@@ -1,0 +1,154 @@
+"""The whole error hierarchy of reverb-runtime.
+
+Every failure a caller can see is one of these classes. Each carries structured fields (``param``,
+``model``...) so the HTTP layer maps it by class, in one table per dialect (``api/errors.py``), and never by
+reading message text. Messages are written for the person who sent the request: they never contain a
+file path from the server, a raw key or an exception's repr.
+
+    ReverbError
+    ├── ConfigError                 bad settings or models.toml (start-up, CLI)
+    ├── ModelLoadError              a GGUF that cannot be loaded, or a template that does not compile
+    │   └── UnsafeModelFile         a GGUF rejected by the header pre-check
+    ├── DownloadError               fetching a model from the hub failed
+    │   ├── RemoteFileMissing       the repo or file does not exist
+    │   ├── ChecksumMismatch        the bytes do not match the pinned sha256
+    │   └── OfflineError            the file is not cached and the network is off
+    ├── RequestError                the caller's request is at fault (4xx)
+    │   ├── InvalidRequest          400, names ``param``
+    │   │   ├── ContextLengthExceeded   400 context_length_exceeded
+    │   │   └── TemplateError           400, the chat template refused the conversation
+    │   ├── AuthenticationError     401
+    │   ├── InsufficientCredit      402 (gateway) / 429 insufficient_quota (OpenAI)
+    │   ├── ModelNotFound           404
+    │   ├── NotFound                404, no such path
+    │   ├── MethodNotAllowed        405
+    │   ├── PayloadTooLarge         413
+    │   └── UnsupportedMediaType    415
+    ├── OverloadedError             503 with Retry-After
+    ├── LedgerError                 the ledger could not record money or usage (fail closed)
+    └── EngineError                 llama.cpp failed mid-request
+"""
+
+from __future__ import annotations
+
+
+class ReverbError(Exception):
+    """Base of every error reverb-runtime raises on purpose."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, model: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.model = model
+
+
+class ConfigError(ReverbError):
+    """Settings or models.toml are wrong; the message names the file, the model and the field."""
+
+    code = "config_error"
+
+
+class ModelLoadError(ReverbError):
+    """A model could not be loaded (missing file, llama.cpp refused it, template does not compile)."""
+
+    code = "model_load_error"
+
+
+class UnsafeModelFile(ModelLoadError):
+    """A GGUF failed the header pre-check before llama.cpp saw it."""
+
+    code = "unsafe_model_file"
+
+
+class DownloadError(ReverbError):
+    """Fetching a model's file from the hub failed."""
+
+    code = "download_error"
+
+
+class RemoteFileMissing(DownloadError):
+    code = "remote_file_missing"
+
+
+class ChecksumMismatch(DownloadError):
+    code = "checksum_mismatch"
+
+
+class OfflineError(DownloadError):
+    code = "offline"
+
+
+class RequestError(ReverbError):
+    """The request is at fault; the client can fix it."""
+
+    code = "invalid_request"
+
+
+class InvalidRequest(RequestError):
+    code = "invalid_request"
+
+    def __init__(self, message: str, *, param: str | None = None, model: str | None = None,
+                 code: str | None = None):
+        super().__init__(message, param=param, model=model)
+        if code:
+            self.code = code
+
+
+class ContextLengthExceeded(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class TemplateError(InvalidRequest):
+    code = "template_error"
+
+
+class AuthenticationError(RequestError):
+    code = "invalid_api_key"
+
+
+class InsufficientCredit(RequestError):
+    code = "insufficient_credit"
+
+
+class ModelNotFound(RequestError):
+    code = "model_not_found"
+
+
+class NotFound(RequestError):
+    code = "not_found"
+
+
+class MethodNotAllowed(RequestError):
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(RequestError):
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(RequestError):
+    code = "unsupported_media_type"
+
+
+class OverloadedError(ReverbError):
+    """Every slot is busy and the wait queue is full, or the wait timed out."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after: int = 1, model: str | None = None):
+        super().__init__(message, model=model)
+        self.retry_after = retry_after
+
+
+class LedgerError(ReverbError):
+    """The ledger could not record a money move or a usage row; the request must not claim success."""
+
+    code = "ledger_unavailable"
+
+
+class EngineError(ReverbError):
+    """llama.cpp failed while running a request."""
+
+    code = "engine_error"

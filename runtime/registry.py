@@ -1,0 +1,192 @@
+"""models.toml -> ModelSpec. Pure: reads the catalogue file and the local file system, never the network.
+
+Format (see README): a top-level ``default`` name and one ``[models.NAME]`` table per model with
+``source = "package" | "hf" | "path"`` and the fields that source needs. Every mistake is reported with the
+file, the model and the field, because a typo in a price or a path should never surface as a 500 later.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import tomllib
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path, PurePosixPath
+
+from .errors import ConfigError, ModelNotFound
+
+MICRO = 1_000_000  # money is integer micro-units of the credit currency
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    source: str                      # package | hf | path
+    file: str                        # file name inside the package / repo, or the relative path
+    package: str | None = None
+    repo: str | None = None
+    revision: str | None = None
+    sha256: str | None = None
+    ctx: int = 2048
+    quant: str = ""
+    price_input: int = 0             # micro-units per 1M prompt tokens
+    price_output: int = 0            # micro-units per 1M completion tokens
+    chat_template: str | None = None
+    description: str = ""
+    base_dir: Path = Path(".")       # directory of models.toml, for source = "path"
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> int:
+        """Price in micro-units, rounded up so that a request is never free by rounding."""
+        total = prompt_tokens * self.price_input + completion_tokens * self.price_output
+        return -(-total // 1_000_000)
+
+
+# field -> (type check, required for sources)
+_FIELDS: dict[str, tuple[type | tuple[type, ...], tuple[str, ...]]] = {
+    "source": (str, ("package", "hf", "path")),
+    "file": (str, ("package", "hf", "path")),
+    "package": (str, ("package",)),
+    "repo": (str, ("hf",)),
+    "revision": (str, ()),
+    "sha256": (str, ()),
+    "ctx": (int, ()),
+    "quant": (str, ()),
+    "price_input": ((int, float, str), ()),
+    "price_output": ((int, float, str), ()),
+    "chat_template": (str, ()),
+    "description": (str, ()),
+}
+
+
+@dataclass(frozen=True)
+class Registry:
+    path: Path
+    default: str
+    specs: dict[str, ModelSpec]
+
+    def resolve(self, name: str | None) -> ModelSpec:
+        """The spec for ``name`` (the default when None). Raises ModelNotFound; never falls back."""
+        key = self.default if name is None else name
+        spec = self.specs.get(key) if isinstance(key, str) else None
+        if spec is None:
+            raise ModelNotFound(f"The model '{key}' does not exist", param="model", model=str(key))
+        return spec
+
+    def names(self) -> list[str]:
+        return list(self.specs)
+
+
+def load(path: Path | str) -> Registry:
+    """Parse and validate a models.toml. Raises ConfigError naming the file, the model and the field."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    unknown_top = set(data) - {"default", "models"}
+    if unknown_top:
+        raise ConfigError(f"{path}: unknown top-level key '{sorted(unknown_top)[0]}'")
+    models = data.get("models")
+    if not isinstance(models, dict) or not models:
+        raise ConfigError(f"{path}: needs at least one [models.NAME] table")
+    specs = {name: _spec(path, name, table) for name, table in models.items()}
+    default = data.get("default", next(iter(specs)))
+    if not isinstance(default, str) or default not in specs:
+        raise ConfigError(f"{path}: default = {default!r} is not one of the models")
+    return Registry(path=path, default=default, specs=specs)
+
+
+def _spec(path: Path, name: str, table: object) -> ModelSpec:
+    where = f"{path}: model '{name}'"
+    if not NAME_RE.match(name):
+        raise ConfigError(f"{where}: name must be letters, digits, '.', '_' or '-'", model=name)
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table", model=name)
+    for key, value in table.items():
+        if key not in _FIELDS:
+            raise ConfigError(f"{where}: unknown field '{key}'", model=name, param=key)
+        kind = _FIELDS[key][0]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ConfigError(f"{where}: field '{key}' has the wrong type ({type(value).__name__})",
+                              model=name, param=key)
+    source = table.get("source")
+    if source is None:
+        raise ConfigError(f"{where}: missing field 'source'", model=name, param="source")
+    if source not in ("package", "hf", "path"):
+        raise ConfigError(f"{where}: field 'source' must be package, hf or path", model=name, param="source")
+    for key, (_, required_for) in _FIELDS.items():
+        if source in required_for and key not in table:
+            raise ConfigError(f"{where}: missing field '{key}'", model=name, param=key)
+    _check_relative(where, name, table["file"])
+    sha = table.get("sha256")
+    if sha is not None and not SHA256_RE.match(sha):
+        raise ConfigError(f"{where}: field 'sha256' must be 64 lowercase hex digits", model=name, param="sha256")
+    ctx = table.get("ctx", 2048)
+    if not 16 <= ctx <= 1 << 20:
+        raise ConfigError(f"{where}: field 'ctx' must be between 16 and 1048576", model=name, param="ctx")
+    return ModelSpec(
+        name=name, source=source, file=table["file"], package=table.get("package"), repo=table.get("repo"),
+        revision=table.get("revision"), sha256=sha, ctx=ctx, quant=table.get("quant", ""),
+        price_input=_price(where, name, "price_input", table.get("price_input", 0)),
+        price_output=_price(where, name, "price_output", table.get("price_output", 0)),
+        chat_template=table.get("chat_template"), description=table.get("description", ""),
+        base_dir=path.resolve().parent,
+    )
+
+
+def _check_relative(where: str, name: str, file: str) -> None:
+    p = PurePosixPath(file)
+    if not file or p.is_absolute() or "\\" in file or ".." in p.parts or file.startswith("~"):
+        raise ConfigError(f"{where}: field 'file' must be a relative path without '..'", model=name, param="file")
+
+
+def parse_money(value: int | float | str) -> int:
+    """A decimal amount of credit ("1.25") as integer micro-units. Raises ValueError."""
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"not a number: {value!r}") from None
+    if not amount.is_finite() or amount < 0:
+        raise ValueError(f"must be a finite amount >= 0: {value!r}")
+    micro = amount * MICRO
+    if micro != micro.to_integral_value():
+        raise ValueError(f"more than 6 decimal places: {value!r}")
+    return int(micro)
+
+
+def format_money(micro: int) -> str:
+    return f"{Decimal(micro) / MICRO:f}"
+
+
+def _price(where: str, name: str, key: str, value) -> int:
+    try:
+        return parse_money(value)
+    except ValueError as e:
+        raise ConfigError(f"{where}: field '{key}' {e}", model=name, param=key) from None
+
+
+def local_path(spec: ModelSpec) -> Path | None:
+    """Where the GGUF is on this machine for package and path sources, without any network.
+
+    Hub models are located by ``download.cached_path``. Returns None when the file is not there. A path that
+    would leave the models directory, or a symlink, raises ConfigError.
+    """
+    if spec.source == "package":
+        found = importlib.util.find_spec(spec.package) if spec.package else None
+        if found is None or not found.submodule_search_locations:
+            return None
+        candidate = Path(list(found.submodule_search_locations)[0]) / spec.file
+    elif spec.source == "path":
+        candidate = spec.base_dir / spec.file
+        if candidate.is_symlink():
+            raise ConfigError(f"model '{spec.name}': {spec.file} is a symlink, refused", model=spec.name)
+        if not candidate.resolve().is_relative_to(spec.base_dir):
+            raise ConfigError(f"model '{spec.name}': {spec.file} leaves the models directory", model=spec.name)
+    else:
+        return None
+    return candidate if candidate.is_file() else None

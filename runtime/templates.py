@@ -1,0 +1,158 @@
+"""Chat templates: untrusted Jinja2 from a GGUF or models.toml, rendered in jinja2's immutable sandbox.
+
+A template is compiled once per model. Rendering is bounded in time and output size. The result is a list of
+segments that keeps the template's own text (which may spell control tokens such as ``<|im_start|>``) apart from
+the text people wrote: the engine tokenizes the first with special-token parsing and the second without, so a
+user who types ``<|im_end|>`` gets those characters, never the control token.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+
+from jinja2 import TemplateError as JinjaTemplateError
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .errors import ModelLoadError, TemplateError
+from .types import Message
+
+# Used when a GGUF carries no template and models.toml gives none.
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+MAX_RENDER_SECONDS = 0.5
+MAX_RENDER_CHARS = 4_000_000
+
+
+class _Budget(threading.local):
+    deadline: float = float("inf")
+
+
+class _RenderAborted(Exception):
+    pass
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox, plus a deadline checked on every call and attribute access.
+
+    Loops in Jinja call ``range`` or touch attributes on each iteration that does anything, so a huge loop
+    hits the deadline quickly instead of pinning a CPU.
+    """
+
+    budget = _Budget()
+
+    def _tick(self) -> None:
+        if time.monotonic() > self.budget.deadline:
+            raise _RenderAborted("chat template took too long to render")
+
+    def call(self, __context, __obj, *args, **kwargs):  # noqa: N807 - jinja's signature
+        self._tick()
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def getattr(self, obj, attribute):
+        self._tick()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj, argument):
+        self._tick()
+        return super().getitem(obj, argument)
+
+
+def _raise_exception(message: str) -> None:
+    raise TemplateError(f"chat template refused the conversation: {message}", param="messages")
+
+
+@dataclass(frozen=True)
+class Segment:
+    text: str
+    user: bool  # True: text that came from a message; tokenize without special-token parsing
+
+
+class ChatTemplate:
+    """A compiled chat template. ``render`` raises TemplateError; the constructor raises ModelLoadError."""
+
+    def __init__(self, source: str, *, bos_token: str = "", eos_token: str = ""):
+        env = _BoundedSandbox(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False)
+        env.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
+        try:
+            self._template = env.from_string(source)
+        except JinjaTemplateError as e:
+            raise ModelLoadError(f"chat template does not compile: {e}") from None
+        self._env = env
+        self.source = source
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+        # Render once at load: a template that escapes the sandbox or never finishes is refused now, before any
+        # request, and the side effect it tried never happens (the sandbox blocks it).
+        try:
+            self.render([Message("system", "probe"), Message("user", "probe")])
+        except TemplateError:
+            pass  # raise_exception on the probe conversation is a legitimate template choice
+        except ModelLoadError:
+            raise
+
+    def render(self, messages: list[Message], add_generation_prompt: bool = True) -> list[Segment]:
+        nonce = secrets.token_hex(6)
+        marks = [f"\ue000{nonce}:{i}\ue001" for i in range(len(messages))]
+        convo = [{"role": m.role, "content": marks[i]} for i, m in enumerate(messages)]
+        text = self._render_text(convo, add_generation_prompt)
+        return _split(text, marks, messages)
+
+    def _render_text(self, convo: list[dict], add_generation_prompt: bool) -> str:
+        self._env.budget.deadline = time.monotonic() + MAX_RENDER_SECONDS
+        out: list[str] = []
+        size = 0
+        try:
+            for piece in self._template.generate(messages=convo, add_generation_prompt=add_generation_prompt,
+                                                  bos_token=self.bos_token, eos_token=self.eos_token):
+                size += len(piece)
+                if size > MAX_RENDER_CHARS:
+                    raise _RenderAborted("chat template output is too large")
+                out.append(piece)
+        except TemplateError:
+            raise
+        except (SecurityError, _RenderAborted) as e:
+            raise ModelLoadError(f"chat template is unsafe: {e}") from None
+        except (JinjaTemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError,
+                ZeroDivisionError, OverflowError, RecursionError, MemoryError) as e:
+            raise TemplateError(f"chat template failed on this conversation: {type(e).__name__}",
+                                param="messages") from None
+        finally:
+            self._env.budget.deadline = float("inf")
+        return "".join(out)
+
+
+def _split(text: str, marks: list[str], messages: list[Message]) -> list[Segment]:
+    """Cut the rendered text at the content markers, putting each message's real text back in."""
+    for m in marks:
+        if text.count(m) > 1:
+            raise TemplateError("chat template repeats a message; refused", param="messages")
+    segments: list[Segment] = []
+    rest = text
+    while True:
+        positions = [(rest.find(m), i) for i, m in enumerate(marks) if m in rest]
+        if not positions:
+            break
+        pos, i = min(positions)
+        if pos:
+            segments.append(Segment(rest[:pos], user=False))
+        segments.append(Segment(messages[i].content, user=True))
+        rest = rest[pos + len(marks[i]):]
+    if "\ue000" in rest and any(m.split(":")[0] in rest for m in marks):
+        raise TemplateError("chat template altered message text; refused", param="messages")
+    if rest:
+        segments.append(Segment(rest, user=False))
+    return segments
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
