@@ -19,17 +19,20 @@ from .errors import ReverbError
 from .registry import format_money, parse_money
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common_parent() -> argparse.ArgumentParser:
+    """Options every sub-command accepts, wherever they appear on the line."""
+    p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--models", dest="models_path", type=Path, help="path of models.toml")
     p.add_argument("--db", type=Path, help="ledger database (default: ~/.local/share/reverb/ledger.sqlite3)")
+    return p
 
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="reverb", description="Serve GGUF chat models offline.")
     sub = ap.add_subparsers(dest="cmd", required=True)
+    common = [_common_parent()]
 
-    s = sub.add_parser("serve", help="serve models over HTTP")
-    _common(s)
+    s = sub.add_parser("serve", help="serve models over HTTP", parents=common)
     s.add_argument("--model", action="append", dest="model_names", help="model name from models.toml (repeatable)")
     s.add_argument("--host", help="bind address (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="port (default 8000; 0 picks a free one)")
@@ -52,28 +55,25 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--log-format", choices=["console", "json"], help="access log format")
 
     k = sub.add_parser("keys", help="manage API keys and credit")
-    _common(k)
     ks = k.add_subparsers(dest="keys_cmd", required=True)
-    kc = ks.add_parser("create", help="create a key; prints it once, as the last line")
+    kc = ks.add_parser("create", help="create a key; prints it once, as the last line", parents=common)
     kc.add_argument("name")
     kc.add_argument("--credit", default="0", help="starting credit, e.g. 5 or 0.25")
-    ks.add_parser("list", help="list keys with balances")
-    kr = ks.add_parser("revoke", help="revoke a key")
+    ks.add_parser("list", help="list keys with balances", parents=common)
+    kr = ks.add_parser("revoke", help="revoke a key", parents=common)
     kr.add_argument("name")
-    kt = ks.add_parser("topup", help="add credit to a key")
+    kt = ks.add_parser("topup", help="add credit to a key", parents=common)
     kt.add_argument("name")
     kt.add_argument("amount")
 
-    u = sub.add_parser("usage", help="per-key, per-model totals from the ledger")
-    _common(u)
+    u = sub.add_parser("usage", help="per-key, per-model totals from the ledger", parents=common)
     u.add_argument("--key", help="only this key name")
     u.add_argument("--since", help="ISO date/time, or a duration such as 1h, 7d")
 
-    m = sub.add_parser("models", help="list the catalogue")
-    _common(m)
+    sub.add_parser("models", help="list the catalogue", parents=common)
 
     from . import cli_models
-    cli_models.add_parsers(sub, _common)
+    cli_models.add_parsers(sub, common)
     return ap
 
 

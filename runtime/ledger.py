@@ -151,6 +151,12 @@ class Ledger:
     def close(self) -> None:
         self._db.close()
 
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def _tx(self, fn, *args):
         """Run ``fn(cursor, *args)`` in one BEGIN IMMEDIATE transaction. Raises LedgerError on SQLite failure."""
         with self._lock:

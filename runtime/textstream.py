@@ -36,11 +36,12 @@ class TextStream:
         return out
 
     def flush(self) -> str:
-        """The rest at the end of generation (a dangling partial character becomes U+FFFD only here)."""
+        """The rest at the end of generation. Bytes of a character cut off by max_tokens are dropped, not
+        sent as U+FFFD: the client gets only whole characters."""
         if self.stopped:
             return ""
-        out = self._held + self._decoder.decode(b"", final=True)
-        self._held = ""
+        out, self._held = self._held, ""
+        self._decoder.reset()
         return out
 
     def _partial_stop_suffix(self, text: str) -> int:

