@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--ctx", type=int, help="context tokens per slot (default: the model's models.toml ctx)")
     s.add_argument("--parallel", type=int, help="slots decoded together (default 4)")
     s.add_argument("--batch", type=int, help="tokens per decode step (default 512)")
-    s.add_argument("--prefill-chunk", type=int, help="prompt tokens per slot per step (default 256)")
+    s.add_argument("--ubatch", type=int, help="llama.cpp physical batch (default 32, see README)")
+    s.add_argument("--prefill-chunk", type=int, help="prompt tokens per slot per step (default 128)")
     s.add_argument("--flash-attn", choices=["on", "off"], help="flash attention (default on)")
     s.add_argument("--max-queue", type=int, help="requests waiting for a slot before 503 (default 64)")
     s.add_argument("--queue-timeout", type=float, help="seconds a request may wait for a slot (default 60)")
@@ -110,7 +111,7 @@ def serve(args) -> int:
     settings = _settings(
         args, models=tuple(args.model_names) if args.model_names else None, host=args.host, port=args.port,
         api_keys=tuple(args.api_keys) if args.api_keys else None, threads=args.threads,
-        threads_batch=args.threads_batch, ctx=args.ctx, parallel=args.parallel, batch=args.batch,
+        threads_batch=args.threads_batch, ctx=args.ctx, parallel=args.parallel, batch=args.batch, ubatch=args.ubatch,
         prefill_chunk=args.prefill_chunk, flash_attn=flash, max_queue=args.max_queue,
         queue_timeout=args.queue_timeout, log_bodies=args.log_bodies, pull=args.pull, offline=args.offline,
         ready_file=args.ready_file, metrics_public=args.metrics_public, log_format=args.log_format)

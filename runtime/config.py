@@ -36,7 +36,8 @@ class Settings:
     ctx: int = 0                      # context per slot; 0: the model's own (models.toml) value
     parallel: int = 4                 # slots decoded together in one batch
     batch: int = 512                  # llama.cpp logical batch: tokens per decode step
-    prefill_chunk: int = 256          # prompt tokens per slot per step, so long prompts never stall streams
+    ubatch: int = 32                  # llama.cpp physical batch; < 64 keeps results batch-invariant (engine.py)
+    prefill_chunk: int = 128          # prompt tokens per slot per step, so long prompts never stall streams
     flash_attn: bool = True
     max_queue: int = 64               # requests waiting for a slot before 503
     queue_timeout: float = 60.0       # seconds a request may wait for a slot before 503
@@ -92,8 +93,8 @@ class Settings:
     def validate(self) -> None:
         """Raises ConfigError for values no server could run with."""
         checks = {
-            "parallel": self.parallel >= 1, "batch": self.batch >= 1, "max_queue": self.max_queue >= 0,
-            "prefill_chunk": self.prefill_chunk >= 1, "threads": self.threads >= 0, "ctx": self.ctx >= 0,
+            "parallel": self.parallel >= 1, "batch": self.batch >= 2, "ubatch": self.ubatch >= 2, "max_queue": self.max_queue >= 0,
+            "prefill_chunk": self.prefill_chunk >= 2, "threads": self.threads >= 0, "ctx": self.ctx >= 0,
             "port": 0 <= self.port <= 65535, "log_format": self.log_format in ("console", "json"),
             "queue_timeout": self.queue_timeout > 0,
         }

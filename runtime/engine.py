@@ -45,11 +45,17 @@ def _init_backend() -> None:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    n_ctx: int           # total KV cells, shared by all sequences (unified KV cache)
+    n_ctx: int           # KV cells per sequence (each sequence has its own KV stream)
     n_seq: int           # sequences that may be live at once
     n_threads: int
     n_threads_batch: int
     n_batch: int = 512
+    # Batch-invariant numerics. llama.cpp's CPU flash attention takes a tiled path for ubatches of >= 64 rows
+    # and a KV-split path for a ubatch of exactly one row, and it sums over KV cells in cell order. Each changes
+    # a sequence's numbers depending on its neighbours. So: ubatch < 64; a pad row (own sequence) whenever a call
+    # would have one row; and one KV stream per sequence, so a sequence's cells are always in position order.
+    # Seeded output is then identical alone and under load (tests/test_batching_e2e.py).
+    n_ubatch: int = 32
     flash_attn: bool = True
 
 
@@ -101,16 +107,15 @@ class Engine:
         self.n_vocab = C.llama_vocab_n_tokens(self._vocab)
         self.n_ctx_train = C.llama_model_n_ctx_train(self._model)
         cparams = C.llama_context_default_params()
-        cparams.n_ctx = config.n_ctx
+        cparams.n_ctx = config.n_ctx * (config.n_seq + 1)
         cparams.n_batch = config.n_batch
-        cparams.n_ubatch = min(config.n_batch, 512)
-        cparams.n_seq_max = config.n_seq
+        cparams.n_ubatch = min(config.n_batch, config.n_ubatch)
+        cparams.n_seq_max = config.n_seq + 1  # the last sequence id carries pad rows, see EngineConfig
         cparams.n_threads = config.n_threads
         cparams.n_threads_batch = config.n_threads_batch
         cparams.flash_attn_type = (C.LLAMA_FLASH_ATTN_TYPE_ENABLED if config.flash_attn
                                    else C.LLAMA_FLASH_ATTN_TYPE_DISABLED)
-        # One KV pool shared by all slots: a finished slot's prefix can be copied to another for free.
-        cparams.kv_unified = True
+        cparams.kv_unified = False  # one KV stream per sequence, see EngineConfig
         cparams.no_perf = True
         self._ctx = C.llama_init_from_model(self._model, cparams)
         if not self._ctx:
@@ -118,8 +123,10 @@ class Engine:
             raise ModelLoadError("llama.cpp could not create a context (out of memory?)")
         self._mem = C.llama_get_memory(self._ctx)
         self.config = config
-        self.n_ctx = C.llama_n_ctx(self._ctx)
-        self._batch = C.llama_batch_init(config.n_batch, 0, 1)
+        self.n_ctx = C.llama_n_ctx_seq(self._ctx)
+        self.n_ubatch = C.llama_n_ubatch(self._ctx)
+        self._pad_seq = config.n_seq
+        self._batch = C.llama_batch_init(config.n_batch + 1, 0, 1)
         self._pieces: dict[int, bytes] = {}
         self._eog = np.array([C.llama_vocab_is_eog(self._vocab, t) for t in range(self.n_vocab)], dtype=bool)
 
@@ -180,7 +187,9 @@ class Engine:
     def decode(self, items: list[tuple[int, int, int, bool]]) -> None:
         """Run one ``llama_decode`` over (token, position, sequence, want_logits) items.
 
-        Raises EngineError when llama.cpp fails (including when the KV cache has no room).
+        For batch-invariant results a call holds either one row per sequence (a decode step) or 2..n_ubatch rows
+        of one sequence (a prefill chunk); the scheduler builds calls that way. Logits of this call are valid
+        until the next one. Raises EngineError when llama.cpp fails (including when the KV cache has no room).
         """
         b = self._batch
         n = len(items)
@@ -192,8 +201,14 @@ class Engine:
             b.n_seq_id[i] = 1
             b.seq_id[i][0] = seq
             b.logits[i] = want
+        pad = n % self.n_ubatch == 1
+        if pad:  # last in the batch, so it takes the highest free cell and never reorders anyone's cells
+            b.token[n], b.pos[n], b.n_seq_id[n], b.seq_id[n][0], b.logits[n] = 0, 0, 1, self._pad_seq, False
+            n += 1
         b.n_tokens = n
         rc = C.llama_decode(self._ctx, b)
+        if pad:
+            C.llama_memory_seq_rm(self._mem, self._pad_seq, -1, -1)
         if rc != 0:
             raise EngineError(f"llama_decode failed ({rc})")
 
@@ -211,9 +226,11 @@ class Engine:
         """Drop positions [p0, p1) of a sequence from the KV cache (all of it by default)."""
         return bool(C.llama_memory_seq_rm(self._mem, seq, p0, p1))
 
-    def seq_copy(self, src: int, dst: int, p0: int = -1, p1: int = -1) -> None:
-        """Share positions [p0, p1) of ``src`` with ``dst`` (no recompute; the cells are shared)."""
-        C.llama_memory_seq_cp(self._mem, src, dst, p0, p1)
+    def seq_copy_prefix(self, src: int, dst: int, n: int) -> None:
+        """Make ``dst`` hold the first ``n`` positions of ``src`` (a stream copy: llama.cpp copies whole
+        streams between sequences, then the tail is dropped)."""
+        C.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+        C.llama_memory_seq_rm(self._mem, dst, n, -1)
 
     def clear(self) -> None:
         C.llama_memory_clear(self._mem, True)

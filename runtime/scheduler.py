@@ -32,7 +32,6 @@ class _Slot:
     next_token: int | None = None                     # sampled, not yet decoded
     generated: int = 0
     text: TextStream | None = None
-    logits_at: int = -1                               # batch index of this slot's logits in the last decode
     started: float = 0.0
 
 
@@ -139,21 +138,24 @@ class Scheduler:
             job = self._waiting.popleft()
             self._start(job, free)
 
+    # Copying another slot's prefix costs a whole-stream copy; below this many shared tokens recomputing is cheaper.
+    MIN_COPY = 128
+
     def _start(self, job: Job, free: list[_Slot]) -> None:
         prompt = job.prompt
-        limit = len(prompt) - 1  # keep at least one token to decode, so there are logits to sample from
-        best_free = max(free, key=lambda s: _common_prefix(s.cached, prompt))
-        own = min(_common_prefix(best_free.cached, prompt), limit)
-        donor, shared = None, own
+        # Leave at least two prompt tokens to prefill: prompt positions are always computed in prefill calls of
+        # 2+ rows (see _step), so a reused prefix gives exactly the tokens of a cold run.
+        limit = max(0, len(prompt) - 2)
+        slot = max(free, key=lambda s: _common_prefix(s.cached, prompt))
+        shared = min(_common_prefix(slot.cached, prompt), limit)
+        donor = None
         for s in self._slots:
-            if s is not best_free:
+            if s is not slot:
                 n = min(_common_prefix(s.cached, prompt), limit)
-                if n > shared:
+                if n >= self.MIN_COPY and n > shared:
                     donor, shared = s, n
-        slot = best_free
         if donor is not None:
-            self.engine.seq_remove(slot.seq)
-            self.engine.seq_copy(donor.seq, slot.seq, 0, shared)
+            self.engine.seq_copy_prefix(donor.seq, slot.seq, shared)
             slot.cached = donor.cached[:shared]
         else:
             if not self.engine.seq_remove(slot.seq, shared, -1):
@@ -171,41 +173,62 @@ class Scheduler:
         slot.started = time.monotonic()
 
     def _step(self) -> None:
+        """One scheduling step: a decode call with one row per active sequence, then bounded prefill calls.
+
+        Call shapes follow Engine.decode's rules (batch-invariant numerics): generated tokens are always rows of
+        the decode call (one row per sequence); prompt tokens are always in prefill calls of 2..n_ubatch rows of
+        one sequence, so a position is computed the same way whatever else runs. (A one-token prompt is the only
+        prompt that rides in the decode call, and it always does.)
+        """
         for s in self._slots:
             if s.job and s.job.cancelled.is_set():
                 self._retire(s, FinishReason.CANCELLED)
-        items: list[tuple[int, int, int, bool]] = []
-        budget = self.engine.config.n_batch
+        ub = self.engine.n_ubatch
+        rows: list[tuple[_Slot, int, bool]] = []           # the decode call
+        chunks: list[tuple[_Slot, list[int], bool]] = []   # prefill calls
         for s in self._slots:
-            s.logits_at = -1
             if s.job and s.next_token is not None:
-                s.logits_at = len(items)
-                items.append((s.next_token, len(s.cached), s.seq, True))
-                s.cached.append(s.next_token)
+                rows.append((s, s.next_token, True))
                 s.next_token = None
-                budget -= 1
+        budget = self.engine.config.n_batch - len(rows)
         for s in self._slots:
-            if s.job and s.todo and budget > 0:
-                take = s.todo[: min(self.prefill_chunk, budget)]
-                del s.todo[: len(take)]
-                pos = len(s.cached)
-                for i, tok in enumerate(take):
-                    items.append((tok, pos + i, s.seq, False))
-                s.cached.extend(take)
-                budget -= len(take)
-                if not s.todo:
-                    s.logits_at = len(items) - 1
-                    items[-1] = (items[-1][0], items[-1][1], s.seq, True)
-        if not items:
-            return
-        self.engine.decode(items)
-        for s in self._slots:
-            if s.job and s.logits_at >= 0:
-                self._sample(s)
+            if not (s.job and s.todo) or budget <= 0:
+                continue
+            n = min(self.prefill_chunk, budget, len(s.todo))
+            if len(s.todo) - n == 1:
+                n -= 1  # never leave a single prompt token for a later step
+            if n < 2 and len(s.todo) > 1:
+                continue  # not enough budget left this step
+            take = s.todo[:n]
+            del s.todo[:n]
+            budget -= n
+            end = not s.todo
+            if n == 1:
+                rows.append((s, take[0], end))
+                continue
+            pieces = _pieces(take, ub)
+            chunks.extend((s, piece, end and i == len(pieces) - 1) for i, piece in enumerate(pieces))
+        if rows:
+            items = []
+            for s, tok, want in rows:
+                items.append((tok, len(s.cached), s.seq, want))
+                s.cached.append(tok)
+            self.engine.decode(items)
+            for i, (s, _, want) in enumerate(rows):
+                if want and s.job:
+                    self._sample(s, i)
+        for s, piece, want in chunks:
+            if not s.job:
+                continue
+            pos = len(s.cached)
+            self.engine.decode([(tok, pos + i, s.seq, want and i == len(piece) - 1) for i, tok in enumerate(piece)])
+            s.cached.extend(piece)
+            if want:
+                self._sample(s, len(piece) - 1)
 
-    def _sample(self, s: _Slot) -> None:
+    def _sample(self, s: _Slot, index: int) -> None:
         job = s.job
-        tok = s.sampler.sample(s.logits_at)
+        tok = s.sampler.sample(index)
         if self.engine.is_eog(tok):
             self._retire(s, FinishReason.STOP)
             return
@@ -234,6 +257,14 @@ class Scheduler:
         s.job = None
         s.todo = []
         s.next_token = None
+
+
+def _pieces(tokens: list[int], ub: int) -> list[list[int]]:
+    """Split into runs of 2..ub tokens (len(tokens) >= 2): a one-row call would change the kernels' path."""
+    out = [tokens[i:i + ub] for i in range(0, len(tokens), ub)]
+    if len(out) > 1 and len(out[-1]) == 1:
+        out[-2], out[-1] = out[-2][:-1], out[-2][-1:] + out[-1]
+    return out
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -53,9 +53,9 @@ def load_runtime(spec: ModelSpec, path, settings: Settings, engine_factory=None)
     from .engine import Engine, EngineConfig  # llama_cpp is imported only when a real model loads
 
     ctx = settings.ctx or spec.ctx
-    config = EngineConfig(n_ctx=ctx * settings.parallel, n_seq=settings.parallel, n_threads=settings.n_threads,
+    config = EngineConfig(n_ctx=ctx, n_seq=settings.parallel, n_threads=settings.n_threads,
                           n_threads_batch=settings.n_threads_batch, n_batch=settings.batch,
-                          flash_attn=settings.flash_attn)
+                          n_ubatch=settings.ubatch, flash_attn=settings.flash_attn)
     engine = (engine_factory or Engine)(path, config)
     try:
         source = spec.chat_template or engine.chat_template() or CHATML

@@ -25,8 +25,11 @@ log = logging.getLogger("reverb.http")
 
 async def health(request: Request) -> JSONResponse:
     service = request.state.service
-    models = {name: {"slots": rt.scheduler.stats().slots, "active": rt.scheduler.stats().active,
-                     "waiting": rt.scheduler.stats().waiting} for name, rt in service.runtimes.items()}
+    models = {}
+    for name, rt in service.runtimes.items():
+        st = rt.scheduler.stats()
+        models[name] = {"slots": st.slots, "active": st.active, "waiting": st.waiting,
+                        "ctx_per_slot": rt.ctx, "reused_prompt_tokens": st.reused_tokens}
     return JSONResponse({"status": "ok", "models": models})
 
 
