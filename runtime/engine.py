@@ -24,6 +24,7 @@ log = logging.getLogger("reverb.engine")
 
 _backend_lock = threading.Lock()
 _backend_ready = False
+_KV_PAD, _KV_SPLIT_MIN = 256, 512  # llama_kv_cache::get_n_kv padding; ggml's flash-attn KV-split threshold
 _LEVELS = {3: logging.WARNING, 4: logging.ERROR}  # ggml_log_level: 2 INFO, 3 WARN, 4 ERROR
 
 
@@ -50,10 +51,12 @@ class EngineConfig:
     n_threads: int
     n_threads_batch: int
     n_batch: int = 512
-    # Batch-invariant numerics. llama.cpp's CPU flash attention takes a tiled path for ubatches of >= 64 rows
-    # and a KV-split path for a ubatch of exactly one row, and it sums over KV cells in cell order. Each changes
-    # a sequence's numbers depending on its neighbours. So: ubatch < 64; a pad row (own sequence) whenever a call
-    # would have one row; and one KV stream per sequence, so a sequence's cells are always in position order.
+    # Batch-invariant numerics. llama.cpp's CPU flash attention takes a tiled path for ubatches of >= 64 rows,
+    # a KV-split path for a ubatch of exactly one row whose KV view is >= 512 cells (the view is the stream's
+    # used cells rounded up to 256), and it sums over KV cells in cell order. Each would make a sequence's numbers
+    # depend on its neighbours. So: ubatch < 64; one KV stream per sequence (cells stay in position order); and a
+    # pad row in its own sequence when a lone row's view would reach 512 cells. The pad costs ~40% of one
+    # sequence's decode speed (two rows take a slower matmul path), so it is added only past position 255.
     # Seeded output is then identical alone and under load (tests/test_batching_e2e.py).
     n_ubatch: int = 32
     flash_attn: bool = True
@@ -65,6 +68,10 @@ class Sampler:
     def __init__(self, engine: "Engine", params: SamplingParams, seed: int):
         chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
         add = lambda s: C.llama_sampler_chain_add(chain, s)  # noqa: E731
+        if params.logit_bias:
+            arr = (C.llama_logit_bias * len(params.logit_bias))(*[
+                C.llama_logit_bias(tok, bias if bias > -100 else -float("inf")) for tok, bias in params.logit_bias])
+            add(C.llama_sampler_init_logit_bias(engine.n_vocab, len(params.logit_bias), arr))
         if params.presence_penalty or params.frequency_penalty:
             add(C.llama_sampler_init_penalties(engine.n_vocab, -1, 1.0, params.frequency_penalty,
                                                params.presence_penalty))
@@ -201,7 +208,8 @@ class Engine:
             b.n_seq_id[i] = 1
             b.seq_id[i][0] = seq
             b.logits[i] = want
-        pad = n % self.n_ubatch == 1
+        pad = (n % self.n_ubatch == 1 and self.n_ctx >= _KV_SPLIT_MIN
+               and max(pos for _, pos, _, _ in items) + 1 > _KV_PAD)
         if pad:  # last in the batch, so it takes the highest free cell and never reorders anyone's cells
             b.token[n], b.pos[n], b.n_seq_id[n], b.seq_id[n][0], b.logits[n] = 0, 0, 1, self._pad_seq, False
             n += 1

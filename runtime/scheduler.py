@@ -2,8 +2,9 @@
 
 The thread loops: retire cancelled jobs, admit waiting jobs into free slots (reusing a cached prefix), build one
 batch with a decode token for every generating slot plus a bounded prefill chunk for slots still reading their
-prompt, run one ``llama_decode``, sample each slot, and hand text to each job's ``emit``. Admission is a bounded
-queue; a full queue or a wait past the timeout gives OverloadedError.
+prompt, run the decode calls, sample each slot, and hand the step's text to the event loop in one
+``call_soon_threadsafe`` (one wake-up per step, not per token). Admission is a bounded queue; a full queue or a
+wait past the timeout gives OverloadedError.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class Scheduler:
         self._cv = threading.Condition()
         self._running = True
         self.reused_tokens = 0
+        self._out: list[tuple[Job, Chunk]] = []
         self._thread = threading.Thread(target=self._run, name=f"reverb-{name}", daemon=True)
         self._thread.start()
 
@@ -105,8 +107,9 @@ class Scheduler:
                     self._cv.wait()
                 if not self._running and not any(s.job for s in self._slots):
                     for j in self._waiting:
-                        j.emit(Chunk(finish_reason=FinishReason.CANCELLED, usage=Usage(0, 0)))
+                        self._emit(j, Chunk(finish_reason=FinishReason.CANCELLED, usage=Usage(0, 0)))
                     self._waiting.clear()
+                    self._flush()
                     return
                 self._admit()
             try:
@@ -120,16 +123,37 @@ class Scheduler:
                         self.engine.seq_remove(s.seq)
                 if not isinstance(e, EngineError):
                     time.sleep(0.01)
+            self._flush()
+
+    def _emit(self, job: Job, chunk: Chunk) -> None:
+        self._out.append((job, chunk))
+
+    def _flush(self) -> None:
+        """Hand this step's chunks over: one call_soon_threadsafe per event loop, in order."""
+        if not self._out:
+            return
+        out, self._out = self._out, []
+        by_loop: dict = {}
+        for job, chunk in out:
+            if job.loop is None:
+                job.deliver(chunk)
+            else:
+                by_loop.setdefault(job.loop, []).append((job, chunk))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver_all, items)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                pass
 
     def _admit(self) -> None:
         now = time.monotonic()
         for job in list(self._waiting):
             if job.cancelled.is_set():
                 self._waiting.remove(job)
-                job.emit(Chunk(finish_reason=FinishReason.CANCELLED, usage=Usage(0, 0)))
+                self._emit(job, Chunk(finish_reason=FinishReason.CANCELLED, usage=Usage(0, 0)))
             elif now - job.enqueued_at > self.queue_timeout:
                 self._waiting.remove(job)
-                job.emit(Chunk(finish_reason=FinishReason.ERROR, usage=Usage(0, 0),
+                self._emit(job, Chunk(finish_reason=FinishReason.ERROR, usage=Usage(0, 0),
                                error=OverloadedError("timed out waiting for a free slot", retry_after=2)))
         while self._waiting:
             free = [s for s in self._slots if s.job is None]
@@ -235,7 +259,7 @@ class Scheduler:
         s.generated += 1
         text = s.text.feed(self.engine.piece(tok))
         if text:
-            job.emit(Chunk(text=text))
+            self._emit(job, Chunk(text=text))
         if s.text.stopped:
             self._retire(s, FinishReason.STOP)
         elif s.generated >= job.params.max_tokens or len(s.cached) + 1 >= self.ctx_per_slot:
@@ -248,15 +272,20 @@ class Scheduler:
         if reason in (FinishReason.STOP, FinishReason.LENGTH):
             rest = s.text.flush()
             if rest:
-                job.emit(Chunk(text=rest))
+                self._emit(job, Chunk(text=rest))
         prefilled = len(job.prompt) - len(s.todo)
         usage = Usage(prompt_tokens=len(job.prompt) if prefilled else 0, completion_tokens=s.generated)
-        job.emit(Chunk(finish_reason=reason, usage=usage, error=error))
+        self._emit(job, Chunk(finish_reason=reason, usage=usage, error=error))
         s.sampler.close()
         s.sampler = None
         s.job = None
         s.todo = []
         s.next_token = None
+
+
+def _deliver_all(items: list) -> None:
+    for job, chunk in items:
+        job.deliver(chunk)
 
 
 def _pieces(tokens: list[int], ub: int) -> list[list[int]]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from . import registry as registry_mod
 from .config import Settings
-from .errors import (ContextLengthExceeded, EngineError, InsufficientCredit, LedgerError, ModelNotFound,
+from .errors import (ContextLengthExceeded, EngineError, InsufficientCredit, InvalidRequest, LedgerError, ModelNotFound,
                      OverloadedError, ReverbError)
 from .ledger import Account, Ledger, RequestRecord
 from .registry import ModelSpec, Registry
@@ -89,11 +89,8 @@ class Generation:
         self.price: asyncio.Future[int] = self._loop.create_future()
         self.job: Job | None = None
 
-    def emit(self, chunk: Chunk) -> None:
-        """Called from the scheduler thread."""
-        self._loop.call_soon_threadsafe(self._on_chunk, chunk)
-
-    def _on_chunk(self, chunk: Chunk) -> None:
+    def deliver(self, chunk: Chunk) -> None:
+        """Called on the event loop by the scheduler's bridge, in order."""
         if chunk.text and self.first_token_at is None:
             self.first_token_at = time.monotonic()
         self._queue.put_nowait(chunk)
@@ -190,6 +187,8 @@ class Service:
         ``max_tokens=None`` means "up to the end of the context".
         """
         rt = self.runtime(model)
+        if any(not 0 <= tok < rt.engine.n_vocab for tok, _ in params.logit_bias):
+            raise InvalidRequest(f"'logit_bias' token ids must be below {rt.engine.n_vocab}", param="logit_bias")
         loop = asyncio.get_running_loop()
         prompt = await loop.run_in_executor(self._tok_pool, rt.tokenize_chat, messages)
         if len(prompt) >= rt.ctx:
@@ -197,7 +196,7 @@ class Service:
                 f"This model's maximum context length is {rt.ctx} tokens; the messages use {len(prompt)}",
                 param="messages", model=rt.spec.name)
         if max_tokens is None:
-            max_tokens = rt.ctx - len(prompt)
+            max_tokens = min(rt.ctx - len(prompt), self.settings.max_tokens_cap)
         elif len(prompt) + max_tokens > rt.ctx:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {rt.ctx} tokens; the messages use {len(prompt)} "
@@ -206,7 +205,7 @@ class Service:
         hold = rt.spec.cost(len(prompt), max_tokens)
         await self.db(self.ledger.reserve, account, request_id, hold, rt.spec.name, endpoint)
         gen = Generation(self, rt, account, request_id, endpoint, len(prompt), started, body)
-        job = Job(prompt=prompt, params=params, emit=gen.emit, request_id=request_id)
+        job = Job(prompt=prompt, params=params, deliver=gen.deliver, loop=loop, request_id=request_id)
         gen.job = job
         try:
             rt.scheduler.submit(job)

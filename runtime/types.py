@@ -36,6 +36,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias); -100 bans a token
 
 
 @dataclass(frozen=True)
@@ -66,14 +67,15 @@ class Chunk:
 class Job:
     """A generation request handed to a model's scheduler.
 
-    ``prompt`` is the token list; ``emit`` is called from the scheduler thread with each Chunk (it must be
-    thread-safe and must not block). ``cancelled`` is set by whoever owns the request when the client leaves;
-    the scheduler checks it between steps.
+    ``prompt`` is the token list. ``deliver`` receives each Chunk: on ``loop`` (the scheduler hands a whole
+    step's chunks to the loop in one ``call_soon_threadsafe``), or on the scheduler thread when ``loop`` is None.
+    ``cancelled`` is set by whoever owns the request when the client leaves; the scheduler checks it each step.
     """
 
     prompt: list[int]
     params: SamplingParams
-    emit: object  # Callable[[Chunk], None]
+    deliver: object  # Callable[[Chunk], None]
+    loop: object = None  # asyncio.AbstractEventLoop | None
     request_id: str = ""
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued_at: float = 0.0

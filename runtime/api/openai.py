@@ -6,6 +6,7 @@ JSON or SSE events. Unknown fields are accepted, as OpenAI's own clients send fi
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -102,10 +103,12 @@ async def _sse(gen: Generation, first: Chunk, cid: str, created: int, include_us
         return out
 
     yield event(chunk({"role": "assistant", "content": ""}, None))
+    # Content events differ only in their text: build the bytes around it once (this runs once per token).
+    head, tail = event(chunk({"content": "\x00"}, None)).split(b'"\\u0000"')
     current = first
     while True:
         if current.text:
-            yield event(chunk({"content": current.text}, None))
+            yield head + json.dumps(current.text, ensure_ascii=False).encode("utf-8") + tail
         if current.finish_reason is not None:
             final = current
             break
@@ -136,7 +139,6 @@ async def list_models(request: Request) -> JSONResponse:
 
 
 def _body_text(body: dict) -> str:
-    import json
     return json.dumps(body, ensure_ascii=False)[:100_000]
 
 

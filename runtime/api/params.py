@@ -100,6 +100,24 @@ def stop(body: dict, prefix: str = "") -> tuple[str, ...]:
     return tuple(value)
 
 
+def logit_bias(body: dict, prefix: str = "") -> tuple[tuple[int, float], ...]:
+    """OpenAI's ``logit_bias``: {"token id": bias in [-100, 100]}; -100 bans the token."""
+    value = body.get("logit_bias")
+    p = prefix + "logit_bias"
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or len(value) > 1024:
+        raise InvalidRequest(f"'{p}' must be an object of at most 1024 token ids", param=p)
+    out = []
+    for k, v in value.items():
+        if not (isinstance(k, str) and k.isdigit() and len(k) < 10):
+            raise InvalidRequest(f"'{p}' keys must be token ids", param=p)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not -100 <= v <= 100:
+            raise InvalidRequest(f"'{p}' values must be numbers between -100 and 100", param=p)
+        out.append((int(k), float(v)))
+    return tuple(out)
+
+
 def sampling(body: dict, settings: Settings, prefix: str = "") -> tuple[SamplingParams, int | None]:
     """SamplingParams and the requested max_tokens (None: up to the end of the context)."""
     max_tokens = integer(body, "max_completion_tokens", 1, settings.max_tokens_cap, None,
@@ -115,5 +133,6 @@ def sampling(body: dict, settings: Settings, prefix: str = "") -> tuple[Sampling
         stop=stop(body, prefix),
         presence_penalty=number(body, "presence_penalty", -2.0, 2.0, 0.0, param=prefix + "presence_penalty"),
         frequency_penalty=number(body, "frequency_penalty", -2.0, 2.0, 0.0, param=prefix + "frequency_penalty"),
+        logit_bias=logit_bias(body, prefix),
     )
     return params, max_tokens
