@@ -58,7 +58,15 @@ serve: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+# llama-cpp-python's own server is the peer we measure against; it lives in its own venv (same llama.cpp wheel,
+# plus its `server` extra) so none of its dependencies leak into ours.
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed: $(STAMP)
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet "$$(ls $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl)[server]"
+	touch $@
+
+bench: $(STAMP) $(BENCH_VENV)/.installed
 	$(BIN)/python -m bench $(ARGS)
 
 lint: $(STAMP)
@@ -66,4 +74,4 @@ lint: $(STAMP)
 	$(BIN)/python -m pytest -q tests/test_layout.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache

@@ -18,6 +18,9 @@ class StreamResult:
     decode_tps: float    # tokens after the first / time after the first
     elapsed: float
     error: str | None = None
+    first_at: float = 0.0    # absolute perf_counter times of the first and last content event
+    last_at: float = 0.0
+    events: int = 0
 
 
 async def one_stream(client: httpx.AsyncClient, body: dict) -> StreamResult:
@@ -46,7 +49,7 @@ async def one_stream(client: httpx.AsyncClient, body: dict) -> StreamResult:
     n = usage["completion_tokens"] if usage else events
     span = (last - first) if first and last and last > first else 0
     return StreamResult(n, (first - t0) if first else 0, (n - 1) / span if span else 0,
-                        time.perf_counter() - t0)
+                        time.perf_counter() - t0, None, first or 0.0, last or 0.0, events)
 
 
 async def run_load(base_url: str, key: str, bodies: list[dict]) -> tuple[float, list[StreamResult]]:
@@ -58,6 +61,23 @@ async def run_load(base_url: str, key: str, bodies: list[dict]) -> tuple[float, 
         results = await asyncio.gather(*(one_stream(client, b) for b in bodies))
         wall = time.perf_counter() - t0
     return sum(r.tokens for r in results) / wall, list(results)
+
+
+def steady_tps(results: list[StreamResult]) -> float:
+    """Aggregate decode rate while every stream is generating: from the last stream's first token to the first
+    stream's last token. This is the HTTP counterpart of raw batched decode (no prefill inside the window)."""
+    ok = [r for r in results if r.first_at and r.last_at]
+    if not ok:
+        return 0.0
+    start, end = max(r.first_at for r in ok), min(r.last_at for r in ok)
+    if end <= start:
+        return 0.0
+    # tokens inside the window, assuming each stream's events are evenly spaced between its first and last
+    total = 0.0
+    for r in ok:
+        rate = (r.events - 1) / (r.last_at - r.first_at) if r.last_at > r.first_at else 0
+        total += rate * (end - start)
+    return total / (end - start)
 
 
 def p50(xs: list[float]) -> float:
