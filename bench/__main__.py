@@ -225,7 +225,8 @@ def report(r: dict, args) -> None:
     for c in args.concurrency:
         note = ""
         if c == nmax and peer:
-            note = f"{ours['aggregate_tps'][c] / max(peer['aggregate_tps'][c], 1e-9):.1f}x llama-cpp-python (target >= 5)"
+            ratio = ours["aggregate_tps"][c] / max(peer["aggregate_tps"][c], 1e-9)
+            note = f"{ratio:.1f}x llama-cpp-python (target >= 5)"
         rows.append((f"reverb {c} streams, aggregate incl. prefill (tok/s)", f"{ours['aggregate_tps'][c]:.1f}",
                      note + (f" short={ours['short_responses'][c]} errors={ours['errors'][c]}"
                              if ours['short_responses'][c] or ours['errors'][c] else "")))

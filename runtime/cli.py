@@ -120,7 +120,11 @@ def serve(args) -> int:
         settings = settings.with_(api_keys=(key,))
         print(f"reverb: no API key configured; this run accepts: {key}\n"
               f"reverb: (choose your own with --api-key or REVERB_API_KEY)", flush=True)
-    app = create_app(settings)
+    from .service import build
+    # Built before uvicorn starts, so a bad catalogue, model file or template is one clear error line, not a
+    # traceback from inside the ASGI lifespan.
+    service = build(settings)
+    app = create_app(settings, service=service)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=30, lifespan="on")
     server = uvicorn.Server(config)
@@ -136,7 +140,7 @@ async def _run(server, settings: Settings) -> int:
         sock = server.servers[0].sockets[0]
         host, port = sock.getsockname()[:2]
         url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
-        print(f"reverb: serving {', '.join(settings.models)} at {url}", flush=True)
+        print(f"reverb: serving {', '.join(server.config.app.state.model_names)} at {url}", flush=True)
         if settings.ready_file:
             tmp = Path(str(settings.ready_file) + ".tmp")
             tmp.write_text(url + "\n")

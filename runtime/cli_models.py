@@ -18,7 +18,7 @@ def run(args) -> int:
         for spec in reg.specs.values():
             path = registry.local_path(spec)
             local = f"yes {path.stat().st_size / 1e6:.0f} MB" if path else "no"
-            print(f"{spec.name:<16} {spec.source:<8} {spec.quant:<8} {spec.ctx:>6} "
-                  f"{registry.format_money(spec.price_input):>8} {registry.format_money(spec.price_output):>8}  {local}")
+            prices = f"{registry.format_money(spec.price_input):>8} {registry.format_money(spec.price_output):>8}"
+            print(f"{spec.name:<16} {spec.source:<8} {spec.quant:<8} {spec.ctx:>6} {prices}  {local}")
         return 0
     raise SystemExit(f"unknown command {args.cmd}")

@@ -24,7 +24,7 @@ def default_data_dir(environ: os._Environ | dict | None = None) -> Path:
 @dataclass(frozen=True)
 class Settings:
     models_path: Path = PROJECT_MODELS_TOML
-    models: tuple[str, ...] = ("smollm2-135m",)
+    models: tuple[str, ...] = ()      # models to load; empty: the catalogue's default
     host: str = "127.0.0.1"
     port: int = 8000
     api_keys: tuple[str, ...] = ()
@@ -93,7 +93,8 @@ class Settings:
     def validate(self) -> None:
         """Raises ConfigError for values no server could run with."""
         checks = {
-            "parallel": self.parallel >= 1, "batch": self.batch >= 2, "ubatch": self.ubatch >= 2, "max_queue": self.max_queue >= 0,
+            "parallel": self.parallel >= 1, "batch": self.batch >= 2, "ubatch": self.ubatch >= 2,
+            "max_queue": self.max_queue >= 0,
             "prefill_chunk": self.prefill_chunk >= 2, "threads": self.threads >= 0, "ctx": self.ctx >= 0,
             "port": 0 <= self.port <= 65535, "log_format": self.log_format in ("console", "json"),
             "queue_timeout": self.queue_timeout > 0,

@@ -166,6 +166,14 @@ class Engine:
     def is_eog(self, token: int) -> bool:
         return bool(self._eog[token])
 
+    def control_texts(self) -> list[str]:
+        """Spellings of control and user-defined tokens (e.g. ``<|im_end|>``), longest first."""
+        if not hasattr(self, "_control_texts"):
+            mask = C.LLAMA_TOKEN_ATTR_CONTROL | C.LLAMA_TOKEN_ATTR_USER_DEFINED
+            texts = {self.token_text(t) for t in range(self.n_vocab) if C.llama_vocab_get_attr(self._vocab, t) & mask}
+            self._control_texts = sorted((t for t in texts if t), key=len, reverse=True)
+        return self._control_texts
+
     def token_text(self, token: int) -> str:
         if token < 0 or token >= self.n_vocab:
             return ""

@@ -316,14 +316,14 @@ class Ledger:
         sql += " GROUP BY 1, 2 ORDER BY 1, 2"
         cols = ("key", "model", "requests", "completed", "cancelled", "failed", "rejected",
                 "prompt_tokens", "completion_tokens", "price")
-        return [dict(zip(cols, r)) for r in self._read(sql, args)]
+        return [dict(zip(cols, r, strict=True)) for r in self._read(sql, args)]
 
     def request(self, request_id: str) -> dict | None:
         rows = self._read("SELECT request_id, key_name, model, endpoint, prompt_tokens, completion_tokens, price, "
                           "status, error_code, latency_ms, body FROM requests WHERE request_id = ?", (request_id,))
         cols = ("request_id", "key", "model", "endpoint", "prompt_tokens", "completion_tokens", "price",
                 "status", "error_code", "latency_ms", "body")
-        return dict(zip(cols, rows[0])) if rows else None
+        return dict(zip(cols, rows[0], strict=True)) if rows else None
 
     def invariant(self) -> dict:
         """The money totals; ``ok`` is True when grants == balances + holds + charges and no balance < 0."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from . import registry as registry_mod
 from .config import Settings
 from .errors import (ContextLengthExceeded, EngineError, InsufficientCredit, InvalidRequest, LedgerError, ModelNotFound,
-                     OverloadedError, ReverbError)
+                     OverloadedError, ReverbError, TemplateError)
 from .ledger import Account, Ledger, RequestRecord
 from .registry import ModelSpec, Registry
 from .scheduler import Scheduler
@@ -37,9 +37,18 @@ class ModelRuntime:
     created: int = field(default_factory=lambda: int(time.time()))
 
     def tokenize_chat(self, messages: list[Message]) -> list[int]:
-        """Render the template and tokenize it: template text with control tokens, user text without."""
+        """Render the template and tokenize it: template text with control tokens, user text without.
+
+        Raises TemplateError. When the template reshaped message text so it cannot be cut out, the whole prompt
+        is parsed with control tokens, and a message that spells one of them is refused rather than obeyed.
+        """
         tokens: list[int] = [self.engine.bos()] if self.engine.add_bos() else []
         for seg in self.template.render(messages):
+            if seg.user is None:
+                spelled = [t for t in self.engine.control_texts() if any(t in m.content for m in messages)]
+                if spelled:
+                    raise TemplateError(f"a message contains the control token text {spelled[0]!r}, which this "
+                                        "model's chat template cannot carry safely", param="messages")
             tokens.extend(self.engine.tokenize(seg.text, special=not seg.user))
         return tokens
 
@@ -257,7 +266,7 @@ def build(settings: Settings, engine_factory=None, locate=None) -> Service:
         log.warning("refunded %d hold(s) left by an earlier crash", recovered)
     runtimes: dict[str, ModelRuntime] = {}
     try:
-        for name in settings.models:
+        for name in settings.models or (reg.default,):
             spec = reg.resolve(name)
             path = (locate or _locate)(spec, settings)
             runtimes[spec.name] = load_runtime(spec, path, settings, engine_factory)

@@ -66,6 +66,10 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         self._tick()
         return super().getitem(obj, argument)
 
+    def unsafe_undefined(self, obj, attribute):
+        # jinja2 returns a quiet Undefined for unsafe attributes; a template that even tries is refused.
+        raise SecurityError(f"access to attribute {attribute!r} is not allowed")
+
 
 def _raise_exception(message: str) -> None:
     raise TemplateError(f"chat template refused the conversation: {message}", param="messages")
@@ -74,7 +78,9 @@ def _raise_exception(message: str) -> None:
 @dataclass(frozen=True)
 class Segment:
     text: str
-    user: bool  # True: text that came from a message; tokenize without special-token parsing
+    # True: text from a message (tokenize without special-token parsing); False: template text; None: both mixed
+    # (the template transformed message text, so the two cannot be told apart; see ModelRuntime.tokenize_chat)
+    user: bool | None
 
 
 class ChatTemplate:
@@ -101,11 +107,19 @@ class ChatTemplate:
             raise
 
     def render(self, messages: list[Message], add_generation_prompt: bool = True) -> list[Segment]:
+        """The prompt as segments. The template sees the real text (its checks and raise_exception apply); a
+        second render with markers in place of the text tells which parts of the result came from messages."""
+        real = self._render_text([{"role": m.role, "content": m.content} for m in messages], add_generation_prompt)
         nonce = secrets.token_hex(6)
         marks = [f"\ue000{nonce}:{i}\ue001" for i in range(len(messages))]
         convo = [{"role": m.role, "content": marks[i]} for i, m in enumerate(messages)]
-        text = self._render_text(convo, add_generation_prompt)
-        return _split(text, marks, messages)
+        try:
+            segments = _split(self._render_text(convo, add_generation_prompt), marks, messages)
+        except TemplateError:
+            segments = []
+        if "".join(seg.text for seg in segments) != real:
+            return [Segment(real, user=None)]
+        return segments
 
     def _render_text(self, convo: list[dict], add_generation_prompt: bool) -> str:
         self._env.budget.deadline = time.monotonic() + MAX_RENDER_SECONDS

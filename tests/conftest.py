@@ -131,6 +131,12 @@ def engine(model_path):
     eng.close()
 
 
+@pytest.fixture(scope="session")
+def no_eos(engine) -> dict:
+    """logit_bias that bans the end-of-generation tokens, for requests that must run to max_tokens."""
+    return {str(t): -100 for t in range(engine.n_vocab) if engine.is_eog(t)}
+
+
 def prompt_tokens(engine, messages: list[dict]) -> int:
     """The prompt token count the server must report, computed in-process from the same GGUF."""
     from runtime.templates import ChatTemplate

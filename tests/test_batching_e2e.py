@@ -44,7 +44,7 @@ def test_concurrent_streams_match_their_solo_runs(server):
     solo = [complete(server, b) for b in bodies]
     with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
         together = list(pool.map(lambda b: stream_text(server, b), bodies))
-    for alone, (text, usage) in zip(solo, together):
+    for alone, (text, usage) in zip(solo, together, strict=True):
         assert text == alone["choices"][0]["message"]["content"]
         assert usage["completion_tokens"] == alone["usage"]["completion_tokens"]
         assert usage["prompt_tokens"] == alone["usage"]["prompt_tokens"]
@@ -71,14 +71,15 @@ def test_prefix_reuse_gives_the_same_tokens_as_a_cold_run(make_server):
     assert warm_other["choices"][0]["message"]["content"] == cold_other["choices"][0]["message"]["content"]
 
 
-def test_disconnect_frees_the_slot_for_a_queued_request(make_server):
+def test_disconnect_frees_the_slot_for_a_queued_request(make_server, no_eos):
     srv = make_server("--parallel", "1")
     started = threading.Event()
 
     def hog():
         with srv.client() as http:
             with http.stream("POST", "/v1/chat/completions",
-                             json=chat("Write a very long essay.", max_tokens=1500, stream=True)) as r:
+                             json=chat("Write a very long essay.", max_tokens=1500, stream=True,
+                                       logit_bias=no_eos)) as r:
                 for i, _ in enumerate(r.iter_lines()):
                     if i == 4:
                         started.set()
@@ -97,7 +98,7 @@ def test_disconnect_frees_the_slot_for_a_queued_request(make_server):
     assert waited < 6, waited
 
 
-def test_overload_gives_503_with_retry_after(make_server):
+def test_overload_gives_503_with_retry_after(make_server, no_eos):
     srv = make_server("--parallel", "1", "--max-queue", "1")
     stop = threading.Event()
     running = []
@@ -105,7 +106,8 @@ def test_overload_gives_503_with_retry_after(make_server):
     def long_stream():
         with srv.client() as http:
             with http.stream("POST", "/v1/chat/completions",
-                             json=chat("Write a very long essay.", max_tokens=1500, stream=True)) as r:
+                             json=chat("Write a very long essay.", max_tokens=1500, stream=True,
+                                       logit_bias=no_eos)) as r:
                 running.append(r.status_code)
                 for _ in r.iter_lines():
                     if stop.is_set():
@@ -140,14 +142,15 @@ def test_overload_gives_503_with_retry_after(make_server):
             th.join()
 
 
-def test_queue_timeout_gives_503(make_server):
+def test_queue_timeout_gives_503(make_server, no_eos):
     srv = make_server("--parallel", "1", "--queue-timeout", "0.5")
     stop = threading.Event()
 
     def long_stream():
         with srv.client() as http:
             with http.stream("POST", "/v1/chat/completions",
-                             json=chat("Write a very long essay.", max_tokens=1500, stream=True)) as r:
+                             json=chat("Write a very long essay.", max_tokens=1500, stream=True,
+                                       logit_bias=no_eos)) as r:
                 for _ in r.iter_lines():
                     if stop.is_set():
                         return
@@ -165,8 +168,9 @@ def test_queue_timeout_gives_503(make_server):
         th.join()
 
 
-def test_a_client_that_never_reads_does_not_slow_others(server):
-    body = json.dumps(chat("Write a very long essay about oceans.", max_tokens=400, stream=True)).encode()
+def test_a_client_that_never_reads_does_not_slow_others(server, no_eos):
+    body = json.dumps(chat("Write a very long essay about oceans.", max_tokens=400, stream=True,
+                           logit_bias=no_eos)).encode()
     host, port = server.base_url.removeprefix("http://").split(":")
     s = socket.create_connection((host, int(port)))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

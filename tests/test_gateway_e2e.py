@@ -141,12 +141,12 @@ def test_credit_for_exactly_one_of_many_concurrent(server, engine):
         assert [k for k in ledger.list_keys() if k["name"] == "exactly-one"][0]["held"] == 0
 
 
-def test_disconnect_mid_stream_charges_only_what_was_produced(server, engine):
+def test_disconnect_mid_stream_charges_only_what_was_produced(server, engine, no_eos):
     key = new_key(server, "leaver", "1")
     with server.client(key) as http:
         with http.stream("POST", "/v1/chat/completions", json={
                 "model": "smollm2-135m", "messages": MESSAGES, "max_tokens": 1000, "stream": True,
-                "temperature": 0.8, "seed": 3}) as r:
+                "temperature": 0.8, "seed": 3, "logit_bias": no_eos}) as r:
             rid = r.headers["x-request-id"]
             seen = 0
             for line in r.iter_lines():
@@ -182,11 +182,11 @@ def test_usage_report_agrees_with_responses(server):
                                     "--db", str(server.db)).stdout.split("\n", 1)[1]
 
 
-def test_kill_9_mid_stream_is_recovered_at_restart(make_server):
+def test_kill_9_mid_stream_is_recovered_at_restart(make_server, no_eos):
     srv = make_server()
     key = new_key(srv, "crash", "1")
     with srv.client(key) as http:
-        with http.stream("POST", "/api/endpoint", json=gw(max_tokens=1500, stream=True)) as r:
+        with http.stream("POST", "/api/endpoint", json=gw(max_tokens=1500, stream=True, logit_bias=no_eos)) as r:
             rid = r.headers["x-request-id"]
             next(r.iter_raw())
             with Ledger(srv.db) as ledger:

@@ -79,9 +79,11 @@ def create_app(settings: Settings, service=None, build=None) -> Starlette:
         Route("/api/v1/models", openai.list_models, methods=["GET"]),
         Route("/api/endpoint", gateway.endpoint, methods=["POST"]),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[Middleware(RequestContext), Middleware(BearerAuth)],
         exception_handlers={ReverbError: _reverb_error, HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,
     )
+    app.state.model_names = list(service.runtimes) if service is not None else list(settings.models)
+    return app

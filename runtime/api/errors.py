@@ -9,8 +9,8 @@ from __future__ import annotations
 from starlette.responses import JSONResponse
 
 from ..errors import (AuthenticationError, ContextLengthExceeded, EngineError, InsufficientCredit, InvalidRequest,
-                      LedgerError, MethodNotAllowed, ModelNotFound, NotFound, OverloadedError, PayloadTooLarge, ReverbError, TemplateError,
-                      UnsupportedMediaType)
+                      LedgerError, MethodNotAllowed, ModelNotFound, NotFound, OverloadedError, PayloadTooLarge,
+                      ReverbError, TemplateError, UnsupportedMediaType)
 
 # class: (status, openai type, openai code, openai status override, gateway code)
 TABLE: dict[type[ReverbError], tuple[int, str, str | None, int | None, str | None]] = {
