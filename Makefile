@@ -55,8 +55,10 @@ $(STAMP): pyproject.toml $(BIN)/python
 serve: $(STAMP)
 	$(BIN)/reverb serve $(ARGS)
 
+# The suite, then the example app that tests itself through reverb's pytest plugin (as a user's CI would).
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	cd examples/ci-app && ../../$(BIN)/python -m pytest -q
 
 # llama-cpp-python's own server is the peer we measure against; it lives in its own venv (same llama.cpp wheel,
 # plus its `server` extra) so none of its dependencies leak into ours.

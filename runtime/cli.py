@@ -73,6 +73,15 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list the catalogue", parents=common)
 
+    c = sub.add_parser("chat", help="chat with a model in the terminal", parents=common)
+    c.add_argument("--model", help="model name (default: the catalogue's default)")
+    c.add_argument("--url", help="talk to a running server instead of loading the model here")
+    c.add_argument("--api-key", help="key for --url (default: REVERB_API_KEY)")
+    c.add_argument("--max-tokens", type=int, default=512)
+    c.add_argument("--temperature", type=float, default=0.7)
+    c.add_argument("--seed", type=int)
+    c.add_argument("--system", help="a system message to start the conversation with")
+
     from . import cli_models
     cli_models.add_parsers(sub, common)
     return ap
@@ -80,7 +89,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.cmd == "chat":
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    elif getattr(args, "log_format", None) == "json":
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.cmd == "serve":
             return serve(args)
@@ -88,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
             return keys(args)
         if args.cmd == "usage":
             return usage(args)
+        if args.cmd == "chat":
+            from . import chat
+            return chat.main(args)
         from . import cli_models
         return cli_models.run(args)
     except ReverbError as e:
@@ -127,8 +144,26 @@ def serve(args) -> int:
     app = create_app(settings, service=service)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=30, lifespan="on")
-    server = uvicorn.Server(config)
+    server = _Server(config)
     return asyncio.run(_run(server, settings))
+
+
+def _server_class():
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, except that after a graceful drain on SIGTERM/SIGINT the process exits 0 instead of
+        re-raising the signal: a drained server has done nothing wrong, and CI scripts read the exit code."""
+
+        def handle_exit(self, sig, frame):
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
+    return Server
+
+
+def _Server(config):  # noqa: N802 - a factory standing in for the class, which needs uvicorn imported
+    return _server_class()(config)
 
 
 async def _run(server, settings: Settings) -> int:

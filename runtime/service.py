@@ -91,6 +91,8 @@ class Generation:
         self.prompt_tokens = prompt_tokens
         self.started = started
         self.first_token_at: float | None = None
+        self._last_token_at = 0.0
+        self.record: RequestRecord | None = None
         self._body = body
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Chunk] = asyncio.Queue()
@@ -100,8 +102,15 @@ class Generation:
 
     def deliver(self, chunk: Chunk) -> None:
         """Called on the event loop by the scheduler's bridge, in order."""
-        if chunk.text and self.first_token_at is None:
-            self.first_token_at = time.monotonic()
+        if chunk.text:
+            now = time.monotonic()
+            hooks = self._service.hooks
+            if self.first_token_at is None:
+                self.first_token_at = now
+                hooks.first_token(self.model, now - self.started)
+            else:
+                hooks.token_gap(self.model, now - self._last_token_at)
+            self._last_token_at = now
         self._queue.put_nowait(chunk)
         if chunk.finish_reason is not None:
             self.final = chunk
@@ -123,7 +132,8 @@ class Generation:
             log.error("settlement failed for %s: %s", self.request_id, e.message)
             self.price.set_exception(e)
             return
-        self._service.observe(self, record, kept)
+        self.record = record
+        self._service.hooks.settled(record, kept)
         self.price.set_result(kept)
 
     def __aiter__(self):
@@ -152,6 +162,16 @@ class Generation:
         return "".join(parts), final
 
 
+class Hooks:
+    """What the service reports as it works (metrics); the default does nothing. Must never raise."""
+
+    def first_token(self, model: str, seconds: float) -> None: ...
+
+    def token_gap(self, model: str, seconds: float) -> None: ...
+
+    def settled(self, record: RequestRecord, price: int) -> None: ...
+
+
 class Service:
     """Owns the registry, the loaded models and the ledger. Built by the app's lifespan."""
 
@@ -163,18 +183,11 @@ class Service:
         self.runtimes = runtimes
         self._db_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reverb-ledger")
         self._tok_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="reverb-tokenize")
-        self.observers: list = []  # callables (generation, record, price) for metrics and access logs
+        self.hooks = Hooks()  # replaced by the HTTP layer's metrics
 
     async def db(self, fn, *args):
         """Run a ledger call on the ledger's own thread, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._db_pool, fn, *args)
-
-    def observe(self, gen: Generation, record: RequestRecord, price: int) -> None:
-        for fn in self.observers:
-            try:
-                fn(gen, record, price)
-            except Exception:  # metrics must never break a request
-                log.exception("observer failed")
 
     async def authenticate(self, raw_key: str) -> Account | None:
         return await self.db(self.ledger.authenticate, raw_key)
@@ -236,7 +249,7 @@ class Service:
             await self.db(self.ledger.log_rejected, account, record)
         except LedgerError as e:
             log.error("could not log rejected request %s: %s", request_id, e.message)
-        self.observe(None, record, 0)
+        self.hooks.settled(record, 0)
 
     def close(self) -> None:
         for rt in self.runtimes.values():

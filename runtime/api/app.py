@@ -19,6 +19,7 @@ from ..errors import InvalidRequest, MethodNotAllowed, NotFound, ReverbError
 from . import gateway, openai
 from .auth import BearerAuth, RequestContext
 from .errors import error_response
+from .observe import AccessLog, Metrics, metrics_endpoint
 
 log = logging.getLogger("reverb.http")
 
@@ -36,6 +37,7 @@ async def health(request: Request) -> JSONResponse:
 async def _reverb_error(request: Request, exc: ReverbError):
     state = request.state
     path = request.url.path
+    state.error_code = exc.code
     await state.service.reject(getattr(state, "account", None),
                                endpoint="gateway" if path.rstrip("/") == "/api/endpoint" else path,
                                model=exc.model, request_id=state.request_id, error=exc, started=state.started)
@@ -66,6 +68,7 @@ def create_app(settings: Settings, service=None, build=None) -> Starlette:
         if svc is None:
             from ..service import build as build_service
             svc = await asyncio.to_thread(build or build_service, settings)
+        svc.hooks = Metrics(svc)
         try:
             yield {"service": svc}
         finally:
@@ -78,10 +81,13 @@ def create_app(settings: Settings, service=None, build=None) -> Starlette:
         Route("/v1/models", openai.list_models, methods=["GET"]),
         Route("/api/v1/models", openai.list_models, methods=["GET"]),
         Route("/api/endpoint", gateway.endpoint, methods=["POST"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
+    public = {"/metrics"} if settings.metrics_public else set()
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestContext), Middleware(BearerAuth)],
+        middleware=[Middleware(RequestContext), Middleware(AccessLog, json_format=settings.log_format == "json"),
+                    Middleware(BearerAuth, public_paths=public)],
         exception_handlers={ReverbError: _reverb_error, HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,
     )

@@ -59,6 +59,7 @@ class BearerAuth:
             err = AuthenticationError("Incorrect API key provided" if raw else
                                       "Missing API key: send 'Authorization: Bearer <key>'")
             path = scope["path"]
+            state["error_code"] = err.code
             await service.reject(None, endpoint="gateway" if is_gateway(path) else path, model=None,
                                  request_id=state["request_id"], error=err, started=state["started"])
             return await error_response(err, path, state["request_id"])(scope, receive, send)

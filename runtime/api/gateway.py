@@ -44,6 +44,7 @@ async def endpoint(request: Request) -> object:
     gen = await service.start(account=request.state.account, model=model, messages=messages, params=sampling,
                               max_tokens=max_tokens, endpoint=ENDPOINT, request_id=rid,
                               started=request.state.started, body=raw)
+    request.state.generation = gen
     if stream:
         return GenerationResponse(
             gen, media_type="text/plain; charset=utf-8", body=lambda first: _text(gen, first),

@@ -65,6 +65,7 @@ async def chat_completions(request: Request) -> object:
     gen = await service.start(account=request.state.account, model=req.model, messages=req.messages,
                               params=req.sampling, max_tokens=req.max_tokens, endpoint=ENDPOINT,
                               request_id=rid, started=started, body=raw)
+    request.state.generation = gen
     cid = "chatcmpl-" + rid.removeprefix("req_")
     created = int(time.time())
     if req.stream:

@@ -1,0 +1,192 @@
+"""``reverb chat``: talk to a model in the terminal.
+
+Tokens print as they come; the conversation is kept until ``/reset``. A line ending in ``\\`` continues on the
+next line (multi-line input). Ctrl-C stops the current answer and returns to the prompt; Ctrl-C at the prompt
+or Ctrl-D (or ``/exit``) leaves. It talks to the in-process engine, or with ``--url`` to a running server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import sys
+import threading
+from queue import Queue
+from urllib.parse import urlsplit
+
+from .config import Settings
+from .errors import ReverbError
+from .types import Message, SamplingParams
+
+HELP = "type a message; end a line with \\ to continue it; /reset clears the history, /exit leaves"
+
+
+class LocalBackend:
+    """The model in this process, through the same service the server uses (no ledger charges: a dev account)."""
+
+    def __init__(self, settings: Settings):
+        from .ledger import Account
+        from .service import build
+        self.service = build(settings.with_(db=settings.db or _memory_db(), parallel=1))
+        self.model = next(iter(self.service.runtimes))
+        self.account = Account("chat", None, unlimited=True)
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.current = None
+
+    def stream(self, messages: list[dict], params: SamplingParams, max_tokens: int):
+        out: Queue = Queue()
+
+        async def run():
+            import secrets
+            import time
+            try:
+                gen = await self.service.start(
+                    account=self.account, model=self.model, params=params, max_tokens=max_tokens,
+                    messages=[Message(m["role"], m["content"]) for m in messages], endpoint="chat",
+                    request_id="chat_" + secrets.token_hex(6), started=time.monotonic())
+                self.current = gen
+                async for chunk in gen:
+                    out.put(chunk.text)
+                    if chunk.finish_reason is not None:
+                        if chunk.error is not None:
+                            raise chunk.error
+                        break
+            except ReverbError as e:
+                out.put(e)
+            finally:
+                out.put(None)
+
+        asyncio.run_coroutine_threadsafe(run(), self.loop)
+        while True:
+            piece = out.get()
+            if piece is None:
+                return
+            if isinstance(piece, ReverbError):
+                raise RuntimeError(piece.message)
+            yield piece
+
+    def cancel(self) -> None:
+        if self.current is not None:
+            self.loop.call_soon_threadsafe(self.current.cancel)
+
+    def close(self) -> None:
+        self.service.close()
+
+
+class RemoteBackend:
+    """A running reverb (or any OpenAI-compatible) server, streamed over SSE with the standard library."""
+
+    def __init__(self, url: str, key: str, model: str | None):
+        self.url = urlsplit(url)
+        self.key = key
+        self.model = model or "smollm2-135m"
+        self.conn = None
+
+    def stream(self, messages: list[dict], params: SamplingParams, max_tokens: int):
+        body = {"model": self.model, "messages": messages, "stream": True, "max_tokens": max_tokens,
+                "temperature": params.temperature}
+        if params.seed is not None:
+            body["seed"] = params.seed
+        cls = http.client.HTTPSConnection if self.url.scheme == "https" else http.client.HTTPConnection
+        self.conn = cls(self.url.hostname, self.url.port, timeout=600)
+        path = self.url.path.rstrip("/") + "/v1/chat/completions"
+        self.conn.request("POST", path, json.dumps(body), {"Authorization": f"Bearer {self.key}",
+                                                           "Content-Type": "application/json"})
+        resp = self.conn.getresponse()
+        if resp.status != 200:
+            err = json.loads(resp.read() or b"{}").get("error", {})
+            raise RuntimeError(f"server said {resp.status}: {err.get('message', '')}")
+        try:
+            for raw in resp:
+                line = raw.decode("utf-8").rstrip("\n")
+                if line == "data: [DONE]":
+                    return
+                if line.startswith("data: {"):
+                    ev = json.loads(line[6:])
+                    if "error" in ev:
+                        raise RuntimeError(ev["error"].get("message", "error"))
+                    if ev.get("choices"):
+                        yield ev["choices"][0]["delta"].get("content") or ""
+        finally:
+            self.conn.close()
+
+    def cancel(self) -> None:
+        if self.conn is not None:
+            self.conn.close()  # the server sees the disconnect and frees the slot
+
+    def close(self) -> None:
+        pass
+
+
+def _memory_db():
+    from pathlib import Path
+    return Path(":memory:")
+
+
+def read_message(prompt: str = "> ") -> str:
+    """One message; a trailing backslash continues it on the next line. Raises EOFError/KeyboardInterrupt."""
+    lines = [input(prompt)]
+    while lines[-1].endswith("\\"):
+        lines[-1] = lines[-1][:-1]
+        lines.append(input("... "))
+    return "\n".join(lines)
+
+
+def run(backend, params: SamplingParams, max_tokens: int, system: str | None = None) -> int:
+    history: list[dict] = [{"role": "system", "content": system}] if system else []
+    print(f"reverb chat: {backend.model}. {HELP}", flush=True)
+    while True:
+        try:
+            text = read_message()
+        except EOFError:
+            print()
+            break
+        except KeyboardInterrupt:
+            print("\n(Ctrl-C again or /exit to leave)", flush=True)
+            try:
+                text = read_message()
+            except (EOFError, KeyboardInterrupt):
+                print()
+                break
+        cmd = text.strip()
+        if cmd in ("/exit", "/quit"):
+            break
+        if cmd == "/reset":
+            history = history[:1] if system else []
+            print("(history cleared)", flush=True)
+            continue
+        if not cmd:
+            continue
+        history.append({"role": "user", "content": text})
+        answer = []
+        try:
+            for piece in backend.stream(history, params, max_tokens):
+                answer.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            print(flush=True)
+        except KeyboardInterrupt:
+            backend.cancel()
+            print(" [stopped]", flush=True)
+        except RuntimeError as e:
+            print(f"\n(error: {e})", flush=True)
+            history.pop()
+            continue
+        history.append({"role": "assistant", "content": "".join(answer)})
+    backend.close()
+    return 0
+
+
+def main(args) -> int:
+    params = SamplingParams(temperature=args.temperature, seed=args.seed)
+    if args.url:
+        key = args.api_key or os.environ.get("REVERB_API_KEY", "")
+        backend = RemoteBackend(args.url, key, args.model)
+    else:
+        settings = Settings.build(models_path=args.models_path, db=args.db,
+                                  models=(args.model,) if args.model else None)
+        backend = LocalBackend(settings)
+    return run(backend, params, args.max_tokens, args.system)
