@@ -19,6 +19,7 @@ from .errors import ConfigError, ModelNotFound
 MICRO = 1_000_000  # money is integer micro-units of the credit currency
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,8 @@ def _spec(path: Path, name: str, table: object) -> ModelSpec:
         if source in required_for and key not in table:
             raise ConfigError(f"{where}: missing field '{key}'", model=name, param=key)
     _check_relative(where, name, table["file"])
+    if "repo" in table and (not REPO_RE.match(table["repo"]) or ".." in table["repo"]):
+        raise ConfigError(f"{where}: field 'repo' must look like owner/name", model=name, param="repo")
     sha = table.get("sha256")
     if sha is not None and not SHA256_RE.match(sha):
         raise ConfigError(f"{where}: field 'sha256' must be 64 lowercase hex digits", model=name, param="sha256")

@@ -1,0 +1,109 @@
+"""The only huggingface_hub user: fetch a model's GGUF into the standard HF cache, verify it, remove it.
+
+Downloads go through ``hf_hub_download``: the shared cache (other tools see the same files), its progress bar,
+and resume of an interrupted download from its ``.incomplete`` file. A pinned sha256 is checked after download;
+on a mismatch the cached copy is deleted, so nothing that could load as valid is left behind. ``HF_HUB_OFFLINE=1``
+or ``offline=True`` means cache only. Errors become our own DownloadError family, naming the repo and the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                    OfflineModeIsEnabled, RemoteEntryNotFoundError, RepositoryNotFoundError,
+                                    RevisionNotFoundError)
+
+from .errors import ChecksumMismatch, ConfigError, DownloadError, OfflineError, RemoteFileMissing
+from .registry import ModelSpec
+
+
+def cache_root() -> Path:
+    return Path(constants.HF_HUB_CACHE).resolve()
+
+
+def _where(spec: ModelSpec) -> str:
+    return f"{spec.repo}/{spec.file}" + (f" (revision {spec.revision})" if spec.revision else "")
+
+
+def cached_path(spec: ModelSpec) -> Path | None:
+    """The cached file for a hub model, or None. Never touches the network."""
+    if spec.source != "hf":
+        return None
+    found = try_to_load_from_cache(repo_id=spec.repo, filename=spec.file, revision=spec.revision)
+    if not isinstance(found, str):
+        return None
+    path = Path(found)
+    _inside_cache(spec, path)
+    return path if path.is_file() else None
+
+
+def pull(spec: ModelSpec, *, offline: bool = False, progress: bool = True) -> Path:
+    """Download (or find in the cache) a hub model's GGUF and verify its pinned sha256.
+
+    Raises RemoteFileMissing, OfflineError, ChecksumMismatch or DownloadError.
+    """
+    if spec.source != "hf":
+        raise ConfigError(f"model '{spec.name}' is not a hub model (source = {spec.source})", model=spec.name)
+    if not progress:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        path = Path(hf_hub_download(repo_id=spec.repo, filename=spec.file, revision=spec.revision,
+                                    local_files_only=offline or constants.HF_HUB_OFFLINE))
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):  # before EntryNotFoundError: it is one
+        raise OfflineError(f"{_where(spec)} is not in the local cache and downloads are off (offline mode)",
+                           model=spec.name) from None
+    except (RepositoryNotFoundError, GatedRepoError) as e:
+        raise RemoteFileMissing(f"{_where(spec)}: the repository was not found or is not accessible "
+                                f"({type(e).__name__})", model=spec.name) from None
+    except RevisionNotFoundError:
+        raise RemoteFileMissing(f"{_where(spec)}: the revision was not found", model=spec.name) from None
+    except (RemoteEntryNotFoundError, EntryNotFoundError):
+        raise RemoteFileMissing(f"{_where(spec)}: the file was not found in the repository",
+                                model=spec.name) from None
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", "?")
+        raise DownloadError(f"{_where(spec)}: the hub answered HTTP {status}; run the same command again to "
+                            f"resume", model=spec.name) from None
+    except Exception as e:  # network failures surface as the HTTP client's own exception types
+        raise DownloadError(f"{_where(spec)}: download failed ({type(e).__name__}); run the same command again "
+                            f"to resume", model=spec.name) from None
+    _inside_cache(spec, path)
+    if spec.sha256:
+        actual = sha256_file(path)
+        if actual != spec.sha256:
+            remove(spec)
+            raise ChecksumMismatch(f"{_where(spec)}: sha256 {actual} does not match models.toml's {spec.sha256}; "
+                                   f"the download was deleted", model=spec.name)
+    return path
+
+
+def remove(spec: ModelSpec) -> int:
+    """Delete a pulled model's cached file (snapshot link and blob). Returns the bytes freed (0 if absent)."""
+    path = cached_path(spec)
+    if path is None:
+        return 0
+    blob = path.resolve()
+    _inside_cache(spec, blob)
+    size = blob.stat().st_size
+    if path.is_symlink():
+        path.unlink()
+    blob.unlink(missing_ok=True)
+    return size
+
+
+def _inside_cache(spec: ModelSpec, path: Path) -> None:
+    # The cache is ours to manage; a path that resolves outside it (a planted symlink) is refused.
+    if not path.resolve().is_relative_to(cache_root()):
+        raise ConfigError(f"model '{spec.name}': cached file resolves outside the HF cache; refused", model=spec.name)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
