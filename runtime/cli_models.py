@@ -28,7 +28,7 @@ def add_parsers(sub, common) -> None:
     q = sub.add_parser("quantize", help="quantize a GGUF with llama.cpp's quantizer")
     q.add_argument("input", type=Path)
     q.add_argument("output", type=Path)
-    q.add_argument("--type", required=True, choices=["Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "Q4_0"])
+    q.add_argument("--type", required=True, choices=["Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "Q4_0", "F16", "F32"])
     v = sub.add_parser("eval", help="quality report: perplexity, KL divergence and top-1 agreement vs a reference")
     v.add_argument("model", type=Path)
     v.add_argument("--ref", type=Path, required=True)

@@ -60,6 +60,7 @@ class EngineConfig:
     # Seeded output is then identical alone and under load (tests/test_batching_e2e.py).
     n_ubatch: int = 32
     flash_attn: bool = True
+    all_logits: bool = False  # logits for every row of a call (eval), not just one per sequence
 
 
 class Sampler:
@@ -124,6 +125,9 @@ class Engine:
                                    else C.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         cparams.kv_unified = False  # one KV stream per sequence, see EngineConfig
         cparams.no_perf = True
+        if config.all_logits:
+            cparams.n_outputs_max = config.n_batch
+            cparams.n_outputs_max_per_seq = 0
         self._ctx = C.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             C.llama_model_free(self._model)
@@ -264,7 +268,7 @@ class Engine:
 QUANT_TYPES = {
     "Q4_0": C.LLAMA_FTYPE_MOSTLY_Q4_0, "Q8_0": C.LLAMA_FTYPE_MOSTLY_Q8_0,
     "Q4_K_M": C.LLAMA_FTYPE_MOSTLY_Q4_K_M, "Q5_K_M": C.LLAMA_FTYPE_MOSTLY_Q5_K_M,
-    "Q6_K": C.LLAMA_FTYPE_MOSTLY_Q6_K,
+    "Q6_K": C.LLAMA_FTYPE_MOSTLY_Q6_K, "F16": C.LLAMA_FTYPE_MOSTLY_F16, "F32": C.LLAMA_FTYPE_ALL_F32,
 }
 
 
@@ -274,6 +278,7 @@ def quantize(src: Path, dst: Path, qtype: str, threads: int = 0) -> None:
     params = C.llama_model_quantize_default_params()
     params.ftype = QUANT_TYPES[qtype]
     params.nthread = threads
+    params.allow_requantize = True  # an already-quantized input is allowed (e.g. the bundled Q4_1 -> F32)
     rc = C.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
     if rc != 0:
         raise ModelLoadError(f"llama.cpp could not quantize the model ({rc})")
