@@ -54,6 +54,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--ready-file", type=Path, help="write the base URL here once the server accepts requests")
     s.add_argument("--metrics-public", action="store_true", default=None, help="serve /metrics without a key")
     s.add_argument("--log-format", choices=["console", "json"], help="access log format")
+    s.add_argument("--allowed-host", action="append", dest="allowed_hosts",
+                   help="also answer to this Host name (repeatable; '*' disables the check)")
+    s.add_argument("--cors-origin", action="append", dest="cors_origins",
+                   help="send CORS headers for this origin (repeatable; '*' for any, never with credentials)")
+    s.add_argument("--max-body-bytes", type=int, help="largest request body (default 1 MiB)")
+    s.add_argument("--max-tokens-cap", type=int, help="largest max_tokens a request may ask for (default 8192)")
+    s.add_argument("--stream-write-timeout", type=float, help="seconds a stream may wait on a client that does "
+                   "not read before it is aborted (default 30)")
 
     k = sub.add_parser("keys", help="manage API keys and credit")
     ks = k.add_subparsers(dest="keys_cmd", required=True)
@@ -131,7 +139,11 @@ def serve(args) -> int:
         threads_batch=args.threads_batch, ctx=args.ctx, parallel=args.parallel, batch=args.batch, ubatch=args.ubatch,
         prefill_chunk=args.prefill_chunk, flash_attn=flash, max_queue=args.max_queue,
         queue_timeout=args.queue_timeout, log_bodies=args.log_bodies, pull=args.pull, offline=args.offline,
-        ready_file=args.ready_file, metrics_public=args.metrics_public, log_format=args.log_format)
+        ready_file=args.ready_file, metrics_public=args.metrics_public, log_format=args.log_format,
+        allowed_hosts=tuple(args.allowed_hosts) if args.allowed_hosts else None,
+        cors_origins=tuple(args.cors_origins) if args.cors_origins else None,
+        max_body_bytes=args.max_body_bytes, max_tokens_cap=args.max_tokens_cap,
+        stream_write_timeout=args.stream_write_timeout)
     if not settings.api_keys and not _ledger_has_keys(settings):
         key = "rk-" + secrets.token_urlsafe(24)
         settings = settings.with_(api_keys=(key,))

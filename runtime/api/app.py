@@ -18,8 +18,10 @@ from ..config import Settings
 from ..errors import InvalidRequest, MethodNotAllowed, NotFound, ReverbError
 from . import gateway, openai
 from .auth import BearerAuth, RequestContext
+from .guard import Cors, HostGuard
 from .errors import error_response
 from .observe import AccessLog, Metrics, metrics_endpoint
+from .openapi import openapi_endpoint
 
 log = logging.getLogger("reverb.http")
 
@@ -82,11 +84,14 @@ def create_app(settings: Settings, service=None, build=None) -> Starlette:
         Route("/api/v1/models", openai.list_models, methods=["GET"]),
         Route("/api/endpoint", gateway.endpoint, methods=["POST"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi_endpoint, methods=["GET"]),
     ]
     public = {"/metrics"} if settings.metrics_public else set()
     app = Starlette(
         routes=routes,
         middleware=[Middleware(RequestContext), Middleware(AccessLog, json_format=settings.log_format == "json"),
+                    Middleware(HostGuard, bind_host=settings.host, extra=settings.allowed_hosts),
+                    Middleware(Cors, origins=settings.cors_origins),
                     Middleware(BearerAuth, public_paths=public)],
         exception_handlers={ReverbError: _reverb_error, HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,

@@ -29,11 +29,22 @@ def messages(value, settings: Settings, param: str = "messages") -> list[Message
         if role not in ROLES:
             raise InvalidRequest(f"'{where}.role' must be one of system, user, assistant", param=f"{where}.role")
         content = _content(m.get("content"), f"{where}.content", role)
+        if not _encodable(content):
+            raise InvalidRequest(f"'{where}.content' is not valid Unicode (lone surrogate)", param=f"{where}.content")
         if len(content) > settings.max_message_chars:
             raise InvalidRequest(f"'{where}.content' is longer than {settings.max_message_chars} characters",
                                  param=f"{where}.content")
         out.append(Message("system" if role == "developer" else role, content))
     return out
+
+
+def _encodable(text: str) -> bool:
+    # JSON may carry lone UTF-16 surrogates ("\ud800"); they cannot be encoded as UTF-8 for the tokenizer.
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _content(value, where: str, role: str) -> str:
@@ -95,7 +106,7 @@ def stop(body: dict, prefix: str = "") -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if (not isinstance(value, list) or len(value) > 4
-            or not all(isinstance(s, str) and 0 < len(s) <= 256 for s in value)):
+            or not all(isinstance(s, str) and 0 < len(s) <= 256 and _encodable(s) for s in value)):
         raise InvalidRequest(f"'{p}' must be a string or an array of up to 4 non-empty strings", param=p)
     return tuple(value)
 
@@ -110,7 +121,7 @@ def logit_bias(body: dict, prefix: str = "") -> tuple[tuple[int, float], ...]:
         raise InvalidRequest(f"'{p}' must be an object of at most 1024 token ids", param=p)
     out = []
     for k, v in value.items():
-        if not (isinstance(k, str) and k.isdigit() and len(k) < 10):
+        if not (isinstance(k, str) and k.isascii() and k.isdigit() and len(k) < 10):
             raise InvalidRequest(f"'{p}' keys must be token ids", param=p)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not -100 <= v <= 100:
             raise InvalidRequest(f"'{p}' values must be numbers between -100 and 100", param=p)
