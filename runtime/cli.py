@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-tokens-cap", type=int, help="largest max_tokens a request may ask for (default 8192)")
     s.add_argument("--stream-write-timeout", type=float, help="seconds a stream may wait on a client that does "
                    "not read before it is aborted (default 30)")
+    s.add_argument("--body-timeout", type=float, help="seconds for a request body to arrive (default 30)")
+    s.add_argument("--max-connections", type=int, help="open connections before 503 (default 256)")
 
     k = sub.add_parser("keys", help="manage API keys and credit")
     ks = k.add_subparsers(dest="keys_cmd", required=True)
@@ -143,7 +145,8 @@ def serve(args) -> int:
         allowed_hosts=tuple(args.allowed_hosts) if args.allowed_hosts else None,
         cors_origins=tuple(args.cors_origins) if args.cors_origins else None,
         max_body_bytes=args.max_body_bytes, max_tokens_cap=args.max_tokens_cap,
-        stream_write_timeout=args.stream_write_timeout)
+        stream_write_timeout=args.stream_write_timeout, body_timeout=args.body_timeout,
+        max_connections=args.max_connections)
     if not settings.api_keys and not _ledger_has_keys(settings):
         key = "rk-" + secrets.token_urlsafe(24)
         settings = settings.with_(api_keys=(key,))
@@ -154,8 +157,11 @@ def serve(args) -> int:
     # traceback from inside the ASGI lifespan.
     service = build(settings)
     app = create_app(settings, service=service)
+    # limit_concurrency: past that many open connections uvicorn answers 503 (slowloris headers cannot exhaust
+    # the process); h11_max_incomplete_event_size caps header bytes.
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=30, lifespan="on")
+                            timeout_graceful_shutdown=30, lifespan="on", limit_concurrency=settings.max_connections,
+                            timeout_keep_alive=5, h11_max_incomplete_event_size=32 * 1024)
     server = _Server(config)
     return asyncio.run(_run(server, settings))
 

@@ -42,6 +42,7 @@ class Settings:
     max_queue: int = 64               # requests waiting for a slot before 503
     queue_timeout: float = 60.0       # seconds a request may wait for a slot before 503
     pull: bool = False                # serve may download missing models only when told to
+    probe_models: bool = True         # trial-load each model in a child process first (runtime/probe.py)
     offline: bool = False
     # HTTP limits
     max_body_bytes: int = 1 << 20
@@ -52,6 +53,9 @@ class Settings:
     allowed_hosts: tuple[str, ...] = ()   # extra Host names accepted besides localhost and the bind address
     cors_origins: tuple[str, ...] = ()
     stream_write_timeout: float = 30.0
+    body_timeout: float = 30.0        # seconds for a whole request body to arrive (slowloris)
+    max_connections: int = 256        # open connections before uvicorn answers 503
+    db_busy_timeout: float = 10.0     # seconds a ledger write waits for a lock before failing closed
     # operations
     ready_file: Path | None = None
     metrics_public: bool = False

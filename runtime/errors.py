@@ -22,6 +22,7 @@ file path from the server, a raw key or an exception's repr.
     │   ├── ModelNotFound           404
     │   ├── NotFound                404, no such path
     │   ├── MethodNotAllowed        405
+    │   ├── RequestTimeout          408, the body came too slowly
     │   ├── PayloadTooLarge         413
     │   └── UnsupportedMediaType    415
     ├── OverloadedError             503 with Retry-After
@@ -122,6 +123,10 @@ class NotFound(RequestError):
 
 class MethodNotAllowed(RequestError):
     code = "method_not_allowed"
+
+
+class RequestTimeout(RequestError):
+    code = "request_timeout"
 
 
 class PayloadTooLarge(RequestError):

@@ -110,18 +110,19 @@ def now() -> str:
 class Ledger:
     """One SQLite connection. Every method is synchronous; the server calls them from one worker thread."""
 
-    def __init__(self, path: Path | str, dev_keys: tuple[str, ...] = ()):
+    def __init__(self, path: Path | str, dev_keys: tuple[str, ...] = (), busy_timeout: float = 10.0):
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
         except (OSError, sqlite3.Error) as e:
             raise ConfigError(f"cannot open the ledger database: {e}") from None
         self.path = path
         self._lock = threading.Lock()  # one connection; the CLI and tests may use it from several threads
         self._dev = [(digest(k), "env:" + digest(k).hex()[:8]) for k in dev_keys]
         try:
-            for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=10000", "foreign_keys=ON"):
+            for pragma in ("journal_mode=WAL", "synchronous=FULL", f"busy_timeout={int(busy_timeout * 1000)}",
+                           "foreign_keys=ON"):
                 self._db.execute(f"PRAGMA {pragma}")
             self._migrate()
         except sqlite3.Error as e:

@@ -61,6 +61,11 @@ def load_runtime(spec: ModelSpec, path, settings: Settings, engine_factory=None)
     """Load a model and start its scheduler. Raises ModelLoadError."""
     from .engine import Engine, EngineConfig  # llama_cpp is imported only when a real model loads
 
+    if engine_factory is None:  # a real llama.cpp load: untrusted file, check it and try it in a child first
+        from . import ggufcheck, probe
+        ggufcheck.check(path)
+        if settings.probe_models:
+            probe.check_in_child(path)
     ctx = settings.ctx or spec.ctx
     config = EngineConfig(n_ctx=ctx, n_seq=settings.parallel, n_threads=settings.n_threads,
                           n_threads_batch=settings.n_threads_batch, n_batch=settings.batch,
@@ -273,7 +278,7 @@ def build(settings: Settings, engine_factory=None, locate=None) -> Service:
     from .ledger import Ledger
 
     reg = registry_mod.load(settings.models_path)
-    ledger = Ledger(settings.db_path, dev_keys=settings.api_keys)
+    ledger = Ledger(settings.db_path, dev_keys=settings.api_keys, busy_timeout=settings.db_busy_timeout)
     recovered = ledger.recover()
     if recovered:
         log.warning("refunded %d hold(s) left by an earlier crash", recovered)

@@ -14,10 +14,13 @@ EOS = 256
 class FakeSampler:
     def __init__(self, engine, params, seed):
         self.engine, self.n = engine, seed % 7
+        self.eos_banned = any(tok == EOS for tok, _ in params.logit_bias)
 
     def sample(self, index: int) -> int:
         self.n += 1
-        return EOS if self.n % 40 == 0 else 97 + self.n % 26  # letters, then an end token now and then
+        if self.n % 40 == 0 and not self.eos_banned:
+            return EOS  # an end token now and then, unless banned
+        return 97 + self.n % 26
 
     def close(self):
         pass
@@ -32,6 +35,8 @@ class FakeEngine:
     n_ubatch = 32
     config = FakeConfig()
     bos_text = eos_text = ""
+
+    delay = 0.0  # seconds per decode call, to make generations take time
 
     def __init__(self, path=None, config=None):
         pass
@@ -58,7 +63,9 @@ class FakeEngine:
         return ["<|im_end|>", "<|im_start|>"]
 
     def decode(self, items) -> None:
-        pass
+        if self.delay:
+            import time
+            time.sleep(self.delay)
 
     def sampler(self, params, seed):
         return FakeSampler(self, params, seed)

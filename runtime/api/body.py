@@ -3,11 +3,13 @@ huge or endless chunked body is refused before it is buffered), JSON syntax, NaN
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 from starlette.requests import Request
 
-from ..errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from ..errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 
 JSON_TYPES = ("application/json",)
 
@@ -16,8 +18,12 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
-async def read_json(request: Request, *, max_bytes: int, max_depth: int) -> dict:
-    """The body as a JSON object. Raises UnsupportedMediaType, PayloadTooLarge or InvalidRequest."""
+async def read_json(request: Request, *, max_bytes: int, max_depth: int, timeout: float = 30.0) -> dict:
+    """The body as a JSON object. Raises UnsupportedMediaType, PayloadTooLarge, RequestTimeout or InvalidRequest.
+
+    The whole body must arrive within ``timeout`` seconds, so a client trickling it in (slowloris) cannot hold
+    a connection and its buffer forever.
+    """
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in JSON_TYPES:
         raise UnsupportedMediaType("Content-Type must be application/json")
@@ -29,7 +35,15 @@ async def read_json(request: Request, *, max_bytes: int, max_depth: int) -> dict
         except ValueError:
             raise InvalidRequest("invalid Content-Length") from None
     data = bytearray()
-    async for part in request.stream():
+    deadline = time.monotonic() + timeout
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            part = await asyncio.wait_for(anext(stream), max(0.0, deadline - time.monotonic()))
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"the request body did not arrive within {timeout:g} s") from None
         data += part
         if len(data) > max_bytes:
             raise PayloadTooLarge(f"request body is larger than {max_bytes} bytes")

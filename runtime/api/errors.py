@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse
 
 from ..errors import (AuthenticationError, ContextLengthExceeded, EngineError, InsufficientCredit, InvalidRequest,
                       LedgerError, MethodNotAllowed, ModelNotFound, NotFound, OverloadedError, PayloadTooLarge,
-                      ReverbError, TemplateError, UnsupportedMediaType)
+                      RequestTimeout, ReverbError, TemplateError, UnsupportedMediaType)
 
 # class: (status, openai type, openai code, openai status override, gateway code)
 TABLE: dict[type[ReverbError], tuple[int, str, str | None, int | None, str | None]] = {
@@ -23,6 +23,7 @@ TABLE: dict[type[ReverbError], tuple[int, str, str | None, int | None, str | Non
     ModelNotFound: (404, "invalid_request_error", "model_not_found", None, None),
     NotFound: (404, "invalid_request_error", "not_found", None, None),
     MethodNotAllowed: (405, "invalid_request_error", "method_not_allowed", None, None),
+    RequestTimeout: (408, "invalid_request_error", "request_timeout", None, None),
     PayloadTooLarge: (413, "invalid_request_error", "payload_too_large", None, None),
     UnsupportedMediaType: (415, "invalid_request_error", "unsupported_media_type", None, None),
     OverloadedError: (503, "server_error", "overloaded", None, None),

@@ -27,7 +27,8 @@ async def endpoint(request: Request) -> object:
     service: Service = request.state.service
     settings = service.settings
     rid = request.state.request_id
-    body = await read_json(request, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth)
+    body = await read_json(request, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth,
+                           timeout=settings.body_timeout)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' must be a non-empty string", param="model")

@@ -59,7 +59,8 @@ async def chat_completions(request: Request) -> object:
     settings = service.settings
     rid = request.state.request_id
     started = request.state.started
-    body = await read_json(request, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth)
+    body = await read_json(request, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth,
+                           timeout=settings.body_timeout)
     req = parse(body, settings)
     raw = _body_text(body) if settings.log_bodies else None
     gen = await service.start(account=request.state.account, model=req.model, messages=req.messages,

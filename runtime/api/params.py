@@ -26,7 +26,7 @@ def messages(value, settings: Settings, param: str = "messages") -> list[Message
         if not isinstance(m, dict):
             raise InvalidRequest(f"'{where}' must be an object", param=where)
         role = m.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise InvalidRequest(f"'{where}.role' must be one of system, user, assistant", param=f"{where}.role")
         content = _content(m.get("content"), f"{where}.content", role)
         if not _encodable(content):

@@ -1,0 +1,142 @@
+"""A pure-Python pre-check of a GGUF file before llama.cpp sees it. Model files are untrusted input.
+
+It walks the header with hard limits (magic, version, counts, string and array lengths, tensor dimensions and
+types, and every tensor's data range against the file size), reading only the header and seeking over arrays,
+so a truncated or hostile file is refused in bounded time and memory. It does not prove llama.cpp will load the
+file; ``probe.py`` loads it in a child process first for that.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from pathlib import Path
+
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from .errors import UnsafeModelFile
+
+MAX_TENSORS = 1 << 16
+MAX_KV = 1 << 16
+MAX_STRING = 64 << 20         # one string (a chat template is the biggest legitimate one)
+MAX_ARRAY = 1 << 24           # elements in one array (vocabularies are ~10^5)
+MAX_DIMS = 4
+DEFAULT_ALIGNMENT = 32
+# GGUF value type -> (struct format, size); 8 = string, 9 = array
+SCALARS = {0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4), 6: ("<f", 4),
+           7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8)}
+
+
+class _Reader:
+    def __init__(self, f, size: int):
+        self.f, self.size = f, size
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.f.tell() + n > self.size:
+            raise UnsafeModelFile("GGUF header runs past the end of the file (truncated?)")
+        return self.f.read(n)
+
+    def skip(self, n: int) -> None:
+        if n < 0 or self.f.tell() + n > self.size:
+            raise UnsafeModelFile("GGUF header runs past the end of the file (truncated?)")
+        self.f.seek(n, os.SEEK_CUR)
+
+    def u32(self) -> int:
+        return struct.unpack("<I", self.take(4))[0]
+
+    def u64(self) -> int:
+        return struct.unpack("<Q", self.take(8))[0]
+
+    def string(self, limit: int = MAX_STRING, keep: bool = True) -> str | None:
+        n = self.u64()
+        if n > limit:
+            raise UnsafeModelFile(f"GGUF string of {n} bytes is over the limit")
+        if not keep:
+            self.skip(n)
+            return None
+        try:
+            return self.take(n).decode("utf-8")
+        except UnicodeDecodeError:
+            raise UnsafeModelFile("GGUF string is not UTF-8") from None
+
+
+def check(path: Path) -> dict:
+    """Validate ``path``; returns a small summary. Raises UnsafeModelFile naming what is wrong."""
+    try:
+        st = os.stat(path)  # follows links: the HF cache links snapshots to blobs
+    except OSError:
+        raise UnsafeModelFile("model file not found") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafeModelFile("model path is not a regular file")
+    with open(path, "rb") as f:
+        r = _Reader(f, st.st_size)
+        if r.take(4) != b"GGUF":
+            raise UnsafeModelFile("not a GGUF file (bad magic)")
+        version = r.u32()
+        if version not in (2, 3):
+            raise UnsafeModelFile(f"unsupported GGUF version {version}")
+        n_tensors, n_kv = r.u64(), r.u64()
+        if n_tensors > MAX_TENSORS or n_kv > MAX_KV:
+            raise UnsafeModelFile("GGUF tensor or metadata count is over the limit")
+        alignment = DEFAULT_ALIGNMENT
+        arch = None
+        for _ in range(n_kv):
+            key = r.string(limit=1 << 16)
+            vtype = r.u32()
+            value = _value(r, vtype, depth=0)
+            if key == "general.alignment":
+                if not isinstance(value, int) or value <= 0 or value & (value - 1) or value > 1 << 16:
+                    raise UnsafeModelFile("general.alignment must be a power of two")
+                alignment = value
+            elif key == "general.architecture":
+                arch = value
+        tensors = []
+        for _ in range(n_tensors):
+            name = r.string(limit=1 << 12)
+            n_dims = r.u32()
+            if not 1 <= n_dims <= MAX_DIMS:
+                raise UnsafeModelFile(f"tensor {name!r} has {n_dims} dimensions")
+            dims = [r.u64() for _ in range(n_dims)]
+            ttype = r.u32()
+            offset = r.u64()
+            tensors.append((name, dims, ttype, offset))
+        data_start = -(-f.tell() // alignment) * alignment
+        data_size = st.st_size - data_start
+    for name, dims, ttype, offset in tensors:
+        try:
+            block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType(ttype)]
+        except (ValueError, KeyError):
+            raise UnsafeModelFile(f"tensor {name!r} has unknown type {ttype}") from None
+        if any(d == 0 or d > 1 << 40 for d in dims) or dims[0] % block:
+            raise UnsafeModelFile(f"tensor {name!r} has invalid dimensions {dims}")
+        elements = 1
+        for d in dims:
+            elements *= d
+        size = elements // block * nbytes
+        if data_size < 0 or offset % alignment or offset + size > data_size:
+            raise UnsafeModelFile(f"tensor {name!r} data lies outside the file")
+    return {"version": version, "tensors": len(tensors), "kv": n_kv, "architecture": arch}
+
+
+def _value(r: _Reader, vtype: int, depth: int):
+    if vtype in SCALARS:
+        fmt, size = SCALARS[vtype]
+        return struct.unpack(fmt, r.take(size))[0]
+    if vtype == 8:
+        return r.string()
+    if vtype == 9:
+        if depth:
+            raise UnsafeModelFile("nested GGUF arrays are not allowed")
+        etype, count = r.u32(), r.u64()
+        if count > MAX_ARRAY:
+            raise UnsafeModelFile(f"GGUF array of {count} elements is over the limit")
+        if etype in SCALARS:
+            r.skip(count * SCALARS[etype][1])
+        elif etype == 8:
+            for _ in range(count):
+                r.string(keep=False)
+        else:
+            raise UnsafeModelFile(f"GGUF array of type {etype} is not allowed")
+        return None
+    raise UnsafeModelFile(f"unknown GGUF value type {vtype}")

@@ -1,0 +1,61 @@
+"""The streaming response at its ASGI seam: a client whose socket never drains is aborted after the write timeout,
+and the job is cancelled (its slot freed, billed for what was made). The real service, scheduler and ledger run;
+the engine is the fake, slowed down so a generation outlasts the timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from runtime import service as service_mod
+from runtime.api.stream import GenerationResponse
+from runtime.config import Settings
+from runtime.ledger import Account
+from runtime.types import FinishReason, Message, SamplingParams
+
+from .fakes import EOS, FakeEngine
+
+
+class SlowEngine(FakeEngine):
+    delay = 0.005
+
+
+def test_write_timeout_aborts_and_cancels(tmp_path):
+    cfg = Settings.build(environ={}, db=tmp_path / "l.db", api_keys=("k",), parallel=1)
+    svc = service_mod.build(cfg, engine_factory=SlowEngine, locate=lambda spec, s: tmp_path / "fake.gguf")
+
+    async def run():
+        gen = await svc.start(account=Account("k", None, unlimited=True), model=None,
+                              messages=[Message("user", "hi")], endpoint="chat.completions", request_id="req_t",
+                              params=SamplingParams(logit_bias=((EOS, -100.0),)), max_tokens=1900,
+                              started=time.monotonic())
+        sent = []
+
+        async def send(message):  # the first body write never completes: a client that does not read
+            sent.append(message)
+            if message["type"] == "http.response.body":
+                await asyncio.sleep(3600)
+
+        async def receive():
+            await asyncio.sleep(3600)
+
+        async def body(first):
+            yield first.text.encode()
+            async for chunk in gen:
+                yield chunk.text.encode()
+
+        resp = GenerationResponse(gen, media_type="text/plain", body=body, on_early_error=None, headers={},
+                                  write_timeout=0.3)
+        t0 = time.monotonic()
+        await resp({"type": "http"}, receive, send)
+        aborted_after = time.monotonic() - t0
+        price = await asyncio.wait_for(gen.price, 5)
+        return gen, aborted_after, price, sent
+
+    gen, aborted_after, price, sent = asyncio.run(run())
+    assert aborted_after < 2.0
+    assert gen.final.finish_reason is FinishReason.CANCELLED
+    assert 0 < gen.final.usage.completion_tokens < 1900
+    assert svc.ledger.request("req_t")["status"] == "cancelled"
+    assert sent[0]["type"] == "http.response.start"
+    svc.close()
