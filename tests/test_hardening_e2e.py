@@ -7,7 +7,6 @@ import os
 import socket
 import sqlite3
 import struct
-import threading
 import time
 
 import gguf
