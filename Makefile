@@ -27,7 +27,7 @@ LLAMA_KEY        := $(shell echo "$(LLAMA_CPP_VERSION) $(LLAMA_CMAKE_ARGS)" | sh
 WHEEL_CACHE      ?= $(HOME)/.cache/reverb/wheels
 LLAMA_WHEEL_DIR  := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(LLAMA_KEY)
 
-.PHONY: install serve test bench lint clean llama-wheel
+.PHONY: install serve test bench soak lint clean llama-wheel
 
 install: $(STAMP)
 
@@ -70,6 +70,11 @@ $(BENCH_VENV)/.installed: $(STAMP)
 
 bench: $(STAMP) $(BENCH_VENV)/.installed
 	$(BIN)/python -m bench $(ARGS)
+
+# A bounded soak of mixed clients on loopback (SOAK_SECONDS=60 by default); numbers go to bench/results/soak-latest.json.
+SOAK_SECONDS ?= 60
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --seconds $(SOAK_SECONDS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check runtime convert tests bench

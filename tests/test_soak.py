@@ -1,0 +1,19 @@
+"""A short soak of mixed clients (streams, disconnects, bad requests, an exhausted key, gateway calls) against a
+real server; `make soak` runs the long one whose numbers are in the README."""
+
+from __future__ import annotations
+
+from bench.soak import run
+
+
+def test_soak_holds_up():
+    r = run(seconds=12, parallel=4)
+    o = r["outcomes"]
+    assert r["server_errors"] == 0 and not [k for k in o if "client-error" in k or "truncated" in k], o
+    assert o.get("stream 200", 0) > 0 and o.get("gateway 200", 0) > 0
+    assert o.get("disconnect disconnect", 0) > 0
+    assert o.get("broke 402", 0) > 0 and o.get("bad 400", 0) > 0
+    assert r["ledger_rows"] == r["requests"]  # every request, refused ones included, has its ledger row
+    assert r["ledger_invariant"]["ok"] and r["ledger_invariant"]["holds"] == 0
+    assert r["rss_end_mb"] - r["rss_start_mb"] < 100
+    assert r["exit_code"] == 0  # SIGTERM drained cleanly
