@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
                    "not read before it is aborted (default 30)")
     s.add_argument("--body-timeout", type=float, help="seconds for a request body to arrive (default 30)")
     s.add_argument("--max-connections", type=int, help="open connections before 503 (default 256)")
+    s.add_argument("--db-max-mb", type=float, help="cap the ledger's size; past it requests fail closed")
 
     k = sub.add_parser("keys", help="manage API keys and credit")
     ks = k.add_subparsers(dest="keys_cmd", required=True)
@@ -146,7 +147,7 @@ def serve(args) -> int:
         cors_origins=tuple(args.cors_origins) if args.cors_origins else None,
         max_body_bytes=args.max_body_bytes, max_tokens_cap=args.max_tokens_cap,
         stream_write_timeout=args.stream_write_timeout, body_timeout=args.body_timeout,
-        max_connections=args.max_connections)
+        max_connections=args.max_connections, db_max_mb=args.db_max_mb)
     if not settings.api_keys and not _ledger_has_keys(settings):
         key = "rk-" + secrets.token_urlsafe(24)
         settings = settings.with_(api_keys=(key,))

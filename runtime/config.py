@@ -56,6 +56,7 @@ class Settings:
     body_timeout: float = 30.0        # seconds for a whole request body to arrive (slowloris)
     max_connections: int = 256        # open connections before uvicorn answers 503
     db_busy_timeout: float = 10.0     # seconds a ledger write waits for a lock before failing closed
+    db_max_mb: float = 0              # cap on the ledger's size (0: none); past it requests fail closed
     # operations
     ready_file: Path | None = None
     metrics_public: bool = False

@@ -110,7 +110,8 @@ def now() -> str:
 class Ledger:
     """One SQLite connection. Every method is synchronous; the server calls them from one worker thread."""
 
-    def __init__(self, path: Path | str, dev_keys: tuple[str, ...] = (), busy_timeout: float = 10.0):
+    def __init__(self, path: Path | str, dev_keys: tuple[str, ...] = (), busy_timeout: float = 10.0,
+                 max_mb: float = 0):
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -125,6 +126,9 @@ class Ledger:
                            "foreign_keys=ON"):
                 self._db.execute(f"PRAGMA {pragma}")
             self._migrate()
+            if max_mb:  # a size cap: past it writes fail with SQLITE_FULL and requests fail closed
+                page = self._db.execute("PRAGMA page_size").fetchone()[0]
+                self._db.execute(f"PRAGMA max_page_count = {max(1, int(max_mb * 1024 * 1024 / page))}")
         except sqlite3.Error as e:
             raise ConfigError(f"cannot prepare the ledger database: {e}") from None
 

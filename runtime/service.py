@@ -278,7 +278,8 @@ def build(settings: Settings, engine_factory=None, locate=None) -> Service:
     from .ledger import Ledger
 
     reg = registry_mod.load(settings.models_path)
-    ledger = Ledger(settings.db_path, dev_keys=settings.api_keys, busy_timeout=settings.db_busy_timeout)
+    ledger = Ledger(settings.db_path, dev_keys=settings.api_keys, busy_timeout=settings.db_busy_timeout,
+                    max_mb=settings.db_max_mb)
     recovered = ledger.recover()
     if recovered:
         log.warning("refunded %d hold(s) left by an earlier crash", recovered)

@@ -127,3 +127,22 @@ def test_rm_refuses_names_that_are_not_in_the_catalogue(tmp_path, hub):
     for name in ("../etc", "/abs", "nope"):
         out = reverb("rm", name, "--models", toml, env=env)
         assert out.returncode != 0 and "Traceback" not in out.stderr
+
+
+def test_serve_with_pull_downloads_verifies_and_serves(tmp_path, model_path):
+    hub = Hub()
+    try:
+        sha = hub.add(REPO, FILE, model_path.read_bytes())
+        env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
+        from .conftest import Server
+        srv = Server(tmp_path / "srv", "--models", catalogue(tmp_path, sha), "--pull", env=env).start(timeout=120)
+        try:
+            with srv.client() as http:
+                r = http.post("/v1/chat/completions", json={"model": "tiny", "max_tokens": 4,
+                                                            "messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code == 200 and r.json()["model"] == "tiny"
+        finally:
+            srv.stop()
+        assert any(m == "GET" and FILE in p for m, p, _ in hub.requests)
+    finally:
+        hub.close()

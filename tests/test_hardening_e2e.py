@@ -247,3 +247,45 @@ def test_locked_ledger_at_settle_time_fails_closed_then_recovers(make_server, no
     with srv.ledger() as ledger:
         inv = ledger.invariant()
         assert inv["ok"] and inv["holds"] == 0
+
+
+def test_full_ledger_fails_closed(make_server):
+    # --db-max-mb caps the ledger: once SQLite reports SQLITE_FULL no request may claim success
+    srv = make_server("--db-max-mb", "0.07", "--log-bodies")  # an empty ledger is 11 pages (44 KB)
+    ok = []
+    refused = None
+    big = "padding " * 120  # bodies are logged, so each request grows the ledger by ~1 KB
+    with srv.client() as http:
+        for _ in range(200):
+            r = http.post("/api/endpoint", json={"model": "smollm2-135m", "options": {"max_tokens": 1},
+                                                 "messages": [{"role": "user", "content": big}]})
+            if r.status_code == 200:
+                ok.append(r.headers["x-request-id"])
+            else:
+                refused = r
+                break
+    assert refused is not None and refused.status_code == 503
+    assert refused.json()["error"]["code"] == "ledger_unavailable" and refused.headers["retry-after"]
+    with srv.ledger() as ledger:
+        assert all(ledger.request(rid)["status"] == "completed" for rid in ok)  # every success has its row
+
+
+def test_read_only_ledger_at_settle_time_fails_closed(make_server, no_eos):
+    import subprocess
+    srv = make_server()
+    wal = srv.db.with_name(srv.db.name + "-wal")
+    lines = []
+    try:
+        with srv.client() as http:
+            with http.stream("POST", "/v1/chat/completions",
+                             json=chat("Write an essay.", max_tokens=100, stream=True, logit_bias=no_eos)) as r:
+                it = r.iter_lines()
+                lines.append(next(it))
+                # the files become immutable, even for root: every write to the ledger now fails
+                subprocess.run(["chattr", "+i", str(srv.db), str(wal)], check=True)
+                lines += list(it)
+    finally:
+        subprocess.run(["chattr", "-i", str(srv.db), str(wal)], check=False)
+    assert "data: [DONE]" not in lines
+    last = json.loads([ln for ln in lines if ln.startswith("data: {")][-1][6:])
+    assert last["error"]["code"] == "ledger_unavailable"
