@@ -204,17 +204,8 @@ async def _run(server, settings: Settings) -> int:
     await server.serve()
     task.cancel()
     if settings.ready_file:
-        with _suppress():
-            settings.ready_file.unlink()
+        settings.ready_file.unlink(missing_ok=True)
     return 0 if server.started else 1
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return exc[0] is not None and issubclass(exc[0], OSError)
 
 
 def _ledger_has_keys(settings: Settings) -> bool:

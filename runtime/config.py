@@ -6,7 +6,7 @@ No module reads ``os.environ`` at import time; ``Settings.build`` is the one pla
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from .errors import ConfigError
@@ -133,5 +133,3 @@ def _parse_env(name: str, raw: str, default) -> object:
         raise ConfigError(f"environment variable REVERB_{name.upper()}={raw!r} has the wrong type",
                           param=name) from None
 
-
-_ = field  # dataclasses.field kept importable for subclasses that add defaults

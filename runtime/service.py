@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from . import registry as registry_mod
 from .config import Settings
-from .errors import (ContextLengthExceeded, EngineError, InsufficientCredit, InvalidRequest, LedgerError, ModelNotFound,
-                     OverloadedError, ReverbError, TemplateError)
+from .errors import (ContextLengthExceeded, InvalidRequest, LedgerError, ModelNotFound, OverloadedError, ReverbError,
+                     TemplateError)
 from .ledger import Account, Ledger, RequestRecord
 from .registry import ModelSpec, Registry
 from .scheduler import Scheduler
@@ -315,5 +315,3 @@ def _locate(spec: ModelSpec, settings: Settings):
         raise ModelLoadError(f"model '{spec.name}': file {spec.file} not found; {hint}", model=spec.name)
     return path
 
-
-_ = (EngineError, InsufficientCredit)

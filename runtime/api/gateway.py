@@ -17,8 +17,7 @@ from ..service import Generation, Service
 from ..types import Chunk
 from . import params as P
 from .body import read_json
-from .errors import error_response
-from .stream import GenerationResponse, StreamAborted, cancel_on_disconnect
+from .stream import StreamAborted, fold, stream_response
 
 ENDPOINT = "gateway"
 
@@ -47,15 +46,8 @@ async def endpoint(request: Request) -> object:
                               started=request.state.started, body=raw)
     request.state.generation = gen
     if stream:
-        return GenerationResponse(
-            gen, media_type="text/plain; charset=utf-8", body=lambda first: _text(gen, first),
-            on_early_error=lambda e: error_response(e, request.url.path, rid),
-            headers={"x-request-id": rid}, write_timeout=settings.stream_write_timeout)
-    async with cancel_on_disconnect(request.receive, gen):
-        text, final = await gen.collect()
-    if final.error is not None:
-        raise final.error
-    price = await gen.price
+        return stream_response(request, gen, "text/plain; charset=utf-8", lambda first: _text(gen, first))
+    text, final, price = await fold(request, gen)
     result = {"response": text}
     if stats:
         result.update(tokens_input=final.usage.prompt_tokens, tokens_output=final.usage.completion_tokens,

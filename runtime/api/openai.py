@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..errors import InvalidRequest, LedgerError, ReverbError
+from ..errors import InvalidRequest, LedgerError
 from ..service import Generation, Service
 from ..types import Chunk, FinishReason, Message, SamplingParams
 from . import params as P
 from .body import read_json
-from .errors import error_response, openai_body
+from .errors import openai_body
 from .sse import DONE, event
-from .stream import GenerationResponse, cancel_on_disconnect
+from .stream import fold, stream_response
 
 ENDPOINT = "chat.completions"
 
@@ -70,16 +70,9 @@ async def chat_completions(request: Request) -> object:
     cid = "chatcmpl-" + rid.removeprefix("req_")
     created = int(time.time())
     if req.stream:
-        return GenerationResponse(
-            gen, media_type="text/event-stream; charset=utf-8",
-            body=lambda first: _sse(gen, first, cid, created, req.include_usage),
-            on_early_error=lambda e: error_response(e, request.url.path, rid),
-            headers={"x-request-id": rid}, write_timeout=settings.stream_write_timeout)
-    async with cancel_on_disconnect(request.receive, gen):
-        text, final = await gen.collect()
-    if final.error is not None:
-        raise final.error
-    price = await gen.price  # fail closed: no success without its ledger row
+        return stream_response(request, gen, "text/event-stream; charset=utf-8",
+                               lambda first: _sse(gen, first, cid, created, req.include_usage))
+    text, final, price = await fold(request, gen)
     usage = final.usage
     return JSONResponse({
         "id": cid, "object": "chat.completion", "created": created, "model": gen.model,
@@ -143,5 +136,3 @@ async def list_models(request: Request) -> JSONResponse:
 def _body_text(body: dict) -> str:
     return json.dumps(body, ensure_ascii=False)[:100_000]
 
-
-_ = ReverbError

@@ -13,6 +13,7 @@ from typing import AsyncIterator, Callable
 
 from ..service import Generation
 from ..types import Chunk
+from .errors import error_response
 
 
 @contextlib.asynccontextmanager
@@ -69,3 +70,23 @@ class GenerationResponse:
 class StreamAborted(Exception):
     """Raised by a body generator to drop the connection without a clean end (the client sees a broken
     stream, never a success), e.g. when the ledger could not record the request."""
+
+
+def stream_response(request, gen: Generation, media_type: str,
+                    body: Callable[[Chunk], AsyncIterator[bytes]]) -> GenerationResponse:
+    """The streaming answer to ``request``: errors before the first chunk in the path's dialect."""
+    rid = request.state.request_id
+    return GenerationResponse(gen, media_type=media_type, body=body,
+                              on_early_error=lambda e: error_response(e, request.url.path, rid),
+                              headers={"x-request-id": rid},
+                              write_timeout=request.state.service.settings.stream_write_timeout)
+
+
+async def fold(request, gen: Generation) -> tuple[str, Chunk, int]:
+    """The blocking answer: (text, final chunk, price). A disconnect cancels the job; an engine failure raises;
+    waiting for the price means no success is returned before its ledger row exists (LedgerError otherwise)."""
+    async with cancel_on_disconnect(request.receive, gen):
+        text, final = await gen.collect()
+    if final.error is not None:
+        raise final.error
+    return text, final, await gen.price
