@@ -210,6 +210,8 @@ async def _run(server, settings: Settings) -> int:
 
 def _ledger_has_keys(settings: Settings) -> bool:
     from .ledger import Ledger
+    if not settings.db_path.exists():  # asking must not create a ledger in someone's home directory
+        return False
     ledger = Ledger(settings.db_path)
     try:
         return ledger.has_active_keys()

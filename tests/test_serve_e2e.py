@@ -55,7 +55,8 @@ def test_broken_template_stops_serve_with_a_clear_error(tmp_path):
 def test_bad_registry_stops_serve_naming_the_field(tmp_path):
     (tmp_path / "models.toml").write_text(TOML.replace("ctx = 1024", 'ctx = "big"'))
     out = subprocess.run([sys.executable, "-m", "runtime.cli", "serve", "--models", str(tmp_path / "models.toml"),
-                          "--port", "0"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+                          "--port", "0", "--api-key", "k", "--db", str(tmp_path / "l.db")],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode != 0
     assert "'strict'" in out.stderr and "'ctx'" in out.stderr and "models.toml" in out.stderr
     assert "Traceback" not in out.stderr
