@@ -1,0 +1,32 @@
+"""Settings: built once from defaults, REVERB_* variables and flags, validated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runtime.config import Settings
+from runtime.errors import ConfigError
+
+
+def test_env_then_flags():
+    env = {"REVERB_PARALLEL": "3", "REVERB_API_KEY": "a,b", "REVERB_FLASH_ATTN": "off", "REVERB_DB": "/x/l.db",
+           "REVERB_QUEUE_TIMEOUT": "2.5", "REVERB_ALLOWED_HOSTS": "box.local,10.0.0.2"}
+    s = Settings.build(env, parallel=5)
+    assert s.parallel == 5 and s.api_keys == ("a", "b") and s.flash_attn is False and s.db_path == Path("/x/l.db")
+    assert s.queue_timeout == 2.5 and s.allowed_hosts == ("box.local", "10.0.0.2")
+
+
+def test_default_ledger_location_follows_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert Settings.build({}).db_path == tmp_path / "reverb" / "ledger.sqlite3"
+
+
+@pytest.mark.parametrize("env", [{"REVERB_PARALLEL": "many"}, {"REVERB_PARALLEL": "0"}, {"REVERB_PORT": "70000"},
+                                 {"REVERB_FLASH_ATTN": "maybe"}, {"REVERB_LOG_FORMAT": "xml"}])
+def test_bad_values_name_the_setting(env):
+    with pytest.raises(ConfigError) as e:
+        Settings.build(env)
+    name = next(iter(env))[len("REVERB_"):].lower()
+    assert name in e.value.message or e.value.param == name
