@@ -54,8 +54,12 @@ def pull(spec: ModelSpec, *, offline: bool = False, progress: bool = True) -> Pa
         path = Path(hf_hub_download(repo_id=spec.repo, filename=spec.file, revision=spec.revision,
                                     local_files_only=offline or constants.HF_HUB_OFFLINE))
     except (LocalEntryNotFoundError, OfflineModeIsEnabled):  # before EntryNotFoundError: it is one
-        raise OfflineError(f"{_where(spec)} is not in the local cache and downloads are off (offline mode)",
-                           model=spec.name) from None
+        if offline or constants.HF_HUB_OFFLINE:
+            raise OfflineError(f"{_where(spec)} is not in the local cache and downloads are off (offline mode)",
+                               model=spec.name) from None
+        # huggingface_hub says "not in the cache" when the hub cannot be reached at all
+        raise DownloadError(f"{_where(spec)}: the hub at {constants.ENDPOINT} could not be reached and the file is "
+                            f"not in the local cache", model=spec.name) from None
     except (RepositoryNotFoundError, GatedRepoError) as e:
         raise RemoteFileMissing(f"{_where(spec)}: the repository was not found or is not accessible "
                                 f"({type(e).__name__})", model=spec.name) from None
