@@ -103,8 +103,6 @@ class ChatTemplate:
             self.render([Message("system", "probe"), Message("user", "probe")])
         except TemplateError:
             pass  # raise_exception on the probe conversation is a legitimate template choice
-        except ModelLoadError:
-            raise
 
     def render(self, messages: list[Message], add_generation_prompt: bool = True) -> list[Segment]:
         """The prompt as segments. The template sees the real text (its checks and raise_exception apply); a
