@@ -38,6 +38,16 @@ def stream_text(server, body: dict) -> tuple[str, dict]:
     return "".join(text), usage
 
 
+def hog(srv, stop: threading.Event, no_eos: dict) -> None:
+    """A stream that holds a slot (no end token) until ``stop`` is set."""
+    with srv.client() as http:
+        with http.stream("POST", "/v1/chat/completions",
+                         json=chat("Write a very long essay.", max_tokens=1500, stream=True, logit_bias=no_eos)) as r:
+            for _ in r.iter_lines():
+                if stop.is_set():
+                    return
+
+
 def test_concurrent_streams_match_their_solo_runs(server):
     bodies = [chat(p, max_tokens=24, temperature=0) for p in PROMPTS]
     bodies += [chat(p, max_tokens=24, temperature=0.9, seed=7 + i) for i, p in enumerate(PROMPTS[:4])]
@@ -101,19 +111,7 @@ def test_disconnect_frees_the_slot_for_a_queued_request(make_server, no_eos):
 def test_overload_gives_503_with_retry_after(make_server, no_eos):
     srv = make_server("--parallel", "1", "--max-queue", "1")
     stop = threading.Event()
-    running = []
-
-    def long_stream():
-        with srv.client() as http:
-            with http.stream("POST", "/v1/chat/completions",
-                             json=chat("Write a very long essay.", max_tokens=1500, stream=True,
-                                       logit_bias=no_eos)) as r:
-                running.append(r.status_code)
-                for _ in r.iter_lines():
-                    if stop.is_set():
-                        return
-
-    threads = [threading.Thread(target=long_stream) for _ in range(2)]
+    threads = [threading.Thread(target=hog, args=(srv, stop, no_eos)) for _ in range(2)]
     for th in threads:
         th.start()
         time.sleep(0.5)
@@ -145,17 +143,7 @@ def test_overload_gives_503_with_retry_after(make_server, no_eos):
 def test_queue_timeout_gives_503(make_server, no_eos):
     srv = make_server("--parallel", "1", "--queue-timeout", "0.5")
     stop = threading.Event()
-
-    def long_stream():
-        with srv.client() as http:
-            with http.stream("POST", "/v1/chat/completions",
-                             json=chat("Write a very long essay.", max_tokens=1500, stream=True,
-                                       logit_bias=no_eos)) as r:
-                for _ in r.iter_lines():
-                    if stop.is_set():
-                        return
-
-    th = threading.Thread(target=long_stream)
+    th = threading.Thread(target=hog, args=(srv, stop, no_eos))
     th.start()
     try:
         time.sleep(0.5)
