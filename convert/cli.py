@@ -21,7 +21,7 @@ def run(args) -> int:
             from .gguf_to_hf import export
             info = export(args.gguf, args.output)
             print(f"{info['dir']}: {info['tensors']} tensors")
-    except (ConvertError, TokenizerError, SafetensorsError, OSError) as e:
+    except (ConvertError, TokenizerError, SafetensorsError, OSError, ValueError) as e:  # gguf-py raises ValueError
         print(f"reverb: error: {e}", file=sys.stderr)
         return 2
     return 0

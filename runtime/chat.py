@@ -93,9 +93,12 @@ class RemoteBackend:
         cls = http.client.HTTPSConnection if self.url.scheme == "https" else http.client.HTTPConnection
         self.conn = cls(self.url.hostname, self.url.port, timeout=600)
         path = self.url.path.rstrip("/") + "/v1/chat/completions"
-        self.conn.request("POST", path, json.dumps(body), {"Authorization": f"Bearer {self.key}",
-                                                           "Content-Type": "application/json"})
-        resp = self.conn.getresponse()
+        try:
+            self.conn.request("POST", path, json.dumps(body), {"Authorization": f"Bearer {self.key}",
+                                                               "Content-Type": "application/json"})
+            resp = self.conn.getresponse()
+        except (OSError, http.client.HTTPException) as e:
+            raise RuntimeError(f"cannot reach {self.url.geturl()}: {e}") from None
         if resp.status != 200:
             err = json.loads(resp.read() or b"{}").get("error", {})
             raise RuntimeError(f"server said {resp.status}: {err.get('message', '')}")

@@ -113,7 +113,6 @@ class Engine:
             raise ModelLoadError("llama.cpp could not load the model file")
         self._vocab = C.llama_model_get_vocab(self._model)
         self.n_vocab = C.llama_vocab_n_tokens(self._vocab)
-        self.n_ctx_train = C.llama_model_n_ctx_train(self._model)
         cparams = C.llama_context_default_params()
         cparams.n_ctx = config.n_ctx * (config.n_seq + 1)
         cparams.n_batch = config.n_batch
@@ -251,9 +250,6 @@ class Engine:
         streams between sequences, then the tail is dropped)."""
         C.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
         C.llama_memory_seq_rm(self._mem, dst, n, -1)
-
-    def clear(self) -> None:
-        C.llama_memory_clear(self._mem, True)
 
     def close(self) -> None:
         if getattr(self, "_ctx", None):

@@ -33,7 +33,6 @@ class _Slot:
     next_token: int | None = None                     # sampled, not yet decoded
     generated: int = 0
     text: TextStream | None = None
-    started: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ class Scheduler:
             if not self._running:
                 raise OverloadedError("the server is shutting down", retry_after=5)
             free = sum(1 for s in self._slots if s.job is None)
-            if len(self._waiting) >= self.max_queue + max(0, free - len(self._waiting)):
+            if len(self._waiting) >= free + self.max_queue:  # beyond the free slots, at most max_queue wait
                 raise OverloadedError("all slots are busy and the wait queue is full", retry_after=1)
             job.enqueued_at = time.monotonic()
             self._waiting.append(job)
@@ -194,7 +193,6 @@ class Scheduler:
         slot.next_token = None
         slot.generated = 0
         slot.text = TextStream(job.params.stop)
-        slot.started = time.monotonic()
 
     def _step(self) -> None:
         """One scheduling step: a decode call with one row per active sequence, then bounded prefill calls.

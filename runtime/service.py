@@ -232,7 +232,7 @@ class Service:
         hold = rt.spec.cost(len(prompt), max_tokens)
         await self.db(self.ledger.reserve, account, request_id, hold, rt.spec.name, endpoint)
         gen = Generation(self, rt, account, request_id, endpoint, len(prompt), started, body)
-        job = Job(prompt=prompt, params=params, deliver=gen.deliver, loop=loop, request_id=request_id)
+        job = Job(prompt=prompt, params=params, deliver=gen.deliver, loop=loop)
         gen.job = job
         try:
             rt.scheduler.submit(job)

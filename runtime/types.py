@@ -76,6 +76,5 @@ class Job:
     params: SamplingParams
     deliver: object  # Callable[[Chunk], None]
     loop: object = None  # asyncio.AbstractEventLoop | None
-    request_id: str = ""
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued_at: float = 0.0

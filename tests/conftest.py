@@ -152,6 +152,15 @@ def reverb(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           cwd=ROOT, env={**os.environ, **(env or {})}, timeout=120)
 
 
+def is_utf8(data: bytes) -> bool:
+    """Whether a token's bytes are whole UTF-8 (False: the token holds part of a character)."""
+    try:
+        data.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
 def chat(content: str, **kw) -> dict:
     body = {"model": "smollm2-135m", "messages": [{"role": "user", "content": content}]}
     body.update(kw)

@@ -129,3 +129,14 @@ def test_history_multiline_and_reset(monkeypatch, capsys):
                                     {"role": "user", "content": "two \nlines"}]
     assert backend.sent[2] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "three"}]
     assert "(history cleared)" in capsys.readouterr().out
+
+
+def test_unreachable_server_is_an_error_line_not_a_crash(monkeypatch, capsys):
+    from runtime import chat
+    from runtime.types import SamplingParams
+    lines = iter(["hello", "/exit"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
+    backend = chat.RemoteBackend("http://127.0.0.1:1", "k", None)  # nothing listens on port 1
+    assert chat.run(backend, SamplingParams(), 5) == 0
+    out = capsys.readouterr().out
+    assert "(error: cannot reach http://127.0.0.1:1" in out and "Traceback" not in out

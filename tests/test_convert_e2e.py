@@ -166,3 +166,9 @@ def test_convert_errors_are_clear_and_leave_nothing(qwen2, tmp_path):
     out = reverb("convert", str(bad), "-o", str(tmp_path / "x.gguf"))  # no weights
     assert out.returncode == 2 and "safetensors" in out.stderr
     assert not list(tmp_path.glob("x.gguf*"))
+
+
+def test_export_of_a_file_that_is_not_gguf_is_a_clear_error(tmp_path):
+    (tmp_path / "x.gguf").write_bytes(b"not a gguf file at all")
+    out = reverb("export-hf", str(tmp_path / "x.gguf"), "-o", str(tmp_path / "hf"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "reverb: error:" in out.stderr

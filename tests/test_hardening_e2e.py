@@ -171,9 +171,12 @@ def _raw(srv, payload: bytes, path="/v1/chat/completions", rcvbuf=None, headers_
     return s
 
 
-def _rows(srv) -> list[dict]:
-    with srv.ledger() as ledger:
-        return [ledger.request(r[0]) for r in ledger._read("SELECT request_id FROM requests ORDER BY id")]
+def _answered_within(srv, seconds: float) -> bool:
+    """A normal request is answered, and in time: whatever else is going on does not hold it up."""
+    t0 = time.monotonic()
+    r = httpx.post(srv.base_url + "/v1/chat/completions", json=chat("Say yes.", max_tokens=4),
+                   headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
+    return r.status_code == 200 and time.monotonic() - t0 < seconds
 
 
 def test_client_that_never_reads_does_not_hold_up_others(make_server, no_eos):
@@ -184,10 +187,7 @@ def test_client_that_never_reads_does_not_hold_up_others(make_server, no_eos):
     s = _raw(srv, body, rcvbuf=1024)
     try:
         time.sleep(0.5)
-        t0 = time.monotonic()
-        r = httpx.post(srv.base_url + "/v1/chat/completions", json=chat("Say yes.", max_tokens=4),
-                       headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
-        assert r.status_code == 200 and time.monotonic() - t0 < 5
+        assert _answered_within(srv, 5)
     finally:
         s.close()
 
@@ -204,10 +204,7 @@ def test_slow_body_gets_408_and_slow_headers_block_no_one(make_server):
             c = socket.create_connection((host, int(port)))
             c.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
             lingering.append(c)
-        t0 = time.monotonic()
-        r = httpx.post(srv.base_url + "/v1/chat/completions", json=chat("Say yes.", max_tokens=4),
-                       headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
-        assert r.status_code == 200 and time.monotonic() - t0 < 10
+        assert _answered_within(srv, 10)
     finally:
         s.close()
         for c in lingering:

@@ -11,7 +11,7 @@ import pytest
 from runtime.templates import ChatTemplate
 from runtime.types import Message
 
-from .conftest import KEY, chat, prompt_tokens
+from .conftest import KEY, chat, is_utf8, prompt_tokens
 
 JAPANESE = "Translate 'thank you' into Japanese."
 
@@ -125,19 +125,11 @@ def test_utf8_split_across_tokens_is_never_replaced(server, engine):
                     if ch["choices"] and ch["choices"][0]["delta"].get("content"):
                         deltas.append(ch["choices"][0]["delta"]["content"])
     # the case is real: the model's answer holds characters whose bytes span several tokens
-    split = [t for t in engine.tokenize(whole, special=False) if not _is_utf8(engine.piece(t))]
+    split = [t for t in engine.tokenize(whole, special=False) if not is_utf8(engine.piece(t))]
     assert split, "prompt no longer produces split characters; pick another"
     assert "\ufffd" not in whole
     assert all("\ufffd" not in d for d in deltas)
     assert "".join(deltas) == whole
-
-
-def _is_utf8(b: bytes) -> bool:
-    try:
-        b.decode("utf-8")
-        return True
-    except UnicodeDecodeError:
-        return False
 
 
 def test_control_token_text_from_user_stays_text(server, engine):
