@@ -57,7 +57,7 @@ serve: $(STAMP)
 
 # The suite, then the example app that tests itself through reverb's pytest plugin (as a user's CI would).
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	REVERB_LLAMA_WHEEL="$$(ls $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl)" $(BIN)/python -m pytest $(PYTEST_ARGS)
 	cd examples/ci-app && ../../$(BIN)/python -m pytest -q
 
 # llama-cpp-python's own server is the peer we measure against; it lives in its own venv (same llama.cpp wheel,

@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="reverb-bench-"))
     key = "sk-bench-" + secrets.token_hex(8)
     ready = tmp / "ready"
-    cmd = [sys.executable, "-m", "runtime.cli", "serve", "--port", "0", "--ready-file", str(ready),
+    cmd = [sys.executable, "-m", "reverb.cli", "serve", "--port", "0", "--ready-file", str(ready),
            "--db", str(tmp / "ledger.sqlite3"), "--api-key", key, "--threads", str(args.threads),
            "--parallel", str(args.parallel), *args.serve_args.split()]
     proc = start(cmd, log=open(tmp / "reverb.log", "wb"))

@@ -100,7 +100,7 @@ def run(seconds: float, parallel: int = 4, clients: dict | None = None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="reverb-soak-"))
     ready, db = tmp / "ready", tmp / "ledger.sqlite3"
     dev = "sk-soak-" + secrets.token_hex(6)
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "serve", "--port", "0", "--ready-file", str(ready),
+    proc = subprocess.Popen([sys.executable, "-m", "reverb.cli", "serve", "--port", "0", "--ready-file", str(ready),
                              "--db", str(db), "--api-key", dev, "--parallel", str(parallel), "--max-queue", "16"],
                             stdout=open(tmp / "server.log", "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
     try:
@@ -110,7 +110,7 @@ def run(seconds: float, parallel: int = 4, clients: dict | None = None) -> dict:
             time.sleep(0.05)
         base = ready.read_text().strip()
         sys.path.insert(0, str(ROOT))
-        from runtime.ledger import Ledger
+        from reverb.ledger import Ledger
         with Ledger(db) as ledger:
             funded = ledger.create_key("soak-funded", 100_000_000)
             broke = ledger.create_key("soak-broke", 15)  # enough for a request or two, then out of credit

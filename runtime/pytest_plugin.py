@@ -71,7 +71,7 @@ def start_server(model: str = "", parallel: int = 2, models: str = "", timeout: 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="reverb-pytest-"))
     ready = workdir / "ready"
     key = "sk-test-" + secrets.token_hex(12)
-    cmd = [sys.executable, "-m", "runtime.cli", "serve", "--host", "127.0.0.1", "--port", "0",
+    cmd = [sys.executable, "-m", "reverb.cli", "serve", "--host", "127.0.0.1", "--port", "0",
            "--ready-file", str(ready), "--db", str(workdir / "ledger.sqlite3"), "--api-key", key,
            "--parallel", str(parallel), *extra]
     if model:

@@ -1,13 +1,12 @@
 """Plain data passed between the layers: no I/O, no third-party imports.
 
-Wire types (the JSON of each dialect) live in ``api/``; these are the engine-facing shapes they convert to.
+Wire types (the JSON of each dialect) live in ``api/``; these are the shapes they convert to.
 """
 
 from __future__ import annotations
 
 import enum
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -20,14 +19,15 @@ class FinishReason(str, enum.Enum):
     STOP = "stop"          # end-of-generation token or a stop string
     LENGTH = "length"      # max_tokens reached
     CANCELLED = "cancelled"  # the client went away
-    ERROR = "error"        # the engine failed
+    ERROR = "error"        # the backend failed
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Per-request sampling. ``temperature <= 0`` means greedy; ``seed=None`` means a fresh random seed."""
+    """Per-request sampling. ``temperature <= 0`` means greedy; ``seed=None`` means a fresh random seed;
+    ``max_tokens=None`` means up to the end of the context (the service resolves it before a job starts)."""
 
-    max_tokens: int = 256
+    max_tokens: int | None = None
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -61,20 +61,3 @@ class Chunk:
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     error: Exception | None = None
-
-
-@dataclass
-class Job:
-    """A generation request handed to a model's scheduler.
-
-    ``prompt`` is the token list. ``deliver`` receives each Chunk: on ``loop`` (the scheduler hands a whole
-    step's chunks to the loop in one ``call_soon_threadsafe``), or on the scheduler thread when ``loop`` is None.
-    ``cancelled`` is set by whoever owns the request when the client leaves; the scheduler checks it each step.
-    """
-
-    prompt: list[int]
-    params: SamplingParams
-    deliver: object  # Callable[[Chunk], None]
-    loop: object = None  # asyncio.AbstractEventLoop | None
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    enqueued_at: float = 0.0

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from runtime.ledger import Ledger
+from reverb.ledger import Ledger
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-test-dev-key"
@@ -47,7 +47,7 @@ class Server:
         ready = self.workdir / "ready"
         ready.unlink(missing_ok=True)
         self._log = open(self.log_path, "ab")
-        cmd = [sys.executable, "-m", "runtime.cli", "serve", "--port", "0", "--ready-file", str(ready),
+        cmd = [sys.executable, "-m", "reverb.cli", "serve", "--port", "0", "--ready-file", str(ready),
                "--db", str(self.db), "--api-key", KEY, *self.args]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
         deadline = time.monotonic() + timeout
@@ -125,7 +125,7 @@ def make_server(tmp_path):
 @pytest.fixture(scope="session")
 def engine(model_path):
     """The tiny model loaded in-process, for tokenizer-level checks."""
-    from runtime.engine import Engine, EngineConfig
+    from reverb.backends.llama.engine import Engine, EngineConfig
     eng = Engine(model_path, EngineConfig(n_ctx=2048, n_seq=1, n_threads=2, n_threads_batch=2))
     yield eng
     eng.close()
@@ -139,8 +139,8 @@ def no_eos(engine) -> dict:
 
 def prompt_tokens(engine, messages: list[dict]) -> int:
     """The prompt token count the server must report, computed in-process from the same GGUF."""
-    from runtime.templates import ChatTemplate
-    from runtime.types import Message
+    from reverb.models.templates import ChatTemplate
+    from reverb.types import Message
     template = ChatTemplate(engine.chat_template(), bos_token=engine.bos_text, eos_token=engine.eos_text)
     segs = template.render([Message(m["role"], m["content"]) for m in messages])
     return sum(len(engine.tokenize(s.text, special=not s.user)) for s in segs)
@@ -148,7 +148,7 @@ def prompt_tokens(engine, messages: list[dict]) -> int:
 
 def reverb(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the `reverb` CLI as a user would."""
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "reverb.cli", *args], capture_output=True, text=True,
                           cwd=ROOT, env={**os.environ, **(env or {})}, timeout=120)
 
 

@@ -1,12 +1,18 @@
-"""A fake engine at the engine seam: byte-level "tokens", instant decode, deterministic output.
+"""Fakes at the two seams, for fast tests. Every feature also has end-to-end tests against the real model.
 
-It lets fast tests (the fuzzer) run the real HTTP layer, service, scheduler and ledger without llama.cpp.
-Every feature also has end-to-end tests against the real model.
+``FakeEngine`` stands in for llama.cpp under the real batcher (byte-level "tokens", instant decode, deterministic
+output; it records every decode call so the batch-shape rules can be checked). ``FakeBackend`` implements the
+backend protocol directly, for tests of the service's own rules.
 """
 
 from __future__ import annotations
 
-from runtime.templates import CHATML
+import asyncio
+
+from reverb.backends import Info, Prompt, Stats
+from reverb.backends.llama.backend import LlamaBackend
+from reverb.models.templates import CHATML
+from reverb.types import Chunk, FinishReason, Usage
 
 EOS = 256
 
@@ -39,7 +45,9 @@ class FakeEngine:
     delay = 0.0  # seconds per decode call, to make generations take time
 
     def __init__(self, path=None, config=None):
-        pass
+        self.calls: list[list[tuple[int, int, int, bool]]] = []   # every decode call's rows
+        self.removed: list[tuple[int, int, int]] = []
+        self.copied: list[tuple[int, int, int]] = []
 
     def tokenize(self, text: str, *, special: bool) -> list[int]:
         return list(text.encode("utf-8"))
@@ -63,6 +71,7 @@ class FakeEngine:
         return ["<|im_end|>", "<|im_start|>"]
 
     def decode(self, items) -> None:
+        self.calls.append(list(items))
         if self.delay:
             import time
             time.sleep(self.delay)
@@ -71,10 +80,66 @@ class FakeEngine:
         return FakeSampler(self, params, seed)
 
     def seq_remove(self, seq, p0=-1, p1=-1) -> bool:
+        self.removed.append((seq, p0, p1))
         return True
 
     def seq_copy_prefix(self, src, dst, n) -> None:
+        self.copied.append((src, dst, n))
+
+    def close(self) -> None:
         pass
+
+
+def fake_llama(spec, settings, engine_cls=FakeEngine) -> LlamaBackend:
+    """The real llama backend (batcher, owner thread, templates) over a fake engine."""
+    return LlamaBackend.load(spec, None, settings, engine_factory=engine_cls)
+
+
+class FakeBackend:
+    """The backend protocol with no model: each word of the last message comes back as one chunk."""
+
+    def __init__(self, name: str = "smollm2-135m", ctx: int = 64, fail_with: Exception | None = None):
+        self.info = Info(name=name, provider="fake", ctx=ctx, created=0)
+        self.fail_with = fail_with
+        self.cancelled = 0
+
+    async def prepare(self, ask) -> Prompt:
+        words = " ".join(m.content for m in ask.messages).split()
+        return Prompt(n_tokens=len(words))
+
+    def submit(self, prompt, params, on_chunk):
+        loop = asyncio.get_running_loop()
+        backend = self
+
+        class Handle:
+            stopped = False
+
+            def cancel(self):
+                self.stopped = True
+                backend.cancelled += 1
+
+        handle = Handle()
+
+        async def run():
+            sent = 0
+            for word in ["w%d " % i for i in range(params.max_tokens)]:
+                await asyncio.sleep(0)
+                if handle.stopped:
+                    on_chunk(Chunk(finish_reason=FinishReason.CANCELLED, usage=Usage(prompt.n_tokens, sent)))
+                    return
+                on_chunk(Chunk(text=word))
+                sent += 1
+            if self.fail_with is not None:
+                on_chunk(Chunk(finish_reason=FinishReason.ERROR, usage=Usage(prompt.n_tokens, sent),
+                               error=self.fail_with))
+            else:
+                on_chunk(Chunk(finish_reason=FinishReason.LENGTH, usage=Usage(prompt.n_tokens, sent)))
+
+        handle.task = loop.create_task(run())  # keep a reference: the loop holds tasks weakly
+        return handle
+
+    def stats(self) -> Stats:
+        return Stats(waiting=0, active=0, slots=1)
 
     def close(self) -> None:
         pass

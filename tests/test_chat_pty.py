@@ -22,7 +22,7 @@ class Term:
         if self.pid == 0:  # child: the pty is its controlling terminal, so ^C becomes SIGINT
             os.chdir(ROOT)
             env = {k: v for k, v in os.environ.items() if k != "REVERB_API_KEY"}
-            os.execve(sys.executable, [sys.executable, "-m", "runtime.cli", "chat", *args], env)
+            os.execve(sys.executable, [sys.executable, "-m", "reverb.cli", "chat", *args], env)
         self.out = ""
         self.pos = 0  # matches are searched after the previous match only
 
@@ -118,8 +118,8 @@ class FakeBackend:
 
 
 def test_history_multiline_and_reset(monkeypatch, capsys):
-    from runtime import chat
-    from runtime.types import SamplingParams
+    from reverb.cli import chat
+    from reverb.types import SamplingParams
     lines = iter(["one", "two \\", "lines", "/reset", "three", "/exit"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
     backend = FakeBackend()
@@ -132,8 +132,8 @@ def test_history_multiline_and_reset(monkeypatch, capsys):
 
 
 def test_unreachable_server_is_an_error_line_not_a_crash(monkeypatch, capsys):
-    from runtime import chat
-    from runtime.types import SamplingParams
+    from reverb.cli import chat
+    from reverb.types import SamplingParams
     lines = iter(["hello", "/exit"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
     backend = chat.RemoteBackend("http://127.0.0.1:1", "k", None)  # nothing listens on port 1

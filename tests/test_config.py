@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.config import Settings
-from runtime.errors import ConfigError
+from reverb.settings import Settings
+from reverb.errors import ConfigError
 
 
 def test_env_then_flags():

@@ -11,9 +11,10 @@ import json
 import numpy as np
 import pytest
 
-from runtime import evaluate
-from runtime.engine import Engine, EngineConfig
-from runtime.types import SamplingParams
+from reverb.backends.llama import evaluate
+from reverb.cli.models import EVAL_TEXT
+from reverb.backends.llama.engine import Engine, EngineConfig
+from reverb.types import SamplingParams
 
 from . import qwen2_tiny
 from .conftest import Server, reverb
@@ -139,7 +140,7 @@ def test_qwen2_logits_match_a_numpy_forward_pass(qwen2):
 def test_qwen2_quantized_quality(qwen2, qtype, min_top1, max_kl):
     d, _ = qwen2
     assert reverb("quantize", str(d / "f32.gguf"), str(d / f"{qtype}.gguf"), "--type", qtype).returncode == 0
-    r = evaluate.compare(d / f"{qtype}.gguf", d / "f32.gguf", evaluate.DEFAULT_TEXT.read_text(), 512)
+    r = evaluate.compare(d / f"{qtype}.gguf", d / "f32.gguf", EVAL_TEXT.read_text(), 512)
     assert r["top1_agreement"] >= min_top1 and r["kl_mean"] <= max_kl, r
 
 
@@ -148,7 +149,7 @@ def test_qwen2_outtypes(qwen2, outtype, min_top1):
     d, _ = qwen2
     out = reverb("convert", str(d / "hf"), "-o", str(d / f"{outtype}.gguf"), "--outtype", outtype)
     assert out.returncode == 0, out.stderr
-    r = evaluate.compare(d / f"{outtype}.gguf", d / "f32.gguf", evaluate.DEFAULT_TEXT.read_text(), 512)
+    r = evaluate.compare(d / f"{outtype}.gguf", d / "f32.gguf", EVAL_TEXT.read_text(), 512)
     assert r["top1_agreement"] >= min_top1, r
 
 

@@ -17,25 +17,26 @@ from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from runtime import service as service_mod
-from runtime.api.app import create_app
-from runtime.api.openapi import SCHEMAS
-from runtime.config import Settings
+from reverb import service as service_mod
+from reverb.api.app import create_app
+from reverb.api.openapi import schemas
+from reverb.settings import Settings
 
-from .fakes import FakeEngine
+from .fakes import fake_llama
 from .schema_strategies import strategy
 
 LEAKS = re.compile(r"Traceback|File \"|/work/|site-packages|\.py\b|Error:|Exception|object at 0x")
 MODEL = "smollm2-135m"
+CFG = Settings.build(environ={}, api_keys=("k",), parallel=2, max_tokens_cap=64, max_body_bytes=64 << 10,
+                     max_messages=32)
+SCHEMAS = schemas(CFG)
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     d = tmp_path_factory.mktemp("fuzz")
-    cfg = Settings.build(environ={}, db=d / "ledger.sqlite3", api_keys=("k",), parallel=2, max_tokens_cap=64,
-                         max_body_bytes=64 << 10, max_messages=32)
-    svc = service_mod.build(cfg, engine_factory=FakeEngine, locate=lambda spec, s: d / "fake.gguf")
-    with TestClient(create_app(cfg, service=svc), base_url="http://127.0.0.1",
+    svc = service_mod.build(CFG.with_(db=d / "ledger.sqlite3"), backend_factory=fake_llama)
+    with TestClient(create_app(svc.settings, service=svc), base_url="http://127.0.0.1",
                     headers={"Authorization": "Bearer k"}, raise_server_exceptions=False) as c:
         yield c, svc
 

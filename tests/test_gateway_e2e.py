@@ -9,8 +9,8 @@ import time
 import httpx
 import pytest
 
-from runtime import registry
-from runtime.ledger import Ledger
+from reverb.models import registry
+from reverb.ledger import Ledger
 
 from .conftest import prompt_tokens, reverb
 

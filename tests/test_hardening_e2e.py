@@ -13,8 +13,8 @@ import gguf
 import httpx
 import pytest
 
-from runtime.errors import UnsafeModelFile
-from runtime.ggufcheck import check
+from reverb.errors import UnsafeModelFile
+from reverb.models.ggufcheck import check
 
 from .conftest import KEY, Server, chat
 from .gguf_edit import rewrite

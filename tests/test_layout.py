@@ -1,4 +1,5 @@
-"""Architecture rules that a test can hold: each third-party library is imported in one place."""
+"""Architecture rules that a test can hold: each third-party library is imported in one place, and imports only
+run down the layers (api -> service -> backends / ledger -> models -> plain values)."""
 
 from __future__ import annotations
 
@@ -6,18 +7,33 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RULES = {  # library -> the only modules (relative to the repo) allowed to import it
-    "llama_cpp": {"runtime/engine.py"},
-    "huggingface_hub": {"runtime/download.py"},
-    "uvicorn": {"runtime/cli.py", "runtime/pytest_plugin.py"},
+PKG = ROOT / "runtime"   # installed as `reverb`
+RULES = {  # library -> the only modules (package paths) allowed to import it
+    "llama_cpp": {"backends/llama/engine.py"},
+    "huggingface_hub": {"models/download.py"},
+    "jinja2": {"models/templates.py"},
+    "uvicorn": {"cli/serve.py"},
+    "prometheus_client": {"api/metrics.py"},
+    "sqlite3": {"ledger/sqlite.py"},
 }
-STARLETTE_HOME = "runtime/api/"
+HOME = {"starlette": "api/"}
+# package -> reverb packages it must never import (directly)
+NEVER = {
+    "models": {"api", "cli", "service", "generation", "backends", "ledger"},
+    "ledger": {"api", "cli", "service", "generation", "backends", "models"},
+    "backends": {"api", "cli", "service", "generation", "ledger"},
+    "generation.py": {"api", "cli", "service", "backends"},
+    "service.py": {"api", "cli"},
+    "api": {"cli"},
+    "errors.py": {"*"}, "types.py": {"*"},
+    "request.py": {"api", "cli", "service", "generation", "backends", "ledger", "models"},
+    "settings.py": {"api", "cli", "service", "generation", "backends", "ledger", "models"},
+}
 
 
-def imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
+def third_party(path: Path) -> set[str]:
     found = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -25,32 +41,54 @@ def imports(path: Path) -> set[str]:
     return found
 
 
+def reverb_imports(path: Path) -> set[str]:
+    """Top-level reverb packages/modules a file imports (relative imports resolved), e.g. {"ledger", "types.py"}."""
+    rel = path.relative_to(PKG).parts[:-1]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not (isinstance(node, ast.ImportFrom) and node.level > 0):
+            continue
+        base = list(rel[: len(rel) - (node.level - 1)]) if node.level > 1 else list(rel)
+        parts = base + (node.module.split(".") if node.module else [])
+        names = [parts] if node.module else [base + [a.name] for a in node.names]
+        for p in names:
+            if p:
+                out.add(p[0] if (PKG / p[0]).is_dir() else p[0] + ".py")
+    return out
+
+
+def owner(path: Path) -> str:
+    first = path.relative_to(PKG).parts[0]
+    return first
+
+
 def test_third_party_imports_stay_in_their_module():
-    for path in (ROOT / "runtime").rglob("*.py"):
-        rel = path.relative_to(ROOT).as_posix()
-        used = imports(path)
+    for path in PKG.rglob("*.py"):
+        rel = path.relative_to(PKG).as_posix()
+        used = third_party(path)
         for lib, allowed in RULES.items():
             assert lib not in used or rel in allowed, f"{rel} imports {lib}"
-        if "starlette" in used:
-            assert rel.startswith(STARLETTE_HOME), f"{rel} imports starlette"
+        for lib, home in HOME.items():
+            assert lib not in used or rel.startswith(home), f"{rel} imports {lib}"
 
 
-def test_convert_never_imports_runtime():
+def test_imports_run_down_the_layers():
+    for path in PKG.rglob("*.py"):
+        banned = NEVER.get(owner(path), set())
+        own = owner(path)
+        for target in reverb_imports(path) - {own}:
+            assert "*" not in banned and target.removesuffix(".py") not in {b.removesuffix(".py") for b in banned}, \
+                f"{path.relative_to(PKG)} imports {target}"
+
+
+def test_convert_never_imports_the_rest_of_reverb():
     for path in (ROOT / "convert").rglob("*.py"):
-        assert "runtime" not in imports(path), path
-
-
-def test_ledger_sits_beside_the_engine():
-    assert not {"engine", "scheduler"} & {n.split(".")[-1] for n in _relative(ROOT / "runtime" / "ledger.py")}
-    assert "ledger" not in {n.split(".")[-1] for n in _relative(ROOT / "runtime" / "scheduler.py")}
-    assert "ledger" not in {n.split(".")[-1] for n in _relative(ROOT / "runtime" / "engine.py")}
-
-
-def _relative(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
-    return {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level > 0}
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level <= 1, f"{path} reaches out of convert/"
+                assert not (node.module or "").startswith(("reverb", "runtime")), path
 
 
 def test_modules_stay_small():
-    for path in list((ROOT / "runtime").rglob("*.py")) + list((ROOT / "convert").rglob("*.py")):
+    for path in list(PKG.rglob("*.py")) + list((ROOT / "convert").rglob("*.py")):
         assert len(path.read_text().splitlines()) < 450, path

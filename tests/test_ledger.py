@@ -7,8 +7,10 @@ import sqlite3
 
 import pytest
 
-from runtime.errors import ConfigError, InsufficientCredit
-from runtime.ledger import MIGRATIONS, Account, Ledger, RequestRecord
+from reverb.errors import ConfigError, InsufficientCredit
+from reverb.ledger import Ledger, RequestRecord
+from reverb.ledger.schema import MIGRATIONS
+from reverb.request import Account
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import httpx
 import openai
 import pytest
 
-from runtime.templates import ChatTemplate
-from runtime.types import Message
+from reverb.models.templates import ChatTemplate
+from reverb.types import Message
 
 from .conftest import KEY, chat, is_utf8, prompt_tokens
 

@@ -6,7 +6,6 @@ import json
 import re
 import signal
 import threading
-import time
 
 import httpx
 
@@ -26,7 +25,7 @@ def test_metrics_behind_auth_and_counting(server):
                  "reverb_inter_token_latency_seconds_bucket", "reverb_queue_depth", "reverb_active_slots",
                  "reverb_credit_charged_total"):
         assert name in text, name
-    assert re.search(r'reverb_requests_total\{model="smollm2-135m",route="/v1/chat/completions",status="200"\}',
+    assert re.search(r'reverb_requests_total\{model="smollm2-135m",route="chat.completions",status="200"\}',
                      text)
 
 
@@ -68,17 +67,21 @@ def test_json_access_log_one_line_per_request(make_server):
 
 def test_sigterm_drains_running_streams(make_server, no_eos):
     srv = make_server()
-    got: dict = {}
+    got: dict = {"lines": []}
+    streaming = threading.Event()
 
     def stream():
         with srv.client() as http:
             with http.stream("POST", "/v1/chat/completions",
                              json=chat("Write a long essay.", max_tokens=300, stream=True, logit_bias=no_eos)) as r:
-                got["lines"] = [ln for ln in r.iter_lines() if ln]
+                for ln in r.iter_lines():
+                    if ln:
+                        got["lines"].append(ln)
+                        streaming.set()
 
     t = threading.Thread(target=stream)
     t.start()
-    time.sleep(0.7)  # the stream is running
+    assert streaming.wait(120)  # the stream is running
     srv.proc.send_signal(signal.SIGTERM)
     t.join(60)
     assert srv.proc.wait(60) == 0

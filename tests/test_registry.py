@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from runtime import registry
-from runtime.errors import ConfigError, ModelNotFound
+from reverb.models import registry
+from reverb.errors import ConfigError, ModelNotFound
 
 GOOD = """
 default = "tiny"

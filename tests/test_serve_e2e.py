@@ -54,7 +54,7 @@ def test_broken_template_stops_serve_with_a_clear_error(tmp_path):
 
 def test_bad_registry_stops_serve_naming_the_field(tmp_path):
     (tmp_path / "models.toml").write_text(TOML.replace("ctx = 1024", 'ctx = "big"'))
-    out = subprocess.run([sys.executable, "-m", "runtime.cli", "serve", "--models", str(tmp_path / "models.toml"),
+    out = subprocess.run([sys.executable, "-m", "reverb.cli", "serve", "--models", str(tmp_path / "models.toml"),
                           "--port", "0", "--api-key", "k", "--db", str(tmp_path / "l.db")],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode != 0
@@ -63,7 +63,7 @@ def test_bad_registry_stops_serve_naming_the_field(tmp_path):
 
 
 def test_generated_key_when_none_is_configured(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "serve", "--port", "0", "--db",
+    proc = subprocess.Popen([sys.executable, "-m", "reverb.cli", "serve", "--port", "0", "--db",
                              str(tmp_path / "l.db"), "--ready-file", str(tmp_path / "ready")],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                             env={k: v for k, v in __import__("os").environ.items() if k != "REVERB_API_KEY"})

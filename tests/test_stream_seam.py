@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 import time
 
-from runtime import service as service_mod
-from runtime.api.stream import GenerationResponse
-from runtime.config import Settings
-from runtime.ledger import Account
-from runtime.types import FinishReason, Message, SamplingParams
+from reverb import service as service_mod
+from reverb.api.stream import GenerationResponse
+from reverb.request import Account, Ask, RequestContext
+from reverb.settings import Settings
+from reverb.types import FinishReason, Message, SamplingParams
 
-from .fakes import EOS, FakeEngine
+from .fakes import EOS, FakeEngine, fake_llama
 
 
 class SlowEngine(FakeEngine):
@@ -22,13 +22,14 @@ class SlowEngine(FakeEngine):
 
 def test_write_timeout_aborts_and_cancels(tmp_path):
     cfg = Settings.build(environ={}, db=tmp_path / "l.db", api_keys=("k",), parallel=1)
-    svc = service_mod.build(cfg, engine_factory=SlowEngine, locate=lambda spec, s: tmp_path / "fake.gguf")
+    svc = service_mod.build(cfg, backend_factory=lambda spec, s: fake_llama(spec, s, SlowEngine))
 
     async def run():
-        gen = await svc.start(account=Account("k", None, unlimited=True), model=None,
-                              messages=[Message("user", "hi")], endpoint="chat.completions", request_id="req_t",
-                              params=SamplingParams(logit_bias=((EOS, -100.0),)), max_tokens=1900,
-                              started=time.monotonic())
+        ctx = RequestContext(request_id="req_t", endpoint="chat.completions",
+                             account=Account("k", None, unlimited=True))
+        ask = Ask(model=None, messages=(Message("user", "hi"),),
+                  sampling=SamplingParams(logit_bias=((EOS, -100.0),), max_tokens=1900))
+        gen = await svc.start(ctx, ask)
         sent = []
 
         async def send(message):  # the first body write never completes: a client that does not read
@@ -49,7 +50,7 @@ def test_write_timeout_aborts_and_cancels(tmp_path):
         t0 = time.monotonic()
         await resp({"type": "http"}, receive, send)
         aborted_after = time.monotonic() - t0
-        price = await asyncio.wait_for(gen.price, 5)
+        price = (await asyncio.wait_for(gen.settled, 5)).price
         return gen, aborted_after, price, sent
 
     gen, aborted_after, price, sent = asyncio.run(run())

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.errors import ModelLoadError, TemplateError
-from runtime.templates import CHATML, ChatTemplate
-from runtime.types import Message
+from reverb.errors import ModelLoadError, TemplateError
+from reverb.models.templates import CHATML, ChatTemplate
+from reverb.types import Message
 
 
 def render(t: ChatTemplate, *msgs: tuple[str, str]):
@@ -62,12 +62,12 @@ def test_gguf_template_renders(engine):
 
 
 def test_template_that_reshapes_text_refuses_control_token_spellings(engine):
-    from runtime.errors import TemplateError as TE
-    from runtime.service import ModelRuntime
+    from reverb.errors import TemplateError as TE
+    from reverb.backends.llama.backend import LlamaBackend
     t = ChatTemplate("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | upper }}<|im_end|>\n"
                      "{% endfor %}<|im_start|>assistant\n")
     assert [s.user for s in render(t, ("user", "hi"))] == [None]
-    rt = ModelRuntime(spec=None, engine=engine, scheduler=None, template=t, ctx=2048)
+    rt = LlamaBackend(spec=type("Spec", (), {"name": "t"})(), engine=engine, template=t, thread=None, ctx=2048)
     assert rt.tokenize_chat([Message("user", "hi")])
     with pytest.raises(TE):
         rt.tokenize_chat([Message("user", "hi <|im_end|>")])

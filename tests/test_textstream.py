@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.textstream import TextStream
+from reverb.backends.llama.textstream import TextStream
 
 from .conftest import is_utf8
 

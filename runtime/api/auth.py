@@ -1,27 +1,22 @@
 """Pure ASGI middleware for what every request needs before a route runs.
 
-``RequestContext`` gives each request an id (sent back as ``x-request-id`` on every response, errors included)
-and a start time. ``BearerAuth`` turns ``Authorization: Bearer <key>`` into ``scope["state"]["account"]`` via the
-ledger (SHA-256 digests compared in constant time) and answers 401 itself, in the dialect of the path, because
-user middleware sits outside Starlette's exception handlers.
+``Context`` gives each request its ``RequestContext`` (id, start time, ledger endpoint name and dialect from the
+route table) and sends the id back as ``x-request-id`` on every response, errors included. ``BearerAuth`` turns
+``Authorization: Bearer <key>`` into the context's account via the ledger (SHA-256 digests compared in constant
+time) and refuses with 401 itself, because user middleware sits outside Starlette's exception handlers.
 """
 
 from __future__ import annotations
 
-import secrets
-import time
+from dataclasses import replace
 
 from ..errors import AuthenticationError
-from .errors import error_response, is_gateway
-
-PUBLIC_PATHS = {"/health"}
-
-
-def new_request_id() -> str:
-    return "req_" + secrets.token_hex(12)
+from ..request import RequestContext
+from .refuse import refuse
+from .routes import ROUTES, dialect_of, endpoint_of
 
 
-class RequestContext:
+class Context:
     def __init__(self, app):
         self.app = app
 
@@ -29,14 +24,15 @@ class RequestContext:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         state = scope.setdefault("state", {})
-        rid = state["request_id"] = new_request_id()
-        state["started"] = time.monotonic()
+        path = scope["path"]
+        ctx = state["ctx"] = RequestContext(endpoint=endpoint_of(path), dialect=dialect_of(path))
+        rid = ctx.request_id.encode()
 
         async def send_with_id(message):
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 if not any(k.lower() == b"x-request-id" for k, _ in headers):
-                    headers.append((b"x-request-id", rid.encode()))
+                    headers.append((b"x-request-id", rid))
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -46,24 +42,19 @@ class RequestContext:
 class BearerAuth:
     def __init__(self, app, public_paths: set[str] | None = None):
         self.app = app
-        self.public = PUBLIC_PATHS | (public_paths or set())
+        self.public = {r.path for r in ROUTES if r.public} | (public_paths or set())
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in self.public:
             return await self.app(scope, receive, send)
         state = scope["state"]
-        service = state["service"]
         raw = _bearer(scope)
-        account = await service.authenticate(raw) if raw else None
+        account = await state["service"].authenticate(raw) if raw else None
         if account is None:
             err = AuthenticationError("Incorrect API key provided" if raw else
                                       "Missing API key: send 'Authorization: Bearer <key>'")
-            path = scope["path"]
-            state["error_code"] = err.code
-            await service.reject(None, endpoint="gateway" if is_gateway(path) else path, model=None,
-                                 request_id=state["request_id"], error=err, started=state["started"])
-            return await error_response(err, path, state["request_id"])(scope, receive, send)
-        state["account"] = account
+            return await (await refuse(scope, err))(scope, receive, send)
+        state["ctx"] = replace(state["ctx"], account=account)
         await self.app(scope, receive, send)
 
 

@@ -10,6 +10,7 @@ import time
 from starlette.requests import Request
 
 from ..errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from ..settings import Settings
 
 JSON_TYPES = ("application/json",)
 
@@ -18,12 +19,13 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
-async def read_json(request: Request, *, max_bytes: int, max_depth: int, timeout: float = 30.0) -> dict:
+async def read_json(request: Request, settings: Settings) -> dict:
     """The body as a JSON object. Raises UnsupportedMediaType, PayloadTooLarge, RequestTimeout or InvalidRequest.
 
-    The whole body must arrive within ``timeout`` seconds, so a client trickling it in (slowloris) cannot hold
-    a connection and its buffer forever.
+    The whole body must arrive within ``settings.body_timeout`` seconds, so a client trickling it in (slowloris)
+    cannot hold a connection and its buffer forever.
     """
+    max_bytes, max_depth, timeout = settings.max_body_bytes, settings.max_json_depth, settings.body_timeout
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype not in JSON_TYPES:
         raise UnsupportedMediaType("Content-Type must be application/json")

@@ -89,13 +89,12 @@ def gateway_body(exc: BaseException) -> tuple[int, dict, dict[str, str]]:
     return status, body, _headers(exc, status)
 
 
-def is_gateway(path: str) -> bool:
-    return path.rstrip("/") == "/api/endpoint"
+FORMATS = {"openai": openai_body, "gateway": gateway_body}
 
 
-def error_response(exc: BaseException, path: str, request_id: str | None = None) -> JSONResponse:
-    """The error as a response in the dialect the path belongs to."""
-    status, body, headers = (gateway_body if is_gateway(path) else openai_body)(exc)
+def error_response(exc: BaseException, dialect: str, request_id: str | None = None) -> JSONResponse:
+    """The error as a response in ``dialect``'s format (see routes.py for which path speaks which)."""
+    status, body, headers = FORMATS[dialect](exc)
     if request_id:
         headers["x-request-id"] = request_id
     return JSONResponse(body, status_code=status, headers=headers)

@@ -12,40 +12,39 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from ..errors import InvalidRequest, LedgerError
-from ..registry import MICRO
-from ..service import Generation, Service
+from ..generation import Generation
+from ..models.registry import MICRO
+from ..request import Ask
+from ..service import Service
 from ..types import Chunk
 from . import params as P
 from .body import read_json
-from .stream import StreamAborted, fold, stream_response
-
-ENDPOINT = "gateway"
+from .stream import StreamAborted, fold, keep_body, stream_response
 
 
-async def endpoint(request: Request) -> object:
-    service: Service = request.state.service
-    settings = service.settings
-    rid = request.state.request_id
-    body = await read_json(request, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth,
-                           timeout=settings.body_timeout)
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("'model' must be a non-empty string", param="model")
+def parse(body: dict, settings) -> tuple[Ask, bool]:
+    """Wire JSON -> (Ask, stats). Raises InvalidRequest naming ``param``."""
+    model = P.model(body)
     messages = P.messages(body.get("messages"), settings)
     options = body.get("options", {})
     if options is None:
         options = {}
     if not isinstance(options, dict):
         raise InvalidRequest("'options' must be an object", param="options")
-    sampling, max_tokens = P.sampling(options, settings, prefix="options.")
+    sampling = P.sampling(options, settings, prefix="options.")
     stream = P.boolean(options, "stream", False, param="options.stream")
     stats = P.boolean(options, "stats", True, param="options.stats")
-    raw = _body_text(body) if settings.log_bodies else None
-    gen = await service.start(account=request.state.account, model=model, messages=messages, params=sampling,
-                              max_tokens=max_tokens, endpoint=ENDPOINT, request_id=rid,
-                              started=request.state.started, body=raw)
+    return Ask(model=model, messages=tuple(messages), sampling=sampling, stream=stream), stats
+
+
+async def endpoint(request: Request) -> object:
+    service: Service = request.state.service
+    body = await read_json(request, service.settings)
+    ask, stats = parse(body, service.settings)
+    ctx = keep_body(request, body)
+    gen = await service.start(ctx, ask)
     request.state.generation = gen
-    if stream:
+    if ask.stream:
         return stream_response(request, gen, "text/plain; charset=utf-8", lambda first: _text(gen, first))
     text, final, price = await fold(request, gen)
     result = {"response": text}
@@ -53,8 +52,7 @@ async def endpoint(request: Request) -> object:
         result.update(tokens_input=final.usage.prompt_tokens, tokens_output=final.usage.completion_tokens,
                       price=price / MICRO)
     result.update(model=gen.model, request=body["messages"])
-    return JSONResponse({"status": 1, "result": result}, headers={"x-request-id": rid,
-                                                                  "x-reverb-price": str(price)})
+    return JSONResponse({"status": 1, "result": result}, headers={"x-reverb-price": str(price)})
 
 
 async def _text(gen: Generation, first: Chunk):
@@ -68,11 +66,7 @@ async def _text(gen: Generation, first: Chunk):
     if current.error is not None:
         raise StreamAborted  # plain text has no error frame: a broken stream is the honest signal
     try:
-        await gen.price
+        await gen.settled
     except LedgerError:
         raise StreamAborted from None
 
-
-def _body_text(body: dict) -> str:
-    import json
-    return json.dumps(body, ensure_ascii=False)[:100_000]

@@ -10,7 +10,7 @@ without credentials, as browsers require. Preflight requests are answered here, 
 from __future__ import annotations
 
 from ..errors import InvalidRequest
-from .errors import error_response
+from .refuse import refuse
 
 LOCAL_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
@@ -34,8 +34,7 @@ class HostGuard:
         host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
         if _host_name(host) not in self.allowed:
             err = InvalidRequest("This server does not answer to that Host name", code="invalid_host")
-            rid = scope.get("state", {}).get("request_id")
-            return await error_response(err, scope["path"], rid)(scope, receive, send)
+            return await (await refuse(scope, err))(scope, receive, send)
         await self.app(scope, receive, send)
 
 

@@ -8,42 +8,28 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from ..errors import InvalidRequest, LedgerError
-from ..service import Generation, Service
-from ..types import Chunk, FinishReason, Message, SamplingParams
+from ..generation import Generation
+from ..request import Ask
+from ..service import Service
+from ..types import Chunk, FinishReason
 from . import params as P
 from .body import read_json
 from .errors import openai_body
 from .sse import DONE, event
-from .stream import fold, stream_response
-
-ENDPOINT = "chat.completions"
+from .stream import fold, keep_body, stream_response
 
 
-@dataclass(frozen=True)
-class ChatRequest:
-    model: str
-    messages: list[Message]
-    sampling: SamplingParams
-    max_tokens: int | None
-    stream: bool
-    include_usage: bool
-
-
-def parse(body: dict, settings) -> ChatRequest:
-    """Wire JSON -> ChatRequest. Raises InvalidRequest naming ``param``."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("'model' must be a non-empty string", param="model")
+def parse(body: dict, settings) -> tuple[Ask, bool]:
+    """Wire JSON -> (Ask, include_usage). Raises InvalidRequest naming ``param``."""
+    model = P.model(body)
     messages = P.messages(body.get("messages"), settings)
-    sampling, max_tokens = P.sampling(body, settings)
-    n = P.integer(body, "n", 1, 1, 1)
-    _ = n  # only n=1 is served; larger n is refused by the range check above
+    sampling = P.sampling(body, settings)
+    P.integer(body, "n", 1, 1, 1)  # only n=1 is served; larger n is refused by the range check
     stream = P.boolean(body, "stream", False)
     opts = body.get("stream_options")
     include_usage = False
@@ -51,27 +37,21 @@ def parse(body: dict, settings) -> ChatRequest:
         if not isinstance(opts, dict):
             raise InvalidRequest("'stream_options' must be an object", param="stream_options")
         include_usage = P.boolean(opts, "include_usage", False, param="stream_options.include_usage")
-    return ChatRequest(model, messages, sampling, max_tokens, stream, include_usage)
+    return Ask(model=model, messages=tuple(messages), sampling=sampling, stream=stream), include_usage
 
 
 async def chat_completions(request: Request) -> object:
     service: Service = request.state.service
-    settings = service.settings
-    rid = request.state.request_id
-    started = request.state.started
-    body = await read_json(request, max_bytes=settings.max_body_bytes, max_depth=settings.max_json_depth,
-                           timeout=settings.body_timeout)
-    req = parse(body, settings)
-    raw = _body_text(body) if settings.log_bodies else None
-    gen = await service.start(account=request.state.account, model=req.model, messages=req.messages,
-                              params=req.sampling, max_tokens=req.max_tokens, endpoint=ENDPOINT,
-                              request_id=rid, started=started, body=raw)
+    body = await read_json(request, service.settings)
+    ask, include_usage = parse(body, service.settings)
+    ctx = keep_body(request, body)
+    gen = await service.start(ctx, ask)
     request.state.generation = gen
-    cid = "chatcmpl-" + rid.removeprefix("req_")
+    cid = "chatcmpl-" + ctx.request_id.removeprefix("req_")
     created = int(time.time())
-    if req.stream:
+    if ask.stream:
         return stream_response(request, gen, "text/event-stream; charset=utf-8",
-                               lambda first: _sse(gen, first, cid, created, req.include_usage))
+                               lambda first: _sse(gen, first, cid, created, include_usage))
     text, final, price = await fold(request, gen)
     usage = final.usage
     return JSONResponse({
@@ -81,7 +61,7 @@ async def chat_completions(request: Request) -> object:
                      "logprobs": None, "finish_reason": _finish(final.finish_reason)}],
         "usage": {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
                   "total_tokens": usage.total_tokens},
-    }, headers={"x-request-id": rid, "x-reverb-price": str(price)})
+    }, headers={"x-request-id": ctx.request_id, "x-reverb-price": str(price)})
 
 
 def _finish(reason: FinishReason | None) -> str:
@@ -112,7 +92,7 @@ async def _sse(gen: Generation, first: Chunk, cid: str, created: int, include_us
         yield event(openai_body(final.error)[1])
         return
     try:
-        await gen.price
+        await gen.settled
     except LedgerError as e:
         yield event(openai_body(e)[1])
         return
@@ -128,11 +108,7 @@ async def _sse(gen: Generation, first: Chunk, cid: str, created: int, include_us
 
 async def list_models(request: Request) -> JSONResponse:
     service: Service = request.state.service
-    data = [{"id": name, "object": "model", "created": rt.created, "owned_by": "reverb"}
-            for name, rt in service.runtimes.items()]
-    return JSONResponse({"object": "list", "data": data}, headers={"x-request-id": request.state.request_id})
-
-
-def _body_text(body: dict) -> str:
-    return json.dumps(body, ensure_ascii=False)[:100_000]
+    data = [{"id": name, "object": "model", "created": b.info.created, "owned_by": "reverb"}
+            for name, b in service.backends.items()]
+    return JSONResponse({"object": "list", "data": data})
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from ..config import Settings
+from ..settings import Settings
 from ..errors import InvalidRequest
 from ..types import Message, SamplingParams
 
@@ -105,9 +105,10 @@ def stop(body: dict, prefix: str = "") -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         value = [value]
-    if (not isinstance(value, list) or len(value) > 4
-            or not all(isinstance(s, str) and 0 < len(s) <= 256 and _encodable(s) for s in value)):
-        raise InvalidRequest(f"'{p}' must be a string or an array of up to 4 non-empty strings", param=p)
+    if (not isinstance(value, list) or len(value) > MAX_STOP
+            or not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS and _encodable(s) for s in value)):
+        raise InvalidRequest(f"'{p}' must be a string or an array of up to {MAX_STOP} non-empty strings of at most "
+                             f"{MAX_STOP_CHARS} characters", param=p)
     return tuple(value)
 
 
@@ -117,33 +118,50 @@ def logit_bias(body: dict, prefix: str = "") -> tuple[tuple[int, float], ...]:
     p = prefix + "logit_bias"
     if value is None:
         return ()
-    if not isinstance(value, dict) or len(value) > 1024:
-        raise InvalidRequest(f"'{p}' must be an object of at most 1024 token ids", param=p)
+    if not isinstance(value, dict) or len(value) > MAX_LOGIT_BIAS:
+        raise InvalidRequest(f"'{p}' must be an object of at most {MAX_LOGIT_BIAS} token ids", param=p)
     out = []
     for k, v in value.items():
         if not (isinstance(k, str) and k.isascii() and k.isdigit() and len(k) < 10):
             raise InvalidRequest(f"'{p}' keys must be token ids", param=p)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not -100 <= v <= 100:
+        lo, hi = LOGIT_BIAS_RANGE
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
             raise InvalidRequest(f"'{p}' values must be numbers between -100 and 100", param=p)
         out.append((int(k), float(v)))
     return tuple(out)
 
 
-def sampling(body: dict, settings: Settings, prefix: str = "") -> tuple[SamplingParams, int | None]:
-    """SamplingParams and the requested max_tokens (None: up to the end of the context)."""
+# The wire limits of the sampling fields: the validators below and the OpenAPI document (openapi.py) both
+# read this table. (name, kind, low, high, default); max_tokens' high is the --max-tokens-cap setting.
+SAMPLING_FIELDS: tuple[tuple[str, str, float, float, object], ...] = (
+    ("temperature", "number", 0.0, 2.0, 1.0),
+    ("top_p", "number", 0.0, 1.0, 1.0),
+    ("top_k", "integer", 0, 1_000_000, 0),
+    ("min_p", "number", 0.0, 1.0, 0.0),
+    ("seed", "integer", -(2 ** 63), 2 ** 64 - 1, None),
+    ("presence_penalty", "number", -2.0, 2.0, 0.0),
+    ("frequency_penalty", "number", -2.0, 2.0, 0.0),
+)
+MAX_STOP, MAX_STOP_CHARS = 4, 256
+MAX_LOGIT_BIAS, LOGIT_BIAS_RANGE = 1024, (-100.0, 100.0)
+
+
+def model(body: dict) -> str:
+    value = body.get("model")
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest("'model' must be a non-empty string", param="model")
+    return value
+
+
+def sampling(body: dict, settings: Settings, prefix: str = "") -> SamplingParams:
+    """SamplingParams, ``max_tokens`` None when not given (up to the end of the context)."""
     max_tokens = integer(body, "max_completion_tokens", 1, settings.max_tokens_cap, None,
                          param=prefix + "max_completion_tokens")
     if max_tokens is None:
         max_tokens = integer(body, "max_tokens", 1, settings.max_tokens_cap, None, param=prefix + "max_tokens")
-    params = SamplingParams(
-        temperature=number(body, "temperature", 0.0, 2.0, 1.0, param=prefix + "temperature"),
-        top_p=number(body, "top_p", 0.0, 1.0, 1.0, param=prefix + "top_p"),
-        top_k=integer(body, "top_k", 0, 1_000_000, 0, param=prefix + "top_k"),
-        min_p=number(body, "min_p", 0.0, 1.0, 0.0, param=prefix + "min_p"),
-        seed=integer(body, "seed", -(2 ** 63), 2 ** 64 - 1, None, param=prefix + "seed"),
-        stop=stop(body, prefix),
-        presence_penalty=number(body, "presence_penalty", -2.0, 2.0, 0.0, param=prefix + "presence_penalty"),
-        frequency_penalty=number(body, "frequency_penalty", -2.0, 2.0, 0.0, param=prefix + "frequency_penalty"),
-        logit_bias=logit_bias(body, prefix),
-    )
-    return params, max_tokens
+    values = {}
+    for name, kind, lo, hi, default in SAMPLING_FIELDS:
+        check = number if kind == "number" else integer
+        values[name] = check(body, name, lo, hi, default, param=prefix + name)
+    return SamplingParams(max_tokens=max_tokens, stop=stop(body, prefix), logit_bias=logit_bias(body, prefix),
+                          **values)

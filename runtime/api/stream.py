@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+from dataclasses import replace
 from typing import AsyncIterator, Callable
 
-from ..service import Generation
+from ..generation import Generation
+from ..request import RequestContext
 from ..types import Chunk
 from .errors import error_response
 
@@ -72,21 +75,29 @@ class StreamAborted(Exception):
     stream, never a success), e.g. when the ledger could not record the request."""
 
 
+def keep_body(request, body: dict) -> RequestContext:
+    """The request's context, holding its body when the server stores bodies (``--log-bodies``)."""
+    ctx: RequestContext = request.state.ctx
+    if request.state.service.settings.log_bodies:
+        ctx = replace(ctx, body=json.dumps(body, ensure_ascii=False)[:100_000])
+    return ctx
+
+
 def stream_response(request, gen: Generation, media_type: str,
                     body: Callable[[Chunk], AsyncIterator[bytes]]) -> GenerationResponse:
     """The streaming answer to ``request``: errors before the first chunk in the path's dialect."""
-    rid = request.state.request_id
+    ctx: RequestContext = request.state.ctx
     return GenerationResponse(gen, media_type=media_type, body=body,
-                              on_early_error=lambda e: error_response(e, request.url.path, rid),
-                              headers={"x-request-id": rid},
-                              write_timeout=request.state.service.settings.stream_write_timeout)
+                              on_early_error=lambda e: error_response(e, ctx.dialect, ctx.request_id),
+                              headers={}, write_timeout=request.state.service.settings.stream_write_timeout)
 
 
 async def fold(request, gen: Generation) -> tuple[str, Chunk, int]:
     """The blocking answer: (text, final chunk, price). A disconnect cancels the job; an engine failure raises;
-    waiting for the price means no success is returned before its ledger row exists (LedgerError otherwise)."""
+    waiting for the settlement means no success is returned before its ledger row exists (LedgerError
+    otherwise)."""
     async with cancel_on_disconnect(request.receive, gen):
         text, final = await gen.collect()
     if final.error is not None:
         raise final.error
-    return text, final, await gen.price
+    return text, final, (await gen.settled).price

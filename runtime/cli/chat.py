@@ -13,12 +13,15 @@ import json
 import os
 import sys
 import threading
+from dataclasses import replace
 from queue import Queue
 from urllib.parse import urlsplit
 
-from .config import Settings
-from .errors import ReverbError
-from .types import Message, SamplingParams
+from ..errors import ReverbError
+from ..request import Account, Ask, RequestContext
+from ..settings import Settings
+from ..types import Message, SamplingParams
+from .flags import settings_from
 
 HELP = "type a message; end a line with \\ to continue it; /reset clears the history, /exit leaves"
 
@@ -27,10 +30,9 @@ class LocalBackend:
     """The model in this process, through the same service the server uses (no ledger charges: a dev account)."""
 
     def __init__(self, settings: Settings):
-        from .ledger import Account
-        from .service import build
+        from ..service import build
         self.service = build(settings.with_(db=settings.db or _memory_db(), parallel=1))
-        self.model = next(iter(self.service.runtimes))
+        self.model = next(iter(self.service.backends))
         self.account = Account("chat", None, unlimited=True)
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
@@ -40,13 +42,10 @@ class LocalBackend:
         out: Queue = Queue()
 
         async def run():
-            import secrets
-            import time
             try:
-                gen = await self.service.start(
-                    account=self.account, model=self.model, params=params, max_tokens=max_tokens,
-                    messages=[Message(m["role"], m["content"]) for m in messages], endpoint="chat",
-                    request_id="chat_" + secrets.token_hex(6), started=time.monotonic())
+                ask = Ask(model=self.model, messages=tuple(Message(m["role"], m["content"]) for m in messages),
+                          sampling=replace(params, max_tokens=max_tokens))
+                gen = await self.service.start(RequestContext(endpoint="chat", account=self.account), ask)
                 self.current = gen
                 async for chunk in gen:
                     out.put(chunk.text)
@@ -183,13 +182,24 @@ def run(backend, params: SamplingParams, max_tokens: int, system: str | None = N
     return 0
 
 
+def add_parsers(sub, common) -> None:
+    c = sub.add_parser("chat", help="chat with a model in the terminal", parents=common)
+    c.add_argument("--model", dest="chat_model", help="model name (default: the catalogue's default)")
+    c.add_argument("--url", help="talk to a running server instead of loading the model here")
+    c.add_argument("--api-key", dest="chat_key", help="key for --url (default: REVERB_API_KEY)")
+    c.add_argument("--max-tokens", type=int, default=512, help="longest answer in tokens (default 512)")
+    c.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default 0.7)")
+    c.add_argument("--seed", type=int, help="sampling seed, for repeatable answers")
+    c.add_argument("--system", help="a system message to start the conversation with")
+    c.set_defaults(run=main)
+
+
 def main(args) -> int:
     params = SamplingParams(temperature=args.temperature, seed=args.seed)
     if args.url:
-        key = args.api_key or os.environ.get("REVERB_API_KEY", "")
-        backend = RemoteBackend(args.url, key, args.model)
+        key = args.chat_key or os.environ.get("REVERB_API_KEY", "")
+        backend = RemoteBackend(args.url, key, args.chat_model)
     else:
-        settings = Settings.build(models_path=args.models_path, db=args.db,
-                                  models=(args.model,) if args.model else None)
+        settings = settings_from(args, models=(args.chat_model,) if args.chat_model else None)
         backend = LocalBackend(settings)
     return run(backend, params, args.max_tokens, args.system)

@@ -17,8 +17,8 @@ from pathlib import Path
 import llama_cpp as C
 import numpy as np
 
-from .errors import EngineError, ModelLoadError
-from .types import SamplingParams
+from ...errors import EngineError, ModelLoadError
+from ...types import SamplingParams
 
 log = logging.getLogger("reverb.engine")
 

@@ -17,7 +17,7 @@ from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTT
                                     OfflineModeIsEnabled, RemoteEntryNotFoundError, RepositoryNotFoundError,
                                     RevisionNotFoundError)
 
-from .errors import ChecksumMismatch, ConfigError, DownloadError, OfflineError, RemoteFileMissing
+from ..errors import ChecksumMismatch, ConfigError, DownloadError, OfflineError, RemoteFileMissing
 from .registry import ModelSpec
 
 

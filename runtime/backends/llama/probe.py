@@ -1,5 +1,6 @@
 """Load a model once in a child process before the server loads it, so a file that crashes llama.cpp (an abort, a
-segfault) takes down the child, not the server. ``python -m runtime.probe PATH`` is the child."""
+segfault) takes down the child, not the server. ``python -m reverb.backends.llama.probe PATH`` is the child; the
+parent has already run the header pre-check (models/ggufcheck.py), so the child goes straight to llama.cpp."""
 
 from __future__ import annotations
 
@@ -8,14 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .errors import ModelLoadError
+from ...errors import ModelLoadError
 
 
 def check_in_child(path: Path, timeout: float = 900) -> None:
     """Raises ModelLoadError when the child cannot load the file or dies doing it."""
     try:
-        r = subprocess.run([sys.executable, "-m", "runtime.probe", str(path)], capture_output=True, text=True,
-                           timeout=timeout)
+        r = subprocess.run([sys.executable, "-m", "reverb.backends.llama.probe", str(path)], capture_output=True,
+                           text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise ModelLoadError("loading the model file took too long in the trial load; refused") from None
     if r.returncode < 0:
@@ -27,11 +28,9 @@ def check_in_child(path: Path, timeout: float = 900) -> None:
 
 
 def main(argv: list[str]) -> int:
+    from ...errors import ReverbError
     from .engine import Engine, EngineConfig
-    from .errors import ReverbError
-    from .ggufcheck import check
     try:
-        check(Path(argv[0]))
         eng = Engine(Path(argv[0]), EngineConfig(n_ctx=64, n_seq=1, n_threads=1, n_threads_batch=1, n_batch=8))
         eng.decode([(eng.bos() if eng.bos() >= 0 else 0, 0, 0, False), (0, 1, 0, True)])  # first decode too
         eng.close()

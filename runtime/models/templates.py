@@ -18,8 +18,8 @@ from jinja2 import TemplateError as JinjaTemplateError
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from .errors import ModelLoadError, TemplateError
-from .types import Message
+from ..errors import ModelLoadError, TemplateError
+from ..types import Message
 
 # Used when a GGUF carries no template and models.toml gives none.
 CHATML = (

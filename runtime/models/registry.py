@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path, PurePosixPath
 
-from .errors import ConfigError, ModelNotFound
+from ..errors import ConfigError, ModelNotFound
 
 MICRO = 1_000_000  # money is integer micro-units of the credit currency
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")

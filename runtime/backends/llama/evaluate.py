@@ -6,15 +6,12 @@ divergence KL(reference || model) of their next-token distributions, and how oft
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from .engine import Engine, EngineConfig
-
-DEFAULT_TEXT = Path(__file__).resolve().parent.parent / "convert" / "data" / "eval.txt"
 
 
 def window_logits(path: Path, tokens: list[int], ctx: int, threads: int = 0):
@@ -57,15 +54,3 @@ def compare(model: Path, ref: Path, text: str, ctx: int = 512) -> dict:
     return {"tokens": n, "ppl_model": float(np.exp(nll_m / n)), "ppl_ref": float(np.exp(nll_r / n)),
             "kl_mean": float(kl / n), "top1_agreement": float(agree / n)}
 
-
-def main(args) -> int:
-    text_path = args.text or DEFAULT_TEXT
-    report = compare(args.model, args.ref, Path(text_path).read_text(encoding="utf-8"), args.ctx)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print(f"text: {text_path} ({report['tokens']} tokens scored)")
-        print(f"perplexity  model {report['ppl_model']:.4f}   reference {report['ppl_ref']:.4f}")
-        print(f"KL(ref || model) mean per token: {report['kl_mean']:.6f}")
-        print(f"top-1 agreement: {report['top1_agreement'] * 100:.2f}%")
-    return 0

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from .errors import UnsafeModelFile
+from ..errors import UnsafeModelFile
 
 MAX_TENSORS = 1 << 16
 MAX_KV = 1 << 16

@@ -11,8 +11,8 @@ Crash rule: a hold still open when the server starts was left by a crash (kill -
 reached a durable settlement, so it is refunded in full and logged as ``failed`` / ``interrupted``: the client is
 charged nothing for a request whose answer it may never have received.
 
-Speaks only ``types`` and ``errors``. Keys given on the command line (``--api-key``) are not stored; they act as
-unlimited dev keys whose requests are logged with ``key_id`` NULL.
+Speaks only ``request``, ``errors`` and its own records. Keys given on the command line (``--api-key``) are not
+stored; they act as unlimited dev keys whose requests are logged with ``key_id`` NULL.
 """
 
 from __future__ import annotations
@@ -22,82 +22,13 @@ import hmac
 import secrets
 import sqlite3
 import threading
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import ConfigError, InsufficientCredit, LedgerError
-
-MIGRATIONS: list[str] = [
-    # 1: keys, grants, holds, requests. rate_limit_rpm and model_scope are reserved for later issues.
-    """
-    CREATE TABLE keys (
-        id INTEGER PRIMARY KEY,
-        name TEXT NOT NULL UNIQUE,
-        digest BLOB NOT NULL UNIQUE,
-        balance INTEGER NOT NULL DEFAULT 0 CHECK (balance >= 0),
-        created_at TEXT NOT NULL,
-        revoked_at TEXT,
-        rate_limit_rpm INTEGER,
-        model_scope TEXT
-    );
-    CREATE TABLE grants (
-        id INTEGER PRIMARY KEY,
-        key_id INTEGER NOT NULL REFERENCES keys(id),
-        amount INTEGER NOT NULL CHECK (amount > 0),
-        created_at TEXT NOT NULL
-    );
-    CREATE TABLE holds (
-        request_id TEXT PRIMARY KEY,
-        key_id INTEGER NOT NULL REFERENCES keys(id),
-        amount INTEGER NOT NULL CHECK (amount >= 0),
-        model TEXT NOT NULL,
-        endpoint TEXT NOT NULL,
-        created_at TEXT NOT NULL
-    );
-    CREATE TABLE requests (
-        id INTEGER PRIMARY KEY,
-        request_id TEXT NOT NULL UNIQUE,
-        key_id INTEGER REFERENCES keys(id),
-        key_name TEXT,
-        model TEXT,
-        endpoint TEXT NOT NULL,
-        prompt_tokens INTEGER NOT NULL DEFAULT 0 CHECK (prompt_tokens >= 0),
-        completion_tokens INTEGER NOT NULL DEFAULT 0 CHECK (completion_tokens >= 0),
-        price INTEGER NOT NULL DEFAULT 0 CHECK (price >= 0),
-        status TEXT NOT NULL CHECK (status IN ('completed', 'cancelled', 'failed', 'rejected')),
-        error_code TEXT,
-        latency_ms REAL,
-        created_at TEXT NOT NULL,
-        body TEXT
-    );
-    CREATE INDEX requests_by_key_time ON requests(key_id, created_at);
-    CREATE INDEX requests_by_time ON requests(created_at);
-    """,
-]
-
-
-@dataclass(frozen=True)
-class Account:
-    """Who is calling. ``key_id`` is None for unlimited dev keys from the command line."""
-
-    name: str
-    key_id: int | None
-    unlimited: bool = False
-
-
-@dataclass(frozen=True)
-class RequestRecord:
-    request_id: str
-    endpoint: str
-    model: str | None
-    status: str                 # completed | cancelled | failed | rejected
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    error_code: str | None = None
-    latency_ms: float | None = None
-    body: str | None = None
-
+from ..errors import ConfigError, InsufficientCredit, LedgerError
+from ..request import Account
+from .records import RequestRecord
+from .schema import MIGRATIONS
 
 def digest(raw_key: str) -> bytes:
     return hashlib.sha256(raw_key.encode("utf-8")).digest()

@@ -1,0 +1,69 @@
+"""One access-log line per request, as pure ASGI middleware; it also feeds the per-route request metrics.
+
+The line is written when the response ends, by which time a generation's ledger row exists, so tokens and price
+are the charged ones. Keys never appear: only the key's name (or ``env:<digest prefix>`` for command-line keys).
+Paths are logged by their route table name, never as the raw text a client sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from ..models.registry import MICRO
+from .metrics import Metrics
+
+access = logging.getLogger("reverb.access")
+
+
+class AccessLog:
+    def __init__(self, app, json_format: bool = False):
+        self.app = app
+        self.json = json_format
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = [500]
+
+        async def send_wrapped(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapped)
+        finally:
+            self._log(scope, status[0])
+
+    def _log(self, scope, status: int) -> None:
+        state = scope.get("state", {})
+        service = state.get("service")
+        ctx = state["ctx"]
+        latency = time.monotonic() - ctx.started
+        gen = state.get("generation")
+        settled = gen.settled if gen is not None else None
+        done = settled is not None and settled.done() and settled.exception() is None
+        record = settled.result().record if done else None
+        price = settled.result().price if done else 0
+        model = (record.model if record else None) or getattr(gen, "model", None) or "-"
+        line = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()), "request_id": ctx.request_id,
+            "method": scope["method"], "route": ctx.endpoint, "status": status,
+            "key": ctx.account.name if ctx.account else None, "model": model,
+            "prompt_tokens": record.prompt_tokens if record else 0,
+            "completion_tokens": record.completion_tokens if record else 0,
+            "price": price / MICRO, "outcome": record.status if record else ("ok" if status < 400 else "rejected"),
+            "error_code": state.get("error_code"), "latency_ms": round(latency * 1000, 1),
+        }
+        if service is not None and isinstance(service.hooks, Metrics):
+            service.hooks.requests.labels(ctx.endpoint, str(status), model).inc()
+            service.hooks.latency.labels(ctx.endpoint).observe(latency)
+        if self.json:
+            access.info(json.dumps(line, separators=(",", ":")))
+        else:
+            tokens = f" {line['prompt_tokens']}+{line['completion_tokens']} tok" if record else ""
+            err = f" {line['error_code']}" if line["error_code"] else ""
+            access.info(f"{line['method']} {ctx.endpoint} {status}{err} key={line['key'] or '-'} model={model}"
+                        f"{tokens} price={line['price']:g} {line['latency_ms']:.0f}ms {ctx.request_id}")

@@ -1,0 +1,71 @@
+"""Prometheus metrics (served at ``GET /metrics``): the one prometheus_client user.
+
+The metrics live in a registry owned by the app (no process globals). Queue depth and active slots are read from
+the backends when scraped.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from ..generation import Hooks
+from ..ledger import RequestRecord
+from ..models.registry import MICRO
+
+LATENCY_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
+GAP_BUCKETS = (.001, .0025, .005, .0075, .01, .015, .02, .03, .05, .1, .25, 1)
+
+
+class Metrics(Hooks):
+    def __init__(self, service):
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("reverb_requests", "HTTP requests", ["route", "status", "model"], registry=r)
+        self.tokens = Counter("reverb_tokens", "Tokens processed", ["model", "kind"], registry=r)
+        self.credit = Counter("reverb_credit_charged", "Credit charged (credit units)", ["model"], registry=r)
+        self.outcomes = Counter("reverb_generations", "Finished generations", ["model", "status"], registry=r)
+        self.ttft = Histogram("reverb_time_to_first_token_seconds", "Request start to first token", ["model"],
+                              buckets=LATENCY_BUCKETS, registry=r)
+        self.itl = Histogram("reverb_inter_token_latency_seconds", "Time between streamed tokens", ["model"],
+                             buckets=GAP_BUCKETS, registry=r)
+        self.latency = Histogram("reverb_request_duration_seconds", "Request duration", ["route"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        r.register(_SchedulerCollector(service))
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+    def first_token(self, model: str, seconds: float) -> None:
+        self.ttft.labels(model).observe(seconds)
+
+    def token_gap(self, model: str, seconds: float) -> None:
+        self.itl.labels(model).observe(seconds)
+
+    def settled(self, record: RequestRecord, price: int) -> None:
+        model = record.model or "-"
+        if record.status != "rejected":
+            self.tokens.labels(model, "prompt").inc(record.prompt_tokens)
+            self.tokens.labels(model, "completion").inc(record.completion_tokens)
+            self.credit.labels(model).inc(price / MICRO)
+        self.outcomes.labels(model, record.status).inc()
+
+
+class _SchedulerCollector:
+    def __init__(self, service):
+        self.service = service
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        queue = GaugeMetricFamily("reverb_queue_depth", "Requests waiting for a slot", labels=["model"])
+        active = GaugeMetricFamily("reverb_active_slots", "Slots running a request", labels=["model"])
+        slots = GaugeMetricFamily("reverb_slots", "Slots configured", labels=["model"])
+        for name, backend in self.service.backends.items():
+            st = backend.stats()
+            queue.add_metric([name], st.waiting)
+            active.add_metric([name], st.active)
+            slots.add_metric([name], st.slots)
+        return [queue, active, slots]

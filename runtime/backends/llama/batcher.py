@@ -1,0 +1,267 @@
+"""Continuous batching without threads: admission into slots, prefix reuse, the batch plan, sampling, retirement.
+
+``Batcher`` is driven by its owner (``bridge.ModelThread``): ``admit`` moves waiting jobs into free slots (reusing
+a cached prefix), ``step`` runs one decode call with a row for every generating slot plus bounded prefill calls
+for slots still reading their prompt, and samples. What clients must see comes out of ``take_events`` as
+(job, chunk) pairs. Nothing here knows about threads or event loops, so the unit tests drive it directly.
+
+Call shapes follow ``Engine.decode``'s batch-invariance rules: generated tokens are always rows of the decode
+call (one row per sequence); prompt tokens are always in prefill calls of 2..n_ubatch rows of one sequence, so a
+position is computed the same way whatever else runs. (A one-token prompt is the only prompt that rides in the
+decode call, and it always does.)
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import secrets
+import threading
+from dataclasses import dataclass, field
+
+from ...errors import OverloadedError
+from ...types import Chunk, FinishReason, SamplingParams, Usage
+from .textstream import TextStream
+
+
+@dataclass(eq=False)
+class Job:
+    """A generation request for one model. ``cancelled`` is set by whoever owns the request; the batcher checks
+    it every step. ``sink`` belongs to the batcher's owner (where to deliver chunks)."""
+
+    prompt: list[int]
+    params: SamplingParams          # max_tokens resolved (an int)
+    sink: object = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    enqueued_at: float = 0.0
+
+
+class SlotState(enum.Enum):
+    FREE = "free"          # no job; ``cached`` may still hold a finished prompt's KV for reuse
+    PREFILL = "prefill"    # reading its prompt (``todo`` not empty)
+    DECODE = "decode"      # generating: ``next_token`` is the sampled token to decode next
+
+
+@dataclass(eq=False)
+class Slot:
+    seq: int
+    state: SlotState = SlotState.FREE
+    cached: list[int] = field(default_factory=list)   # tokens whose KV is in this sequence, in order
+    job: Job | None = None
+    sampler: object = None
+    todo: list[int] = field(default_factory=list)     # prompt tokens still to prefill
+    next_token: int | None = None
+    generated: int = 0
+    text: TextStream | None = None
+
+
+class Batcher:
+    # Copying another slot's prefix costs a whole-stream copy; below this many shared tokens recomputing is cheaper.
+    MIN_COPY = 128
+
+    def __init__(self, engine, *, slots: int, ctx_per_slot: int, prefill_chunk: int, max_queue: int,
+                 queue_timeout: float):
+        self.engine = engine
+        self.ctx_per_slot = ctx_per_slot
+        self.prefill_chunk = prefill_chunk
+        self.max_queue = max_queue
+        self.queue_timeout = queue_timeout
+        self.slots = [Slot(seq=i) for i in range(slots)]
+        self.waiting: collections.deque[Job] = collections.deque()
+        self.reused_tokens = 0
+        self._events: list[tuple[Job, Chunk]] = []
+
+    # -- queue ----------------------------------------------------------------------------------------------
+
+    def submit(self, job: Job, now: float) -> None:
+        """Queue a job. Raises OverloadedError when more than ``max_queue`` jobs would wait beyond the free slots."""
+        if len(self.waiting) >= self.free_slots() + self.max_queue:
+            raise OverloadedError("all slots are busy and the wait queue is full", retry_after=1)
+        job.enqueued_at = now
+        self.waiting.append(job)
+
+    def free_slots(self) -> int:
+        return sum(1 for s in self.slots if s.state is SlotState.FREE)
+
+    def active(self) -> int:
+        return len(self.slots) - self.free_slots()
+
+    def busy(self) -> bool:
+        return bool(self.waiting) or self.active() > 0
+
+    def take_events(self) -> list[tuple[Job, Chunk]]:
+        out, self._events = self._events, []
+        return out
+
+    def _emit(self, job: Job, chunk: Chunk) -> None:
+        self._events.append((job, chunk))
+
+    # -- admission ------------------------------------------------------------------------------------------
+
+    def admit(self, now: float) -> None:
+        """Drop cancelled and timed-out waiting jobs, then start waiting jobs in free slots, in order."""
+        for job in list(self.waiting):
+            if job.cancelled.is_set():
+                self.waiting.remove(job)
+                self._emit(job, Chunk(finish_reason=FinishReason.CANCELLED, usage=Usage(0, 0)))
+            elif now - job.enqueued_at > self.queue_timeout:
+                self.waiting.remove(job)
+                self._emit(job, Chunk(finish_reason=FinishReason.ERROR, usage=Usage(0, 0),
+                                      error=OverloadedError("timed out waiting for a free slot", retry_after=2)))
+        while self.waiting:
+            free = [s for s in self.slots if s.state is SlotState.FREE]
+            if not free:
+                return
+            self._start(self.waiting.popleft(), free)
+
+    def cancel_waiting(self) -> None:
+        """Stopping: every waiting job ends cancelled, having used nothing."""
+        while self.waiting:
+            self._emit(self.waiting.popleft(), Chunk(finish_reason=FinishReason.CANCELLED, usage=Usage(0, 0)))
+
+    def _start(self, job: Job, free: list[Slot]) -> None:
+        prompt = job.prompt
+        # Leave at least two prompt tokens to prefill: prompt positions are always computed in prefill calls of
+        # 2+ rows (see step), so a reused prefix gives exactly the tokens of a cold run.
+        limit = max(0, len(prompt) - 2)
+        slot = max(free, key=lambda s: _common_prefix(s.cached, prompt))
+        shared = min(_common_prefix(slot.cached, prompt), limit)
+        donor = None
+        for s in self.slots:
+            if s is not slot:
+                n = min(_common_prefix(s.cached, prompt), limit)
+                if n >= self.MIN_COPY and n > shared:
+                    donor, shared = s, n
+        if donor is not None:
+            self.engine.seq_copy_prefix(donor.seq, slot.seq, shared)
+            slot.cached = donor.cached[:shared]
+        else:
+            if not self.engine.seq_remove(slot.seq, shared, -1):
+                self.engine.seq_remove(slot.seq)
+                shared = 0
+            slot.cached = slot.cached[:shared]
+        self.reused_tokens += shared
+        seed = job.params.seed if job.params.seed is not None else secrets.randbits(32)
+        slot.job = job
+        slot.state = SlotState.PREFILL
+        slot.sampler = self.engine.sampler(job.params, seed)
+        slot.todo = prompt[shared:]
+        slot.next_token = None
+        slot.generated = 0
+        slot.text = TextStream(job.params.stop)
+
+    # -- one step -------------------------------------------------------------------------------------------
+
+    def plan(self) -> tuple[list[tuple[Slot, int, bool]], list[tuple[Slot, list[int], bool]]]:
+        """This step's calls: (decode rows [(slot, token, sample after)], prefill pieces [(slot, tokens, sample
+        after)]). Takes the planned tokens off each slot's ``todo`` / ``next_token``."""
+        rows: list[tuple[Slot, int, bool]] = []
+        pieces: list[tuple[Slot, list[int], bool]] = []
+        for s in self.slots:
+            if s.state is SlotState.DECODE:
+                rows.append((s, s.next_token, True))
+                s.next_token = None
+        budget = self.engine.config.n_batch - len(rows)
+        for s in self.slots:
+            if s.state is not SlotState.PREFILL or budget <= 0:
+                continue
+            n = min(self.prefill_chunk, budget, len(s.todo))
+            if len(s.todo) - n == 1:
+                n -= 1  # never leave a single prompt token for a later step
+            if n < 2 and len(s.todo) > 1:
+                continue  # not enough budget left this step
+            take = s.todo[:n]
+            del s.todo[:n]
+            budget -= n
+            end = not s.todo
+            if n == 1:
+                rows.append((s, take[0], end))
+                continue
+            split = _pieces(take, self.engine.n_ubatch)
+            pieces.extend((s, piece, end and i == len(split) - 1) for i, piece in enumerate(split))
+        return rows, pieces
+
+    def step(self) -> None:
+        """Retire cancelled jobs, run this step's calls and sample. Raises what the engine raises."""
+        for s in self.slots:
+            if s.job is not None and s.job.cancelled.is_set():
+                self.retire(s, FinishReason.CANCELLED)
+        rows, pieces = self.plan()
+        if rows:
+            items = []
+            for s, tok, want in rows:
+                items.append((tok, len(s.cached), s.seq, want))
+                s.cached.append(tok)
+            self.engine.decode(items)
+            for i, (s, _, want) in enumerate(rows):
+                if want and s.job is not None:
+                    self._sample(s, i)
+        for s, piece, want in pieces:
+            if s.job is None:
+                continue
+            pos = len(s.cached)
+            self.engine.decode([(tok, pos + i, s.seq, want and i == len(piece) - 1) for i, tok in enumerate(piece)])
+            s.cached.extend(piece)
+            if want:
+                self._sample(s, len(piece) - 1)
+
+    def fail_running(self, error: Exception) -> None:
+        """The engine failed mid-step: end every running job with ``error`` and forget their KV."""
+        for s in self.slots:
+            if s.job is not None:
+                self.retire(s, FinishReason.ERROR, error=error)
+            s.cached = []
+            self.engine.seq_remove(s.seq)
+
+    def _sample(self, s: Slot, index: int) -> None:
+        job = s.job
+        tok = s.sampler.sample(index)
+        if self.engine.is_eog(tok):
+            self.retire(s, FinishReason.STOP)
+            return
+        s.generated += 1
+        text = s.text.feed(self.engine.piece(tok))
+        if text:
+            self._emit(job, Chunk(text=text))
+        if s.text.stopped:
+            self.retire(s, FinishReason.STOP)
+        elif s.generated >= job.params.max_tokens or len(s.cached) + 1 >= self.ctx_per_slot:
+            self.retire(s, FinishReason.LENGTH)
+        else:
+            s.next_token = tok
+            s.state = SlotState.DECODE
+
+    def retire(self, s: Slot, reason: FinishReason, error: Exception | None = None) -> None:
+        job = s.job
+        if reason in (FinishReason.STOP, FinishReason.LENGTH):
+            rest = s.text.flush()
+            if rest:
+                self._emit(job, Chunk(text=rest))
+        prefilled = len(job.prompt) - len(s.todo)
+        usage = Usage(prompt_tokens=len(job.prompt) if prefilled else 0, completion_tokens=s.generated)
+        self._emit(job, Chunk(finish_reason=reason, usage=usage, error=error))
+        s.sampler.close()
+        s.sampler = None
+        s.job = None
+        s.state = SlotState.FREE
+        s.todo = []
+        s.next_token = None
+
+
+def _pieces(tokens: list[int], ub: int) -> list[list[int]]:
+    """Split into runs of 2..ub tokens (len(tokens) >= 2): a one-row call would change the kernels' path."""
+    out = [tokens[i:i + ub] for i in range(0, len(tokens), ub)]
+    if len(out) > 1 and len(out[-1]) == 1:
+        out[-2], out[-1] = out[-2][:-1], out[-2][-1:] + out[-1]
+    return out
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    # compare in blocks first: prompts share long system prompts
+    while i + 64 <= n and a[i:i + 64] == b[i:i + 64]:
+        i += 64
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

@@ -1,0 +1,135 @@
+"""``reverb models``, ``pull``, ``rm`` and the model tools (``convert``, ``export-hf``, ``quantize``, ``eval``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..models import registry
+from .flags import settings_from
+
+EVAL_TEXT = resources.files("reverb.convert") / "data" / "eval.txt"   # shipped as package data
+
+
+def add_parsers(sub, common) -> None:
+    m = sub.add_parser("models", help="list the catalogue and which models are present locally", parents=common)
+    m.set_defaults(run=models)
+    p = sub.add_parser("pull", help="download a hub model into the HF cache and verify it", parents=common)
+    p.add_argument("name", help="model name from models.toml")
+    p.add_argument("--offline", action="store_true", help="cache only (also HF_HUB_OFFLINE=1)")
+    p.set_defaults(run=pull)
+    r = sub.add_parser("rm", help="remove a pulled model's local files", parents=common)
+    r.add_argument("name", help="model name from models.toml")
+    r.set_defaults(run=rm)
+    c = sub.add_parser("convert", help="Hugging Face safetensors checkpoint -> GGUF")
+    c.add_argument("hf_dir", type=Path, help="directory with config.json, *.safetensors and tokenizer.json")
+    c.add_argument("-o", "--output", type=Path, required=True, help="the GGUF file to write")
+    c.add_argument("--outtype", choices=["f32", "f16", "bf16", "q8_0"], default="f16", help="tensor type (default f16)")
+    c.add_argument("--pre", help="llama.cpp pre-tokenizer name (default: detected from tokenizer.json)")
+    c.set_defaults(run=convert)
+    e = sub.add_parser("export-hf", help="GGUF (llama architecture) -> Hugging Face directory (for round trips)")
+    e.add_argument("gguf", type=Path, help="the GGUF file to read")
+    e.add_argument("-o", "--output", type=Path, required=True, help="the directory to write")
+    e.set_defaults(run=convert)
+    q = sub.add_parser("quantize", help="quantize a GGUF with llama.cpp's quantizer")
+    q.add_argument("input", type=Path, help="the GGUF to quantize")
+    q.add_argument("output", type=Path, help="the GGUF to write")
+    q.add_argument("--type", required=True, choices=["Q4_K_M", "Q5_K_M", "Q6_K", "Q8_0", "Q4_0", "F16", "F32"],
+                   help="quantization type")
+    q.set_defaults(run=quantize)
+    v = sub.add_parser("eval", help="quality report: perplexity, KL divergence and top-1 agreement vs a reference")
+    v.add_argument("model", type=Path, help="the GGUF to score")
+    v.add_argument("--ref", type=Path, required=True, help="the reference GGUF (e.g. the F16 or F32 original)")
+    v.add_argument("--text", type=Path, help="text file (default: the one shipped with reverb)")
+    v.add_argument("--ctx", type=int, default=512, help="tokens per window (default 512)")
+    v.add_argument("--json", action="store_true", help="print the report as JSON")
+    v.set_defaults(run=evaluate)
+
+
+def _catalogue(args) -> registry.Registry:
+    return registry.load(settings_from(args).catalogue_path)
+
+
+def _resolve(reg, name: str):
+    if not registry.NAME_RE.match(name):
+        raise ConfigError(f"not a model name: {name!r}")
+    return reg.resolve(name)
+
+
+def local(spec) -> Path | None:
+    if spec.source == "hf":
+        from ..models import download
+        return download.cached_path(spec)
+    return registry.local_path(spec)
+
+
+def models(args) -> int:
+    reg = _catalogue(args)
+    print(f"{'name':<16} {'source':<8} {'quant':<8} {'ctx':>6} {'in/1M':>8} {'out/1M':>8}  {'local':<12} where")
+    for spec in reg.specs.values():
+        path = local(spec)
+        present = f"yes {path.stat().st_size / 1e6:.0f} MB" if path else "no"
+        where = f"{spec.repo}/{spec.file}" if spec.source == "hf" else (spec.package or spec.file)
+        prices = f"{registry.format_money(spec.price_input):>8} {registry.format_money(spec.price_output):>8}"
+        print(f"{spec.name:<16} {spec.source:<8} {spec.quant:<8} {spec.ctx:>6} {prices}  {present:<12} {where}")
+    return 0
+
+
+def pull(args) -> int:
+    from ..models import download
+    spec = _resolve(_catalogue(args), args.name)
+    path = download.pull(spec, offline=args.offline)
+    print(f"{spec.name}: {path} ({path.stat().st_size / 1e6:.1f} MB)" + (", sha256 verified" if spec.sha256 else ""))
+    return 0
+
+
+def rm(args) -> int:
+    from ..models import download
+    spec = _resolve(_catalogue(args), args.name)
+    if spec.source != "hf":
+        raise ConfigError(f"model '{spec.name}' is not a pulled model (source = {spec.source}); nothing to remove")
+    freed = download.remove(spec)
+    print(f"{spec.name}: removed {freed / 1e6:.1f} MB" if freed else f"{spec.name}: not present locally")
+    return 0
+
+
+def convert(args: argparse.Namespace) -> int:
+    from ..convert import cli as convert_cli
+    return convert_cli.run(args)
+
+
+def quantize(args) -> int:
+    from ..backends.llama import engine
+    from ..errors import ModelLoadError
+    if not args.input.is_file():
+        raise ConfigError(f"{args.input}: not a file")
+    tmp = args.output.with_name(args.output.name + ".tmp")
+    try:
+        engine.quantize(args.input, tmp, args.type)
+        tmp.replace(args.output)  # atomic: a failed quantization never leaves a half file under the real name
+    except ModelLoadError:
+        tmp.unlink(missing_ok=True)
+        raise
+    print(f"{args.output}: {args.output.stat().st_size / 1e6:.1f} MB ({args.type})", file=sys.stdout)
+    return 0
+
+
+def evaluate(args) -> int:
+    from ..backends.llama.evaluate import compare
+    if args.text is not None:
+        where, text = str(args.text), Path(args.text).read_text(encoding="utf-8")
+    else:
+        where, text = "eval.txt (shipped with reverb)", EVAL_TEXT.read_text(encoding="utf-8")
+    report = compare(args.model, args.ref, text, args.ctx)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"text: {where} ({report['tokens']} tokens scored)")
+        print(f"perplexity  model {report['ppl_model']:.4f}   reference {report['ppl_ref']:.4f}")
+        print(f"KL(ref || model) mean per token: {report['kl_mean']:.6f}")
+        print(f"top-1 agreement: {report['top1_agreement'] * 100:.2f}%")
+    return 0

@@ -1,0 +1,48 @@
+"""One request as two frozen values, from the route to the ledger.
+
+``RequestContext`` is who, where and when (id, start time, account, ledger endpoint name, dialect); ``Ask`` is
+what is asked (model, messages, sampling with ``max_tokens`` inside it, stream). The HTTP layer builds both; the
+service, the backends and the ledger only read them.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from .types import Message, SamplingParams
+
+
+@dataclass(frozen=True)
+class Account:
+    """Who is calling. ``key_id`` is None for unlimited dev keys from the command line."""
+
+    name: str
+    key_id: int | None
+    unlimited: bool = False
+
+
+def new_request_id() -> str:
+    return "req_" + secrets.token_hex(12)
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    request_id: str = field(default_factory=new_request_id)
+    started: float = field(default_factory=time.monotonic)   # time.monotonic() at arrival
+    endpoint: str = "chat"                                    # the ledger's endpoint name (api/routes.py)
+    dialect: str = "openai"                                   # openai | gateway
+    account: Account | None = None
+    body: str | None = None                                   # the raw body, kept only with --log-bodies
+
+    def elapsed_ms(self) -> float:
+        return (time.monotonic() - self.started) * 1000
+
+
+@dataclass(frozen=True)
+class Ask:
+    model: str | None                   # None: the catalogue's default
+    messages: tuple[Message, ...]
+    sampling: SamplingParams = SamplingParams()
+    stream: bool = False

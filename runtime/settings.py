@@ -1,0 +1,169 @@
+"""Settings: declared once (here), built once (defaults, then REVERB_* environment variables, then CLI flags),
+passed down.
+
+Each field carries its CLI help in its metadata; ``cli/flags.py`` generates the flags from these fields, so a
+setting, its flag, its environment variable and its default can never drift apart. No module reads
+``os.environ`` at import time; ``Settings.build`` is the one place that reads it.
+"""
+
+from __future__ import annotations
+
+import os
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from .errors import ConfigError
+
+PACKAGED_MODELS_TOML = Path(__file__).resolve().parent / "models.toml"   # the catalogue shipped in the wheel
+
+
+def default_data_dir(environ: os._Environ | dict | None = None) -> Path:
+    """Where the ledger lives by default: $XDG_DATA_HOME/reverb, else ~/.local/share/reverb."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "reverb"
+
+
+def _opt(default, help: str, cli: str | None = "serve", **extra):  # noqa: A002 - argparse's own word
+    """A setting with its CLI help. ``cli``: which commands take it as a flag ("serve", "common" for every
+    command that opens the catalogue or the ledger, None for none). ``extra``: flag, choices, metavar."""
+    return field(default=default, metadata={"help": help, "cli": cli, **extra})
+
+
+@dataclass(frozen=True)
+class Settings:
+    models_path: Path | None = _opt(None, "path of models.toml (default: ./models.toml if there is one, else the "
+                                    "catalogue shipped with reverb)", "common", flag="--models", metavar="PATH")
+    db: Path | None = _opt(None, "ledger database file (default: $XDG_DATA_HOME/reverb/ledger.sqlite3, or "
+                           "~/.local/share/reverb/ledger.sqlite3)", "common", metavar="PATH")
+    models: tuple[str, ...] = _opt((), "model name from models.toml to load (repeatable; default: the "
+                                   "catalogue's default)", flag="--model", metavar="NAME")
+    host: str = _opt("127.0.0.1", "bind address")
+    port: int = _opt(8000, "port (0 picks a free one)")
+    api_keys: tuple[str, ...] = _opt((), "accept this key, with unlimited credit (repeatable; also REVERB_API_KEY, "
+                                     "comma-separated)", flag="--api-key", metavar="KEY")
+    log_bodies: bool = _opt(False, "store request bodies in the ledger")
+    # engine
+    threads: int = _opt(0, "llama.cpp threads for decoding (0: the number of CPU cores)")
+    threads_batch: int = _opt(0, "llama.cpp threads for prompt prefill (0: same as --threads)")
+    ctx: int = _opt(0, "context tokens per slot (0: the model's ctx in models.toml)")
+    parallel: int = _opt(4, "slots decoded together in one batch")
+    batch: int = _opt(512, "llama.cpp logical batch: tokens per decode step")
+    ubatch: int = _opt(32, "llama.cpp physical batch; below 64 keeps seeded results batch-invariant (README)")
+    prefill_chunk: int = _opt(128, "prompt tokens per slot per step, so a long prompt never stalls other streams")
+    flash_attn: bool = _opt(True, "flash attention")
+    max_queue: int = _opt(64, "requests that may wait for a slot beyond the free ones before 503")
+    queue_timeout: float = _opt(60.0, "seconds a request may wait for a slot before 503")
+    pull: bool = _opt(False, "download missing hub models before serving")
+    probe_models: bool = _opt(True, "trial-load each model in a child process first, so a file that crashes "
+                              "llama.cpp cannot take the server down")
+    offline: bool = _opt(False, "never touch the network (also HF_HUB_OFFLINE=1)")
+    # HTTP limits
+    max_body_bytes: int = _opt(1 << 20, "largest request body in bytes (413 beyond)")
+    max_messages: int = _opt(256, "most messages in one request")
+    max_message_chars: int = _opt(200_000, "longest message, in characters")
+    max_tokens_cap: int = _opt(8192, "largest max_tokens a request may ask for")
+    max_json_depth: int = _opt(32, "deepest JSON nesting accepted in a body")
+    allowed_hosts: tuple[str, ...] = _opt((), "also answer to this Host name besides localhost and the bind "
+                                          "address (repeatable; '*' turns the check off)", flag="--allowed-host",
+                                          metavar="NAME")
+    cors_origins: tuple[str, ...] = _opt((), "send CORS headers for this origin (repeatable; '*' for any, never "
+                                         "with credentials)", flag="--cors-origin", metavar="ORIGIN")
+    stream_write_timeout: float = _opt(30.0, "seconds a stream may wait on a client that does not read before it "
+                                       "is aborted")
+    body_timeout: float = _opt(30.0, "seconds for a whole request body to arrive (408 beyond)")
+    max_connections: int = _opt(256, "open connections before new ones get 503")
+    db_busy_timeout: float = _opt(10.0, "seconds a ledger write waits for a lock before the request fails closed")
+    db_max_mb: float = _opt(0.0, "cap on the ledger's size in MB (0: none); past it requests fail closed")
+    # operations
+    ready_file: Path | None = _opt(None, "write the base URL here once the server accepts requests (removed on "
+                                   "exit)", metavar="PATH")
+    metrics_public: bool = _opt(False, "serve /metrics without a key")
+    log_format: str = _opt("console", "access log format", choices=("console", "json"))
+
+    @property
+    def catalogue_path(self) -> Path:
+        """models.toml: --models, else one in the working directory, else the one shipped with reverb."""
+        if self.models_path is not None:
+            return self.models_path
+        local = Path("models.toml")
+        return local if local.is_file() else PACKAGED_MODELS_TOML
+
+    @property
+    def db_path(self) -> Path:
+        return self.db if self.db is not None else default_data_dir() / "ledger.sqlite3"
+
+    @property
+    def n_threads(self) -> int:
+        return self.threads or max(1, os.cpu_count() or 1)
+
+    @property
+    def n_threads_batch(self) -> int:
+        return self.threads_batch or self.n_threads
+
+    @classmethod
+    def build(cls, environ: os._Environ | dict | None = None, **overrides) -> "Settings":
+        """Defaults, then REVERB_* environment variables, then explicit overrides (CLI flags; None = not given).
+
+        Raises ConfigError for an environment value of the wrong type or a value out of range.
+        """
+        env = os.environ if environ is None else environ
+        values: dict = {}
+        for f in fields(cls):
+            raw = env.get(env_name(f.name))
+            if raw is not None:
+                values[f.name] = _parse_env(f.name, raw)
+        # REVERB_API_KEY (singular) is the documented name for one key.
+        if env.get("REVERB_API_KEY"):
+            values["api_keys"] = tuple(k for k in env["REVERB_API_KEY"].split(",") if k)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Raises ConfigError for values no server could run with."""
+        checks = {
+            "parallel": self.parallel >= 1, "batch": self.batch >= 2, "ubatch": self.ubatch >= 2,
+            "max_queue": self.max_queue >= 0,
+            "prefill_chunk": self.prefill_chunk >= 2, "threads": self.threads >= 0, "ctx": self.ctx >= 0,
+            "port": 0 <= self.port <= 65535, "log_format": self.log_format in ("console", "json"),
+            "queue_timeout": self.queue_timeout > 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"setting {name}={getattr(self, name)!r} is out of range", param=name)
+
+    def with_(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+
+def env_name(name: str) -> str:
+    return "REVERB_" + name.upper()
+
+
+def field_type(name: str) -> type:
+    """The plain type of a setting: bool, int, float, str, Path or tuple (Optional stripped)."""
+    hint = typing.get_type_hints(Settings)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return tuple
+    return args[0] if args and origin is not None else hint
+
+
+def _parse_env(name: str, raw: str) -> object:
+    kind = field_type(name)
+    try:
+        if kind is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind is tuple:
+            return tuple(p for p in raw.split(",") if p)
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"environment variable {env_name(name)}={raw!r} has the wrong type", param=name) from None

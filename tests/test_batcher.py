@@ -1,0 +1,181 @@
+"""The batcher's rules, driven directly (no threads, no model) over the fake engine that records every call."""
+
+from __future__ import annotations
+
+import pytest
+
+from reverb.backends.llama.batcher import Batcher, Job, SlotState
+from reverb.errors import OverloadedError
+from reverb.types import FinishReason, SamplingParams
+
+from .fakes import EOS, FakeEngine
+
+NO_EOS = ((EOS, -100.0),)
+
+
+def make(slots=2, max_queue=4, queue_timeout=60.0, prefill_chunk=128) -> Batcher:
+    return Batcher(FakeEngine(), slots=slots, ctx_per_slot=2048, prefill_chunk=prefill_chunk, max_queue=max_queue,
+                   queue_timeout=queue_timeout)
+
+
+def job(prompt: list[int], max_tokens=8, **kw) -> Job:
+    return Job(prompt=prompt, params=SamplingParams(max_tokens=max_tokens, logit_bias=NO_EOS, seed=1, **kw))
+
+
+def run(b: Batcher, now: float = 0.0, steps: int = 10_000) -> dict:
+    """Step until idle; returns {job: [chunks]}."""
+    out: dict = {}
+    for _ in range(steps):
+        b.admit(now)
+        if not b.busy():
+            break
+        b.step()
+        for j, chunk in b.take_events():
+            out.setdefault(j, []).append(chunk)
+    for j, chunk in b.take_events():
+        out.setdefault(j, []).append(chunk)
+    return out
+
+
+def final(chunks):
+    return chunks[-1]
+
+
+def test_every_call_has_a_batch_invariant_shape():
+    b = make(slots=3)
+    jobs = [job([5]), job(list(range(1, 6))), job(list(range(100, 170)), max_tokens=20)]
+    for j in jobs:
+        b.submit(j, 0)
+    out = run(b)
+    ub = b.engine.n_ubatch
+    for call in b.engine.calls:
+        seqs = [row[2] for row in call]
+        if len(set(seqs)) == len(seqs):          # a decode call: one row per sequence
+            continue
+        assert len(set(seqs)) == 1, call         # else a prefill call: 2..ub rows of one sequence, in order
+        assert 2 <= len(call) <= ub, call
+        positions = [row[1] for row in call]
+        assert positions == list(range(positions[0], positions[0] + len(call)))
+    # the 70-token prompt was cut into pieces of at most ub rows, and the one-token prompt rode a decode call
+    assert any(len(c) == ub and c[0][0] == 100 for c in b.engine.calls)
+    assert any(any(row[0] == 5 and row[1] == 0 for row in c) and len({r[2] for r in c}) == len(c)
+               for c in b.engine.calls)
+    for j in jobs:
+        assert final(out[j]).finish_reason is FinishReason.LENGTH
+        assert final(out[j]).usage.completion_tokens == j.params.max_tokens
+        assert final(out[j]).usage.prompt_tokens == len(j.prompt)
+
+
+def test_a_cached_prefix_is_reused_but_two_prompt_tokens_are_always_recomputed():
+    b = make(slots=1)
+    system = list(range(10, 60))
+    b.submit(job(system + [1, 2, 3]), 0)
+    run(b)
+    b.submit(job(system + [7, 8, 9]), 0)
+    run(b)
+    assert b.reused_tokens == len(system)
+    assert (0, len(system), -1) in b.engine.removed
+    b.submit(job(system + [7, 8, 9]), 0)   # the same prompt again: all but the last two tokens reused
+    before = b.reused_tokens
+    run(b)
+    assert b.reused_tokens - before == len(system) + 1
+
+
+def test_a_long_prefix_is_copied_from_a_busy_slot():
+    b = make(slots=2)
+    system = list(range(1, 201))
+    b.submit(job(system + [1], max_tokens=400), 0)        # holds slot 0 for a while
+    b.admit(0)
+    for _ in range(5):
+        b.step()
+    b.submit(job(system + [2]), 0)
+    b.admit(0)
+    assert b.engine.copied and b.engine.copied[0][:2] == (0, 1) and b.engine.copied[0][2] >= Batcher.MIN_COPY
+
+
+def test_cancelled_while_waiting_uses_nothing():
+    b = make(slots=1)
+    first, second = job([1, 2, 3], max_tokens=50), job([4, 5, 6])
+    b.submit(first, 0)
+    b.submit(second, 0)
+    b.admit(0)
+    second.cancelled.set()
+    out = run(b)
+    assert final(out[second]).finish_reason is FinishReason.CANCELLED
+    assert final(out[second]).usage.prompt_tokens == 0 and final(out[second]).usage.completion_tokens == 0
+    assert final(out[first]).finish_reason is FinishReason.LENGTH
+
+
+def test_cancelled_during_prefill_counts_the_prompt_and_no_output():
+    b = make(slots=1, prefill_chunk=32)
+    j = job(list(range(1, 200)))
+    b.submit(j, 0)
+    b.admit(0)
+    b.step()                                   # one chunk of the prompt
+    assert b.slots[0].state is SlotState.PREFILL
+    j.cancelled.set()
+    out = run(b)
+    end = final(out[j])
+    assert end.finish_reason is FinishReason.CANCELLED
+    assert end.usage.prompt_tokens == 199 and end.usage.completion_tokens == 0
+    assert b.slots[0].state is SlotState.FREE and b.slots[0].job is None
+
+
+def test_cancelled_while_decoding_counts_what_was_made():
+    b = make(slots=1)
+    j = job([1, 2, 3], max_tokens=500)
+    b.submit(j, 0)
+    b.admit(0)
+    for _ in range(6):
+        b.step()
+    assert b.slots[0].state is SlotState.DECODE
+    j.cancelled.set()
+    out = run(b)
+    end = final(out[j])
+    assert end.finish_reason is FinishReason.CANCELLED
+    assert 0 < end.usage.completion_tokens < 500
+    assert "".join(c.text for c in out[j]) and len("".join(c.text for c in out[j])) == end.usage.completion_tokens
+
+
+def test_the_queue_is_bounded_beyond_the_free_slots():
+    b = make(slots=1, max_queue=1)
+    b.submit(job([1, 2]), 0)
+    b.submit(job([1, 2]), 0)                   # one for the free slot, one waiting
+    with pytest.raises(OverloadedError):
+        b.submit(job([1, 2]), 0)
+    b.admit(0)                                 # the slot is taken: now only max_queue may wait
+    with pytest.raises(OverloadedError):
+        b.submit(job([1, 2]), 0)
+
+
+def test_a_job_that_waits_too_long_ends_overloaded():
+    b = make(slots=1, queue_timeout=5)
+    first, late = job([1, 2, 3], max_tokens=3), job([4, 5])
+    b.submit(first, 0)
+    b.submit(late, 0)
+    b.admit(0)
+    b.admit(10)
+    end = final([c for j, c in b.take_events() if j is late])
+    assert end.finish_reason is FinishReason.ERROR and isinstance(end.error, OverloadedError)
+
+
+def test_stop_strings_end_the_job_and_are_never_sent():
+    b = make(slots=1)
+    j = job([1, 2], max_tokens=30, stop=("def",))   # the fake writes b, c, d, e, f, ... in turn
+    b.submit(j, 0)
+    out = run(b)
+    text = "".join(c.text for c in out[j])
+    assert final(out[j]).finish_reason is FinishReason.STOP
+    assert "def" not in text and text.endswith("c")
+
+
+def test_an_engine_failure_ends_running_jobs_and_frees_their_slots():
+    b = make(slots=2)
+    j = job([1, 2, 3], max_tokens=50)
+    b.submit(j, 0)
+    b.admit(0)
+    b.step()
+    b.fail_running(RuntimeError("boom"))
+    end = final([c for jj, c in b.take_events() if jj is j])
+    assert end.finish_reason is FinishReason.ERROR and str(end.error) == "boom"
+    assert all(s.state is SlotState.FREE and not s.cached for s in b.slots)

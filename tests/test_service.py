@@ -1,0 +1,108 @@
+"""The service's own rules over the backend protocol (a fake backend, the real ledger): one hold per request,
+settled once by the job's end with the real usage, one row per request whatever happened."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from reverb import service as service_mod
+from reverb.errors import ContextLengthExceeded, EngineError, InsufficientCredit, InvalidRequest
+from reverb.request import Ask, RequestContext
+from reverb.settings import Settings
+from reverb.types import Message, SamplingParams
+
+from .fakes import FakeBackend
+
+
+@pytest.fixture
+def svc(tmp_path):
+    backends = {}
+
+    def factory(spec, settings):
+        backends[spec.name] = FakeBackend(spec.name, ctx=64)
+        return backends[spec.name]
+
+    s = service_mod.build(Settings.build(environ={}, db=tmp_path / "l.db", api_keys=("k",)), backend_factory=factory)
+    s.fake = backends["smollm2-135m"]
+    yield s
+    assert s.ledger.invariant()["ok"]
+    s.close()
+
+
+def ask(text="one two three", max_tokens=5) -> Ask:
+    return Ask(model="smollm2-135m", messages=(Message("user", text),),
+               sampling=SamplingParams(max_tokens=max_tokens))
+
+
+
+def alice(svc, credit=1_000_000):
+    raw = svc.ledger.create_key("alice", credit)
+    return svc.ledger.authenticate(raw)
+
+
+def test_a_served_request_is_charged_its_real_usage_and_logged_once(svc):
+    acct = alice(svc)
+    ctx = RequestContext(endpoint="chat.completions", account=acct)
+
+    async def go():
+        gen = await svc.start(ctx, ask(max_tokens=5))
+        text, final = await gen.collect()
+        return text, final, await gen.settled
+
+    text, final, settled = asyncio.run(go())
+    spec = svc.registry.resolve("smollm2-135m")
+    assert final.usage.completion_tokens == 5 and final.usage.prompt_tokens == 3
+    assert settled.price == spec.cost(3, 5)
+    row = svc.ledger.request(ctx.request_id)
+    assert row["status"] == "completed" and row["endpoint"] == "chat.completions"
+    assert row["price"] == settled.price and row["completion_tokens"] == 5
+
+
+def test_a_cancelled_request_pays_for_what_was_made(svc):
+    ctx = RequestContext(account=alice(svc))
+
+    async def go():
+        gen = await svc.start(ctx, ask(max_tokens=50))
+        await anext(gen)
+        gen.cancel()
+        _, final = await gen.collect()
+        return final, await gen.settled
+
+    final, settled = asyncio.run(go())
+    row = svc.ledger.request(ctx.request_id)
+    assert row["status"] == "cancelled" and 0 < row["completion_tokens"] < 50
+    assert settled.price == svc.registry.resolve(None).cost(3, row["completion_tokens"])
+
+
+def test_a_failed_job_is_logged_failed_with_its_code(svc):
+    svc.fake.fail_with = EngineError("boom")
+    ctx = RequestContext(account=alice(svc))
+
+    async def go():
+        gen = await svc.start(ctx, ask())
+        await gen.collect()
+        return await gen.settled
+
+    asyncio.run(go())
+    row = svc.ledger.request(ctx.request_id)
+    assert row["status"] == "failed" and row["error_code"] == "engine_error"
+
+
+def test_checks_before_any_hold(svc):
+    acct = alice(svc, credit=1)
+    with pytest.raises(ContextLengthExceeded):
+        asyncio.run(svc.start(RequestContext(account=acct), ask(" ".join(["w"] * 64))))
+    with pytest.raises(ContextLengthExceeded):
+        asyncio.run(svc.start(RequestContext(account=acct), ask(max_tokens=62)))
+    with pytest.raises(InsufficientCredit):
+        asyncio.run(svc.start(RequestContext(account=acct), ask(max_tokens=60)))
+    assert svc.ledger.list_keys()[0]["held"] == 0
+
+
+def test_a_refusal_is_one_row_under_its_endpoint_name(svc):
+    ctx = RequestContext(endpoint="gateway", dialect="gateway")
+    asyncio.run(svc.reject(ctx, InvalidRequest("bad", param="messages")))
+    row = svc.ledger.request(ctx.request_id)
+    assert row["status"] == "rejected" and row["endpoint"] == "gateway" and row["error_code"] == "invalid_request"
