@@ -81,7 +81,8 @@ class Service:
         gen = Generation(spec.name, ctx.started, self.hooks,
                          on_end=lambda final: self._spawn(self._settle(ctx, spec, final, gen)))
         try:
-            gen.handle = backend.submit(prompt, replace(ask.sampling, max_tokens=max_tokens), gen.deliver)
+            gen.handle = backend.submit(prompt, replace(ask.sampling, max_tokens=max_tokens), gen.deliver,
+                                        tenant=ctx.account.name if ctx.account else "")
         except OverloadedError as e:
             # Nothing ran: release the hold in the same step that logs the refusal.
             await self._close(ctx, spec, "rejected", e.code, 0)

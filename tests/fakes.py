@@ -107,7 +107,7 @@ class FakeBackend:
         words = " ".join(m.content for m in ask.messages).split()
         return Prompt(n_tokens=len(words))
 
-    def submit(self, prompt, params, on_chunk):
+    def submit(self, prompt, params, on_chunk, tenant=""):
         loop = asyncio.get_running_loop()
         backend = self
 

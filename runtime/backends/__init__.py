@@ -51,9 +51,11 @@ class Backend(Protocol):
     async def prepare(self, ask: Ask) -> Prompt:
         """Render and count the prompt. Raises InvalidRequest or TemplateError."""
 
-    def submit(self, prompt: Prompt, params: SamplingParams, on_chunk: Callable[[Chunk], None]) -> Handle:
+    def submit(self, prompt: Prompt, params: SamplingParams, on_chunk: Callable[[Chunk], None],
+               tenant: str) -> Handle:
         """Start a job; ``on_chunk`` is called on the calling event loop, in order, the last chunk with a
-        finish_reason. Must be called on that loop. Raises OverloadedError when it cannot take more work."""
+        finish_reason. ``tenant`` names whose request it is (the API key): cached state may be reused only within
+        one tenant. Must be called on that loop. Raises OverloadedError when it cannot take more work."""
 
     def stats(self) -> Stats: ...
 

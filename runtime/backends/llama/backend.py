@@ -79,8 +79,9 @@ class LlamaBackend:
         tokens = await asyncio.get_running_loop().run_in_executor(None, self.tokenize_chat, ask.messages)
         return Prompt(n_tokens=len(tokens), tokens=tuple(tokens))
 
-    def submit(self, prompt: Prompt, params: SamplingParams, on_chunk: Callable[[Chunk], None]) -> "_Handle":
-        job = Job(prompt=list(prompt.tokens), params=params,
+    def submit(self, prompt: Prompt, params: SamplingParams, on_chunk: Callable[[Chunk], None],
+               tenant: str) -> "_Handle":
+        job = Job(prompt=list(prompt.tokens), params=params, tenant=tenant,
                   sink=Sink(deliver=on_chunk, loop=asyncio.get_running_loop()))
         self.thread.submit(job)
         return _Handle(job, self.thread)

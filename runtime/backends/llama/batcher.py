@@ -31,6 +31,7 @@ class Job:
 
     prompt: list[int]
     params: SamplingParams          # max_tokens resolved (an int)
+    tenant: str = ""                # whose request (the API key's name); see Backend.submit
     sink: object = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued_at: float = 0.0
