@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from .backends import Backend
 from .errors import ContextLengthExceeded, LedgerError, ModelLoadError, ModelNotFound, OverloadedError, ReverbError
 from .generation import Generation, Hooks, Settlement
-from .ledger import Ledger, RequestRecord
+from .ledger import Ledger, RequestRecord, bounded_model
 from .models import registry as registry_mod
 from .models.registry import ModelSpec, Registry
 from .request import Account, Ask, RequestContext
@@ -25,6 +26,8 @@ from .types import Chunk, FinishReason, Usage
 log = logging.getLogger("reverb.service")
 
 _STATUS = {FinishReason.STOP: "completed", FinishReason.LENGTH: "completed", FinishReason.CANCELLED: "cancelled"}
+PROGRESS_SECONDS = 1.0   # a stream's delivered-token mark is written at most this often (and at its first token)
+MAX_UNSETTLED = 10_000   # failed settlements kept for retry; beyond, the lease rule settles them at stop
 
 
 class Service:
@@ -38,6 +41,8 @@ class Service:
         self._db_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reverb-ledger")
         self.hooks = Hooks()  # replaced by the HTTP layer's metrics
         self._tasks: set[asyncio.Task] = set()
+        # request id -> (account, row, charge) whose settlement failed; retried on every heartbeat
+        self._unsettled: dict[str, tuple[Account | None, RequestRecord, int]] = {}
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -77,9 +82,10 @@ class Service:
                 f"This model's maximum context length is {limit} tokens; the messages use {n} "
                 f"and max_tokens asks for {max_tokens}", param="max_tokens", model=spec.name)
         await self.db(self.ledger.reserve, ctx.account, ctx.request_id, spec.cost(n, max_tokens), spec.name,
-                      ctx.endpoint)
+                      ctx.endpoint, n, (spec.price_input, spec.price_output))
         gen = Generation(spec.name, ctx.started, self.hooks,
-                         on_end=lambda final: self._spawn(self._settle(ctx, spec, final, gen)))
+                         on_end=lambda final: self._spawn(self._settle(ctx, spec, final, gen, ask.stream)),
+                         on_progress=self._mark(ctx) if ask.stream and ctx.account is not None else None)
         try:
             gen.handle = backend.submit(prompt, replace(ask.sampling, max_tokens=max_tokens), gen.deliver,
                                         tenant=ctx.account.name if ctx.account else "")
@@ -93,12 +99,13 @@ class Service:
         """Log a request refused before it ran. Never raises: a full disk must not turn a 4xx into a 500."""
         record = self._record(ctx, model or error.model, "rejected", error.code, Usage(0, 0))
         try:
-            await self.db(self.ledger.log_rejected, ctx.account, record)
+            await self.db(self.ledger.log_rejected, ctx.account, record, ctx.client)
         except LedgerError as e:
             log.error("could not log rejected request %s: %s", ctx.request_id, e.message)
         self.hooks.settled(record, 0)
 
-    async def _settle(self, ctx: RequestContext, spec: ModelSpec, final: Chunk, gen: Generation) -> None:
+    async def _settle(self, ctx: RequestContext, spec: ModelSpec, final: Chunk, gen: Generation,
+                      stream: bool) -> None:
         usage = final.usage or Usage(0, 0)
         err = final.error
         code = err.code if isinstance(err, ReverbError) else ("engine_error" if err else None)
@@ -109,6 +116,10 @@ class Service:
         except LedgerError as e:
             log.error("settlement failed for %s: %s", ctx.request_id, e.message)
             gen.settled.set_exception(e)
+            # Retried later as failed: a stream delivered its text (charged), a blocking answer never left.
+            if len(self._unsettled) < MAX_UNSETTLED:
+                self._unsettled[ctx.request_id] = (ctx.account, self._record(
+                    ctx, spec.name, "failed", e.code, usage), charge if stream else 0)
 
     async def _close(self, ctx: RequestContext, spec: ModelSpec, status: str, code: str | None, charge: int,
                      usage: Usage = Usage(0, 0)) -> Settlement:
@@ -118,37 +129,88 @@ class Service:
         self.hooks.settled(record, price)
         return Settlement(record, price)
 
-    @staticmethod
-    def _record(ctx: RequestContext, model: str | None, status: str, code: str | None,
+    def _record(self, ctx: RequestContext, model: str | None, status: str, code: str | None,
                 usage: Usage) -> RequestRecord:
+        model = bounded_model(model, self.registry.specs)   # a name from a client is cut and flagged
         return RequestRecord(request_id=ctx.request_id, endpoint=ctx.endpoint, model=model, status=status,
                              error_code=code, prompt_tokens=usage.prompt_tokens,
                              completion_tokens=usage.completion_tokens, latency_ms=ctx.elapsed_ms(), body=ctx.body)
+
+    def _mark(self, ctx: RequestContext):
+        """The stream's progress hook: records its delivered-token high-water mark on its hold, off the event
+        loop, at its first token and then at most every PROGRESS_SECONDS, one write in flight at a time."""
+        state = {"at": None, "busy": False}
+
+        def on_progress(delivered: int) -> None:
+            t = time.monotonic()
+            if state["busy"] or (state["at"] is not None and t - state["at"] < PROGRESS_SECONDS):
+                return
+            state.update(at=t, busy=True)
+
+            async def write():
+                try:
+                    await self.db(self.ledger.progress, ctx.request_id, delivered)
+                except LedgerError:
+                    pass  # a mark is advice for a sweeper; the settlement is what counts
+                finally:
+                    state["busy"] = False
+            self._spawn(write())
+        return on_progress
+
+    async def keep_lease(self) -> None:
+        """While serving: renew this server's lease, settle holds of servers whose lease expired, and retry
+        settlements that failed. Runs until cancelled; a ledger that cannot be reached is retried next time."""
+        period = self.settings.lease_seconds / 3
+        while self.ledger.lease.instance_id is not None:
+            await asyncio.sleep(period)
+            try:
+                await self.db(self.ledger.lease.heartbeat)
+                await self.db(self.ledger.lease.sweep)
+                await self.db(self._retry_unsettled)
+            except LedgerError as e:
+                log.warning("lease upkeep failed (retrying in %.1f s): %s", period, e.message)
+
+    def _retry_unsettled(self) -> None:
+        for request_id, (account, record, charge) in list(self._unsettled.items()):
+            try:
+                self.ledger.settle(account, record, charge)
+            except LedgerError:
+                if account is None or account.unlimited or self.ledger.hold_open(request_id):
+                    continue  # still unreachable: next time
+            del self._unsettled[request_id]   # settled now, or settled by a sweeper meanwhile
+            log.info("settled %s after an earlier failure", request_id)
 
     def close(self) -> None:
         for backend in self.backends.values():
             backend.close()
         self._db_pool.shutdown(wait=True)
+        try:
+            self._retry_unsettled()
+            self.ledger.lease.retire()   # a clean stop: whatever is still held is settled now
+        except LedgerError as e:
+            log.error("could not settle this server's holds at stop (its lease will expire): %s", e.message)
         self.ledger.close()
 
 
-def build(settings: Settings, backend_factory=None) -> Service:
+def build(settings: Settings, backend_factory=None, *, serve: bool = True) -> Service:
     """Load the catalogue, the ledger and every model named in ``settings.models``.
 
     Raises ConfigError or ModelLoadError. ``backend_factory(spec, settings)`` loads one model (default: find its
-    file, downloading only when ``settings.pull`` is set, and load it with llama.cpp).
+    file, downloading only when ``settings.pull`` is set, and load it with llama.cpp). ``serve``: a server, which
+    creates the ledger if needed, registers an instance with a lease and settles expired servers' holds; with
+    False (``reverb chat``) the ledger must exist, no lease is taken and nothing is ever refunded.
     """
     reg = registry_mod.load(settings.catalogue_path)
-    ledger = Ledger(settings.db_path, dev_keys=settings.api_keys, busy_timeout=settings.db_busy_timeout,
-                    max_mb=settings.db_max_mb)
-    recovered = ledger.recover()
-    if recovered:
-        log.warning("refunded %d hold(s) left by an earlier crash", recovered)
+    ledger = Ledger(settings.db_target, dev_keys=settings.api_keys, busy_timeout=settings.db_busy_timeout,
+                    max_mb=settings.db_max_mb, create=serve)
     backends: dict[str, Backend] = {}
     try:
         for name in settings.models or (reg.default,):
             spec = reg.resolve(name)
             backends[spec.name] = (backend_factory or load_backend)(spec, settings)
+        if serve:  # after loading, so a slow load cannot outlive a short lease before its first heartbeat
+            ledger.lease.register(settings.lease_seconds)
+            ledger.lease.sweep()
     except BaseException:
         for backend in backends.values():
             backend.close()

@@ -15,6 +15,8 @@ RULES = {  # library -> the only modules (package paths) allowed to import it
     "uvicorn": {"cli/serve.py"},
     "prometheus_client": {"api/metrics.py"},
     "sqlite3": {"ledger/sqlite.py"},
+    "psycopg": {"ledger/postgres.py"},
+    "psycopg_pool": {"ledger/postgres.py"},
 }
 HOME = {"starlette": "api/"}
 # package -> reverb packages it must never import (directly)
