@@ -64,13 +64,21 @@ class PgServer:
 
     def start(self) -> "PgServer":
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        self.resume()
+        return self
+
+    def pause(self) -> None:
+        """Stop the server abruptly (its clients see their connections drop); ``resume`` brings it back."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "-t", "60", "stop", check=False)
+        self.started = False
+
+    def resume(self) -> None:
         opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
                 f"-c max_connections=200 -c shared_buffers=16MB")
         # -w: pg_ctl waits until the server accepts connections (its own bounded wait), not a sleep of ours
         self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.dir / "server.log"), "-w", "-t", "120",
                   "start")
         self.started = True
-        return self
 
     @property
     def admin_url(self) -> str:
