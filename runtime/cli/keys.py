@@ -38,8 +38,12 @@ def _ledger(args, create: bool = False):
 
 
 def keys(args) -> int:
-    # amounts are checked before the ledger is opened, so a bad one never creates a file
+    from ..ledger.records import check_key_name
+    # names and amounts are checked before the ledger is opened, so a bad one never creates a file
     amount = _money(args.credit if args.keys_cmd == "create" else getattr(args, "amount", "0"))
+    problem = check_key_name(args.name) if args.keys_cmd == "create" else None
+    if problem:
+        raise ConfigError(problem)
     ledger = _ledger(args, create=args.keys_cmd == "create")
     try:
         if args.keys_cmd == "create":
@@ -64,12 +68,16 @@ def keys(args) -> int:
 
 
 def _money(text: str) -> int:
+    from ..ledger import MAX_BALANCE
     try:
-        return parse_money(text)
+        micro = parse_money(text)
     except ValueError as e:
         raise ConfigError(f"bad amount: {e}") from None
     except ArithmeticError:  # e.g. 1e999999999: beyond what Decimal holds
         raise ConfigError(f"bad amount: {text!r} is too large") from None
+    if micro > MAX_BALANCE:
+        raise ConfigError(f"bad amount: the amount may be at most {MAX_BALANCE // 1_000_000:,} credit")
+    return micro
 
 
 def parse_since(text: str | None) -> str | None:
