@@ -188,7 +188,8 @@ def test_kill_9_mid_stream_is_settled_by_the_next_start(make_server, no_eos):
     with srv.client(key) as http:
         with http.stream("POST", "/api/endpoint", json=gw(max_tokens=1500, stream=True, logit_bias=no_eos)) as r:
             rid = r.headers["x-request-id"]
-            next(r.iter_raw())
+            body = r.iter_raw()   # kept: a dropped iterator closes the connection, and the server cancels
+            next(body)
             deadline = time.monotonic() + 60
             with Ledger(srv.db) as ledger:   # wait until the stream has recorded what it delivered
                 while not any(h["delivered_tokens"] for h in ledger.holds()) and time.monotonic() < deadline:

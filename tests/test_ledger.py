@@ -149,12 +149,10 @@ def test_expired_lease_holds_are_settled_for_what_was_delivered(ledger, db_targe
                                                 (dead.lease.instance_id,)))
         assert ledger.lease.sweep() == 2
         assert ledger.lease.sweep() == 0                    # exactly once
-        with pytest.raises(LedgerError):                    # the dead server cannot make new holds...
-            dead.reserve(acct, "late", 10, "m", "gateway")
-        with pytest.raises(LedgerError):                    # ...nor settle one a sweeper settled
+        with pytest.raises(LedgerError):                    # a server cannot settle a hold a sweeper settled
             dead.settle(acct, RequestRecord("streamed", "gateway", "m", "completed", 10, 50), 50)
-        dead.lease.heartbeat()                              # its heartbeat registers it again
-        dead.reserve(acct, "after", 10, "m", "gateway")
+        dead.reserve(acct, "after", 10, "m", "gateway")     # its next hold registers it again, live
+        assert ledger.lease.sweep() == 0
         dead.settle(acct, RequestRecord("after", "gateway", "m", "completed"), 10)
     streamed, silent = ledger.request("streamed"), ledger.request("silent")
     cost = -(-(10 * 100_000 + 7 * 200_000) // 1_000_000)
@@ -178,6 +176,17 @@ def test_a_process_without_a_lease_never_holds_nor_sweeps(ledger, db_target):
     assert ledger.invariant()["holds"] == 100
     ledger.lease.heartbeat()
     ledger.settle(acct, RequestRecord("held", "gateway", "m", "completed"), 0)
+
+
+def test_a_hold_renews_its_servers_lease(ledger):
+    _, acct = account(ledger, "a")
+    ledger.reserve(acct, "old", 100, "m", "gateway")
+    ledger.engine.write(lambda db: db.execute("UPDATE instances SET lease_until = 0"))   # heartbeats were late
+    ledger.reserve(acct, "new", 100, "m", "gateway")      # but the server is alive: its lease is live again
+    assert ledger.lease.sweep() == 0 and ledger.invariant()["holds"] == 200
+    assert ledger.lease.instances()[0]["lease_left_ms"] > 0
+    for rid in ("old", "new"):
+        ledger.settle(acct, RequestRecord(rid, "gateway", "m", "completed"), 1)
 
 
 def test_retire_settles_what_a_clean_stop_left(ledger, db_target):

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from reverb.ledger import Ledger
 from reverb.models import registry
@@ -113,7 +112,8 @@ def test_read_only_commands_never_settle_a_hold(make_server, db_target, no_eos):
         with http.stream("POST", "/v1/chat/completions",
                          json=chat("Write a long story.", max_tokens=1500, stream=True, logit_bias=no_eos)) as r:
             rid = r.headers["x-request-id"]
-            next(r.iter_lines())
+            lines = r.iter_lines()   # kept: a dropped iterator closes the connection, and the server cancels
+            next(lines)
             poll(lambda: (hold_of(db_target, rid) or {}).get("delivered_tokens"), "a delivered-token mark")
             srv.kill()
 

@@ -172,7 +172,7 @@ class Ledger:
             return
         if amount > MAX_BALANCE:
             raise InsufficientCredit("not enough credit for this request")
-        instance = self.lease.require()
+        self.lease.require()
 
         def tx(db):
             cur = db.execute("UPDATE keys SET balance = balance - ? "
@@ -180,7 +180,7 @@ class Ledger:
                              (amount, account.key_id, amount))
             if cur.rowcount != 1:
                 raise InsufficientCredit("not enough credit for this request")
-            leases.insert_hold(self.engine, db, instance, request_id, account.key_id, amount, model, endpoint,
+            leases.insert_hold(self.lease, db, request_id, account.key_id, amount, model, endpoint,
                                prompt_tokens, prices, now())
         self.engine.write(tx)
 

@@ -1,7 +1,7 @@
 """Server instances and their leases: whose holds are whose, and the crash rule.
 
 A server registers an instance row with a lease (a deadline on the database's clock) and renews it while it
-runs; every hold it makes names its instance, and it can only make holds while its lease is live. A server that
+runs (every third of the lease, and with every hold it makes); every hold names its instance. A server that
 stops cleanly expires its own lease and settles what it left. A server that dies (kill -9, power loss) stops
 renewing; once its lease has expired any server of the same ledger settles its holds (``sweep``, at start-up and
 on every heartbeat), so a dead server's holds are settled within one lease plus one heartbeat.
@@ -121,16 +121,16 @@ class Lease:
         return [dict(id=r[0], host=r[1], pid=int(r[2]), lease_left_ms=int(r[3])) for r in rows]
 
 
-def insert_hold(engine, db, instance: str, request_id: str, key_id: int, amount: int, model: str, endpoint: str,
+def insert_hold(lease: Lease, db, request_id: str, key_id: int, amount: int, model: str, endpoint: str,
                 prompt_tokens: int, prices: tuple[int, int], created_at: str) -> None:
-    """Write a hold for ``instance``, only while its lease is live (else LedgerError, and the caller's
-    transaction rolls back): a sweeper may already have given up on an instance whose lease ran out."""
-    cur = db.execute(
-        "INSERT INTO holds (request_id, key_id, amount, model, endpoint, created_at, instance_id, prompt_tokens, "
-        "price_input, price_output) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ? "
-        f"WHERE EXISTS (SELECT 1 FROM instances WHERE id = ? AND lease_until >= {engine.now_ms})",
-        (request_id, key_id, amount, model, endpoint, created_at, instance, prompt_tokens, prices[0], prices[1],
-         instance))
-    if cur.rowcount != 1:
-        log.error("this server's lease has expired: no new holds until its heartbeat renews it")
-        raise LedgerError(UNAVAILABLE)
+    """Write a hold for this server's instance, renewing its lease in the same transaction (registering it again
+    if a sweeper removed it), so no sweeper can take a hold for the holds of a dead server."""
+    renewed = db.execute(f"UPDATE instances SET lease_until = {lease.engine.now_ms} + ? WHERE id = ?",
+                         (lease.lease_ms, lease.instance_id)).rowcount
+    if renewed == 0:
+        log.error("this server's lease had expired and its holds were settled by another server")
+        lease._insert(db)
+    db.execute("INSERT INTO holds (request_id, key_id, amount, model, endpoint, created_at, instance_id, "
+               "prompt_tokens, price_input, price_output) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               (request_id, key_id, amount, model, endpoint, created_at, lease.instance_id, prompt_tokens,
+                prices[0], prices[1]))
