@@ -44,8 +44,9 @@ def free_port() -> int:
 
 
 class PgServer:
-    def __init__(self, bindir: Path):
+    def __init__(self, bindir: Path, fsync: bool = False):
         self.bindir = bindir
+        self.fsync = fsync   # off for tests (nothing to keep); on for the benchmark, as in production
         self.dir = Path(tempfile.mkdtemp(prefix="reverb-pg-"))
         self.data = self.dir / "data"
         self.port = free_port()
@@ -73,7 +74,7 @@ class PgServer:
         self.started = False
 
     def resume(self) -> None:
-        opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+        opts = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync={'on' if self.fsync else 'off'} "
                 f"-c max_connections=200 -c shared_buffers=16MB")
         # -w: pg_ctl waits until the server accepts connections (its own bounded wait), not a sleep of ours
         self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.dir / "server.log"), "-w", "-t", "120",
