@@ -130,7 +130,7 @@ def run(seconds: float, parallel: int = 4, clients: dict | None = None) -> dict:
         rss_end = rss_mb(proc.pid)
         with Ledger(db) as ledger:
             inv = ledger.invariant()
-            rows = ledger._read("SELECT COUNT(*) FROM requests")[0][0]
+            rows = ledger.engine.read("SELECT COUNT(*) FROM requests")[0][0]
     finally:
         proc.terminate()
         proc.wait(60)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from .backends import Backend
 from .errors import ContextLengthExceeded, LedgerError, ModelLoadError, ModelNotFound, OverloadedError, ReverbError
+from . import upkeep
 from .generation import Generation, Hooks, Settlement
 from .ledger import Ledger, RequestRecord, bounded_model
 from .models import registry as registry_mod
@@ -26,7 +26,6 @@ from .types import Chunk, FinishReason, Usage
 log = logging.getLogger("reverb.service")
 
 _STATUS = {FinishReason.STOP: "completed", FinishReason.LENGTH: "completed", FinishReason.CANCELLED: "cancelled"}
-PROGRESS_SECONDS = 1.0   # a stream's delivered-token mark is written at most this often (and at its first token)
 MAX_UNSETTLED = 10_000   # failed settlements kept for retry; beyond, the lease rule settles them at stop
 
 
@@ -85,7 +84,7 @@ class Service:
                       ctx.endpoint, n, (spec.price_input, spec.price_output))
         gen = Generation(spec.name, ctx.started, self.hooks,
                          on_end=lambda final: self._spawn(self._settle(ctx, spec, final, gen, ask.stream)),
-                         on_progress=self._mark(ctx) if ask.stream and ctx.account is not None else None)
+                         on_progress=upkeep.progress_hook(self, ctx) if ask.stream and _holds(ctx.account) else None)
         try:
             gen.handle = backend.submit(prompt, replace(ask.sampling, max_tokens=max_tokens), gen.deliver,
                                         tenant=ctx.account.name if ctx.account else "")
@@ -136,60 +135,25 @@ class Service:
                              error_code=code, prompt_tokens=usage.prompt_tokens,
                              completion_tokens=usage.completion_tokens, latency_ms=ctx.elapsed_ms(), body=ctx.body)
 
-    def _mark(self, ctx: RequestContext):
-        """The stream's progress hook: records its delivered-token high-water mark on its hold, off the event
-        loop, at its first token and then at most every PROGRESS_SECONDS, one write in flight at a time."""
-        state = {"at": None, "busy": False}
-
-        def on_progress(delivered: int) -> None:
-            t = time.monotonic()
-            if state["busy"] or (state["at"] is not None and t - state["at"] < PROGRESS_SECONDS):
-                return
-            state.update(at=t, busy=True)
-
-            async def write():
-                try:
-                    await self.db(self.ledger.progress, ctx.request_id, delivered)
-                except LedgerError:
-                    pass  # a mark is advice for a sweeper; the settlement is what counts
-                finally:
-                    state["busy"] = False
-            self._spawn(write())
-        return on_progress
-
     async def keep_lease(self) -> None:
-        """While serving: renew this server's lease, settle holds of servers whose lease expired, and retry
-        settlements that failed. Runs until cancelled; a ledger that cannot be reached is retried next time."""
-        period = self.settings.lease_seconds / 3
-        while self.ledger.lease.instance_id is not None:
-            await asyncio.sleep(period)
-            try:
-                await self.db(self.ledger.lease.heartbeat)
-                await self.db(self.ledger.lease.sweep)
-                await self.db(self._retry_unsettled)
-            except LedgerError as e:
-                log.warning("lease upkeep failed (retrying in %.1f s): %s", period, e.message)
-
-    def _retry_unsettled(self) -> None:
-        for request_id, (account, record, charge) in list(self._unsettled.items()):
-            try:
-                self.ledger.settle(account, record, charge)
-            except LedgerError:
-                if account is None or account.unlimited or self.ledger.hold_open(request_id):
-                    continue  # still unreachable: next time
-            del self._unsettled[request_id]   # settled now, or settled by a sweeper meanwhile
-            log.info("settled %s after an earlier failure", request_id)
+        """While serving (the app's lifespan runs it): see ``upkeep.keep_lease``."""
+        await upkeep.keep_lease(self)
 
     def close(self) -> None:
         for backend in self.backends.values():
             backend.close()
         self._db_pool.shutdown(wait=True)
         try:
-            self._retry_unsettled()
+            upkeep.retry_unsettled(self)
             self.ledger.lease.retire()   # a clean stop: whatever is still held is settled now
         except LedgerError as e:
             log.error("could not settle this server's holds at stop (its lease will expire): %s", e.message)
         self.ledger.close()
+
+
+def _holds(account: Account | None) -> bool:
+    """Whether requests of this account put credit on hold (dev keys from the command line do not)."""
+    return account is not None and not account.unlimited
 
 
 def build(settings: Settings, backend_factory=None, *, serve: bool = True) -> Service:
