@@ -80,8 +80,8 @@ def _ledger_has_keys(settings: Settings) -> bool:
     try:  # create=False: asking must not create a ledger in someone's home directory
         ledger = Ledger(settings.db_target, create=False, busy_timeout=settings.db_busy_timeout)
     except ConfigError:
-        if settings.db is None or "://" in settings.db_target:
-            raise  # an unreachable database server is an error here too; a missing default file is not
+        if "://" in settings.db_target:
+            raise  # an unreachable database server is an error here too; a missing file is not (serve makes it)
         return False
     try:
         return ledger.has_active_keys()
