@@ -119,6 +119,9 @@ class Service:
             if len(self._unsettled) < MAX_UNSETTLED:
                 self._unsettled[ctx.request_id] = (ctx.account, self._record(
                     ctx, spec.name, "failed", e.code, usage), charge if stream else 0)
+        except Exception:  # whatever went wrong, the request must end: as a ledger failure, never a hang
+            log.exception("settlement failed for %s", ctx.request_id)
+            gen.settled.set_exception(LedgerError("the ledger could not record this request"))
 
     async def _close(self, ctx: RequestContext, spec: ModelSpec, status: str, code: str | None, charge: int,
                      usage: Usage = Usage(0, 0)) -> Settlement:

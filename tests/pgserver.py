@@ -47,7 +47,7 @@ class PgServer:
     def __init__(self, bindir: Path, fsync: bool = False):
         self.bindir = bindir
         self.fsync = fsync   # off for tests (nothing to keep); on for the benchmark, as in production
-        self.dir = Path(tempfile.mkdtemp(prefix="reverb-pg-"))
+        self.dir = Path(tempfile.mkdtemp(prefix="pgtest-"))
         self.data = self.dir / "data"
         self.port = free_port()
         self.user = "postgres" if os.geteuid() == 0 else None

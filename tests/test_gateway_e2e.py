@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import time
 
 import httpx
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from reverb.models import registry
 from reverb.ledger import Ledger
 
-from .conftest import prompt_tokens, reverb
+from .conftest import prompt_tokens, reverb, wait_for
 
 SPEC = registry.load(registry.Path(__file__).resolve().parent.parent / "models.toml").resolve("smollm2-135m")
 MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
@@ -29,15 +28,9 @@ def new_key(server, name: str, credit: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def wait_row(server, request_id: str, timeout: float = 10) -> dict:
-    deadline = time.monotonic() + timeout
+def wait_row(server, request_id: str) -> dict:
     with server.ledger() as ledger:
-        while time.monotonic() < deadline:
-            row = ledger.request(request_id)
-            if row:
-                return row
-            time.sleep(0.05)
-    raise AssertionError(f"no ledger row for {request_id}")
+        return wait_for(lambda: ledger.request(request_id), what=f"the ledger row of {request_id}")
 
 
 def test_shape_with_stats(server, engine):
@@ -190,16 +183,14 @@ def test_kill_9_mid_stream_is_settled_by_the_next_start(make_server, no_eos):
             rid = r.headers["x-request-id"]
             body = r.iter_raw()   # kept: a dropped iterator closes the connection, and the server cancels
             next(body)
-            deadline = time.monotonic() + 60
             with Ledger(srv.db) as ledger:   # wait until the stream has recorded what it delivered
-                while not any(h["delivered_tokens"] for h in ledger.holds()) and time.monotonic() < deadline:
-                    time.sleep(0.05)
+                wait_for(lambda: any(h["delivered_tokens"] for h in ledger.holds()), what="a delivered-token mark")
             srv.kill()
     with Ledger(srv.db) as ledger:
         assert ledger.invariant()["holds"] > 0 and ledger.invariant()["ok"]
         mark = ledger.holds()[0]["delivered_tokens"]
     srv.start()  # the next start settles what the crash left, once the dead server's lease has expired
-    row = wait_row(srv, rid, timeout=60)
+    row = wait_row(srv, rid)
     with Ledger(srv.db) as ledger:
         inv = ledger.invariant()
         k = [k for k in ledger.list_keys() if k["name"] == "crash"][0]

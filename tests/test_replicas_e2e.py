@@ -11,13 +11,12 @@ import concurrent.futures
 import json
 import subprocess
 import sys
-import time
 
 
 from reverb.ledger import Ledger
 from reverb.models import registry
 
-from .conftest import ROOT, chat, prompt_tokens, reverb
+from .conftest import ROOT, chat, prompt_tokens, reverb, wait_for
 
 SPEC = registry.load(ROOT / "models.toml").resolve("smollm2-135m")
 LEASE = "3"   # seconds: short, so a dead server's holds are settled soon; renewed every second
@@ -30,14 +29,8 @@ def new_key(target: str, name: str, credit: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def poll(condition, what: str, timeout: float = 90, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
+def poll(condition, what: str, timeout: float = 120):
+    return wait_for(condition, timeout=timeout, what=what, interval=0.05)
 
 
 def hold_of(target: str, request_id: str) -> dict | None:
@@ -125,7 +118,8 @@ def test_read_only_commands_never_settle_a_hold(make_server, db_target, no_eos):
         out = reverb(*args, "--db", db_target)
         assert out.returncode == 0, out.stderr
     out = subprocess.run([sys.executable, "-m", "reverb.cli", "chat", "--db", db_target, "--max-tokens", "4"],
-                         input="hello\n/exit\n", capture_output=True, text=True, cwd=ROOT, timeout=300)
+                         input="hello\n/exit\n", capture_output=True, text=True, cwd=ROOT, timeout=600,
+                         start_new_session=True)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     assert hold_of(db_target, rid) is not None and row_of(db_target, rid) is None
     replacement = make_server("--lease-seconds", "1", *ONE, db=db_target)   # a server settles it at start-up
