@@ -81,6 +81,12 @@ class PostgresEngine:
         """Each pending migration in its own transaction, under an advisory lock. Raises ConfigError."""
         try:
             with self._pool.connection() as conn:
+                current = 0
+                if conn.execute("SELECT to_regclass('reverb_schema')").fetchone()[0] is not None:
+                    current = conn.execute("SELECT COALESCE(max(version), 0) FROM reverb_schema").fetchone()[0]
+                conn.commit()
+                if current >= len(scripts):
+                    return   # up to date: nothing written (a read-only role may run `reverb usage`)
                 conn.execute("CREATE TABLE IF NOT EXISTS reverb_schema (version BIGINT NOT NULL)")
                 conn.commit()
                 for number, script in enumerate(scripts, start=1):

@@ -62,7 +62,8 @@ class SQLiteEngine:
     def migrate(self, scripts: list[str]) -> None:
         """Run the migrations this file has not seen, each in its own transaction. Raises ConfigError."""
         try:
-            for number, script in enumerate(scripts, start=1):
+            current = self._db.execute("PRAGMA user_version").fetchone()[0]
+            for number, script in enumerate(scripts[current:], start=current + 1):   # none: no write lock taken
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     # read inside the write lock: another process may have migrated meanwhile
