@@ -1,8 +1,9 @@
 """The model backend seam: how the service runs a request on a loaded model, whatever runs it.
 
 The service knows only this protocol. The llama.cpp batcher (``backends/llama``) is one implementation, an
-OpenAI-compatible upstream over HTTP (``backends/upstream``) another, a fake in the tests a third. Settlement never lives in a backend: a backend streams Chunks and reports the end
-(the chunk with ``finish_reason``), and the service settles.
+OpenAI-compatible upstream over HTTP (``backends/upstream``) another, a fake in the tests a third. Settlement
+never lives in a backend: a backend streams Chunks and reports the end (the chunk with ``finish_reason``), and
+the service settles.
 """
 
 from __future__ import annotations
