@@ -25,6 +25,7 @@ log = logging.getLogger("reverb.upstream")
 DONE = object()                 # yielded for the stream's ``data: [DONE]``
 MAX_EVENT = 8 << 20             # bytes in one event: an upstream cannot make us buffer without bound
 MAX_ERROR_BODY = 64 << 10
+DRAIN_SECONDS = 1.0             # how long the end of a body may take after [DONE] before we drop the connection
 POOL = httpx.Limits(max_connections=64, max_keepalive_connections=16, keepalive_expiry=30)
 
 
@@ -69,8 +70,10 @@ class UpstreamClient:
                 if not r.headers.get("content-type", "").startswith("text/event-stream"):
                     raise UpstreamError(f"The upstream for model '{name}' did not answer with an event stream",
                                         model=name, code="upstream_bad_response")
-                async for data in _sse_data(r.aiter_bytes()):
+                events = _sse_data(r.aiter_bytes())
+                async for data in events:
                     if data == "[DONE]":
+                        await _drain(events)
                         yield DONE
                         return
                     try:
@@ -119,6 +122,17 @@ class UpstreamClient:
                 asyncio.run_coroutine_threadsafe(http.aclose(), loop).result(timeout=5)
             except Exception as e:  # noqa: BLE001 - closing must not fail a shutdown
                 log.debug("closing upstream %s: %s", self.spec.name, e)
+
+
+async def _drain(events: AsyncIterator[str]) -> None:
+    """Read what follows ``[DONE]`` (normally just the end of the body), so the connection can go back to the
+    pool; an upstream that keeps the response open past that gets its connection closed instead."""
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in events:
+                pass
+    except (TimeoutError, UpstreamError, httpx.HTTPError):
+        pass
 
 
 async def _read_some(r: httpx.Response, limit: int) -> bytes:
