@@ -11,6 +11,7 @@ import pytest
 
 from reverb.models.registry import MICRO
 
+from .conftest import Server
 from .misbehaving_upstream import Upstream
 
 UP_KEY = "sk-upstream-" + "Zq8x" * 8        # the upstream key: the tests look for it everywhere it must not be
@@ -56,15 +57,26 @@ def dead_url() -> str:
 def gateway(make_server, tmp_path: Path, entries: dict[str, dict], default: str, *args: str,
             credit: int = 5 * MICRO):
     """A reverb server whose catalogue is ``entries``, with the upstream key in its environment and one key with
-    ``credit``; returns (server, that key)."""
+    ``credit``; returns (server, that key). ``make_server``: conftest's fixture, or ``Server`` itself."""
     path = write_catalogue(tmp_path / f"models-{len(list(tmp_path.glob('models-*')))}.toml", entries, default)
-    srv = make_server("--models", str(path), *args, start=False, env={KEY_ENV: UP_KEY})
+    if make_server is Server:
+        srv = Server(tmp_path / "gateway", "--models", str(path), *args, env={KEY_ENV: UP_KEY})
+    else:
+        srv = make_server("--models", str(path), *args, start=False, env={KEY_ENV: UP_KEY})
     with srv.ledger() as ledger:
         key = ledger.create_key("alice", credit)
     return srv.start(), key
 
 
-@pytest.fixture
+def stop_and_check(srv: Server) -> None:
+    """Stop a server started outside ``make_server`` and check its ledger's invariant."""
+    srv.stop()
+    with srv.ledger() as ledger:
+        inv = ledger.invariant()
+    assert inv["ok"], inv
+
+
+@pytest.fixture(scope="module")
 def upstream():
     up = Upstream()
     yield up

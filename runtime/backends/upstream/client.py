@@ -21,6 +21,9 @@ from ...models.registry import ModelSpec
 from . import wire
 
 log = logging.getLogger("reverb.upstream")
+# httpx logs each request at INFO; reverb's access log already writes one line per request (and --log-format json
+# must stay JSON lines).
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 DONE = object()                 # yielded for the stream's ``data: [DONE]``
 MAX_EVENT = 8 << 20             # bytes in one event: an upstream cannot make us buffer without bound
