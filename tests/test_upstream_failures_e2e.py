@@ -5,7 +5,6 @@ disconnects, and the upstream key never leaking."""
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import openai
@@ -14,21 +13,10 @@ import pytest
 from reverb.models.registry import MICRO
 
 from .conftest import KEY, Server
-from .upstreams import UP_KEY, cost, dead_url, gateway, remote, stop_and_check
+from .upstreams import UP_KEY, cost, dead_url, gateway, remote, stop_and_check, wait_row
 from .upstreams import upstream  # noqa: F401 - a fixture
 
 ECHO = "one two three four five six"
-
-
-def wait_row(srv, request_id: str, deadline: float = 60) -> dict:
-    """The ledger row of a request, once written (a stream's error event may reach the client first)."""
-    end = time.monotonic() + deadline
-    while True:
-        with srv.ledger() as ledger:
-            row = ledger.request(request_id)
-        if row is not None or time.monotonic() > end:
-            return row
-        time.sleep(0.02)
 
 
 def balance(srv) -> int:

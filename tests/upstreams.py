@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,17 @@ def stop_and_check(srv: Server) -> None:
     with srv.ledger() as ledger:
         inv = ledger.invariant()
     assert inv["ok"], inv
+
+
+def wait_row(srv, request_id: str, deadline: float = 60) -> dict | None:
+    """The ledger row of a request, once written (an error may reach the client before its row is written)."""
+    end = time.monotonic() + deadline
+    while True:
+        with srv.ledger() as ledger:
+            row = ledger.request(request_id)
+        if row is not None or time.monotonic() > end:
+            return row
+        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")
