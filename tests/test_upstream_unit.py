@@ -163,7 +163,8 @@ def test_streamed_deltas_merge_as_the_sdk_merges_them():
               {"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": '{"a": '}},
                                                     {"index": 1, "id": "call_2", "type": "function",
                                                      "function": {"name": "g", "arguments": "{}"}}]}},
-              {"index": 0, "delta": {"role": "assistant", "tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]},
+              {"index": 0, "delta": {"role": "assistant",
+                                     "tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]},
                "logprobs": {"content": [{"token": "x"}]}},
               {"index": 0, "delta": {}, "logprobs": {"content": [{"token": "y"}]}, "finish_reason": "tool_calls"}]:
         merge(acc, d)
