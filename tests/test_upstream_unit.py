@@ -128,9 +128,10 @@ def test_the_body_sent_upstream():
                     "max_tokens": 50}
     # the client's own fields pass unchanged, except model, streaming and the max the hold was made for
     raw = ask(("user", "hi"), messages=[{"role": "user", "content": "hi"}], max_completion_tokens=9000,
-              tools=[{"type": "function"}], top_k=5, frobnicate={"x": 1})
+              tools=[{"type": "function"}], top_k=5, frobnicate={"x": 1}, n_predict=100_000)
     body = wire.request_body("up-model", raw, SamplingParams(max_tokens=50))
     assert body["max_completion_tokens"] == 50 and "max_tokens" not in body
+    assert body["n_predict"] == 50  # an engine's own name for the limit cannot lift it past the hold
     assert body["tools"] == [{"type": "function"}] and body["top_k"] == 5 and body["frobnicate"] == {"x": 1}
 
 

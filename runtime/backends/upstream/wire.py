@@ -27,6 +27,7 @@ from ...types import FinishReason, SamplingParams, Usage
 PER_MESSAGE, PRIMING = 4, 3
 BOUND_PER_MESSAGE, BOUND_TEMPLATE = 8, 64
 PROMPT_FIELDS = ("tools", "functions", "response_format", "tool_choice")
+LENGTH_ALIASES = ("max_tokens", "n_predict", "max_new_tokens")
 SAFE_WORD = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_MESSAGE = 2000
 DEFAULTS = SamplingParams()
@@ -82,10 +83,13 @@ def request_body(model: str, ask: Ask, params: SamplingParams) -> dict:
         if params.logit_bias:
             body["logit_bias"] = {str(t): b for t, b in params.logit_bias}
     body.update(model=model, stream=True, stream_options={"include_usage": True})
-    # The hold covers max_tokens per choice, so the upstream must never be asked for more.
-    keys = [k for k in ("max_completion_tokens", "max_tokens") if k in body] or ["max_tokens"]
-    for key in keys:
-        body[key] = params.max_tokens
+    # The hold covers max_tokens per choice, so the upstream must never be asked for more: the limit goes under
+    # the name the client used (max_tokens by default), and over every other name an engine reads it by
+    # (llama-server prefers n_predict, TGI takes max_new_tokens).
+    body["max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"] = params.max_tokens
+    for alias in LENGTH_ALIASES:
+        if alias in body:
+            body[alias] = params.max_tokens
     return body
 
 
