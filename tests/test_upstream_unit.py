@@ -17,6 +17,7 @@ from reverb.request import Ask, RequestContext
 from reverb.settings import Settings
 from reverb.types import Chunk, FinishReason, Message, SamplingParams, Usage
 
+from .conftest import reverb
 from .fakes import FakeBackend
 
 REMOTE = """
@@ -97,6 +98,14 @@ def test_the_key_comes_only_from_the_environment(tmp_path):
     backend = UpstreamBackend.open(spec, environ={"GPU_BOX_KEY": "sk-secret"})
     assert backend.info.provider == "gpu-box" and backend.info.passthrough
     assert "sk-secret" not in repr(backend) + repr(backend.client) + repr(backend.info) + repr(spec)
+
+
+def test_serve_stops_with_a_clear_message_when_the_key_variable_is_missing(tmp_path):
+    toml = tmp_path / "models.toml"
+    toml.write_text(REMOTE)
+    out = reverb("serve", "--models", str(toml), "--db", str(tmp_path / "l.db"), "--port", "0",
+                 env={"GPU_BOX_KEY": ""})
+    assert out.returncode == 2 and "GPU_BOX_KEY" in out.stderr and "not set" in out.stderr
 
 
 def ask(*messages: tuple[str, str], **extra) -> Ask:

@@ -87,8 +87,12 @@ def stream_response(request, gen: Generation, media_type: str,
                     body: Callable[[Chunk], AsyncIterator[bytes]]) -> GenerationResponse:
     """The streaming answer to ``request``: errors before the first chunk in the path's dialect."""
     ctx: RequestContext = request.state.ctx
-    return GenerationResponse(gen, media_type=media_type, body=body,
-                              on_early_error=lambda e: error_response(e, ctx.dialect, ctx.request_id),
+
+    def early_error(e: BaseException):
+        request.scope["state"]["error_code"] = getattr(e, "code", None) or "internal_error"  # for the access log
+        return error_response(e, ctx.dialect, ctx.request_id)
+
+    return GenerationResponse(gen, media_type=media_type, body=body, on_early_error=early_error,
                               headers={}, write_timeout=request.state.service.settings.stream_write_timeout)
 
 
