@@ -33,7 +33,7 @@ from ..types import Chunk, FinishReason, Message, SamplingParams
 from . import params as P
 from .errors import openai_body
 from .sse import DONE, event
-from .stream import cancel_on_disconnect, keep_body, stream_response
+from .stream import cancel_on_disconnect, keep_body, settled_quietly, stream_response
 
 OWN = ("model", "stream", "stream_options")      # reverb's to set on the upstream request
 # Fields the local engine's text answer fully covers: only requests limited to these may fall back to it.
@@ -111,6 +111,7 @@ async def chat_completions(request: Request, body: dict, local_parse: Callable) 
         chunks = [chunk async for chunk in gen]
     final = chunks[-1]
     if final.error is not None:
+        await settled_quietly(gen)
         raise final.error
     price = (await gen.settled).price
     return JSONResponse(_completion(gen, chunks, ids), headers={"x-request-id": ctx.request_id,
@@ -150,6 +151,7 @@ async def _sse(gen: Generation, first: Chunk, ids: tuple[str, int], include_usag
             break
         current = await anext(gen)
     if current.error is not None:
+        await settled_quietly(gen)
         yield event(openai_body(current.error)[1])
         return
     try:

@@ -52,6 +52,7 @@ class GenerationResponse:
             try:
                 first = await anext(gen)
                 if first.error is not None and first.finish_reason is not None and not first.text:
+                    await settled_quietly(gen)
                     response = self.on_early_error(first.error)
                     await response(scope, receive, send)
                     return
@@ -103,5 +104,13 @@ async def fold(request, gen: Generation) -> tuple[str, Chunk, int]:
     async with cancel_on_disconnect(request.receive, gen):
         text, final = await gen.collect()
     if final.error is not None:
+        await settled_quietly(gen)
         raise final.error
     return text, final, (await gen.settled).price
+
+
+async def settled_quietly(gen: Generation) -> None:
+    """Wait for a failed job's ledger row before the error is answered, so the access log and metrics see the
+    settled outcome; a ledger failure here changes nothing about the error the client gets."""
+    with contextlib.suppress(Exception):
+        await gen.settled
