@@ -254,7 +254,15 @@ def test_the_upstream_key_never_leaks(make_server, upstream, tmp_path):  # noqa:
     with gw.client(KEY) as c:
         seen += [c.get(p).content for p in ("/v1/models", "/metrics", "/health", "/openapi.json")]
     assert upstream.last()["headers"]["authorization"] == f"Bearer {UP_KEY}"  # sent to the upstream, and only there
+    # metrics and the access log count upstream requests like any other, failures with their code
+    assert b'reverb_generations_total{model="up-dead",status="failed"} 4.0' in seen[-3]
+    assert b'reverb_generations_total{model="up-echo",status="completed"} 4.0' in seen[-3]
     gw.stop()
+    access = [json.loads(line) for line in gw.log().splitlines() if line.startswith('{"ts"')]
+    dead = [a for a in access if a["model"] == "up-dead"]
+    assert len(dead) == 4 and all((a["status"], a["outcome"], a["error_code"]) == (502, "failed",
+                                                                                 "upstream_unavailable") for a in dead)
+    assert all(a["outcome"] == "completed" and a["completion_tokens"] == 6 for a in access if a["model"] == "up-echo")
     stored = [p.read_bytes() for p in gw.workdir.rglob("*") if p.is_file()]  # ledger, its WAL, the server's log
     assert len(stored) >= 2 and b"upstream refuses this request" in gw.log_path.read_bytes()
     assert b"upstream refuses this request (sent with Bearer ***)" in b"".join(seen)  # passed on, scrubbed
