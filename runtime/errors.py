@@ -29,6 +29,7 @@ file path from the server, a raw key or an exception's repr.
     ├── OverloadedError             503 with Retry-After
     ├── LedgerError                 the ledger could not record money or usage (fail closed)
     ├── EngineError                 llama.cpp failed mid-request
+    ├── RemoteError                 `reverb chat --url`: the server could not be reached or answered wrongly
     └── UpstreamError               502: an OpenAI-compatible upstream failed (5xx, bad stream, refused our key)
         ├── UpstreamUnavailable     502 upstream_unavailable: unreachable or refusing the connection
         └── UpstreamTimeout         504 upstream_timeout: no byte within the entry's timeout
@@ -161,6 +162,12 @@ class EngineError(ReverbError):
     """llama.cpp failed while running a request."""
 
     code = "engine_error"
+
+
+class RemoteError(ReverbError):
+    """``reverb chat --url``: the server could not be used (unreachable, refused the key, answered non-JSON)."""
+
+    code = "remote_error"
 
 
 class UpstreamRejected(RequestError):

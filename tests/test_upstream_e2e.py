@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import openai
 import pytest
 
 from reverb.models.registry import MICRO
 
-from .conftest import KEY, Server, reverb
+from .conftest import KEY, SESSION_OWNED, Server, reverb
 from .upstreams import KEY_ENV, LOCAL, UP_KEY, cost, dead_url, gateway, remote, stop_and_check, wait_row
+
+pytestmark = pytest.mark.model   # two servers, one the tiny model's upstream
 
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name three colors."}]
 
@@ -23,6 +24,7 @@ MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "c
 def engine_up(tmp_path_factory):
     """The upstream: reverb serving the tiny model, accepting the upstream key."""
     srv = Server(tmp_path_factory.mktemp("upstream"), "--parallel", "2", "--api-key", UP_KEY).start()
+    SESSION_OWNED.add(srv.proc.pid)  # outlives single tests: not an orphan
     try:
         yield srv
     finally:
@@ -131,4 +133,4 @@ def test_both_kinds_are_listed_with_their_provider(gw):
     line = next(ln for ln in out.stdout.splitlines() if ln.startswith("remote-tiny"))
     assert "gpu-box" in line and "upstream" in line and "$" + KEY_ENV in line and UP_KEY not in out.stdout
     assert "llama.cpp" in next(ln for ln in out.stdout.splitlines() if ln.startswith("smollm2-135m"))
-    assert httpx.get(gw.base_url + "/health").json()["models"]["remote-tiny"]["slots"] == 0
+    assert gw.stats("remote-tiny")["slots"] == 0 and gw.stats("remote-tiny")["ctx"] == 2048

@@ -16,6 +16,8 @@ from .conftest import KEY, Server
 from .upstreams import UP_KEY, cost, dead_url, gateway, remote, stop_and_check, wait_row
 from .upstreams import upstream  # noqa: F401 - a fixture
 
+pytestmark = pytest.mark.model   # servers on loopback (the slow tier), though none loads the model
+
 ECHO = "one two three four five six"
 
 

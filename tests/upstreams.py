@@ -12,7 +12,7 @@ import pytest
 
 from reverb.models.registry import MICRO
 
-from .conftest import Server
+from .conftest import SESSION_OWNED, Server
 from .misbehaving_upstream import Upstream
 
 UP_KEY = "sk-upstream-" + "Zq8x" * 8        # the upstream key: the tests look for it everywhere it must not be
@@ -66,7 +66,10 @@ def gateway(make_server, tmp_path: Path, entries: dict[str, dict], default: str,
         srv = make_server("--models", str(path), *args, start=False, env={KEY_ENV: UP_KEY})
     with srv.ledger() as ledger:
         key = ledger.create_key("alice", credit)
-    return srv.start(), key
+    srv.start()
+    if make_server is Server:
+        SESSION_OWNED.add(srv.proc.pid)  # a module fixture's server outlives single tests: not an orphan
+    return srv, key
 
 
 def stop_and_check(srv: Server) -> None:

@@ -7,7 +7,7 @@ the backends when scraped.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..generation import Hooks
 from ..ledger import RequestRecord
@@ -63,9 +63,15 @@ class _SchedulerCollector:
         queue = GaugeMetricFamily("reverb_queue_depth", "Requests waiting for a slot", labels=["model"])
         active = GaugeMetricFamily("reverb_active_slots", "Slots running a request", labels=["model"])
         slots = GaugeMetricFamily("reverb_slots", "Slots configured", labels=["model"])
+        ctx = GaugeMetricFamily("reverb_context_tokens", "Context tokens per request (prompt + completion)",
+                                labels=["model"])
+        reused = CounterMetricFamily("reverb_reused_prompt_tokens", "Prompt tokens served from a cached prefix",
+                                     labels=["model"])
         for name, backend in self.service.backends.items():
             st = backend.stats()
             queue.add_metric([name], st.waiting)
             active.add_metric([name], st.active)
             slots.add_metric([name], st.slots)
-        return [queue, active, slots]
+            ctx.add_metric([name], backend.info.ctx)
+            reused.add_metric([name], st.reused_tokens)
+        return [queue, active, slots, ctx, reused]

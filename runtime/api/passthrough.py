@@ -58,11 +58,7 @@ def parse(body: dict, settings, local_parse: Callable) -> tuple[Ask, bool]:
     if opts is not None and not isinstance(opts, dict):
         raise InvalidRequest("'stream_options' must be an object", param="stream_options")
     include_usage = P.boolean(opts or {}, "include_usage", False, param="stream_options.include_usage")
-    extra = {k: v for k, v in body.items() if k not in OWN}
-    try:
-        json.dumps(extra, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidRequest("the request holds text that is not valid Unicode (a lone surrogate)") from None
+    extra = {k: v for k, v in body.items() if k not in OWN}   # its text is UTF-8 clean: body.py checks that
     messages = _messages(body.get("messages"), settings)
     max_tokens = P.integer(body, "max_completion_tokens", 1, settings.max_tokens_cap, None)
     if max_tokens is None:
