@@ -34,7 +34,7 @@ class Hooks:
 
 class Generation:
     def __init__(self, model: str, started: float, hooks: Hooks, on_end: Callable[[Chunk], None]):
-        self.model = model
+        self.model = model                          # the model running it (a fallback replaces it before any chunk)
         self.started = started
         self.first_token_at: float | None = None
         self._last_token_at = 0.0
@@ -48,7 +48,7 @@ class Generation:
 
     def deliver(self, chunk: Chunk) -> None:
         """Called on the event loop by the backend, in order."""
-        if chunk.text:
+        if chunk.text or chunk.passthrough is not None:  # an upstream's event counts even without text
             now = time.monotonic()
             if self.first_token_at is None:
                 self.first_token_at = now

@@ -15,6 +15,7 @@ RULES = {  # library -> the only modules (package paths) allowed to import it
     "uvicorn": {"cli/http_server.py"},
     "prometheus_client": {"api/metrics.py"},
     "sqlite3": {"ledger/sqlite.py"},
+    "httpx": {"backends/upstream/client.py"},
 }
 HOME = {"starlette": "api/"}
 # package -> reverb packages it must never import (directly)
@@ -24,6 +25,7 @@ NEVER = {
     "backends": {"api", "cli", "service", "generation", "ledger"},
     "generation.py": {"api", "cli", "service", "backends"},
     "service.py": {"api", "cli"},
+    "fallbacks.py": {"api", "cli", "service", "ledger"},
     "api": {"cli"},
     "errors.py": {"*"}, "types.py": {"*"},
     "request.py": {"api", "cli", "service", "generation", "backends", "ledger", "models"},
