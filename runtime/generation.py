@@ -35,7 +35,7 @@ class Hooks:
 class Generation:
     def __init__(self, model: str, started: float, hooks: Hooks, on_end: Callable[[Chunk], None],
                  on_progress: Callable[[int], None] | None = None):
-        self.model = model
+        self.model = model                          # the model running it (a fallback replaces it before any chunk)
         self.delivered = 0                          # text chunks handed out so far (one per token or fewer)
         self._on_progress = on_progress             # told the running count (the service records a mark)
         self.started = started
@@ -51,7 +51,7 @@ class Generation:
 
     def deliver(self, chunk: Chunk) -> None:
         """Called on the event loop by the backend, in order."""
-        if chunk.text:
+        if chunk.text or chunk.passthrough is not None:  # an upstream's event counts even without text
             now = time.monotonic()
             if self.first_token_at is None:
                 self.first_token_at = now

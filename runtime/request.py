@@ -10,6 +10,8 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
 
 from .types import Message, SamplingParams
 
@@ -41,9 +43,18 @@ class RequestContext:
         return (time.monotonic() - self.started) * 1000
 
 
+EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
 @dataclass(frozen=True)
 class Ask:
     model: str | None                   # None: the catalogue's default
     messages: tuple[Message, ...]
     sampling: SamplingParams = SamplingParams()
     stream: bool = False
+    # For an upstream model (models.toml source = "openai"): the client's own request fields, passed to the
+    # upstream unchanged (tools, response_format, logprobs, n...). Empty for the local engine. Read-only.
+    extra: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    # False when the request uses what only an upstream serves (it failed the local dialect's checks): a local
+    # model may then not stand in for it, e.g. as a fallback, because it would silently drop those fields.
+    local: bool = True

@@ -1,5 +1,9 @@
 """Use cases shared by both dialects: model -> prompt -> context check -> credit hold -> backend -> settle.
 
+A model is a local GGUF or an OpenAI-compatible upstream; both are Backends, so keys, credit, the ledger row,
+metrics and the access log are the same for each. ``fallbacks.py`` moves a request to the next candidate model
+while nothing has reached the client.
+
 The job's end, not the HTTP response, drives settlement: when the backend delivers a job's final chunk the
 service settles the hold with the real usage, whether the client is still reading or long gone. ``_record`` is
 the one place a ledger row is built, for served and refused requests alike.
@@ -13,8 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from .backends import Backend
-from .errors import ContextLengthExceeded, LedgerError, ModelLoadError, ModelNotFound, OverloadedError, ReverbError
+from .errors import (ContextLengthExceeded, InvalidRequest, LedgerError, ModelLoadError, ModelNotFound,
+                     OverloadedError, RequestError, ReverbError)
 from . import upkeep
+from .fallbacks import Attempts, Candidate
 from .generation import Generation, Hooks, Settlement
 from .ledger import Ledger, RequestRecord, bounded_model
 from .models import registry as registry_mod
@@ -65,8 +71,39 @@ class Service:
         return spec, backend
 
     async def start(self, ctx: RequestContext, ask: Ask) -> Generation:
-        """Check everything, reserve credit and start the job. Raises a RequestError or OverloadedError."""
+        """Check everything, reserve credit and start the job. Raises a RequestError or OverloadedError.
+
+        The model asked for is checked as before; its ``fallbacks`` that cannot serve the request (not loaded,
+        context too small, fields only an upstream serves) are left out. The hold covers the largest worst case.
+        """
         spec, backend = self.backend(ask.model)
+        candidates = [await self._candidate(spec, backend, ask)]
+        for name in spec.fallbacks:
+            try:
+                candidates.append(await self._candidate(*self.backend(name), ask))
+            except RequestError as e:
+                log.info("request %s: fallback %s left out (%s)", ctx.request_id, name, e.code)
+        hold = max(c.hold for c in candidates)
+        # The hold also carries what a sweeper needs should this server die: prompt tokens and prices (the
+        # model asked for; a fallback runs only before anything reached the client).
+        await self.db(self.ledger.reserve, ctx.account, ctx.request_id, hold, spec.name, ctx.endpoint,
+                      candidates[0].prompt.n_tokens, (spec.price_input, spec.price_output))
+        gen = Generation(spec.name, ctx.started, self.hooks,
+                         on_end=lambda final: self._spawn(self._settle(ctx, final, gen, ask.stream)),
+                         on_progress=upkeep.progress_hook(self, ctx) if ask.stream and _holds(ctx.account) else None)
+        try:
+            Attempts(candidates, gen, ctx.account.name if ctx.account else "", ctx.request_id).start()
+        except OverloadedError as e:
+            # Nothing ran: release the hold in the same step that logs the refusal.
+            await self._close(ctx, spec, "rejected", e.code, 0)
+            raise
+        return gen
+
+    async def _candidate(self, spec: ModelSpec, backend: Backend, ask: Ask) -> Candidate:
+        """The request prepared for one model: prompt, context check, max_tokens, worst-case cost."""
+        if not ask.local and not backend.info.passthrough:
+            raise InvalidRequest(f"The model '{spec.name}' cannot serve every field of this request", param="model",
+                                 model=spec.name)
         prompt = await backend.prepare(ask)
         n, limit = prompt.n_tokens, backend.info.ctx
         if n >= limit:
@@ -80,19 +117,8 @@ class Service:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {limit} tokens; the messages use {n} "
                 f"and max_tokens asks for {max_tokens}", param="max_tokens", model=spec.name)
-        await self.db(self.ledger.reserve, ctx.account, ctx.request_id, spec.cost(n, max_tokens), spec.name,
-                      ctx.endpoint, n, (spec.price_input, spec.price_output))
-        gen = Generation(spec.name, ctx.started, self.hooks,
-                         on_end=lambda final: self._spawn(self._settle(ctx, spec, final, gen, ask.stream)),
-                         on_progress=upkeep.progress_hook(self, ctx) if ask.stream and _holds(ctx.account) else None)
-        try:
-            gen.handle = backend.submit(prompt, replace(ask.sampling, max_tokens=max_tokens), gen.deliver,
-                                        tenant=ctx.account.name if ctx.account else "")
-        except OverloadedError as e:
-            # Nothing ran: release the hold in the same step that logs the refusal.
-            await self._close(ctx, spec, "rejected", e.code, 0)
-            raise
-        return gen
+        hold = spec.cost(prompt.hold_tokens or n, max_tokens * prompt.choices)
+        return Candidate(spec, backend, prompt, replace(ask.sampling, max_tokens=max_tokens), hold)
 
     async def reject(self, ctx: RequestContext, error: ReverbError, model: str | None = None) -> None:
         """Log a request refused before it ran. Never raises: a full disk must not turn a 4xx into a 500."""
@@ -103,8 +129,8 @@ class Service:
             log.error("could not log rejected request %s: %s", ctx.request_id, e.message)
         self.hooks.settled(record, 0)
 
-    async def _settle(self, ctx: RequestContext, spec: ModelSpec, final: Chunk, gen: Generation,
-                      stream: bool) -> None:
+    async def _settle(self, ctx: RequestContext, final: Chunk, gen: Generation, stream: bool) -> None:
+        spec = self.registry.resolve(gen.model)  # the model that ran: the one asked for, or a fallback
         usage = final.usage or Usage(0, 0)
         err = final.error
         code = err.code if isinstance(err, ReverbError) else ("engine_error" if err else None)
@@ -160,21 +186,24 @@ def _holds(account: Account | None) -> bool:
 
 
 def build(settings: Settings, backend_factory=None, *, serve: bool = True) -> Service:
-    """Load the catalogue, the ledger and every model named in ``settings.models``.
+    """Load the catalogue, the ledger, every local model named in ``settings.models`` (default: the catalogue's
+    default) and every upstream entry (source = "openai": available from the start, nothing to load).
 
-    Raises ConfigError or ModelLoadError. ``backend_factory(spec, settings)`` loads one model (default: find its
-    file, downloading only when ``settings.pull`` is set, and load it with llama.cpp). ``serve``: a server, which
-    creates the ledger if needed, registers an instance with a lease and settles expired servers' holds; with
-    False (``reverb chat``) the ledger must exist, no lease is taken and nothing is ever refunded.
+    Raises ConfigError or ModelLoadError. ``backend_factory(spec, settings)`` makes one backend (default:
+    ``load_backend``). ``serve``: a server, which creates the ledger if needed, registers an instance with a
+    lease and settles expired servers' holds; with False (``reverb chat``) the ledger must exist, no lease is
+    taken and nothing is ever refunded.
     """
     reg = registry_mod.load(settings.catalogue_path)
     ledger = Ledger(settings.db_target, dev_keys=settings.api_keys, busy_timeout=settings.db_busy_timeout,
                     max_mb=settings.db_max_mb, create=serve)
     backends: dict[str, Backend] = {}
     try:
-        for name in settings.models or (reg.default,):
-            spec = reg.resolve(name)
-            backends[spec.name] = (backend_factory or load_backend)(spec, settings)
+        local = [reg.resolve(name) for name in settings.models or (reg.default,)]
+        upstream = [spec for spec in reg.specs.values() if spec.upstream]
+        for spec in [s for s in local if not s.upstream] + upstream:
+            if spec.name not in backends:
+                backends[spec.name] = (backend_factory or load_backend)(spec, settings)
         if serve:  # after loading, so a slow load cannot outlive a short lease before its first heartbeat
             ledger.lease.register(settings.lease_seconds)
             ledger.lease.sweep()
@@ -187,7 +216,12 @@ def build(settings: Settings, backend_factory=None, *, serve: bool = True) -> Se
 
 
 def load_backend(spec: ModelSpec, settings: Settings) -> Backend:
-    """Find a catalogue entry's GGUF and load it with llama.cpp. Raises ModelLoadError."""
+    """The backend of a catalogue entry: an upstream client (its key from the environment), or the entry's GGUF
+    found (downloaded only with ``settings.pull``) and loaded with llama.cpp. Raises ConfigError or
+    ModelLoadError."""
+    if spec.upstream:
+        from .backends.upstream.backend import UpstreamBackend
+        return UpstreamBackend.open(spec)
     from .backends.llama.backend import LlamaBackend
     return LlamaBackend.load(spec, locate(spec, settings), settings)
 

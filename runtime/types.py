@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,14 @@ class Chunk:
 
     ``text`` is complete UTF-8 text (possibly empty). The last chunk of a job has ``finish_reason`` and
     ``usage`` set; ``error`` is set when the job failed after it started.
+
+    ``passthrough`` is set by an upstream backend: the upstream's own event (parsed JSON, read-only by
+    convention), so the OpenAI dialect can relay its choices as they came (tool_calls, logprobs, refusal, n > 1,
+    fields reverb does not model). Everything else reads only ``text``, which is choice 0's content.
     """
 
     text: str = ""
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     error: Exception | None = None
+    passthrough: Mapping[str, Any] | None = None

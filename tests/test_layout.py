@@ -17,6 +17,7 @@ RULES = {  # library -> the only modules (package paths) allowed to import it
     "sqlite3": {"ledger/sqlite.py"},
     "psycopg": {"ledger/postgres.py"},
     "psycopg_pool": {"ledger/postgres.py"},
+    "httpx": {"backends/upstream/client.py"},
 }
 HOME = {"starlette": "api/"}
 # package -> reverb packages it must never import (directly)
@@ -27,6 +28,7 @@ NEVER = {
     "generation.py": {"api", "cli", "service", "backends"},
     "service.py": {"api", "cli"},
     "upkeep.py": {"api", "cli", "backends", "models"},
+    "fallbacks.py": {"api", "cli", "service", "ledger"},
     "api": {"cli"},
     "errors.py": {"*"}, "types.py": {"*"},
     "request.py": {"api", "cli", "service", "generation", "backends", "ledger", "models"},

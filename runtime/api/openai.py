@@ -18,6 +18,7 @@ from ..request import Ask
 from ..service import Service
 from ..types import Chunk, FinishReason
 from . import params as P
+from . import passthrough
 from .body import read_json
 from .errors import openai_body
 from .sse import DONE, event
@@ -43,6 +44,8 @@ def parse(body: dict, settings) -> tuple[Ask, bool]:
 async def chat_completions(request: Request) -> object:
     service: Service = request.state.service
     body = await read_json(request, service.settings)
+    if passthrough.serves(service, body):  # a model behind an OpenAI-compatible upstream: passthrough.py
+        return await passthrough.chat_completions(request, body, parse)
     ask, include_usage = parse(body, service.settings)
     ctx = keep_body(request, body)
     gen = await service.start(ctx, ask)
@@ -108,7 +111,9 @@ async def _sse(gen: Generation, first: Chunk, cid: str, created: int, include_us
 
 async def list_models(request: Request) -> JSONResponse:
     service: Service = request.state.service
-    data = [{"id": name, "object": "model", "created": b.info.created, "owned_by": "reverb"}
+    # owned_by: "reverb" for a model served here, else the upstream's provider; provider names what runs it.
+    data = [{"id": name, "object": "model", "created": b.info.created,
+             "owned_by": b.info.provider if b.info.passthrough else "reverb", "provider": b.info.provider}
             for name, b in service.backends.items()]
     return JSONResponse({"object": "list", "data": data})
 

@@ -1,8 +1,9 @@
 """The model backend seam: how the service runs a request on a loaded model, whatever runs it.
 
-The service knows only this protocol. The llama.cpp batcher (``backends/llama``) is one implementation; a fake
-in the tests is another. Settlement never lives in a backend: a backend streams Chunks and reports the end
-(the chunk with ``finish_reason``), and the service settles.
+The service knows only this protocol. The llama.cpp batcher (``backends/llama``) is one implementation, an
+OpenAI-compatible upstream over HTTP (``backends/upstream``) another, a fake in the tests a third. Settlement
+never lives in a backend: a backend streams Chunks and reports the end (the chunk with ``finish_reason``), and
+the service settles.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ from ..types import Chunk, SamplingParams
 
 @dataclass(frozen=True)
 class Prompt:
-    """A prepared prompt: what the backend will run and how many tokens it counts for billing."""
+    """A prepared prompt: what the backend will run and how many tokens it counts for billing and the context
+    check."""
 
     n_tokens: int
     tokens: tuple[int, ...] = ()
+    choices: int = 1              # completions the job makes (OpenAI's n): the credit hold covers each
+    # When n_tokens is an estimate (an upstream's tokenizer is unknown): an upper bound to hold credit for.
+    hold_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class Info:
     provider: str
     ctx: int                      # tokens per request: prompt + completion
     created: int                  # unix time the model was loaded
+    passthrough: bool = False     # serves ``Ask.extra`` (the client's own fields) as given: an upstream
 
 
 @dataclass(frozen=True)
