@@ -139,7 +139,7 @@ class Server:
         self.stop(signal.SIGKILL)
 
     def ledger(self) -> Ledger:
-        return Ledger(self.db, create=False)
+        return Ledger(self.db)   # tests may set keys up before the server first starts
 
 
 # The slow tier: a test that needs the model (or starts processes that load it) is marked `model`, so
