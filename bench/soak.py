@@ -144,7 +144,7 @@ def run(seconds: float, parallel: int = 4, clients: dict | None = None, need: tu
                     and time.monotonic() < settle_by:
                 time.sleep(0.05)
             inv = ledger.invariant()
-            rows = ledger._read("SELECT COUNT(*) FROM requests")[0][0]
+            rows = ledger.engine.read("SELECT COUNT(*) FROM requests")[0][0]
     finally:
         proc.terminate()
         try:

@@ -33,8 +33,11 @@ class Hooks:
 
 
 class Generation:
-    def __init__(self, model: str, started: float, hooks: Hooks, on_end: Callable[[Chunk], None]):
+    def __init__(self, model: str, started: float, hooks: Hooks, on_end: Callable[[Chunk], None],
+                 on_progress: Callable[[int], None] | None = None):
         self.model = model                          # the model running it (a fallback replaces it before any chunk)
+        self.delivered = 0                          # text chunks handed out so far (one per token or fewer)
+        self._on_progress = on_progress             # told the running count (the service records a mark)
         self.started = started
         self.first_token_at: float | None = None
         self._last_token_at = 0.0
@@ -56,6 +59,9 @@ class Generation:
             else:
                 self._hooks.token_gap(self.model, now - self._last_token_at)
             self._last_token_at = now
+            self.delivered += 1
+            if self._on_progress is not None and chunk.finish_reason is None:
+                self._on_progress(self.delivered)
         self._queue.put_nowait(chunk)
         if chunk.finish_reason is not None:
             self.final = chunk

@@ -37,6 +37,7 @@ class RequestContext:
     dialect: str = "openai"                                   # openai | gateway
     account: Account | None = None
     body: str | None = None                                   # the raw body, kept only with --log-bodies
+    client: str = ""                                          # the peer's address, for refusal tallies
 
     def elapsed_ms(self) -> float:
         return (time.monotonic() - self.started) * 1000

@@ -19,9 +19,10 @@ from dataclasses import replace
 from .backends import Backend
 from .errors import (ContextLengthExceeded, InvalidRequest, LedgerError, ModelLoadError, ModelNotFound,
                      OverloadedError, RequestError, ReverbError)
+from . import upkeep
 from .fallbacks import Attempts, Candidate
 from .generation import Generation, Hooks, Settlement
-from .ledger import Ledger, RequestRecord
+from .ledger import Ledger, RequestRecord, bounded_model
 from .models import registry as registry_mod
 from .models.registry import ModelSpec, Registry
 from .request import Account, Ask, RequestContext
@@ -31,6 +32,7 @@ from .types import Chunk, FinishReason, Usage
 log = logging.getLogger("reverb.service")
 
 _STATUS = {FinishReason.STOP: "completed", FinishReason.LENGTH: "completed", FinishReason.CANCELLED: "cancelled"}
+MAX_UNSETTLED = 10_000   # failed settlements kept for retry; beyond, the lease rule settles them at stop
 
 
 class Service:
@@ -44,6 +46,8 @@ class Service:
         self._db_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reverb-ledger")
         self.hooks = Hooks()  # replaced by the HTTP layer's metrics
         self._tasks: set[asyncio.Task] = set()
+        # request id -> (account, row, charge) whose settlement failed; retried on every heartbeat
+        self._unsettled: dict[str, tuple[Account | None, RequestRecord, int]] = {}
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -80,9 +84,13 @@ class Service:
             except RequestError as e:
                 log.info("request %s: fallback %s left out (%s)", ctx.request_id, name, e.code)
         hold = max(c.hold for c in candidates)
-        await self.db(self.ledger.reserve, ctx.account, ctx.request_id, hold, spec.name, ctx.endpoint)
+        # The hold also carries what a sweeper needs should this server die: prompt tokens and prices (the
+        # model asked for; a fallback runs only before anything reached the client).
+        await self.db(self.ledger.reserve, ctx.account, ctx.request_id, hold, spec.name, ctx.endpoint,
+                      candidates[0].prompt.n_tokens, (spec.price_input, spec.price_output))
         gen = Generation(spec.name, ctx.started, self.hooks,
-                         on_end=lambda final: self._spawn(self._settle(ctx, final, gen)))
+                         on_end=lambda final: self._spawn(self._settle(ctx, final, gen, ask.stream)),
+                         on_progress=upkeep.progress_hook(self, ctx) if ask.stream and _holds(ctx.account) else None)
         try:
             Attempts(candidates, gen, ctx.account.name if ctx.account else "", ctx.request_id).start()
         except OverloadedError as e:
@@ -116,12 +124,12 @@ class Service:
         """Log a request refused before it ran. Never raises: a full disk must not turn a 4xx into a 500."""
         record = self._record(ctx, model or error.model, "rejected", error.code, Usage(0, 0))
         try:
-            await self.db(self.ledger.log_rejected, ctx.account, record)
+            await self.db(self.ledger.log_rejected, ctx.account, record, ctx.client)
         except LedgerError as e:
             log.error("could not log rejected request %s: %s", ctx.request_id, e.message)
         self.hooks.settled(record, 0)
 
-    async def _settle(self, ctx: RequestContext, final: Chunk, gen: Generation) -> None:
+    async def _settle(self, ctx: RequestContext, final: Chunk, gen: Generation, stream: bool) -> None:
         spec = self.registry.resolve(gen.model)  # the model that ran: the one asked for, or a fallback
         usage = final.usage or Usage(0, 0)
         err = final.error
@@ -133,6 +141,10 @@ class Service:
         except LedgerError as e:
             log.error("settlement failed for %s: %s", ctx.request_id, e.message)
             gen.settled.set_exception(e)
+            # Retried later as failed: a stream delivered its text (charged), a blocking answer never left.
+            if len(self._unsettled) < MAX_UNSETTLED:
+                self._unsettled[ctx.request_id] = (ctx.account, self._record(
+                    ctx, spec.name, "failed", e.code, usage), charge if stream else 0)
         except Exception:  # whatever went wrong, the request must end: as a ledger failure, never a hang
             log.exception("settlement failed for %s", ctx.request_id)
             gen.settled.set_exception(LedgerError("the ledger could not record this request"))
@@ -145,33 +157,46 @@ class Service:
         self.hooks.settled(record, price)
         return Settlement(record, price)
 
-    @staticmethod
-    def _record(ctx: RequestContext, model: str | None, status: str, code: str | None,
+    def _record(self, ctx: RequestContext, model: str | None, status: str, code: str | None,
                 usage: Usage) -> RequestRecord:
+        model = bounded_model(model, self.registry.specs)   # a name from a client is cut and flagged
         return RequestRecord(request_id=ctx.request_id, endpoint=ctx.endpoint, model=model, status=status,
                              error_code=code, prompt_tokens=usage.prompt_tokens,
                              completion_tokens=usage.completion_tokens, latency_ms=ctx.elapsed_ms(), body=ctx.body)
+
+    async def keep_lease(self) -> None:
+        """While serving (the app's lifespan runs it): see ``upkeep.keep_lease``."""
+        await upkeep.keep_lease(self)
 
     def close(self) -> None:
         for backend in self.backends.values():
             backend.close()
         self._db_pool.shutdown(wait=True)
+        try:
+            upkeep.retry_unsettled(self)
+            self.ledger.lease.retire()   # a clean stop: whatever is still held is settled now
+        except LedgerError as e:
+            log.error("could not settle this server's holds at stop (its lease will expire): %s", e.message)
         self.ledger.close()
 
 
-def build(settings: Settings, backend_factory=None) -> Service:
+def _holds(account: Account | None) -> bool:
+    """Whether requests of this account put credit on hold (dev keys from the command line do not)."""
+    return account is not None and not account.unlimited
+
+
+def build(settings: Settings, backend_factory=None, *, serve: bool = True) -> Service:
     """Load the catalogue, the ledger, every local model named in ``settings.models`` (default: the catalogue's
     default) and every upstream entry (source = "openai": available from the start, nothing to load).
 
     Raises ConfigError or ModelLoadError. ``backend_factory(spec, settings)`` makes one backend (default:
-    ``load_backend``).
+    ``load_backend``). ``serve``: a server, which creates the ledger if needed, registers an instance with a
+    lease and settles expired servers' holds; with False (``reverb chat``) the ledger must exist, no lease is
+    taken and nothing is ever refunded.
     """
     reg = registry_mod.load(settings.catalogue_path)
-    ledger = Ledger(settings.db_path, dev_keys=settings.api_keys, busy_timeout=settings.db_busy_timeout,
-                    max_mb=settings.db_max_mb)
-    recovered = ledger.recover()
-    if recovered:
-        log.warning("refunded %d hold(s) left by an earlier crash", recovered)
+    ledger = Ledger(settings.db_target, dev_keys=settings.api_keys, busy_timeout=settings.db_busy_timeout,
+                    max_mb=settings.db_max_mb, create=serve)
     backends: dict[str, Backend] = {}
     try:
         local = [reg.resolve(name) for name in settings.models or (reg.default,)]
@@ -179,6 +204,9 @@ def build(settings: Settings, backend_factory=None) -> Service:
         for spec in [s for s in local if not s.upstream] + upstream:
             if spec.name not in backends:
                 backends[spec.name] = (backend_factory or load_backend)(spec, settings)
+        if serve:  # after loading, so a slow load cannot outlive a short lease before its first heartbeat
+            ledger.lease.register(settings.lease_seconds)
+            ledger.lease.sweep()
     except BaseException:
         for backend in backends.values():
             backend.close()

@@ -18,6 +18,8 @@ import pytest
 
 from reverb.ledger import Ledger
 
+from .pgserver import PgServer, find_bindir
+
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-test-dev-key"
 
@@ -68,7 +70,7 @@ def wait_for(condition, timeout: float = 120, what: str = "condition", interval:
 class Server:
     """A `reverb serve` subprocess. ``start`` waits for its ready file, never for a fixed sleep."""
 
-    def __init__(self, workdir: Path, *args: str, env: dict | None = None, db: Path | None = None):
+    def __init__(self, workdir: Path, *args: str, env: dict | None = None, db: Path | str | None = None):
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.db = db or workdir / "ledger.sqlite3"
@@ -137,7 +139,7 @@ class Server:
         self.stop(signal.SIGKILL)
 
     def ledger(self) -> Ledger:
-        return Ledger(self.db)
+        return Ledger(self.db)   # tests may set keys up before the server first starts
 
 
 # The slow tier: a test that needs the model (or starts processes that load it) is marked `model`, so
@@ -194,10 +196,44 @@ def make_server(tmp_path):
     yield make
     for srv in started:
         srv.stop()
-        if srv.db.exists():
-            with srv.ledger() as ledger:
+    for db in {str(srv.db) for srv in started}:
+        if "://" in db or Path(db).exists():
+            with Ledger(db, create=False) as ledger:
                 inv = ledger.invariant()
             assert inv["ok"], inv
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One PostgreSQL server for the session (each test gets its own database from ``pg_url``)."""
+    bindir = find_bindir()
+    if bindir is None:
+        msg = ("PostgreSQL server binaries (initdb, pg_ctl) not found: PostgreSQL ledger tests SKIPPED. "
+               "Install them with `apt-get install postgresql` (make install does this where apt is available).")
+        print("\n" + "!" * 20 + " " + msg, file=sys.stderr)
+        pytest.skip(msg)
+    srv = PgServer(bindir)
+    try:
+        srv.start()
+    except BaseException:
+        srv.stop()
+        raise
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """A fresh, empty PostgreSQL database on the session's server."""
+    return pg_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_target(request, tmp_path) -> str:
+    """A fresh ledger target on each engine: a SQLite file path, or a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "shared" / "ledger.sqlite3")
+    return request.getfixturevalue("pg_url")
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,8 @@ RULES = {  # library -> the only modules (package paths) allowed to import it
     "uvicorn": {"cli/http_server.py"},
     "prometheus_client": {"api/metrics.py"},
     "sqlite3": {"ledger/sqlite.py"},
+    "psycopg": {"ledger/postgres.py"},
+    "psycopg_pool": {"ledger/postgres.py"},
     "httpx": {"backends/upstream/client.py"},
 }
 HOME = {"starlette": "api/"}
@@ -25,6 +27,7 @@ NEVER = {
     "backends": {"api", "cli", "service", "generation", "ledger"},
     "generation.py": {"api", "cli", "service", "backends"},
     "service.py": {"api", "cli"},
+    "upkeep.py": {"api", "cli", "backends", "models"},
     "fallbacks.py": {"api", "cli", "service", "ledger"},
     "api": {"cli"},
     "errors.py": {"*"}, "types.py": {"*"},

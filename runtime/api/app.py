@@ -55,9 +55,13 @@ def create_app(settings: Settings, service=None, build=None) -> Starlette:
             from ..service import build as build_service
             svc = await asyncio.to_thread(build or build_service, settings)
         svc.hooks = Metrics(svc)
+        lease = asyncio.create_task(svc.keep_lease())   # heartbeat, sweep of expired servers, settlement retries
         try:
             yield {"service": svc}
         finally:
+            lease.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lease
             await asyncio.to_thread(svc.close)
 
     public = {"/metrics"} if settings.metrics_public else set()

@@ -32,6 +32,13 @@ class Metrics(Hooks):
         self.latency = Histogram("reverb_request_duration_seconds", "Request duration", ["route"],
                                  buckets=LATENCY_BUCKETS, registry=r)
         r.register(_SchedulerCollector(service))
+        self._models = set(service.registry.specs)
+
+    def model_label(self, model: str | None) -> str:
+        """A label bounded by the catalogue: a name a client made up becomes ``unknown``."""
+        if model is None or model == "-":
+            return "-"
+        return model if model in self._models else "unknown"
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
@@ -44,7 +51,7 @@ class Metrics(Hooks):
         self.itl.labels(model).observe(seconds)
 
     def settled(self, record: RequestRecord, price: int) -> None:
-        model = record.model or "-"
+        model = self.model_label(record.model)
         if record.status != "rejected":
             self.tokens.labels(model, "prompt").inc(record.prompt_tokens)
             self.tokens.labels(model, "completion").inc(record.completion_tokens)

@@ -36,7 +36,8 @@ class LocalBackend:
 
     def __init__(self, settings: Settings):
         from ..service import build
-        self.service = build(settings.with_(db=settings.db or _memory_db(), parallel=1))
+        # serve=False: reads and logs to an existing --db, takes no lease and never refunds another server's holds
+        self.service = build(settings.with_(db=settings.db or _memory_db(), parallel=1), serve=False)
         self.model = next(iter(self.service.backends))
         self.account = Account("chat", None, unlimited=True)
         self.loop = asyncio.new_event_loop()

@@ -48,10 +48,14 @@ def run(args) -> int:
 
 
 def _ledger_has_keys(settings: Settings) -> bool:
+    from ..errors import ConfigError
     from ..ledger import Ledger
-    if not settings.db_path.exists():  # asking must not create a ledger in someone's home directory
+    try:  # create=False: asking must not create a ledger in someone's home directory
+        ledger = Ledger(settings.db_target, create=False, busy_timeout=settings.db_busy_timeout)
+    except ConfigError:
+        if "://" in settings.db_target:
+            raise  # an unreachable database server is an error here too; a missing file is not (serve makes it)
         return False
-    ledger = Ledger(settings.db_path)
     try:
         return ledger.has_active_keys()
     finally:
