@@ -87,12 +87,13 @@ def test_errors_in_gateway_format(server, body, status, code):
 
 def test_unknown_and_revoked_keys(server):
     key = new_key(server, "revoke-me", "1")
-    with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {key}"}) as http:
+    with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=300) as http:
         assert http.post("/api/endpoint", json=gw(max_tokens=2)).status_code == 200
         assert reverb("keys", "revoke", "revoke-me", "--db", str(server.db)).returncode == 0
         r = http.post("/api/endpoint", json=gw(max_tokens=2))
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
-    r = httpx.post(server.base_url + "/api/endpoint", json=gw(), headers={"Authorization": "Bearer rk-unknown"})
+    r = httpx.post(server.base_url + "/api/endpoint", json=gw(), headers={"Authorization": "Bearer rk-unknown"},
+                   timeout=300)
     assert r.status_code == 401 and r.json()["status"] == 0
     assert "WWW-Authenticate" in r.headers
 

@@ -112,9 +112,9 @@ def test_gguf_with_hostile_template_is_refused_at_load(tmp_path, model_path, tem
 
 def test_dns_rebinding_host_is_refused(server):
     r = httpx.post(server.base_url + "/v1/chat/completions", json=chat("x", max_tokens=1),
-                   headers={"Authorization": f"Bearer {KEY}", "Host": "evil.example:80"})
+                   headers={"Authorization": f"Bearer {KEY}", "Host": "evil.example:80"}, timeout=300)
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_host"
-    assert httpx.get(server.base_url + "/health", headers={"Host": "localhost"}).status_code == 200
+    assert httpx.get(server.base_url + "/health", headers={"Host": "localhost"}, timeout=300).status_code == 200
 
 
 def test_no_cors_by_default_and_forms_refused(server):
@@ -132,11 +132,12 @@ def test_no_cors_by_default_and_forms_refused(server):
 def test_configured_cors_origin(make_server):
     srv = make_server("--cors-origin", "https://app.example")
     pre = httpx.options(srv.base_url + "/v1/chat/completions",
-                        headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"})
+                        headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}, timeout=300)
     assert pre.status_code == 204 and pre.headers["access-control-allow-origin"] == "https://app.example"
     assert "access-control-allow-credentials" not in pre.headers
     other = httpx.options(srv.base_url + "/v1/chat/completions",
-                          headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+                          headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+                          timeout=300)
     assert "access-control-allow-origin" not in other.headers
 
 

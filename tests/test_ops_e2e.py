@@ -13,7 +13,7 @@ from .conftest import KEY, chat
 
 
 def test_metrics_behind_auth_and_counting(server):
-    assert httpx.get(server.base_url + "/metrics").status_code == 401
+    assert httpx.get(server.base_url + "/metrics", timeout=300).status_code == 401
     with server.client() as http:
         before = _value(http.get("/metrics").text, 'reverb_tokens_total{kind="completion",model="smollm2-135m"}')
         r = http.post("/v1/chat/completions", json=chat("Say hi.", max_tokens=6, stream=True))
@@ -38,8 +38,8 @@ def _value(text: str, series: str) -> float:
 
 def test_metrics_public_flag(make_server):
     srv = make_server("--metrics-public")
-    assert httpx.get(srv.base_url + "/metrics").status_code == 200
-    assert httpx.get(srv.base_url + "/v1/models").status_code == 401
+    assert httpx.get(srv.base_url + "/metrics", timeout=300).status_code == 200
+    assert httpx.get(srv.base_url + "/v1/models", timeout=300).status_code == 401
 
 
 def test_json_access_log_one_line_per_request(make_server):
@@ -49,7 +49,7 @@ def test_json_access_log_one_line_per_request(make_server):
                                               "messages": [{"role": "user", "content": "hi"}]})
         bad = http.post("/v1/chat/completions", json=chat("x", model="nope"))
     denied = httpx.post(srv.base_url + "/v1/chat/completions", json=chat("x"),
-                        headers={"Authorization": "Bearer not-a-key"})
+                        headers={"Authorization": "Bearer not-a-key"}, timeout=300)
     srv.stop()
     lines = [json.loads(ln) for ln in srv.log().splitlines() if ln.startswith("{")]
     by_id = {ln["request_id"]: ln for ln in lines}

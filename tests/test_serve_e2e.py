@@ -79,7 +79,7 @@ def test_generated_key_when_none_is_configured(tmp_path):
         wait_for(lambda: (tmp_path / "ready").exists() or proc.poll() is not None, what="the ready file")
         assert proc.poll() is None
         base = (tmp_path / "ready").read_text().strip()
-        assert httpx.get(base + "/v1/models").status_code == 401
-        assert httpx.get(base + "/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        assert httpx.get(base + "/v1/models", timeout=300).status_code == 401
+        assert httpx.get(base + "/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=300).status_code == 200
     finally:
         kill_group(proc, signal.SIGTERM)
