@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from .backends import Backend
-from .errors import ContextLengthExceeded, LedgerError, ModelLoadError, ModelNotFound, OverloadedError, ReverbError
+from .errors import (ContextLengthExceeded, LedgerError, ModelLoadError, ModelNotFound, OverloadedError, RequestError,
+                     ReverbError)
 from .generation import Generation, Hooks, Settlement
 from .ledger import Ledger, RequestRecord
 from .models import registry as registry_mod
@@ -24,7 +25,8 @@ from .types import Chunk, FinishReason, Usage
 
 log = logging.getLogger("reverb.service")
 
-_STATUS = {FinishReason.STOP: "completed", FinishReason.LENGTH: "completed", FinishReason.CANCELLED: "cancelled"}
+_STATUS = {FinishReason.STOP: "completed", FinishReason.LENGTH: "completed", FinishReason.TOOL_CALLS: "completed",
+           FinishReason.CANCELLED: "cancelled"}
 
 
 class Service:
@@ -64,21 +66,23 @@ class Service:
         """Check everything, reserve credit and start the job. Raises a RequestError or OverloadedError."""
         spec, backend = self.backend(ask.model)
         prompt = await backend.prepare(ask)
-        n, limit = prompt.n_tokens, backend.info.ctx
+        n, limit = prompt.longest, backend.info.ctx
+        where = "messages" if ask.prompt is None else "prompt"
         if n >= limit:
             raise ContextLengthExceeded(
-                f"This model's maximum context length is {limit} tokens; the messages use {n}",
-                param="messages", model=spec.name)
+                f"This model's maximum context length is {limit} tokens; the {where} use {n}",
+                param=where, model=spec.name)
         max_tokens = ask.sampling.max_tokens
         if max_tokens is None:
             max_tokens = min(limit - n, self.settings.max_tokens_cap)
         elif n + max_tokens > limit:
             raise ContextLengthExceeded(
-                f"This model's maximum context length is {limit} tokens; the messages use {n} "
+                f"This model's maximum context length is {limit} tokens; the {where} use {n} "
                 f"and max_tokens asks for {max_tokens}", param="max_tokens", model=spec.name)
-        await self.db(self.ledger.reserve, ctx.account, ctx.request_id, spec.cost(n, max_tokens), spec.name,
-                      ctx.endpoint)
-        gen = Generation(spec.name, ctx.started, self.hooks,
+        # The worst case: every choice runs to max_tokens; the prompt is billed once (its KV is shared).
+        await self.db(self.ledger.reserve, ctx.account, ctx.request_id,
+                      spec.cost(prompt.n_tokens, max_tokens * ask.choices), spec.name, ctx.endpoint)
+        gen = Generation(spec.name, ctx.started, self.hooks, choices=ask.choices,
                          on_end=lambda final: self._spawn(self._settle(ctx, spec, final, gen)))
         try:
             gen.handle = backend.submit(prompt, replace(ask.sampling, max_tokens=max_tokens), gen.deliver,
@@ -88,6 +92,30 @@ class Service:
             await self._close(ctx, spec, "rejected", e.code, 0)
             raise
         return gen
+
+    async def embed(self, ctx: RequestContext, ask: Ask) -> tuple[list[list[float]], Usage, int]:
+        """Embed ``ask.prompt``: (vectors, usage, price). Billed as prompt tokens, held and settled like a
+        generation. Raises a RequestError, OverloadedError or EngineError."""
+        spec, backend = self.backend(ask.model)
+        prompt = await backend.prepare(ask)
+        limit = backend.info.ctx
+        for i, tokens in enumerate(prompt.batch):
+            if len(tokens) > limit:
+                raise ContextLengthExceeded(f"This model's maximum context length is {limit} tokens; input {i} "
+                                            f"uses {len(tokens)}", param="input", model=spec.name)
+        usage = Usage(prompt.n_tokens, 0)
+        await self.db(self.ledger.reserve, ctx.account, ctx.request_id, spec.cost(usage.prompt_tokens, 0),
+                      spec.name, ctx.endpoint)
+        try:
+            vectors = await backend.embed(prompt)
+        except BaseException as e:
+            # Nothing is charged for a failed or abandoned embedding; the row says why.
+            code = e.code if isinstance(e, ReverbError) else "engine_error"
+            status = "rejected" if isinstance(e, (RequestError, OverloadedError)) else "failed"
+            await asyncio.shield(self._close(ctx, spec, status, code, 0))
+            raise
+        settlement = await self._close(ctx, spec, "completed", None, spec.cost(usage.prompt_tokens, 0), usage)
+        return vectors, usage, settlement.price
 
     async def reject(self, ctx: RequestContext, error: ReverbError, model: str | None = None) -> None:
         """Log a request refused before it ran. Never raises: a full disk must not turn a 4xx into a 500."""

@@ -16,10 +16,21 @@ from ..types import Chunk, SamplingParams
 
 @dataclass(frozen=True)
 class Prompt:
-    """A prepared prompt: what the backend will run and how many tokens it counts for billing."""
+    """A prepared prompt: what the backend will run and how many tokens it counts for billing.
+
+    ``batch`` holds one token sequence per prompt when a request has several (/v1/completions and /v1/embeddings
+    with a list); ``n_tokens`` is then their sum. ``constraint`` is the backend's own compiled form of the
+    request's response_format and tools (opaque to the service)."""
 
     n_tokens: int
     tokens: tuple[int, ...] = ()
+    batch: tuple[tuple[int, ...], ...] = ()
+    constraint: object = None
+
+    @property
+    def longest(self) -> int:
+        """The longest single prompt: what must fit in the context with max_tokens."""
+        return max(map(len, self.batch)) if self.batch else self.n_tokens
 
 
 @dataclass(frozen=True)
@@ -53,9 +64,14 @@ class Backend(Protocol):
 
     def submit(self, prompt: Prompt, params: SamplingParams, on_chunk: Callable[[Chunk], None],
                tenant: str) -> Handle:
-        """Start a job; ``on_chunk`` is called on the calling event loop, in order, the last chunk with a
-        finish_reason. ``tenant`` names whose request it is (the API key): cached state may be reused only within
+        """Start a job of ``params.n`` choices per prompt; ``on_chunk`` is called on the calling event loop, in
+        order, each choice ending with one chunk that has a finish_reason (choices of prompt p are indexed
+        p * n + i). ``tenant`` names whose request it is (the API key): cached state may be reused only within
         one tenant. Must be called on that loop. Raises OverloadedError when it cannot take more work."""
+
+    async def embed(self, prompt: Prompt) -> list[list[float]]:
+        """One unit-length embedding per prompt of ``prompt.batch``. Raises InvalidRequest when the model cannot
+        embed."""
 
     def stats(self) -> Stats: ...
 
