@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from .backends import Backend
-from .errors import (ContextLengthExceeded, LedgerError, ModelLoadError, ModelNotFound, OverloadedError, RequestError,
+from .errors import (ContextLengthExceeded, InvalidRequest, LedgerError, ModelLoadError, ModelNotFound, OverloadedError,
                      ReverbError)
 from .generation import Generation, Hooks, Settlement
 from .ledger import Ledger, RequestRecord
@@ -93,29 +93,21 @@ class Service:
             raise
         return gen
 
-    async def embed(self, ctx: RequestContext, ask: Ask) -> tuple[list[list[float]], Usage, int]:
-        """Embed ``ask.prompt``: (vectors, usage, price). Billed as prompt tokens, held and settled like a
-        generation. Raises a RequestError, OverloadedError or EngineError."""
+    async def start_embedding(self, ctx: RequestContext, ask: Ask) -> "Embedding":
+        """Check and reserve an embeddings request (``ask.prompt``, billed as prompt tokens). Raises a
+        RequestError; from the returned value on, the request owns its ledger row."""
         spec, backend = self.backend(ask.model)
+        if not hasattr(backend, "embed"):
+            raise InvalidRequest(f"the model '{spec.name}' cannot make embeddings", param="model", model=spec.name)
         prompt = await backend.prepare(ask)
         limit = backend.info.ctx
         for i, tokens in enumerate(prompt.batch):
             if len(tokens) > limit:
                 raise ContextLengthExceeded(f"This model's maximum context length is {limit} tokens; input {i} "
                                             f"uses {len(tokens)}", param="input", model=spec.name)
-        usage = Usage(prompt.n_tokens, 0)
-        await self.db(self.ledger.reserve, ctx.account, ctx.request_id, spec.cost(usage.prompt_tokens, 0),
+        await self.db(self.ledger.reserve, ctx.account, ctx.request_id, spec.cost(prompt.n_tokens, 0),
                       spec.name, ctx.endpoint)
-        try:
-            vectors = await backend.embed(prompt)
-        except BaseException as e:
-            # Nothing is charged for a failed or abandoned embedding; the row says why.
-            code = e.code if isinstance(e, ReverbError) else "engine_error"
-            status = "rejected" if isinstance(e, (RequestError, OverloadedError)) else "failed"
-            await asyncio.shield(self._close(ctx, spec, status, code, 0))
-            raise
-        settlement = await self._close(ctx, spec, "completed", None, spec.cost(usage.prompt_tokens, 0), usage)
-        return vectors, usage, settlement.price
+        return Embedding(self, ctx, spec, backend, prompt)
 
     async def reject(self, ctx: RequestContext, error: ReverbError, model: str | None = None) -> None:
         """Log a request refused before it ran. Never raises: a full disk must not turn a 4xx into a 500."""
@@ -158,6 +150,29 @@ class Service:
             backend.close()
         self._db_pool.shutdown(wait=True)
         self.ledger.close()
+
+
+class Embedding:
+    """A reserved embeddings request; ``run`` computes the vectors and settles the ledger whatever happens."""
+
+    def __init__(self, service: Service, ctx: RequestContext, spec: ModelSpec, backend: Backend, prompt):
+        self._service, self._ctx, self._spec, self._backend, self._prompt = service, ctx, spec, backend, prompt
+        self.model = spec.name
+
+    async def run(self) -> tuple[list[list[float]], Usage, int]:
+        """(vectors, usage, price). Raises what the backend raises (nothing is charged then) or LedgerError."""
+        svc, ctx, spec = self._service, self._ctx, self._spec
+        try:
+            vectors = await self._backend.embed(self._prompt)
+        except BaseException as e:
+            cancelled = isinstance(e, asyncio.CancelledError)
+            code = None if cancelled else e.code if isinstance(e, ReverbError) else "engine_error"
+            # shielded: a client that leaves mid-request must still leave its row and its refund behind
+            await asyncio.shield(svc._close(ctx, spec, "cancelled" if cancelled else "failed", code, 0))
+            raise
+        usage = Usage(self._prompt.n_tokens, 0)
+        settlement = await svc._close(ctx, spec, "completed", None, spec.cost(usage.prompt_tokens, 0), usage)
+        return vectors, usage, settlement.price
 
 
 def build(settings: Settings, backend_factory=None) -> Service:

@@ -112,7 +112,9 @@ def _calls_rule(b: GrammarBuilder, plan: Tools) -> str:
     tcws = b.add("tc-ws", TC_WS)
     call = b.add("tool-call", f'{literal(OPEN)} {tcws} "{{" {sp} "\\"name\\":" {sp} ({" | ".join(alts)}) '
                               f'{sp} "}}" {tcws} {literal(CLOSE)}')
-    return b.add("tool-calls", f"{call} ({tcws} {call})* {tcws}" if plan.parallel else f"{call} {tcws}")
+    # A named function is called once (as OpenAI answers a forced tool_choice); otherwise as parallel_tool_calls says.
+    parallel = plan.parallel and plan.forced is None
+    return b.add("tool-calls", f"{call} ({tcws} {call})* {tcws}" if parallel else f"{call} {tcws}")
 
 
 def tool_grammar(plan: Tools, response_format=None) -> GrammarSpec | None:
