@@ -3,8 +3,9 @@
 ``Batcher`` is driven by its owner (``bridge.ModelThread``): ``admit`` moves waiting jobs into free slots (reusing
 a cached prefix; a job of ``n`` choices takes ``n`` slots at once: one reads the prompt, the others follow and get a
 copy of its KV when it is done, so the prompt is computed once), ``step`` runs one decode call with a row for every
-generating slot plus bounded prefill calls for slots still reading their prompt, and samples. What clients must see comes out of ``take_events`` as
-(job, chunk) pairs. Nothing here knows about threads or event loops, so the unit tests drive it directly.
+generating slot plus bounded prefill calls for slots still reading their prompt, and samples. What clients must see
+comes out of ``take_events`` as (job, chunk) pairs. Nothing here knows about threads or event loops, so the unit
+tests drive it directly.
 
 Call shapes follow ``Engine.decode``'s batch-invariance rules: generated tokens are always rows of the decode
 call (one row per sequence); prompt tokens are always in prefill calls of 2..n_ubatch rows of one sequence, so a
