@@ -11,8 +11,8 @@ Imports only ``errors`` and ``types``.
 from .response_format import GrammarSpec, response_format_grammar
 from .schema_check import check_schema
 from .tool_parser import ToolCallParser
-from .tool_prompt import fallback_messages, template_supports_tools
+from .tool_prompt import fallback_messages, template_supports_tools, use_native_tools
 from .tools import TRIGGER_PATTERN, parse_tools, tool_grammar
 
 __all__ = ["GrammarSpec", "response_format_grammar", "check_schema", "parse_tools", "tool_grammar",
-           "TRIGGER_PATTERN", "ToolCallParser", "fallback_messages", "template_supports_tools"]
+           "TRIGGER_PATTERN", "ToolCallParser", "fallback_messages", "template_supports_tools", "use_native_tools"]

@@ -38,7 +38,8 @@ def _objects_disjoint(a, b, defs) -> bool:
     """Both objects: a shared required property with disjoint literal values, or a required key the
     other forbids via additionalProperties: false."""
     for x, y in ((a, b), (b, a)):
-        if x.get("additionalProperties") is False and any(r not in x.get("properties", {}) for r in y.get("required", [])):
+        declared = x.get("properties", {})
+        if x.get("additionalProperties") is False and any(r not in declared for r in y.get("required", [])):
             return True
     shared = set(a.get("required", [])) & set(b.get("required", []))
     for p in shared:

@@ -176,7 +176,8 @@ class _Parser:
             j = self.s.find("}", self.i)
             body = self.s[self.i + 1:j] if j > 0 else ""
             parts = body.split(",")
-            if j < 0 or len(parts) > 2 or not parts[0].isdigit() or (len(parts) == 2 and parts[1] and not parts[1].isdigit()):
+            bad_max = len(parts) == 2 and parts[1] and not parts[1].isdigit()
+            if j < 0 or len(parts) > 2 or not parts[0].isdigit() or bad_max:
                 self.fail("bad {m,n} quantifier")
             lo = int(parts[0])
             hi = lo if len(parts) == 1 else (int(parts[1]) if parts[1] else None)

@@ -49,7 +49,8 @@ def schema_rule(builder: GrammarBuilder, response_format, param="response_format
     if kind == "json_object":
         return json_object_rule(builder)
     if kind != "json_schema":
-        raise InvalidRequest("'response_format.type' must be 'text', 'json_object' or 'json_schema'", param=f"{param}.type")
+        raise InvalidRequest("'response_format.type' must be 'text', 'json_object' or 'json_schema'",
+                             param=f"{param}.type")
     js = response_format.get("json_schema")
     if not isinstance(js, dict):
         raise InvalidRequest("'json_schema' must be an object", param=f"{param}.json_schema")

@@ -29,7 +29,7 @@ ENFORCED = frozenset({"type", "enum", "const", *COMBINATORS, *CONTAINERS,
 
 MAX_DEPTH = 32          # nesting of subschemas (bounds recursion in the walkers)
 MAX_NODES = 2000        # subschemas visited, including referenced definitions
-MAX_PROPERTIES = 100    # per object; optional-property grammar grows with the square of this
+MAX_PROPERTIES = 100    # per object (each adds a few rules; bounds grammar size with MAX_NODES)
 MAX_ENUM = 500
 MAX_STRING_BOUND = 1000  # minLength/maxLength: llama.cpp expands x{m,n} into n rules
 MAX_ITEMS_BOUND = 100    # minItems/maxItems
@@ -91,7 +91,8 @@ class _Checker:
         if node is True:
             return
         if node is False or not isinstance(node, dict):
-            self.fail("a schema must be a JSON object" + (" (false schemas accept nothing)" if node is False else ""), path)
+            why = " (false schemas accept nothing)" if node is False else ""
+            self.fail("a schema must be a JSON object" + why, path)
         for key in node:
             if key not in ENFORCED and key not in ANNOTATIONS:
                 self.fail(f"JSON Schema keyword {key!r} is not supported", f"{path}.{key}")
@@ -273,7 +274,8 @@ def _check_recursion(c: _Checker):
         while stack:
             for nxt in _direct_refs(c.defs[stack.pop()]):
                 if nxt == ref:
-                    raise InvalidRequest("recursive $ref that does not go through an object or array", param=c.ref_paths[ref])
+                    raise InvalidRequest("recursive $ref that does not go through an object or array",
+                                         param=c.ref_paths[ref])
                 if nxt not in seen:
                     seen.add(nxt)
                     stack.append(nxt)

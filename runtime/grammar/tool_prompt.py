@@ -20,6 +20,13 @@ def template_supports_tools(template_source: str | None) -> bool:
     return bool(_TOOLS_VAR.search(src) and _TOOL_CALLS_VAR.search(src))
 
 
+def use_native_tools(template_source: str | None) -> bool:
+    """Whether to let the template render tools: it must support them and speak our wire format (Hermes
+    <tool_call>, e.g. Qwen2.5). Templates with another tool syntax (Llama 3.1, Mistral) get the fallback,
+    so the prompt and the grammar agree."""
+    return template_supports_tools(template_source) and OPEN in (template_source or "")
+
+
 def tools_system_text(plan: Tools) -> str:
     """System-prompt text describing the tools and the <tool_call> format ('' when tool_choice is none)."""
     if plan.choice == "none" or not plan.tools:

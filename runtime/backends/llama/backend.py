@@ -33,8 +33,9 @@ class LlamaBackend:
         self.template = template
         self.thread = thread
         self.info = Info(name=spec.name, provider="llama.cpp", ctx=ctx, created=int(time.time()))
-        # Whether the template renders `tools` and `tool_calls` itself; otherwise the documented fallback is used.
-        self.native_tools = grammar.template_supports_tools(template.source)
+        # Whether the template renders `tools` and `tool_calls` itself in the <tool_call> form the grammar and the
+        # parser speak; otherwise the documented fallback is used.
+        self.native_tools = grammar.use_native_tools(template.source)
         self._embed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"reverb-embed-{spec.name}")
 
     @classmethod
