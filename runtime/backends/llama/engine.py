@@ -123,9 +123,20 @@ class Sampler:
             C.llama_sampler_accept(self._chain, tok)
         return tok
 
+    def follow(self, tok: int) -> bool:
+        """Accept a token chosen elsewhere, if the grammar allows it (False, and nothing accepted, if not)."""
+        if self._grammar is not None:
+            if not self._allows(tok):
+                return False
+            C.llama_sampler_accept(self._grammar, tok)
+        C.llama_sampler_accept(self._chain, tok)
+        return True
+
     def _pick(self, arr) -> int:
         C.llama_sampler_apply(self._chain, ctypes.byref(arr))
-        return arr.data[arr.selected].id if 0 <= arr.selected < arr.size else -1
+        if not 0 <= arr.selected < arr.size or arr.data[arr.selected].logit == -np.inf:
+            return -1  # nothing the grammar allows survives the chain (e.g. the end token is banned)
+        return arr.data[arr.selected].id
 
     def _allows(self, tok: int) -> bool:
         one = self._engine._one
