@@ -153,11 +153,13 @@ class Service:
 
 
 class Embedding:
-    """A reserved embeddings request; ``run`` computes the vectors and settles the ledger whatever happens."""
+    """A reserved embeddings request; ``run`` computes the vectors and settles the ledger whatever happens.
+    Like a Generation, it exposes ``model`` and ``settled`` (the access log reads them)."""
 
     def __init__(self, service: Service, ctx: RequestContext, spec: ModelSpec, backend: Backend, prompt):
         self._service, self._ctx, self._spec, self._backend, self._prompt = service, ctx, spec, backend, prompt
         self.model = spec.name
+        self.settled: asyncio.Future[Settlement] = asyncio.get_running_loop().create_future()
 
     async def run(self) -> tuple[list[list[float]], Usage, int]:
         """(vectors, usage, price). Raises what the backend raises (nothing is charged then) or LedgerError."""
@@ -168,11 +170,22 @@ class Embedding:
             cancelled = isinstance(e, asyncio.CancelledError)
             code = None if cancelled else e.code if isinstance(e, ReverbError) else "engine_error"
             # shielded: a client that leaves mid-request must still leave its row and its refund behind
-            await asyncio.shield(svc._close(ctx, spec, "cancelled" if cancelled else "failed", code, 0))
+            closing = asyncio.ensure_future(svc._close(ctx, spec, "cancelled" if cancelled else "failed", code, 0))
+            self._resolve(await asyncio.shield(closing))
             raise
         usage = Usage(self._prompt.n_tokens, 0)
-        settlement = await svc._close(ctx, spec, "completed", None, spec.cost(usage.prompt_tokens, 0), usage)
+        try:
+            settlement = await svc._close(ctx, spec, "completed", None, spec.cost(usage.prompt_tokens, 0), usage)
+        except LedgerError as e:
+            self.settled.set_exception(e)
+            self.settled.exception()  # retrieved: the handler raises it
+            raise
+        self._resolve(settlement)
         return vectors, usage, settlement.price
+
+    def _resolve(self, settlement: Settlement) -> None:
+        if not self.settled.done():
+            self.settled.set_result(settlement)
 
 
 def build(settings: Settings, backend_factory=None) -> Service:

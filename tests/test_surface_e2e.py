@@ -189,9 +189,12 @@ def test_embeddings_base64_is_the_same_vector(server):
     # the official client asks for base64 by default and decodes it
     sdk = client(server).embeddings.create(model=MODEL, input="hello").data[0].embedding
     assert all(math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-7) for x, y in zip(sdk, decoded, strict=True))
-    row = ledger_row(server, b.headers["x-request-id"])
+    rid = b.headers["x-request-id"]
+    row = ledger_row(server, rid)
     assert row["endpoint"] == "embeddings" and row["status"] == "completed" and row["prompt_tokens"] > 0
     assert row["price"] == int(b.headers["x-reverb-price"])
+    line = next(ln for ln in server.log().splitlines() if rid in ln)   # the access log, like a chat request's
+    assert " embeddings 200 " in line and f" {row['prompt_tokens']}+0 tok" in line
 
 
 def test_embeddings_refusals(server):

@@ -66,14 +66,10 @@ class EngineConfig:
 
 class Sampler:
     """One sequence's sampler chain (penalties -> top-k -> top-p -> min-p -> temperature -> seeded draw), and
-    optionally a grammar (``grammar`` is a GrammarSpec: GBNF text, root rule, lazy trigger patterns).
-
-    llama.cpp's grammar sampler costs ~5-10 ms a token when applied to the whole vocabulary, about a decode of a
-    small model. So, like llama-server's sampler (grammar_first=false): draw without the grammar, check just that
-    token against it, and only when it is rejected draw again with the grammar applied to the best candidates by
-    logit, in widening tiers (then the whole vocabulary if none fits). A greedy pick is then exactly grammar-first's
-    (the best allowed token is in the first tier that has one; logit_bias and penalties apply after the cut); a
-    sampled one is drawn from the allowed tokens of that tier."""
+    optionally a grammar (a GrammarSpec). The grammar sampler costs ~5-10 ms a token over the whole vocabulary, so,
+    like llama-server (grammar_first=false): draw without it, check that one token, and only if it is rejected draw
+    again from the best candidates by logit that the grammar allows, in widening tiers. A greedy pick equals
+    grammar-first's (logit_bias and penalties apply after the cut); a sampled one comes from that tier."""
 
     RESAMPLE_TOP = (16, 256, 4096)  # widening tiers: ~0.2 ms a token over an unconstrained draw (was ~0.5 at 64)
 
@@ -124,7 +120,7 @@ class Sampler:
         return tok
 
     def follow(self, tok: int) -> bool:
-        """Accept a token chosen elsewhere, if the grammar allows it (False, and nothing accepted, if not)."""
+        """Accept a token chosen elsewhere if the grammar allows it (False, and nothing accepted, if not)."""
         if self._grammar is not None:
             if not self._allows(tok):
                 return False
@@ -306,8 +302,7 @@ class Engine:
         return Sampler(self, params, seed, grammar)
 
     def grammar_sampler(self, spec):
-        """A llama.cpp grammar sampler for a GrammarSpec (any thread: it needs only the vocabulary). Raises
-        InvalidRequest when llama.cpp refuses the grammar (parse error, left recursion)."""
+        """A grammar sampler for a GrammarSpec (any thread). Raises InvalidRequest when llama.cpp refuses it."""
         g, root = spec.grammar.encode(), spec.root.encode()
         if not spec.grammar.strip():  # llama.cpp makes a no-op sampler of "": that would not constrain anything
             raise InvalidRequest("empty grammar", param="response_format")
@@ -378,44 +373,52 @@ class Engine:
 
 
 class _Embedder:
-    """An embeddings context: one sequence of up to ``n_ctx`` tokens per call, pooled in llama.cpp (pooling needs
-    the whole input in one ubatch, so n_ubatch = n_ctx)."""
+    """An embeddings context. A GGUF naming its own pooling is pooled by llama.cpp (the whole input in one ubatch).
+    A generative model's is the mean of its last hidden states over chunks of CHUNK tokens (causal: the KV cache
+    carries the context), as llama.cpp also writes logits for each pooled token: 2048 at once took ~800 MB more."""
+
+    CHUNK = 256
 
     def __init__(self, engine: Engine):
-        cfg = engine.config
+        cfg, buf = engine.config, ctypes.create_string_buffer(64)
+        C.llama_model_meta_val_str(engine._model, b"general.architecture", buf, 64)
+        self.pooled = C.llama_model_meta_val_str(engine._model, buf.value + b".pooling_type", buf, 64) > 0
         cparams = C.llama_context_default_params()
-        cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = cfg.n_ctx
+        cparams.n_ctx = cfg.n_ctx
+        cparams.n_batch = cparams.n_ubatch = cfg.n_ctx if self.pooled else min(self.CHUNK, cfg.n_ctx)
         cparams.n_seq_max = 1
         cparams.n_threads = cparams.n_threads_batch = cfg.n_threads_batch
         cparams.embeddings = True
-        buf = ctypes.create_string_buffer(64)
-        arch = buf.value.decode() if C.llama_model_meta_val_str(engine._model, b"general.architecture", buf, 64) > 0 \
-            else ""
-        own = C.llama_model_meta_val_str(engine._model, f"{arch}.pooling_type".encode(), buf, 64) > 0
-        cparams.pooling_type = C.LLAMA_POOLING_TYPE_UNSPECIFIED if own else C.LLAMA_POOLING_TYPE_MEAN
+        cparams.pooling_type = C.LLAMA_POOLING_TYPE_UNSPECIFIED if self.pooled else C.LLAMA_POOLING_TYPE_NONE
         cparams.no_perf = True
         self._ctx = C.llama_init_from_model(engine._model, cparams)
         if not self._ctx:
             raise EngineError("llama.cpp could not create an embeddings context (out of memory?)")
         self._mem = C.llama_get_memory(self._ctx)
         self._n_embd = C.llama_model_n_embd(engine._model)
-        self._batch = C.llama_batch_init(cfg.n_ctx, 0, 1)
+        self._step = cparams.n_batch
+        self._batch = C.llama_batch_init(self._step, 0, 1)
         self.n_ctx = cfg.n_ctx
 
     def embed(self, tokens: list[int]) -> np.ndarray:
         if not 0 < len(tokens) <= self.n_ctx:
             raise EngineError("input does not fit the embeddings context")
         C.llama_memory_clear(self._mem, True)
+        total = np.zeros(self._n_embd)
         b = self._batch
-        for i, tok in enumerate(tokens):
-            b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0], b.logits[i] = tok, i, 1, 0, True
-        b.n_tokens = len(tokens)
-        if C.llama_decode(self._ctx, b) != 0:
-            raise EngineError("llama_decode failed for embeddings")
-        ptr = C.llama_get_embeddings_seq(self._ctx, 0)
-        if not ptr:
-            raise EngineError("no pooled embedding")
-        vec = np.ctypeslib.as_array(ptr, shape=(self._n_embd,)).astype(np.float64)
+        for start in range(0, len(tokens), self._step):
+            part = tokens[start:start + self._step]
+            for i, tok in enumerate(part):
+                b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0], b.logits[i] = tok, start + i, 1, 0, True
+            b.n_tokens = len(part)
+            if C.llama_decode(self._ctx, b) != 0:
+                raise EngineError("llama_decode failed for embeddings")
+            ptr = C.llama_get_embeddings_seq(self._ctx, 0) if self.pooled else C.llama_get_embeddings(self._ctx)
+            if not ptr:
+                raise EngineError("no embeddings from llama.cpp")
+            rows = 1 if self.pooled else len(part)
+            total += np.ctypeslib.as_array(ptr, shape=(rows, self._n_embd)).sum(axis=0, dtype=np.float64)
+        vec = total if self.pooled else total / len(tokens)
         return vec / (np.linalg.norm(vec) or 1.0)
 
     def close(self) -> None:
