@@ -27,9 +27,22 @@ LLAMA_KEY        := $(shell echo "$(LLAMA_CPP_VERSION) $(LLAMA_CMAKE_ARGS)" | sh
 WHEEL_CACHE      ?= $(HOME)/.cache/reverb/wheels
 LLAMA_WHEEL_DIR  := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(LLAMA_KEY)
 
-.PHONY: install serve test bench soak lint clean llama-wheel
+.PHONY: install serve test test-fast test-busy bench bench-ledger soak lint clean llama-wheel postgres
 
-install: $(STAMP)
+install: $(STAMP) postgres
+
+# The PostgreSQL ledger tests start a throwaway server from Debian's binaries (initdb, pg_ctl). Installed here
+# when missing and apt is at hand; elsewhere those tests skip with a loud message.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing PostgreSQL server binaries for the ledger tests (apt-get install postgresql)"; \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -q --no-install-recommends postgresql >/dev/null)) || \
+	  echo "!!! could not install PostgreSQL: its ledger tests will be SKIPPED"; \
+	else echo "!!! PostgreSQL server binaries not found and apt-get unavailable (or not root):" \
+	  "the PostgreSQL ledger tests will be SKIPPED; install postgresql to run them"; fi
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,9 +69,19 @@ serve: $(STAMP)
 	$(BIN)/reverb serve $(ARGS)
 
 # The suite, then the example app that tests itself through reverb's pytest plugin (as a user's CI would).
-test: $(STAMP)
+test: $(STAMP) postgres
 	REVERB_LLAMA_WHEEL="$$(ls $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl)" $(BIN)/python -m pytest $(PYTEST_ARGS)
 	cd examples/ci-app && ../../$(BIN)/python -m pytest -q
+
+# The fast tier: every test that needs no model and starts no server (seconds).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not model" $(PYTEST_ARGS)
+
+# The whole suite while two busy loops keep both cores occupied, as on a shared CI runner; the loops stop with it.
+test-busy: $(STAMP)
+	@python3 -c 'while True: pass' & b1=$$!; python3 -c 'while True: pass' & b2=$$!; \
+	  trap 'kill $$b1 $$b2 2>/dev/null' EXIT INT TERM; \
+	  $(MAKE) test
 
 # llama-cpp-python's own server is the peer we measure against; it lives in its own venv (same llama.cpp wheel,
 # plus its `server` extra) so none of its dependencies leak into ours.
@@ -70,6 +93,10 @@ $(BENCH_VENV)/.installed: $(STAMP)
 
 bench: $(STAMP) $(BENCH_VENV)/.installed
 	$(BIN)/python -m bench $(ARGS)
+
+# Reserve+settle latency on each ledger engine (a throwaway PostgreSQL server is started for it).
+bench-ledger: $(STAMP) postgres
+	$(BIN)/python -m bench.ledger $(ARGS)
 
 # A bounded soak of mixed clients on loopback (SOAK_SECONDS=60 by default); numbers go to bench/results/soak-latest.json.
 SOAK_SECONDS ?= 60

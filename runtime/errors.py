@@ -24,10 +24,15 @@ file path from the server, a raw key or an exception's repr.
     │   ├── MethodNotAllowed        405
     │   ├── RequestTimeout          408, the body came too slowly
     │   ├── PayloadTooLarge         413
-    │   └── UnsupportedMediaType    415
+    │   ├── UnsupportedMediaType    415
+    │   └── UpstreamRejected        the upstream's own 4xx, its status and message passed on
     ├── OverloadedError             503 with Retry-After
     ├── LedgerError                 the ledger could not record money or usage (fail closed)
-    └── EngineError                 llama.cpp failed mid-request
+    ├── EngineError                 llama.cpp failed mid-request
+    ├── RemoteError                 `reverb chat --url`: the server could not be reached or answered wrongly
+    └── UpstreamError               502: an OpenAI-compatible upstream failed (5xx, bad stream, refused our key)
+        ├── UpstreamUnavailable     502 upstream_unavailable: unreachable or refusing the connection
+        └── UpstreamTimeout         504 upstream_timeout: no byte within the entry's timeout
 """
 
 from __future__ import annotations
@@ -157,3 +162,46 @@ class EngineError(ReverbError):
     """llama.cpp failed while running a request."""
 
     code = "engine_error"
+
+
+class RemoteError(ReverbError):
+    """``reverb chat --url``: the server could not be used (unreachable, refused the key, answered non-JSON)."""
+
+    code = "remote_error"
+
+
+class UpstreamRejected(RequestError):
+    """An upstream answered the request with a 4xx: the request is at fault there. Its status, message, and
+    (when they are plain strings) its type, code and param are passed on in the caller's dialect. The message is
+    scrubbed of the upstream key before it gets here (``backends/upstream``)."""
+
+    code = "upstream_rejected"
+
+    def __init__(self, message: str, *, status: int, model: str | None = None, param: str | None = None,
+                 code: str | None = None, type: str | None = None, retry_after: int | None = None):  # noqa: A002
+        super().__init__(message, param=param, model=model)
+        self.status = status
+        if code:
+            self.code = code
+        self.type = type
+        self.retry_after = retry_after
+
+
+class UpstreamError(ReverbError):
+    """An OpenAI-compatible upstream failed: a 5xx, a stream cut mid-way, a body that is not its protocol, or a
+    refusal of reverb's own upstream key. The message is ours; the upstream's details go to the server log."""
+
+    code = "upstream_error"
+
+    def __init__(self, message: str, *, model: str | None = None, code: str | None = None):
+        super().__init__(message, model=model)
+        if code:
+            self.code = code
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(UpstreamError):
+    code = "upstream_timeout"

@@ -34,10 +34,13 @@ class Hooks:
 
 
 class Generation:
-    def __init__(self, model: str, started: float, hooks: Hooks, on_end: Callable[[Chunk], None], choices: int = 1):
-        self.model = model
-        self.choices = choices
+    def __init__(self, model: str, started: float, hooks: Hooks, on_end: Callable[[Chunk], None],
+                 on_progress: Callable[[int], None] | None = None, choices: int = 1):
+        self.model = model                          # the model running it (a fallback replaces it before any chunk)
+        self.choices = choices                      # choice streams the backend delivers, each with its own end
         self._ends: list[Chunk] = []
+        self.delivered = 0                          # output chunks handed out so far (one per token or fewer)
+        self._on_progress = on_progress             # told the running count (the service records a mark)
         self.started = started
         self.first_token_at: float | None = None
         self._last_token_at = 0.0
@@ -51,7 +54,7 @@ class Generation:
 
     def deliver(self, chunk: Chunk) -> None:
         """Called on the event loop by the backend, in order."""
-        if chunk.text:
+        if chunk.text or chunk.tool_calls or chunk.passthrough is not None:  # output, even without text
             now = time.monotonic()
             if self.first_token_at is None:
                 self.first_token_at = now
@@ -59,6 +62,9 @@ class Generation:
             else:
                 self._hooks.token_gap(self.model, now - self._last_token_at)
             self._last_token_at = now
+            self.delivered += 1
+            if self._on_progress is not None and chunk.finish_reason is None:
+                self._on_progress(self.delivered)
         self._queue.put_nowait(chunk)
         if chunk.finish_reason is not None:
             self._ends.append(chunk)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
 
 from .types import Message, SamplingParams, Tools
 
@@ -36,9 +38,13 @@ class RequestContext:
     dialect: str = "openai"                                   # openai | gateway
     account: Account | None = None
     body: str | None = None                                   # the raw body, kept only with --log-bodies
+    client: str = ""                                          # the peer's address, for refusal tallies
 
     def elapsed_ms(self) -> float:
         return (time.monotonic() - self.started) * 1000
+
+
+EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -58,3 +64,9 @@ class Ask:
     def choices(self) -> int:
         """How many answers the request gets: ``n`` for each prompt."""
         return self.sampling.n * (len(self.prompt) if self.prompt else 1)
+    # For an upstream model (models.toml source = "openai"): the client's own request fields, passed to the
+    # upstream unchanged (tools, response_format, logprobs, n...). Empty for the local engine. Read-only.
+    extra: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
+    # False when the request uses what only an upstream serves (it failed the local dialect's checks): a local
+    # model may then not stand in for it, e.g. as a fallback, because it would silently drop those fields.
+    local: bool = True

@@ -1,5 +1,9 @@
 """Use cases shared by both dialects: model -> prompt -> context check -> credit hold -> backend -> settle.
 
+A model is a local GGUF or an OpenAI-compatible upstream; both are Backends, so keys, credit, the ledger row,
+metrics and the access log are the same for each. ``fallbacks.py`` moves a request to the next candidate model
+while nothing has reached the client.
+
 The job's end, not the HTTP response, drives settlement: when the backend delivers a job's final chunk the
 service settles the hold with the real usage, whether the client is still reading or long gone. ``_record`` is
 the one place a ledger row is built, for served and refused requests alike.
@@ -13,10 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from .backends import Backend
-from .errors import (ContextLengthExceeded, InvalidRequest, LedgerError, ModelLoadError, ModelNotFound, OverloadedError,
-                     ReverbError)
+from .errors import (ContextLengthExceeded, InvalidRequest, LedgerError, ModelLoadError, ModelNotFound,
+                     OverloadedError, RequestError, ReverbError)
+from . import upkeep
+from .fallbacks import Attempts, Candidate
 from .generation import Generation, Hooks, Settlement
-from .ledger import Ledger, RequestRecord
+from .ledger import Ledger, RequestRecord, bounded_model
 from .models import registry as registry_mod
 from .models.registry import ModelSpec, Registry
 from .request import Account, Ask, RequestContext
@@ -27,6 +33,7 @@ log = logging.getLogger("reverb.service")
 
 _STATUS = {FinishReason.STOP: "completed", FinishReason.LENGTH: "completed", FinishReason.TOOL_CALLS: "completed",
            FinishReason.CANCELLED: "cancelled"}
+MAX_UNSETTLED = 10_000   # failed settlements kept for retry; beyond, the lease rule settles them at stop
 
 
 class Service:
@@ -40,6 +47,8 @@ class Service:
         self._db_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reverb-ledger")
         self.hooks = Hooks()  # replaced by the HTTP layer's metrics
         self._tasks: set[asyncio.Task] = set()
+        # request id -> (account, row, charge) whose settlement failed; retried on every heartbeat
+        self._unsettled: dict[str, tuple[Account | None, RequestRecord, int]] = {}
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -63,8 +72,42 @@ class Service:
         return spec, backend
 
     async def start(self, ctx: RequestContext, ask: Ask) -> Generation:
-        """Check everything, reserve credit and start the job. Raises a RequestError or OverloadedError."""
+        """Check everything, reserve credit and start the job. Raises a RequestError or OverloadedError.
+
+        The model asked for is checked as before; its ``fallbacks`` that cannot serve the request (not loaded,
+        context too small, fields only an upstream serves) are left out. The hold covers the largest worst case.
+        """
         spec, backend = self.backend(ask.model)
+        candidates = [await self._candidate(spec, backend, ask)]
+        for name in spec.fallbacks:
+            try:
+                candidates.append(await self._candidate(*self.backend(name), ask))
+            except RequestError as e:
+                log.info("request %s: fallback %s left out (%s)", ctx.request_id, name, e.code)
+        hold = max(c.hold for c in candidates)
+        # The hold also carries what a sweeper needs should this server die: prompt tokens and prices (the
+        # model asked for; a fallback runs only before anything reached the client).
+        await self.db(self.ledger.reserve, ctx.account, ctx.request_id, hold, spec.name, ctx.endpoint,
+                      candidates[0].prompt.n_tokens, (spec.price_input, spec.price_output))
+        gen = Generation(spec.name, ctx.started, self.hooks,
+                         on_end=lambda final: self._spawn(self._settle(ctx, final, gen, ask.stream)),
+                         on_progress=upkeep.progress_hook(self, ctx) if ask.stream and _holds(ctx.account) else None)
+        try:
+            Attempts(candidates, gen, ctx.account.name if ctx.account else "", ctx.request_id).start()
+        except OverloadedError as e:
+            # Nothing ran: release the hold in the same step that logs the refusal.
+            await self._close(ctx, spec, "rejected", e.code, 0)
+            raise
+        return gen
+
+    async def _candidate(self, spec: ModelSpec, backend: Backend, ask: Ask) -> Candidate:
+        """The request prepared for one model: prompt, context check, max_tokens, worst-case cost."""
+        if not ask.local and not backend.info.passthrough:
+            raise InvalidRequest(f"The model '{spec.name}' cannot serve every field of this request", param="model",
+                                 model=spec.name)
+        if ask.prompt is not None and backend.info.passthrough:
+            raise InvalidRequest(f"The model '{spec.name}' is served by an upstream, which this endpoint does not "
+                                 "relay (use /v1/chat/completions)", param="model", model=spec.name)
         prompt = await backend.prepare(ask)
         n, limit = prompt.longest, backend.info.ctx
         where = "messages" if ask.prompt is None else "prompt"
@@ -79,25 +122,15 @@ class Service:
             raise ContextLengthExceeded(
                 f"This model's maximum context length is {limit} tokens; the {where} use {n} "
                 f"and max_tokens asks for {max_tokens}", param="max_tokens", model=spec.name)
-        # The worst case: every choice runs to max_tokens; the prompt is billed once (its KV is shared).
-        await self.db(self.ledger.reserve, ctx.account, ctx.request_id,
-                      spec.cost(prompt.n_tokens, max_tokens * ask.choices), spec.name, ctx.endpoint)
-        gen = Generation(spec.name, ctx.started, self.hooks, choices=ask.choices,
-                         on_end=lambda final: self._spawn(self._settle(ctx, spec, final, gen)))
-        try:
-            gen.handle = backend.submit(prompt, replace(ask.sampling, max_tokens=max_tokens), gen.deliver,
-                                        tenant=ctx.account.name if ctx.account else "")
-        except OverloadedError as e:
-            # Nothing ran: release the hold in the same step that logs the refusal.
-            await self._close(ctx, spec, "rejected", e.code, 0)
-            raise
-        return gen
+        # The worst case: every choice runs to max_tokens; the prompt is billed once (a local job shares its KV).
+        hold = spec.cost(prompt.hold_tokens or prompt.n_tokens, max_tokens * prompt.choices)
+        return Candidate(spec, backend, prompt, replace(ask.sampling, max_tokens=max_tokens), hold)
 
     async def start_embedding(self, ctx: RequestContext, ask: Ask) -> "Embedding":
         """Check and reserve an embeddings request (``ask.prompt``, billed as prompt tokens). Raises a
         RequestError; from the returned value on, the request owns its ledger row."""
         spec, backend = self.backend(ask.model)
-        if not hasattr(backend, "embed"):
+        if not hasattr(backend, "embed") or backend.info.passthrough:
             raise InvalidRequest(f"the model '{spec.name}' cannot make embeddings", param="model", model=spec.name)
         prompt = await backend.prepare(ask)
         limit = backend.info.ctx
@@ -106,19 +139,20 @@ class Service:
                 raise ContextLengthExceeded(f"This model's maximum context length is {limit} tokens; input {i} "
                                             f"uses {len(tokens)}", param="input", model=spec.name)
         await self.db(self.ledger.reserve, ctx.account, ctx.request_id, spec.cost(prompt.n_tokens, 0),
-                      spec.name, ctx.endpoint)
+                      spec.name, ctx.endpoint, prompt.n_tokens, (spec.price_input, spec.price_output))
         return Embedding(self, ctx, spec, backend, prompt)
 
     async def reject(self, ctx: RequestContext, error: ReverbError, model: str | None = None) -> None:
         """Log a request refused before it ran. Never raises: a full disk must not turn a 4xx into a 500."""
         record = self._record(ctx, model or error.model, "rejected", error.code, Usage(0, 0))
         try:
-            await self.db(self.ledger.log_rejected, ctx.account, record)
+            await self.db(self.ledger.log_rejected, ctx.account, record, ctx.client)
         except LedgerError as e:
             log.error("could not log rejected request %s: %s", ctx.request_id, e.message)
         self.hooks.settled(record, 0)
 
-    async def _settle(self, ctx: RequestContext, spec: ModelSpec, final: Chunk, gen: Generation) -> None:
+    async def _settle(self, ctx: RequestContext, final: Chunk, gen: Generation, stream: bool) -> None:
+        spec = self.registry.resolve(gen.model)  # the model that ran: the one asked for, or a fallback
         usage = final.usage or Usage(0, 0)
         err = final.error
         code = err.code if isinstance(err, ReverbError) else ("engine_error" if err else None)
@@ -129,6 +163,13 @@ class Service:
         except LedgerError as e:
             log.error("settlement failed for %s: %s", ctx.request_id, e.message)
             gen.settled.set_exception(e)
+            # Retried later as failed: a stream delivered its text (charged), a blocking answer never left.
+            if len(self._unsettled) < MAX_UNSETTLED:
+                self._unsettled[ctx.request_id] = (ctx.account, self._record(
+                    ctx, spec.name, "failed", e.code, usage), charge if stream else 0)
+        except Exception:  # whatever went wrong, the request must end: as a ledger failure, never a hang
+            log.exception("settlement failed for %s", ctx.request_id)
+            gen.settled.set_exception(LedgerError("the ledger could not record this request"))
 
     async def _close(self, ctx: RequestContext, spec: ModelSpec, status: str, code: str | None, charge: int,
                      usage: Usage = Usage(0, 0)) -> Settlement:
@@ -138,18 +179,32 @@ class Service:
         self.hooks.settled(record, price)
         return Settlement(record, price)
 
-    @staticmethod
-    def _record(ctx: RequestContext, model: str | None, status: str, code: str | None,
+    def _record(self, ctx: RequestContext, model: str | None, status: str, code: str | None,
                 usage: Usage) -> RequestRecord:
+        model = bounded_model(model, self.registry.specs)   # a name from a client is cut and flagged
         return RequestRecord(request_id=ctx.request_id, endpoint=ctx.endpoint, model=model, status=status,
                              error_code=code, prompt_tokens=usage.prompt_tokens,
                              completion_tokens=usage.completion_tokens, latency_ms=ctx.elapsed_ms(), body=ctx.body)
+
+    async def keep_lease(self) -> None:
+        """While serving (the app's lifespan runs it): see ``upkeep.keep_lease``."""
+        await upkeep.keep_lease(self)
 
     def close(self) -> None:
         for backend in self.backends.values():
             backend.close()
         self._db_pool.shutdown(wait=True)
+        try:
+            upkeep.retry_unsettled(self)
+            self.ledger.lease.retire()   # a clean stop: whatever is still held is settled now
+        except LedgerError as e:
+            log.error("could not settle this server's holds at stop (its lease will expire): %s", e.message)
         self.ledger.close()
+
+
+def _holds(account: Account | None) -> bool:
+    """Whether requests of this account put credit on hold (dev keys from the command line do not)."""
+    return account is not None and not account.unlimited
 
 
 class Embedding:
@@ -188,23 +243,28 @@ class Embedding:
             self.settled.set_result(settlement)
 
 
-def build(settings: Settings, backend_factory=None) -> Service:
-    """Load the catalogue, the ledger and every model named in ``settings.models``.
+def build(settings: Settings, backend_factory=None, *, serve: bool = True) -> Service:
+    """Load the catalogue, the ledger, every local model named in ``settings.models`` (default: the catalogue's
+    default) and every upstream entry (source = "openai": available from the start, nothing to load).
 
-    Raises ConfigError or ModelLoadError. ``backend_factory(spec, settings)`` loads one model (default: find its
-    file, downloading only when ``settings.pull`` is set, and load it with llama.cpp).
+    Raises ConfigError or ModelLoadError. ``backend_factory(spec, settings)`` makes one backend (default:
+    ``load_backend``). ``serve``: a server, which creates the ledger if needed, registers an instance with a
+    lease and settles expired servers' holds; with False (``reverb chat``) the ledger must exist, no lease is
+    taken and nothing is ever refunded.
     """
     reg = registry_mod.load(settings.catalogue_path)
-    ledger = Ledger(settings.db_path, dev_keys=settings.api_keys, busy_timeout=settings.db_busy_timeout,
-                    max_mb=settings.db_max_mb)
-    recovered = ledger.recover()
-    if recovered:
-        log.warning("refunded %d hold(s) left by an earlier crash", recovered)
+    ledger = Ledger(settings.db_target, dev_keys=settings.api_keys, busy_timeout=settings.db_busy_timeout,
+                    max_mb=settings.db_max_mb, create=serve)
     backends: dict[str, Backend] = {}
     try:
-        for name in settings.models or (reg.default,):
-            spec = reg.resolve(name)
-            backends[spec.name] = (backend_factory or load_backend)(spec, settings)
+        local = [reg.resolve(name) for name in settings.models or (reg.default,)]
+        upstream = [spec for spec in reg.specs.values() if spec.upstream]
+        for spec in [s for s in local if not s.upstream] + upstream:
+            if spec.name not in backends:
+                backends[spec.name] = (backend_factory or load_backend)(spec, settings)
+        if serve:  # after loading, so a slow load cannot outlive a short lease before its first heartbeat
+            ledger.lease.register(settings.lease_seconds)
+            ledger.lease.sweep()
     except BaseException:
         for backend in backends.values():
             backend.close()
@@ -214,7 +274,12 @@ def build(settings: Settings, backend_factory=None) -> Service:
 
 
 def load_backend(spec: ModelSpec, settings: Settings) -> Backend:
-    """Find a catalogue entry's GGUF and load it with llama.cpp. Raises ModelLoadError."""
+    """The backend of a catalogue entry: an upstream client (its key from the environment), or the entry's GGUF
+    found (downloaded only with ``settings.pull``) and loaded with llama.cpp. Raises ConfigError or
+    ModelLoadError."""
+    if spec.upstream:
+        from .backends.upstream.backend import UpstreamBackend
+        return UpstreamBackend.open(spec)
     from .backends.llama.backend import LlamaBackend
     return LlamaBackend.load(spec, locate(spec, settings), settings)
 

@@ -35,8 +35,9 @@ def _opt(default, help: str, cli: str | None = "serve", **extra):  # noqa: A002 
 class Settings:
     models_path: Path | None = _opt(None, "path of models.toml (default: ./models.toml if there is one, else the "
                                     "catalogue shipped with reverb)", "common", flag="--models", metavar="PATH")
-    db: Path | None = _opt(None, "ledger database file (default: $XDG_DATA_HOME/reverb/ledger.sqlite3, or "
-                           "~/.local/share/reverb/ledger.sqlite3)", "common", metavar="PATH")
+    db: str | None = _opt(None, "the ledger: a SQLite file (default: $XDG_DATA_HOME/reverb/ledger.sqlite3, or "
+                          "~/.local/share/reverb/ledger.sqlite3), or postgresql://user@host:port/dbname for several "
+                          "servers on one ledger", "common", metavar="PATH|URL")
     models: tuple[str, ...] = _opt((), "model name from models.toml to load (repeatable; default: the "
                                    "catalogue's default)", flag="--model", metavar="NAME")
     host: str = _opt("127.0.0.1", "bind address")
@@ -73,9 +74,17 @@ class Settings:
     stream_write_timeout: float = _opt(30.0, "seconds a stream may wait on a client that does not read before it "
                                        "is aborted")
     body_timeout: float = _opt(30.0, "seconds for a whole request body to arrive (408 beyond)")
-    max_connections: int = _opt(256, "open connections before new ones get 503")
+    max_connections: int = _opt(256, "open connections; past it the oldest idle connection is closed, and "
+                                "requests beyond this many in progress get 503")
+    header_timeout: float = _opt(10.0, "seconds a connection has to send a complete request line and headers")
+    keep_alive_timeout: float = _opt(5.0, "seconds an idle keep-alive connection stays open")
+    drain_timeout: float = _opt(30.0, "on SIGTERM/SIGINT, seconds running requests may take to finish before "
+                                "they are cut")
     db_busy_timeout: float = _opt(10.0, "seconds a ledger write waits for a lock before the request fails closed")
-    db_max_mb: float = _opt(0.0, "cap on the ledger's size in MB (0: none); past it requests fail closed")
+    db_max_mb: float = _opt(0.0, "cap on a SQLite ledger's size in MB (0: none); refusals stop being recorded at "
+                            "90%% of it, and past it requests fail closed")
+    lease_seconds: float = _opt(30.0, "this server's lease on the ledger, renewed every third of it; once a "
+                                "server's lease has expired, any server of the ledger settles its holds")
     # operations
     ready_file: Path | None = _opt(None, "write the base URL here once the server accepts requests (removed on "
                                    "exit)", metavar="PATH")
@@ -91,8 +100,9 @@ class Settings:
         return local if local.is_file() else PACKAGED_MODELS_TOML
 
     @property
-    def db_path(self) -> Path:
-        return self.db if self.db is not None else default_data_dir() / "ledger.sqlite3"
+    def db_target(self) -> str:
+        """The ledger: --db as given (a path or a URL), else the default SQLite file."""
+        return str(self.db) if self.db is not None else str(default_data_dir() / "ledger.sqlite3")
 
     @property
     def n_threads(self) -> int:
@@ -129,7 +139,8 @@ class Settings:
             "max_queue": self.max_queue >= 0,
             "prefill_chunk": self.prefill_chunk >= 2, "threads": self.threads >= 0, "ctx": self.ctx >= 0,
             "port": 0 <= self.port <= 65535, "log_format": self.log_format in ("console", "json"),
-            "queue_timeout": self.queue_timeout > 0,
+            "queue_timeout": self.queue_timeout > 0, "lease_seconds": 0 < self.lease_seconds <= 86400,
+            "db_max_mb": self.db_max_mb >= 0,
         }
         for name, ok in checks.items():
             if not ok:

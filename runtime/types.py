@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 
 @dataclass(frozen=True)
@@ -121,9 +122,14 @@ class ToolCallDelta:
 class Chunk:
     """One piece of a generation as the client sees it.
 
-    ``text`` is complete UTF-8 text (possibly empty); ``index`` is the choice it belongs to (``n`` > 1).
-    Each choice ends with one chunk that has ``finish_reason`` and ``usage`` set (the choice's own completion
-    tokens; the prompt is counted on one choice only); ``error`` is set when the job failed after it started.
+    ``text`` is complete UTF-8 text (possibly empty); ``index`` is the choice it belongs to (``n`` > 1, local
+    backends). Each choice ends with one chunk that has ``finish_reason`` and ``usage`` set (the choice's own
+    completion tokens; the prompt is counted on one choice only); ``error`` is set when the job failed after it
+    started. ``logprobs`` and ``tool_calls`` carry what the choice's tokens produced beyond text.
+
+    ``passthrough`` is set by an upstream backend: the upstream's own event (parsed JSON, read-only by
+    convention), so the OpenAI dialect can relay its choices as they came (tool_calls, logprobs, refusal, n > 1,
+    fields reverb does not model). An upstream's job is one stream: its ``text`` is choice 0's content.
     """
 
     text: str = ""
@@ -133,3 +139,4 @@ class Chunk:
     index: int = 0
     logprobs: tuple[TokenLogprob, ...] = ()
     tool_calls: tuple[ToolCallDelta, ...] = ()
+    passthrough: Mapping[str, Any] | None = None

@@ -12,9 +12,12 @@ RULES = {  # library -> the only modules (package paths) allowed to import it
     "llama_cpp": {"backends/llama/engine.py"},
     "huggingface_hub": {"models/download.py"},
     "jinja2": {"models/templates.py"},
-    "uvicorn": {"cli/serve.py"},
+    "uvicorn": {"cli/http_server.py"},
     "prometheus_client": {"api/metrics.py"},
     "sqlite3": {"ledger/sqlite.py"},
+    "psycopg": {"ledger/postgres.py"},
+    "psycopg_pool": {"ledger/postgres.py"},
+    "httpx": {"backends/upstream/client.py"},
 }
 HOME = {"starlette": "api/"}
 # package -> reverb packages it must never import (directly)
@@ -26,6 +29,8 @@ NEVER = {
     "backends": {"api", "cli", "service", "generation", "ledger"},
     "generation.py": {"api", "cli", "service", "backends"},
     "service.py": {"api", "cli"},
+    "upkeep.py": {"api", "cli", "backends", "models"},
+    "fallbacks.py": {"api", "cli", "service", "ledger"},
     "api": {"cli"},
     "errors.py": {"*"}, "types.py": {"*"},
     "request.py": {"api", "cli", "service", "generation", "backends", "ledger", "models"},

@@ -160,7 +160,8 @@ def test_api_v1_path_alias(server):
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"}])
 def test_auth_required(server, headers):
-    r = httpx.post(server.base_url + "/v1/chat/completions", json=chat("Hi", max_tokens=2), headers=headers)
+    r = httpx.post(server.base_url + "/v1/chat/completions", json=chat("Hi", max_tokens=2), headers=headers,
+                   timeout=300)
     assert r.status_code == 401
     assert r.headers["www-authenticate"] == "Bearer"
     err = r.json()["error"]
@@ -175,7 +176,7 @@ def test_official_client_auth_error(server):
 
 
 def test_health_is_public(server):
-    r = httpx.get(server.base_url + "/health")
+    r = httpx.get(server.base_url + "/health", timeout=300)
     assert r.status_code == 200 and r.json()["status"] == "ok"
 
 

@@ -21,8 +21,8 @@ def test_served_and_refused_requests_share_the_route_name(server):
         wrong_method = http.get("/v1/chat/completions")
         unknown = http.get("/no/such/" + "x" * 3000)
     wrong_host = httpx.get(server.base_url + "/v1/models", headers={"Host": "evil.example", "Authorization":
-                                                                    f"Bearer {KEY}"})
-    keyless = httpx.post(server.base_url + "/api/endpoint", json={})
+                                                                    f"Bearer {KEY}"}, timeout=300)
+    keyless = httpx.post(server.base_url + "/api/endpoint", json={}, timeout=300)
     assert served.status_code == 200 and row(server, served)["endpoint"] == "chat.completions"
     expected = [(bad, 400, "chat.completions"), (alias, 400, "chat.completions"), (gateway_bad, 400, "gateway"),
                 (wrong_method, 405, "chat.completions"), (unknown, 404, "unknown"), (wrong_host, 400, "models"),

@@ -106,3 +106,52 @@ def test_a_refusal_is_one_row_under_its_endpoint_name(svc):
     asyncio.run(svc.reject(ctx, InvalidRequest("bad", param="messages")))
     row = svc.ledger.request(ctx.request_id)
     assert row["status"] == "rejected" and row["endpoint"] == "gateway" and row["error_code"] == "invalid_request"
+
+
+def test_a_stream_records_its_delivered_mark_at_a_bounded_rate(svc, monkeypatch):
+    acct = alice(svc)
+    marks = []
+    real = svc.ledger.progress
+    monkeypatch.setattr(svc.ledger, "progress", lambda rid, n: (marks.append(n), real(rid, n)))
+
+    async def go():
+        gen = await svc.start(RequestContext(account=acct), Ask(model="smollm2-135m", stream=True,
+                              messages=(Message("user", "go"),), sampling=SamplingParams(max_tokens=40)))
+        await gen.collect()
+        return await gen.settled
+
+    asyncio.run(go())
+    # the first token is recorded at once; later ones at most once a second, so 40 fast tokens give very few
+    assert marks and marks[0] == 1 and len(marks) < 40 and marks == sorted(marks)
+
+
+def test_a_client_process_takes_no_lease_and_settles_nothing(tmp_path):
+    from reverb.ledger import Ledger
+    db = tmp_path / "shared.db"
+    with Ledger(db) as dead:                     # a server that died with a hold open, its lease expired
+        dead.lease.register(60)
+        acct = dead.authenticate(dead.create_key("bob", 100))
+        dead.reserve(acct, "orphan", 50, "m", "gateway")
+        dead.engine.write(lambda d: d.execute("UPDATE instances SET lease_until = 0"))
+    settings = Settings.build(environ={}, db=db, api_keys=("k",))
+    client = service_mod.build(settings, backend_factory=lambda spec, s: FakeBackend(spec.name), serve=False)
+    try:
+        assert client.ledger.lease.instance_id is None
+        assert [h["request_id"] for h in client.ledger.holds()] == ["orphan"]
+    finally:
+        client.close()
+    with Ledger(db) as led:
+        assert led.holds() != []                 # closing a client settled nothing either
+    server = service_mod.build(settings, backend_factory=lambda spec, s: FakeBackend(spec.name))
+    try:
+        assert server.ledger.holds() == [] and server.ledger.request("orphan")["error_code"] == "interrupted"
+    finally:
+        server.close()
+
+
+def test_a_missing_ledger_is_an_error_for_a_client_process(tmp_path):
+    from reverb.errors import ConfigError
+    settings = Settings.build(environ={}, db=tmp_path / "nope" / "l.db")
+    with pytest.raises(ConfigError, match="no ledger"):
+        service_mod.build(settings, backend_factory=lambda spec, s: FakeBackend(spec.name), serve=False)
+    assert not (tmp_path / "nope").exists()

@@ -14,7 +14,7 @@ import pytest
 from reverb.models.templates import ChatTemplate
 from reverb.types import Message, ToolCall
 
-from .conftest import KEY, Server
+from .conftest import KEY, SESSION_OWNED, Server
 
 MODEL = "smollm2-135m"
 WEATHER = {"type": "object", "additionalProperties": False, "required": ["city", "unit"],
@@ -179,8 +179,11 @@ def native(tmp_path_factory):
         'file = "SmolLM2-135M-Instruct.Q4_1.gguf"\nctx = 2048\n'
         f"chat_template = '''{QWEN_TOOLS}'''\n")
     srv = Server(d / "srv", "--models", str(d / "models.toml"), "--model", "native", "--parallel", "2").start()
+    SESSION_OWNED.add(srv.proc.pid)  # a module fixture's server outlives single tests: not an orphan
     yield srv
     srv.stop()
+    with srv.ledger() as ledger:
+        assert ledger.invariant()["ok"]
 
 
 def expected_prompt_tokens(engine, messages: list[Message], tools: list[dict] | None) -> int:

@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+pytestmark = pytest.mark.model  # starts servers or loads models: the slow tier
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("runtime", "convert", "pyproject.toml", "README.md", "models.toml")
 
@@ -71,8 +73,10 @@ def test_cli_works_outside_the_checkout(venv, tmp_path):
         while not ready.exists():
             assert proc.poll() is None, proc.stdout.read().decode()
             time.sleep(0.05)
-        r = httpx.get(ready.read_text().strip() + "/health", timeout=30)
-        assert r.status_code == 200 and "smollm2-135m" in r.json()["models"]
+        base = ready.read_text().strip()
+        assert httpx.get(base + "/health", timeout=300).json() == {"status": "ok"}
+        r = httpx.get(base + "/v1/models", headers={"Authorization": "Bearer k"}, timeout=300)
+        assert "smollm2-135m" in [m["id"] for m in r.json()["data"]]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(60) == 0

@@ -58,7 +58,7 @@ class AccessLog:
             "error_code": state.get("error_code"), "latency_ms": round(latency * 1000, 1),
         }
         if service is not None and isinstance(service.hooks, Metrics):
-            service.hooks.requests.labels(ctx.endpoint, str(status), model).inc()
+            service.hooks.requests.labels(ctx.endpoint, str(status), service.hooks.model_label(model)).inc()
             service.hooks.latency.labels(ctx.endpoint).observe(latency)
         if self.json:
             access.info(json.dumps(line, separators=(",", ":")))

@@ -19,6 +19,7 @@ from .accesslog import AccessLog
 from .auth import BearerAuth, Context
 from .guard import Cors, HostGuard
 from .metrics import Metrics
+from .overload import Overload
 from .refuse import refuse
 from .routes import ROUTES
 
@@ -54,15 +55,20 @@ def create_app(settings: Settings, service=None, build=None) -> Starlette:
             from ..service import build as build_service
             svc = await asyncio.to_thread(build or build_service, settings)
         svc.hooks = Metrics(svc)
+        lease = asyncio.create_task(svc.keep_lease())   # heartbeat, sweep of expired servers, settlement retries
         try:
             yield {"service": svc}
         finally:
+            lease.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lease
             await asyncio.to_thread(svc.close)
 
     public = {"/metrics"} if settings.metrics_public else set()
     app = Starlette(
         routes=[Route(r.path, r.handler, methods=list(r.methods)) for r in ROUTES],
         middleware=[Middleware(Context), Middleware(AccessLog, json_format=settings.log_format == "json"),
+                    Middleware(Overload, limit=settings.max_connections),
                     Middleware(HostGuard, bind_host=settings.host, extra=settings.allowed_hosts),
                     Middleware(Cors, origins=settings.cors_origins),
                     Middleware(BearerAuth, public_paths=public)],

@@ -25,7 +25,9 @@ class Context:
             return await self.app(scope, receive, send)
         state = scope.setdefault("state", {})
         path = scope["path"]
-        ctx = state["ctx"] = RequestContext(endpoint=endpoint_of(path), dialect=dialect_of(path))
+        peer = scope.get("client")
+        ctx = state["ctx"] = RequestContext(endpoint=endpoint_of(path), dialect=dialect_of(path),
+                                            client=str(peer[0]) if peer else "")
         rid = ctx.request_id.encode()
 
         async def send_with_id(message):

@@ -42,7 +42,7 @@ def prompts(body: dict, settings) -> tuple[str, ...]:
         where = "prompt" if isinstance(value, str) else f"prompt[{i}]"
         if not isinstance(text, str):  # token arrays would bypass the rule that user text is never control tokens
             raise InvalidRequest(f"'{where}' must be a string (token arrays are not supported)", param=where)
-        if len(text) > settings.max_message_chars or not P.encodable(text):
+        if len(text) > settings.max_message_chars:
             raise InvalidRequest(f"'{where}' must be valid text of at most {settings.max_message_chars} characters",
                                  param=where)
     return tuple(items)

@@ -38,7 +38,7 @@ def parse(body: dict, settings) -> tuple[Ask, str]:
         if not isinstance(text, str) or not text:
             raise InvalidRequest(f"'{where}' must be a non-empty string (token arrays are not supported)",
                                  param=where)
-        if len(text) > settings.max_message_chars or not P.encodable(text):
+        if len(text) > settings.max_message_chars:
             raise InvalidRequest(f"'{where}' must be valid text of at most {settings.max_message_chars} characters",
                                  param=where)
     fmt = body.get("encoding_format") or "float"

@@ -10,7 +10,8 @@ from starlette.responses import JSONResponse
 
 from ..errors import (AuthenticationError, ContextLengthExceeded, EngineError, InsufficientCredit, InvalidRequest,
                       LedgerError, MethodNotAllowed, ModelNotFound, NotFound, OverloadedError, PayloadTooLarge,
-                      RequestTimeout, ReverbError, TemplateError, UnsupportedMediaType)
+                      RequestTimeout, ReverbError, TemplateError, UnsupportedMediaType, UpstreamError,
+                      UpstreamRejected, UpstreamTimeout, UpstreamUnavailable)
 
 # class: (status, openai type, openai code, openai status override, gateway code)
 TABLE: dict[type[ReverbError], tuple[int, str, str | None, int | None, str | None]] = {
@@ -29,6 +30,11 @@ TABLE: dict[type[ReverbError], tuple[int, str, str | None, int | None, str | Non
     OverloadedError: (503, "server_error", "overloaded", None, None),
     LedgerError: (503, "server_error", "ledger_unavailable", None, None),
     EngineError: (500, "server_error", "engine_error", None, None),
+    # An upstream's own 4xx keeps its status (UpstreamRejected.status), type and code where it gave them.
+    UpstreamRejected: (400, "invalid_request_error", None, None, None),
+    UpstreamUnavailable: (502, "server_error", "upstream_unavailable", None, None),
+    UpstreamTimeout: (504, "server_error", "upstream_timeout", None, None),
+    UpstreamError: (502, "server_error", None, None, None),   # code: upstream_error, upstream_cut, ...
 }
 
 GENERIC = "The server could not complete the request"
@@ -58,7 +64,13 @@ def _headers(exc: BaseException, status: int) -> dict[str, str]:
         headers["Retry-After"] = "5"
     if isinstance(exc, InsufficientCredit):
         headers["x-should-retry"] = "false"
+    if isinstance(exc, UpstreamRejected) and exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
     return headers
+
+
+def _status(exc: BaseException, status: int) -> int:
+    return exc.status if isinstance(exc, UpstreamRejected) else status
 
 
 def openai_body(exc: BaseException) -> tuple[int, dict, dict[str, str]]:
@@ -68,7 +80,8 @@ def openai_body(exc: BaseException) -> tuple[int, dict, dict[str, str]]:
         status, etype, code = 500, "server_error", "internal_error"
     else:
         status, etype, code, override, _ = row
-        status = override or status
+        status = _status(exc, override or status)
+        etype = (exc.type if isinstance(exc, UpstreamRejected) else None) or etype
         code = code or getattr(exc, "code", None) or "invalid_request"
     param = exc.param if isinstance(exc, ReverbError) else None
     body = {"error": {"message": _public_message(exc), "type": etype, "param": param, "code": code}}
@@ -82,6 +95,7 @@ def gateway_body(exc: BaseException) -> tuple[int, dict, dict[str, str]]:
         status, code = 500, "internal_error"
     else:
         status, _, ocode, _, gcode = row
+        status = _status(exc, status)
         code = gcode or ocode or getattr(exc, "code", None) or "invalid_request"
     body = {"status": 0, "error": {"code": code, "message": _public_message(exc)}}
     if isinstance(exc, ReverbError) and exc.param:

@@ -7,7 +7,7 @@ the backends when scraped.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..generation import Hooks
 from ..ledger import RequestRecord
@@ -32,6 +32,13 @@ class Metrics(Hooks):
         self.latency = Histogram("reverb_request_duration_seconds", "Request duration", ["route"],
                                  buckets=LATENCY_BUCKETS, registry=r)
         r.register(_SchedulerCollector(service))
+        self._models = set(service.registry.specs)
+
+    def model_label(self, model: str | None) -> str:
+        """A label bounded by the catalogue: a name a client made up becomes ``unknown``."""
+        if model is None or model == "-":
+            return "-"
+        return model if model in self._models else "unknown"
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
@@ -44,7 +51,7 @@ class Metrics(Hooks):
         self.itl.labels(model).observe(seconds)
 
     def settled(self, record: RequestRecord, price: int) -> None:
-        model = record.model or "-"
+        model = self.model_label(record.model)
         if record.status != "rejected":
             self.tokens.labels(model, "prompt").inc(record.prompt_tokens)
             self.tokens.labels(model, "completion").inc(record.completion_tokens)
@@ -63,9 +70,15 @@ class _SchedulerCollector:
         queue = GaugeMetricFamily("reverb_queue_depth", "Requests waiting for a slot", labels=["model"])
         active = GaugeMetricFamily("reverb_active_slots", "Slots running a request", labels=["model"])
         slots = GaugeMetricFamily("reverb_slots", "Slots configured", labels=["model"])
+        ctx = GaugeMetricFamily("reverb_context_tokens", "Context tokens per request (prompt + completion)",
+                                labels=["model"])
+        reused = CounterMetricFamily("reverb_reused_prompt_tokens", "Prompt tokens served from a cached prefix",
+                                     labels=["model"])
         for name, backend in self.service.backends.items():
             st = backend.stats()
             queue.add_metric([name], st.waiting)
             active.add_metric([name], st.active)
             slots.add_metric([name], st.slots)
-        return [queue, active, slots]
+            ctx.add_metric([name], backend.info.ctx)
+            reused.add_metric([name], st.reused_tokens)
+        return [queue, active, slots, ctx, reused]

@@ -20,7 +20,7 @@ from ..request import Ask
 from ..service import Service
 from ..types import Chunk
 from . import params as P
-from . import surface
+from . import passthrough, surface
 from .body import read_json
 from .choices import chat_logprobs, finish, fold, tool_call_deltas
 from .errors import openai_body
@@ -57,6 +57,8 @@ def usage_json(usage) -> dict:
 async def chat_completions(request: Request) -> object:
     service: Service = request.state.service
     body = await read_json(request, service.settings)
+    if passthrough.serves(service, body):  # a model behind an OpenAI-compatible upstream: passthrough.py
+        return await passthrough.chat_completions(request, body, parse)
     ask, include_usage = parse(body, service.settings)
     ctx = keep_body(request, body)
     gen = await service.start(ctx, ask)
@@ -133,7 +135,10 @@ async def _sse(gen: Generation, first: Chunk, cid: str, created: int, include_us
 
 
 def _model_json(name: str, backend) -> dict:
-    return {"id": name, "object": "model", "created": backend.info.created, "owned_by": "reverb"}
+    # owned_by: "reverb" for a model served here, else the upstream's provider; provider names what runs it.
+    info = backend.info
+    return {"id": name, "object": "model", "created": info.created,
+            "owned_by": info.provider if info.passthrough else "reverb", "provider": info.provider}
 
 
 async def list_models(request: Request) -> JSONResponse:

@@ -50,7 +50,7 @@ def _short_text(m: dict, key: str, where: str, required: bool = False) -> str | 
     value = m.get(key)
     if value is None and not required:
         return None
-    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_CHARS or not encodable(value):
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_CHARS:
         raise InvalidRequest(f"'{where}.{key}' must be a string of 1 to {MAX_ID_CHARS} characters",
                              param=f"{where}.{key}")
     return value
@@ -74,20 +74,11 @@ def _tool_calls(value, where: str, role: str, settings: Settings) -> tuple[ToolC
         call_id = _short_text(call, "id", at, required=True)
         name = _short_text(fn, "name", f"{at}.function", required=True)
         args = fn.get("arguments", "{}")
-        if not isinstance(args, str) or not encodable(args) or len(args) > settings.max_message_chars:
+        if not isinstance(args, str) or len(args) > settings.max_message_chars:
             raise InvalidRequest(f"'{at}.function.arguments' must be a string of JSON",
                                  param=f"{at}.function.arguments")
         out.append(ToolCall(call_id, name, args))
     return tuple(out)
-
-
-def encodable(text: str) -> bool:
-    # JSON may carry lone UTF-16 surrogates ("\ud800"); they cannot be encoded as UTF-8 for the tokenizer.
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 def _content(value, where: str, role: str) -> str:
@@ -104,8 +95,6 @@ def _content(value, where: str, role: str) -> str:
         text = "".join(parts)
     else:
         raise InvalidRequest(f"'{where}' must be a string", param=where)
-    if not encodable(text):
-        raise InvalidRequest(f"'{where}' is not valid Unicode (lone surrogate)", param=where)
     return text
 
 
@@ -153,7 +142,7 @@ def stop(body: dict, prefix: str = "") -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if (not isinstance(value, list) or len(value) > MAX_STOP
-            or not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS and encodable(s) for s in value)):
+            or not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in value)):
         raise InvalidRequest(f"'{p}' must be a string or an array of up to {MAX_STOP} non-empty strings of at most "
                              f"{MAX_STOP_CHARS} characters", param=p)
     return tuple(value)

@@ -52,6 +52,7 @@ class GenerationResponse:
             try:
                 first = await anext(gen)
                 if first.error is not None and first.finish_reason is not None and not first.text:
+                    await settled_quietly(gen)
                     response = self.on_early_error(first.error)
                     await response(scope, receive, send)
                     return
@@ -87,8 +88,12 @@ def stream_response(request, gen: Generation, media_type: str,
                     body: Callable[[Chunk], AsyncIterator[bytes]]) -> GenerationResponse:
     """The streaming answer to ``request``: errors before the first chunk in the path's dialect."""
     ctx: RequestContext = request.state.ctx
-    return GenerationResponse(gen, media_type=media_type, body=body,
-                              on_early_error=lambda e: error_response(e, ctx.dialect, ctx.request_id),
+
+    def early_error(e: BaseException):
+        request.scope["state"]["error_code"] = getattr(e, "code", None) or "internal_error"  # for the access log
+        return error_response(e, ctx.dialect, ctx.request_id)
+
+    return GenerationResponse(gen, media_type=media_type, body=body, on_early_error=early_error,
                               headers={}, write_timeout=request.state.service.settings.stream_write_timeout)
 
 
@@ -100,5 +105,13 @@ async def fold(request, gen: Generation) -> tuple[list[Chunk], Chunk, int]:
         chunks = [chunk async for chunk in gen]
     final = gen.final
     if final.error is not None:
+        await settled_quietly(gen)
         raise final.error
     return chunks, final, (await gen.settled).price
+
+
+async def settled_quietly(gen: Generation) -> None:
+    """Wait for a failed job's ledger row before the error is answered, so the access log and metrics see the
+    settled outcome; a ledger failure here changes nothing about the error the client gets."""
+    with contextlib.suppress(Exception):
+        await gen.settled

@@ -1,8 +1,9 @@
 """The model backend seam: how the service runs a request on a loaded model, whatever runs it.
 
-The service knows only this protocol. The llama.cpp batcher (``backends/llama``) is one implementation; a fake
-in the tests is another. Settlement never lives in a backend: a backend streams Chunks and reports the end
-(the chunk with ``finish_reason``), and the service settles.
+The service knows only this protocol. The llama.cpp batcher (``backends/llama``) is one implementation, an
+OpenAI-compatible upstream over HTTP (``backends/upstream``) another, a fake in the tests a third. Settlement
+never lives in a backend: a backend streams Chunks and reports the end (the chunk with ``finish_reason``), and
+the service settles.
 """
 
 from __future__ import annotations
@@ -16,15 +17,22 @@ from ..types import Chunk, SamplingParams
 
 @dataclass(frozen=True)
 class Prompt:
-    """A prepared prompt: what the backend will run and how many tokens it counts for billing.
+    """A prepared prompt: what the backend will run and how many tokens it counts for billing and the context
+    check.
 
     ``batch`` holds one token sequence per prompt when a request has several (/v1/completions and /v1/embeddings
-    with a list); ``n_tokens`` is then their sum. ``constraint`` is the backend's own compiled form of the
-    request's response_format and tools (opaque to the service)."""
+    with a list); ``n_tokens`` is then their sum. ``choices`` is how many answers the job makes (OpenAI's n, per
+    prompt): the credit hold covers each. ``streams`` is how many of them the backend delivers as separate choice
+    streams, each ending with its own finish chunk (a local job of n choices: n; an upstream relays its n choices
+    inside one stream: 1). ``constraint`` is the backend's own compiled response_format and tools."""
 
     n_tokens: int
     tokens: tuple[int, ...] = ()
+    choices: int = 1
+    # When n_tokens is an estimate (an upstream's tokenizer is unknown): an upper bound to hold credit for.
+    hold_tokens: int | None = None
     batch: tuple[tuple[int, ...], ...] = ()
+    streams: int = 1
     constraint: object = None
 
     @property
@@ -41,6 +49,7 @@ class Info:
     provider: str
     ctx: int                      # tokens per request: prompt + completion
     created: int                  # unix time the model was loaded
+    passthrough: bool = False     # serves ``Ask.extra`` (the client's own fields) as given: an upstream
 
 
 @dataclass(frozen=True)

@@ -29,16 +29,25 @@ def add_parsers(sub, common) -> None:
     u.set_defaults(run=usage)
 
 
-def _ledger(args):
+def _ledger(args, create: bool = False):
+    """The ledger of --db. Only ``keys create`` may create one: a mistyped --db is an error, never a new file.
+    These commands take no lease and never settle anyone's holds."""
     from ..ledger import Ledger
-    return Ledger(settings_from(args).db_path)
+    settings = settings_from(args)
+    return Ledger(settings.db_target, create=create, busy_timeout=settings.db_busy_timeout)
 
 
 def keys(args) -> int:
-    ledger = _ledger(args)
+    from ..ledger.records import check_key_name
+    # names and amounts are checked before the ledger is opened, so a bad one never creates a file
+    amount = _money(args.credit if args.keys_cmd == "create" else getattr(args, "amount", "0"))
+    problem = check_key_name(args.name) if args.keys_cmd == "create" else None
+    if problem:
+        raise ConfigError(problem)
+    ledger = _ledger(args, create=args.keys_cmd == "create")
     try:
         if args.keys_cmd == "create":
-            credit = _money(args.credit)
+            credit = amount
             raw = ledger.create_key(args.name, credit)
             print(f"created key '{args.name}' with credit {format_money(credit)}; it is shown only once:")
             print(raw)
@@ -51,7 +60,7 @@ def keys(args) -> int:
             ledger.revoke(args.name)
             print(f"revoked key '{args.name}'")
         elif args.keys_cmd == "topup":
-            balance = ledger.topup(args.name, _money(args.amount))
+            balance = ledger.topup(args.name, amount)
             print(f"key '{args.name}' balance: {format_money(balance)}")
     finally:
         ledger.close()
@@ -59,10 +68,16 @@ def keys(args) -> int:
 
 
 def _money(text: str) -> int:
+    from ..ledger import MAX_BALANCE
     try:
-        return parse_money(text)
+        micro = parse_money(text)
     except ValueError as e:
         raise ConfigError(f"bad amount: {e}") from None
+    except ArithmeticError:  # e.g. 1e999999999: beyond what Decimal holds
+        raise ConfigError(f"bad amount: {text!r} is too large") from None
+    if micro > MAX_BALANCE:
+        raise ConfigError(f"bad amount: the amount may be at most {MAX_BALANCE // 1_000_000:,} credit")
+    return micro
 
 
 def parse_since(text: str | None) -> str | None:
@@ -71,7 +86,10 @@ def parse_since(text: str | None) -> str | None:
         return None
     units = {"m": "minutes", "h": "hours", "d": "days"}
     if text[-1:] in units and text[:-1].isdigit():
-        when = datetime.now(timezone.utc) - timedelta(**{units[text[-1]]: int(text[:-1])})
+        try:
+            when = datetime.now(timezone.utc) - timedelta(**{units[text[-1]]: int(text[:-1])})
+        except OverflowError:
+            raise ConfigError(f"--since: {text!r} reaches before the year 1") from None
     else:
         try:
             when = datetime.fromisoformat(text)
@@ -79,13 +97,18 @@ def parse_since(text: str | None) -> str | None:
             raise ConfigError(f"--since: not a date or duration: {text!r}") from None
         if when.tzinfo is None:
             when = when.replace(tzinfo=timezone.utc)
-    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:
+        return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    except OverflowError:
+        raise ConfigError(f"--since: {text!r} is out of range") from None
 
 
 def usage(args) -> int:
+    since = parse_since(args.since)
     ledger = _ledger(args)
     try:
-        rows = ledger.usage(key=args.key, since=parse_since(args.since))
+        rows = ledger.usage(key=args.key, since=since)
+        refusals = ledger.refusals(since)[:10] if args.key is None else []
     finally:
         ledger.close()
     print(f"{'key':<20} {'model':<16} {'requests':>8} {'ok':>6} {'cancel':>6} {'failed':>6} {'reject':>6} "
@@ -94,4 +117,8 @@ def usage(args) -> int:
         print(f"{r['key']:<20} {r['model']:<16} {r['requests']:>8} {r['completed']:>6} {r['cancelled']:>6} "
               f"{r['failed']:>6} {r['rejected']:>6} {r['prompt_tokens']:>10} {r['completion_tokens']:>10} "
               f"{format_money(r['price']):>12}")
+    if refusals:
+        print("\nrefused without a key (counted per client address, route and code; '-' above):")
+        for r in refusals:
+            print(f"  {r['client']:<40} {r['endpoint']:<18} {r['error_code']:<22} {r['n']:>8}")
     return 0

@@ -68,14 +68,23 @@ def local(spec) -> Path | None:
 
 
 def models(args) -> int:
+    """The catalogue: local models (present or not, with their size) and upstream entries (served elsewhere; the
+    upstream's own model name and where it is; never the key, only the variable that holds it)."""
     reg = _catalogue(args)
-    print(f"{'name':<16} {'source':<8} {'quant':<8} {'ctx':>6} {'in/1M':>8} {'out/1M':>8}  {'local':<12} where")
+    print(f"{'name':<16} {'source':<8} {'provider':<12} {'quant':<8} {'ctx':>7} {'in/1M':>8} {'out/1M':>8}  "
+          f"{'local':<12} where")
     for spec in reg.specs.values():
-        path = local(spec)
-        present = f"yes {path.stat().st_size / 1e6:.0f} MB" if path else "no"
-        where = f"{spec.repo}/{spec.file}" if spec.source == "hf" else (spec.package or spec.file)
+        if spec.upstream:
+            provider, present = spec.provider, "upstream"
+            where = f"{spec.upstream_model} at {spec.base_url}" + (f" (key: ${spec.api_key_env})"
+                                                                    if spec.api_key_env else "")
+        else:
+            path = local(spec)
+            provider, present = "llama.cpp", f"yes {path.stat().st_size / 1e6:.0f} MB" if path else "no"
+            where = f"{spec.repo}/{spec.file}" if spec.source == "hf" else (spec.package or spec.file)
         prices = f"{registry.format_money(spec.price_input):>8} {registry.format_money(spec.price_output):>8}"
-        print(f"{spec.name:<16} {spec.source:<8} {spec.quant:<8} {spec.ctx:>6} {prices}  {present:<12} {where}")
+        print(f"{spec.name:<16} {spec.source:<8} {provider[:12]:<12} {spec.quant or '-':<8} {spec.ctx:>7} {prices}  "
+              f"{present:<12} {where}")
     return 0
 
 

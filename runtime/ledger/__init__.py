@@ -1,8 +1,10 @@
-"""The ledger: keys, credit, holds and one usage row per request (SQLite, ``sqlite.py``)."""
+"""The ledger: keys, credit, holds, instance leases and one usage row per request, on SQLite (a file, the
+default) or PostgreSQL (a ``postgresql://`` URL, for several servers). ``core.py`` holds the rules of money,
+``leases.py`` the crash rule; ``sqlite.py`` and ``postgres.py`` are the engines; ``schema.py`` the migrations."""
 
 from __future__ import annotations
 
-from .records import RequestRecord
-from .sqlite import Ledger, digest
+from .core import MAX_BALANCE, Ledger, digest
+from .records import RequestRecord, bounded_model
 
-__all__ = ["Ledger", "RequestRecord", "digest"]
+__all__ = ["Ledger", "MAX_BALANCE", "RequestRecord", "bounded_model", "digest"]

@@ -1,8 +1,14 @@
-"""One usage row per request, as the ledger stores it."""
+"""One usage row per request, as the ledger stores it, and the bounds on text that reaches storage."""
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
+
+MODEL_CHARS = 64            # a model name not in the catalogue is stored as "unknown:" + at most this many chars
+UNKNOWN_MODEL = "unknown:"  # the flag: catalogue names never contain ':'
+KEY_NAME_CHARS = 64
+_UNPRINTABLE = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 
 
 @dataclass(frozen=True)
@@ -16,3 +22,28 @@ class RequestRecord:
     error_code: str | None = None
     latency_ms: float | None = None
     body: str | None = None
+
+
+def printable(text: str) -> str:
+    """``text`` with control, format and separator characters replaced by '?', safe for one log or table line."""
+    return "".join("?" if unicodedata.category(c) in _UNPRINTABLE else c for c in text)
+
+
+def bounded_model(name: str | None, known) -> str | None:
+    """The model name a row stores: a catalogue name as it is; anything else flagged and cut to MODEL_CHARS, so
+    a client cannot grow the ledger or forge a line with the name it sends."""
+    if name is None or name in known:
+        return name
+    cut = printable(str(name)[:MODEL_CHARS])
+    return UNKNOWN_MODEL + cut + ("..." if len(str(name)) > MODEL_CHARS else "")
+
+
+def check_key_name(name: str) -> str | None:
+    """Why ``name`` cannot name a key, or None: it is shown in tables and log lines, one per line."""
+    if not isinstance(name, str) or not name.strip():
+        return "a key name may not be empty"
+    if len(name) > KEY_NAME_CHARS:
+        return f"a key name may have at most {KEY_NAME_CHARS} characters"
+    if name != name.strip() or printable(name) != name:
+        return "a key name may not contain control characters, line breaks or surrounding spaces"
+    return None

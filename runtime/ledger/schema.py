@@ -1,4 +1,14 @@
-"""The ledger's tables as numbered migrations: each runs once, in order, in its own transaction."""
+"""The ledger's tables as numbered migrations: each runs once, in order, in its own transaction, on either engine.
+
+The SQL is portable (SQLite and PostgreSQL). The only per-engine differences are two type tokens, filled in by
+the engine (``TYPES`` in sqlite.py and postgres.py):
+
+    {id}    an auto-numbered primary key: ``INTEGER PRIMARY KEY`` (SQLite's rowid) or a BIGINT identity column
+    {blob}  raw bytes: ``BLOB`` or ``BYTEA``
+
+Money and token counts are BIGINT everywhere (PostgreSQL's INTEGER is 32 bits; SQLite stores either as a 64-bit
+integer). Times are ISO-8601 UTC text, except lease deadlines, which are milliseconds on the database's clock.
+"""
 
 from __future__ import annotations
 
@@ -6,46 +16,78 @@ MIGRATIONS: list[str] = [
     # 1: keys, grants, holds, requests. rate_limit_rpm and model_scope are reserved for later issues.
     """
     CREATE TABLE keys (
-        id INTEGER PRIMARY KEY,
+        id {id},
         name TEXT NOT NULL UNIQUE,
-        digest BLOB NOT NULL UNIQUE,
-        balance INTEGER NOT NULL DEFAULT 0 CHECK (balance >= 0),
+        digest {blob} NOT NULL UNIQUE,
+        balance BIGINT NOT NULL DEFAULT 0 CHECK (balance >= 0),
         created_at TEXT NOT NULL,
         revoked_at TEXT,
-        rate_limit_rpm INTEGER,
+        rate_limit_rpm BIGINT,
         model_scope TEXT
     );
     CREATE TABLE grants (
-        id INTEGER PRIMARY KEY,
-        key_id INTEGER NOT NULL REFERENCES keys(id),
-        amount INTEGER NOT NULL CHECK (amount > 0),
+        id {id},
+        key_id BIGINT NOT NULL REFERENCES keys(id),
+        amount BIGINT NOT NULL CHECK (amount > 0),
         created_at TEXT NOT NULL
     );
     CREATE TABLE holds (
         request_id TEXT PRIMARY KEY,
-        key_id INTEGER NOT NULL REFERENCES keys(id),
-        amount INTEGER NOT NULL CHECK (amount >= 0),
+        key_id BIGINT NOT NULL REFERENCES keys(id),
+        amount BIGINT NOT NULL CHECK (amount >= 0),
         model TEXT NOT NULL,
         endpoint TEXT NOT NULL,
         created_at TEXT NOT NULL
     );
     CREATE TABLE requests (
-        id INTEGER PRIMARY KEY,
+        id {id},
         request_id TEXT NOT NULL UNIQUE,
-        key_id INTEGER REFERENCES keys(id),
+        key_id BIGINT REFERENCES keys(id),
         key_name TEXT,
         model TEXT,
         endpoint TEXT NOT NULL,
-        prompt_tokens INTEGER NOT NULL DEFAULT 0 CHECK (prompt_tokens >= 0),
-        completion_tokens INTEGER NOT NULL DEFAULT 0 CHECK (completion_tokens >= 0),
-        price INTEGER NOT NULL DEFAULT 0 CHECK (price >= 0),
+        prompt_tokens BIGINT NOT NULL DEFAULT 0 CHECK (prompt_tokens >= 0),
+        completion_tokens BIGINT NOT NULL DEFAULT 0 CHECK (completion_tokens >= 0),
+        price BIGINT NOT NULL DEFAULT 0 CHECK (price >= 0),
         status TEXT NOT NULL CHECK (status IN ('completed', 'cancelled', 'failed', 'rejected')),
         error_code TEXT,
-        latency_ms REAL,
+        latency_ms DOUBLE PRECISION,
         created_at TEXT NOT NULL,
         body TEXT
     );
     CREATE INDEX requests_by_key_time ON requests(key_id, created_at);
     CREATE INDEX requests_by_time ON requests(created_at);
     """,
+    # 2: server instances with leases; each hold belongs to one and carries what a sweeper needs to settle it
+    # (prompt tokens, the delivered-token high-water mark, the model's prices). Holds left by a version-1 server
+    # have no instance: they are crash leftovers. Refusals without a key are counted per client and minute.
+    """
+    CREATE TABLE instances (
+        id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid BIGINT NOT NULL,
+        started_at TEXT NOT NULL,
+        lease_until BIGINT NOT NULL
+    );
+    ALTER TABLE holds ADD COLUMN instance_id TEXT;
+    ALTER TABLE holds ADD COLUMN prompt_tokens BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE holds ADD COLUMN delivered_tokens BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE holds ADD COLUMN price_input BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE holds ADD COLUMN price_output BIGINT NOT NULL DEFAULT 0;
+    CREATE INDEX holds_by_instance ON holds(instance_id);
+    CREATE TABLE refusals (
+        minute TEXT NOT NULL,
+        client TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        error_code TEXT NOT NULL,
+        n BIGINT NOT NULL CHECK (n > 0),
+        PRIMARY KEY (minute, client, endpoint, error_code)
+    );
+    CREATE INDEX refusals_by_minute ON refusals(minute);
+    """,
 ]
+
+
+def statements(script: str, types: dict[str, str]) -> list[str]:
+    """One migration's statements with the engine's type tokens filled in (no statement contains ';')."""
+    return [s.strip() for s in script.format(**types).split(";") if s.strip()]

@@ -1,7 +1,8 @@
 """models.toml -> ModelSpec. Pure: reads the catalogue file and the local file system, never the network.
 
 Format (see README): a top-level ``default`` name and one ``[models.NAME]`` table per model with
-``source = "package" | "hf" | "path"`` and the fields that source needs. Every mistake is reported with the
+``source = "package" | "hf" | "path" | "openai"`` and the fields that source needs (``openai``: an
+OpenAI-compatible upstream, checked in ``models/upstream.py``). Every mistake is reported with the
 file, the model and the field, because a typo in a price or a path should never surface as a 500 later.
 """
 
@@ -25,8 +26,8 @@ REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    source: str                      # package | hf | path
-    file: str                        # file name inside the package / repo, or the relative path
+    source: str                      # package | hf | path | openai
+    file: str = ""                   # file name inside the package / repo, or the relative path
     package: str | None = None
     repo: str | None = None
     revision: str | None = None
@@ -38,6 +39,18 @@ class ModelSpec:
     chat_template: str | None = None
     description: str = ""
     base_dir: Path = Path(".")       # directory of models.toml, for source = "path"
+    # source = "openai": an OpenAI-compatible upstream (vLLM, llama-server, Ollama's /v1, a hosted API)
+    base_url: str | None = None      # e.g. http://gpu-box:8000/v1 (no credentials, query or fragment)
+    upstream_model: str | None = None   # the upstream's own model name (the table's `model` field)
+    api_key_env: str | None = None   # the environment variable holding the upstream key (never the key itself)
+    timeout: float = 120.0           # seconds to connect, and between bytes of the answer (the first included)
+    fallbacks: tuple[str, ...] = ()  # catalogue names tried in order when this one fails before its first byte
+    headers: tuple[tuple[str, str], ...] = ()   # extra request headers for the upstream
+    provider: str = ""               # shown in /v1/models and `reverb models`; default: base_url's host
+
+    @property
+    def upstream(self) -> bool:
+        return self.source == "openai"
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> int:
         """Price in micro-units, rounded up so that a request is never free by rounding."""
@@ -45,20 +58,29 @@ class ModelSpec:
         return -(-total // 1_000_000)
 
 
-# field -> (type check, required for sources)
-_FIELDS: dict[str, tuple[type | tuple[type, ...], tuple[str, ...]]] = {
-    "source": (str, ("package", "hf", "path")),
-    "file": (str, ("package", "hf", "path")),
-    "package": (str, ("package",)),
-    "repo": (str, ("hf",)),
-    "revision": (str, ()),
-    "sha256": (str, ()),
-    "ctx": (int, ()),
-    "quant": (str, ()),
-    "price_input": ((int, float, str), ()),
-    "price_output": ((int, float, str), ()),
-    "chat_template": (str, ()),
-    "description": (str, ()),
+LOCAL, UPSTREAM = ("package", "hf", "path"), ("openai",)
+SOURCES = LOCAL + UPSTREAM
+# field -> (type check, sources that require it, sources that allow it)
+_FIELDS: dict[str, tuple[type | tuple[type, ...], tuple[str, ...], tuple[str, ...]]] = {
+    "source": (str, SOURCES, SOURCES),
+    "file": (str, LOCAL, LOCAL),
+    "package": (str, ("package",), ("package",)),
+    "repo": (str, ("hf",), ("hf",)),
+    "revision": (str, (), ("hf",)),
+    "sha256": (str, (), LOCAL),
+    "ctx": (int, (), SOURCES),
+    "quant": (str, (), LOCAL),
+    "price_input": ((int, float, str), (), SOURCES),
+    "price_output": ((int, float, str), (), SOURCES),
+    "chat_template": (str, (), LOCAL),
+    "description": (str, (), SOURCES),
+    "base_url": (str, UPSTREAM, UPSTREAM),
+    "model": (str, UPSTREAM, UPSTREAM),
+    "api_key_env": (str, (), UPSTREAM),
+    "timeout": ((int, float), (), UPSTREAM),
+    "fallbacks": (list, (), UPSTREAM),
+    "headers": (dict, (), UPSTREAM),
+    "provider": (str, (), UPSTREAM),
 }
 
 
@@ -96,6 +118,11 @@ def load(path: Path | str) -> Registry:
     if not isinstance(models, dict) or not models:
         raise ConfigError(f"{path}: needs at least one [models.NAME] table")
     specs = {name: _spec(path, name, table) for name, table in models.items()}
+    for spec in specs.values():
+        for other in spec.fallbacks:
+            if other not in specs or other == spec.name:
+                raise ConfigError(f"{path}: model '{spec.name}': field 'fallbacks' names '{other}', which is not "
+                                  "another model of this catalogue", model=spec.name, param="fallbacks")
     default = data.get("default", next(iter(specs)))
     if not isinstance(default, str) or default not in specs:
         raise ConfigError(f"{path}: default = {default!r} is not one of the models")
@@ -109,6 +136,9 @@ def _spec(path: Path, name: str, table: object) -> ModelSpec:
     if not isinstance(table, dict):
         raise ConfigError(f"{where}: must be a table", model=name)
     for key, value in table.items():
+        if key == "api_key":
+            raise ConfigError(f"{where}: an upstream key is never written in models.toml; name the environment "
+                              "variable that holds it with api_key_env", model=name, param=key)
         if key not in _FIELDS:
             raise ConfigError(f"{where}: unknown field '{key}'", model=name, param=key)
         kind = _FIELDS[key][0]
@@ -118,28 +148,43 @@ def _spec(path: Path, name: str, table: object) -> ModelSpec:
     source = table.get("source")
     if source is None:
         raise ConfigError(f"{where}: missing field 'source'", model=name, param="source")
-    if source not in ("package", "hf", "path"):
-        raise ConfigError(f"{where}: field 'source' must be package, hf or path", model=name, param="source")
-    for key, (_, required_for) in _FIELDS.items():
+    if source not in SOURCES:
+        raise ConfigError(f"{where}: field 'source' must be package, hf, path or openai", model=name,
+                          param="source")
+    for key, (_, required_for, allowed_for) in _FIELDS.items():
         if source in required_for and key not in table:
             raise ConfigError(f"{where}: missing field '{key}'", model=name, param=key)
+        if source not in allowed_for and key in table:
+            raise ConfigError(f"{where}: field '{key}' does not apply to source = \"{source}\"", model=name,
+                              param=key)
+    if source in UPSTREAM:
+        from .upstream import upstream_fields  # the checks of source = "openai" entries
+        return ModelSpec(name=name, source=source, ctx=_ctx(where, name, table),
+                         price_input=_price(where, name, "price_input", table.get("price_input", 0)),
+                         price_output=_price(where, name, "price_output", table.get("price_output", 0)),
+                         description=table.get("description", ""), base_dir=path.resolve().parent,
+                         **upstream_fields(where, name, table))
     _check_relative(where, name, table["file"])
     if "repo" in table and (not REPO_RE.match(table["repo"]) or ".." in table["repo"]):
         raise ConfigError(f"{where}: field 'repo' must look like owner/name", model=name, param="repo")
     sha = table.get("sha256")
     if sha is not None and not SHA256_RE.match(sha):
         raise ConfigError(f"{where}: field 'sha256' must be 64 lowercase hex digits", model=name, param="sha256")
-    ctx = table.get("ctx", 2048)
-    if not 16 <= ctx <= 1 << 20:
-        raise ConfigError(f"{where}: field 'ctx' must be between 16 and 1048576", model=name, param="ctx")
     return ModelSpec(
         name=name, source=source, file=table["file"], package=table.get("package"), repo=table.get("repo"),
-        revision=table.get("revision"), sha256=sha, ctx=ctx, quant=table.get("quant", ""),
+        revision=table.get("revision"), sha256=sha, ctx=_ctx(where, name, table), quant=table.get("quant", ""),
         price_input=_price(where, name, "price_input", table.get("price_input", 0)),
         price_output=_price(where, name, "price_output", table.get("price_output", 0)),
         chat_template=table.get("chat_template"), description=table.get("description", ""),
         base_dir=path.resolve().parent,
     )
+
+
+def _ctx(where: str, name: str, table: dict) -> int:
+    ctx = table.get("ctx", 2048)
+    if not 16 <= ctx <= 1 << 20:
+        raise ConfigError(f"{where}: field 'ctx' must be between 16 and 1048576", model=name, param="ctx")
+    return ctx
 
 
 def _check_relative(where: str, name: str, file: str) -> None:

@@ -83,9 +83,9 @@ class LlamaBackend:
                                                                                      "properties": {}}}}
                     for t in offered.tools]
         # Tool definitions, call names and arguments are rendered as template text: none may spell a control token.
-        template_text = [json.dumps(defs or [])] + [
-            json.dumps([m.name, m.tool_call_id, [(c.id, c.name, c.arguments) for c in m.tool_calls]])
-            for m in messages]
+        template_text = [json.dumps(defs or [], ensure_ascii=False)] + [
+            json.dumps([m.name, m.tool_call_id, [(c.id, c.name, c.arguments) for c in m.tool_calls]],
+                       ensure_ascii=False) for m in messages]
         self._refuse_control_text(template_text, "tools" if defs else "messages")
         tokens: list[int] = [self.engine.bos()] if self.engine.add_bos() else []
         for seg in self.template.render(list(messages), tools=defs):
@@ -123,9 +123,11 @@ class LlamaBackend:
                 if not tokens:
                     raise InvalidRequest("an empty prompt has no tokens to start from",
                                          param="prompt" if len(batch) == 1 else f"prompt[{i}]")
-            return Prompt(n_tokens=sum(map(len, batch)), tokens=batch[0], batch=batch, constraint=constraint)
+            return Prompt(n_tokens=sum(map(len, batch)), tokens=batch[0], batch=batch, constraint=constraint,
+                          choices=ask.choices, streams=ask.choices)
         tokens = self.tokenize_chat(ask.messages, ask.tools)
-        return Prompt(n_tokens=len(tokens), tokens=tuple(tokens), constraint=constraint)
+        return Prompt(n_tokens=len(tokens), tokens=tuple(tokens), constraint=constraint, choices=ask.choices,
+                      streams=ask.choices)
 
     def _constraint(self, ask: Ask) -> Constraint | None:
         """Compile response_format and tools into a grammar (checked by llama.cpp now, so a grammar it refuses is a

@@ -1,0 +1,163 @@
+"""UpstreamBackend: a catalogue entry served by an OpenAI-compatible engine elsewhere (vLLM, llama-server,
+Ollama's /v1, a hosted API). Implements the ``backends.Backend`` protocol, so the service holds credit, settles
+and logs exactly as for a local model.
+
+Each job is one streaming request upstream, run as a task on the event loop. Every upstream event becomes a
+Chunk whose ``text`` is choice 0's content and whose ``passthrough`` is the event itself (the OpenAI dialect
+relays its choices unchanged). The last chunk carries the upstream's own ``usage``; when the upstream sends
+none, or the answer breaks off, the usage is the documented estimate (``wire``) of what was delivered. A failure
+before the first event reports zero usage, so its hold is refunded in full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from ...errors import ConfigError, ReverbError, UpstreamError
+from ...models.registry import ModelSpec
+from ...request import Ask
+from ...types import Chunk, FinishReason, SamplingParams, Usage
+from .. import Info, Prompt, Stats
+from . import wire
+from .client import DONE, UpstreamClient
+
+log = logging.getLogger("reverb.upstream")
+MAX_CHOICES = 128
+
+
+@dataclass(frozen=True)
+class UpstreamPrompt(Prompt):
+    ask: Ask | None = None
+
+
+class UpstreamBackend:
+    def __init__(self, spec: ModelSpec, key: str | None):
+        self.spec = spec
+        self.client = UpstreamClient(spec, key)
+        self._key = key
+        self.info = Info(name=spec.name, provider=spec.provider, ctx=spec.ctx, created=int(time.time()),
+                         passthrough=True)
+        self.jobs: set[_Job] = set()
+
+    def __repr__(self) -> str:
+        return f"UpstreamBackend({self.spec.name!r})"
+
+    @classmethod
+    def open(cls, spec: ModelSpec, environ: Mapping[str, str] | None = None) -> "UpstreamBackend":
+        """The backend for an upstream entry, its key read from the variable ``api_key_env`` names.
+
+        Raises ConfigError when that variable is unset, empty or not a usable key (the message names the
+        variable, never its value). Nothing touches the network until the first request."""
+        env = os.environ if environ is None else environ
+        key = None
+        if spec.api_key_env:
+            key = env.get(spec.api_key_env, "")
+            if not key:
+                raise ConfigError(f"model '{spec.name}': the environment variable {spec.api_key_env} (api_key_env) "
+                                  "is not set", model=spec.name, param="api_key_env")
+            if not key.isascii() or not key.isprintable() or " " in key or len(key) > 4096:
+                raise ConfigError(f"model '{spec.name}': the environment variable {spec.api_key_env} does not hold "
+                                  "a usable key (printable ASCII without spaces)", model=spec.name,
+                                  param="api_key_env")
+        return cls(spec, key)
+
+    async def prepare(self, ask: Ask) -> UpstreamPrompt:
+        estimate, bound = wire.estimate_prompt(ask)
+        n = ask.extra.get("n", 1) if ask.extra else 1
+        choices = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_CHOICES else 1
+        return UpstreamPrompt(n_tokens=estimate, hold_tokens=bound, choices=choices, ask=ask)
+
+    def submit(self, prompt: Prompt, params: SamplingParams, on_chunk: Callable[[Chunk], None],
+               tenant: str) -> "_Job":
+        assert isinstance(prompt, UpstreamPrompt) and prompt.ask is not None
+        body = wire.request_body(self.spec.upstream_model, prompt.ask, params)
+        job = _Job(self, prompt, (params.max_tokens or 0) * prompt.choices, on_chunk)
+        job.task = asyncio.get_running_loop().create_task(job.run(body))
+        return job
+
+    def stats(self) -> Stats:
+        return Stats(waiting=0, active=len(self.jobs), slots=0)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class _Job:
+    """One upstream request; it is its own Handle (``cancel`` closes the upstream connection)."""
+
+    def __init__(self, backend: UpstreamBackend, prompt: Prompt, max_completion: int,
+                 on_chunk: Callable[[Chunk], None]):
+        self.backend = backend
+        self.prompt = prompt
+        self.max_completion = max_completion
+        self.on_chunk = on_chunk
+        self.task: asyncio.Task | None = None
+        self.delivered = False
+        self.completion_estimate = 0
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+
+    def _estimate(self) -> Usage:
+        """What was delivered, estimated: zero before the first event (the hold is refunded in full)."""
+        if not self.delivered:
+            return Usage(0, 0)
+        return Usage(self.prompt.n_tokens, min(self.completion_estimate, self.max_completion))
+
+    async def run(self, body: dict) -> None:
+        self.backend.jobs.add(self)
+        try:
+            final = await self._stream(body)
+        except asyncio.CancelledError:  # the client went away: the connection is closed, the upstream stops
+            final = Chunk(finish_reason=FinishReason.CANCELLED, usage=self._estimate())
+        except Exception:  # a bug here must still end the job, or its hold would stay open
+            log.exception("upstream job for %s failed", self.backend.spec.name)
+            final = Chunk(finish_reason=FinishReason.ERROR, usage=self._estimate(),
+                          error=UpstreamError("The upstream request failed", model=self.backend.spec.name))
+        finally:
+            self.backend.jobs.discard(self)
+        self.on_chunk(final)
+
+    async def _stream(self, body: dict) -> Chunk:
+        name, key = self.backend.spec.name, self.backend._key
+        usage: Usage | None = None
+        finish: object = None
+        done = False
+        try:
+            async for event in self.backend.client.events(body):
+                if event is DONE:
+                    done = True
+                    break
+                error = wire.event_error(event, name, key)
+                if error is not None:
+                    raise error
+                usage = wire.usage_of(event) or usage
+                choices = event.get("choices")
+                if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+                    raise UpstreamError(f"The upstream for model '{name}' sent a malformed event", model=name,
+                                        code="upstream_bad_response")
+                if not choices:
+                    continue  # the usage event (or a keep-alive): nothing for the client
+                text = ""
+                for choice in choices:
+                    piece, tokens = wire.delta_pieces(choice)
+                    self.completion_estimate += tokens
+                    if choice.get("index", 0) == 0:
+                        text += piece
+                        finish = choice.get("finish_reason") or finish
+                self.delivered = True
+                self.on_chunk(Chunk(text=text, passthrough=event))
+        except ReverbError as e:
+            return Chunk(finish_reason=FinishReason.ERROR, usage=self._estimate(), error=e)
+        if not done and finish is None:
+            return Chunk(finish_reason=FinishReason.ERROR, usage=self._estimate(), error=UpstreamError(
+                f"The upstream's answer for model '{name}' ended early", model=name, code="upstream_cut"))
+        if usage is None:  # the documented estimate: the prompt's, and the text and tool calls delivered
+            usage = Usage(self.prompt.n_tokens, min(self.completion_estimate, self.max_completion))
+        return Chunk(finish_reason=wire.finish_of(finish), usage=usage)
