@@ -3,7 +3,8 @@
 Everything is measured in one run on one machine, so the ratios compare like with like:
   1. raw llama.cpp in-process (C API, no HTTP): 1 sequence, N sequences batched, prefill time;
   2. reverb serve through HTTP+SSE: one stream, then 1/2/4/8 concurrent streams of --tokens tokens;
-  3. llama-cpp-python's own server under the same load (skipped when its extras are not installed).
+  3. llama-cpp-python's own server under the same load (skipped when its extras are not installed);
+  4. decode speed with a JSON-schema grammar against without (bench/grammar.py; alone: --only grammar).
 The end-of-generation tokens are banned with logit_bias so every stream generates exactly --tokens tokens.
 """
 
@@ -24,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import grammar as grammar_bench
 from .load import p50, run_load, steady_tps
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,7 +134,10 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-peer", action="store_true")
     ap.add_argument("--serve-args", default="", help="extra flags for reverb serve")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    ap.add_argument("--only", choices=["grammar"], help="run one section alone (its own server)")
     args = ap.parse_args(argv)
+    if args.only == "grammar":
+        return only_grammar(args)
     results: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                  "python": platform.python_version()},
                      "threads": args.threads, "tokens": args.tokens, "model": str(model_path().name)}
@@ -169,6 +174,7 @@ def main(argv=None) -> int:
                 "reverb": measure_server(base, key, args, eog, "reverb"),
             })
         results["reverb_prefix_reuse"] = prefix_reuse(base, key, eog)
+        results["grammar"] = grammar_bench.measure(base, key, args.tokens, eog, args.rounds)
         results["reverb_peak_rss_mb"] = peak_rss_mb(proc.pid)
     finally:
         proc.terminate()
@@ -243,10 +249,43 @@ def report(r: dict, args) -> None:
     rows.append(("TTFT, ~800-token system prompt: cold / shared prefix (ms)",
                  f"{pr['cold_ttft_ms']:.1f} / {pr['shared_prefix_ttft_ms']:.1f}", ""))
     rows.append(("reverb peak RSS (MB)", f"{ours['peak_rss_mb']:.0f}", ""))
+    rows += grammar_bench.rows(r["grammar"])
     w = max(len(a) for a, _, _ in rows)
     print(f"\nmodel {r['model']}, {r['threads']} threads, {r['tokens']} tokens per stream\n")
     for a, b, c in rows:
         print(f"{a:<{w}}  {b:>14}  {c}")
+
+
+def only_grammar(args) -> int:
+    """`--only grammar`: the grammar section against its own server, written to bench/results/grammar-latest.json."""
+    from .raw import Raw
+    raw = Raw(model_path(), 1, n_seq=1)
+    eog = raw.eog_tokens()
+    raw.close()
+    tmp = Path(tempfile.mkdtemp(prefix="reverb-bench-"))
+    key = "sk-bench-" + secrets.token_hex(8)
+    ready = tmp / "ready"
+    proc = start([sys.executable, "-m", "reverb.cli", "serve", "--port", "0", "--ready-file", str(ready),
+                  "--db", str(tmp / "ledger.sqlite3"), "--api-key", key, "--threads", str(args.threads),
+                  "--parallel", str(args.parallel), *args.serve_args.split()], log=open(tmp / "reverb.log", "wb"))
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((tmp / "reverb.log").read_text())
+            time.sleep(0.05)
+        result = grammar_bench.measure(ready.read_text().strip(), key, args.tokens, eog, args.rounds)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"\nmodel {model_path().name}, {args.threads} threads, {args.tokens} tokens per stream, "
+          f"{args.rounds} alternating rounds\n")
+    for a, b, c in grammar_bench.rows(result):
+        print(f"{a:<72}  {b:>14}  {c}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "grammar-latest.json").write_text(json.dumps(result, indent=2))
+    return 0
 
 
 if __name__ == "__main__":

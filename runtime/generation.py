@@ -1,8 +1,9 @@
 """One running request as the client sees it: an async stream of Chunks that reports its end.
 
-The backend delivers chunks (on the event loop, in order); the last one carries the finish reason and usage.
-The generation hands that last chunk to ``on_end`` (the service, which settles the money) and exposes the
-outcome as ``settled``. It knows nothing about the ledger.
+The backend delivers chunks (on the event loop, in order); each choice ends with a chunk carrying its finish reason
+and usage. When every choice has ended the generation merges those into one ``final`` chunk (usage summed), hands it
+to ``on_end`` (the service, which settles the money) and exposes the outcome as ``settled``. It knows nothing about
+the ledger.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .ledger import RequestRecord
-from .types import Chunk
+from .types import Chunk, FinishReason, Usage
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,11 @@ class Hooks:
 
 class Generation:
     def __init__(self, model: str, started: float, hooks: Hooks, on_end: Callable[[Chunk], None],
-                 on_progress: Callable[[int], None] | None = None):
+                 on_progress: Callable[[int], None] | None = None, choices: int = 1):
         self.model = model                          # the model running it (a fallback replaces it before any chunk)
-        self.delivered = 0                          # text chunks handed out so far (one per token or fewer)
+        self.choices = choices                      # choice streams the backend delivers, each with its own end
+        self._ends: list[Chunk] = []
+        self.delivered = 0                          # output chunks handed out so far (one per token or fewer)
         self._on_progress = on_progress             # told the running count (the service records a mark)
         self.started = started
         self.first_token_at: float | None = None
@@ -51,7 +54,7 @@ class Generation:
 
     def deliver(self, chunk: Chunk) -> None:
         """Called on the event loop by the backend, in order."""
-        if chunk.text or chunk.passthrough is not None:  # an upstream's event counts even without text
+        if chunk.text or chunk.tool_calls or chunk.passthrough is not None:  # output, even without text
             now = time.monotonic()
             if self.first_token_at is None:
                 self.first_token_at = now
@@ -64,8 +67,10 @@ class Generation:
                 self._on_progress(self.delivered)
         self._queue.put_nowait(chunk)
         if chunk.finish_reason is not None:
-            self.final = chunk
-            self._on_end(chunk)
+            self._ends.append(chunk)
+            if len(self._ends) == self.choices:
+                self.final = merge(self._ends)
+                self._on_end(self.final)
 
     def __aiter__(self):
         return self
@@ -81,11 +86,19 @@ class Generation:
             self.handle.cancel()
 
     async def collect(self) -> tuple[str, Chunk]:
-        """Fold the stream into (text, final chunk)."""
-        parts = []
-        final = None
-        async for chunk in self:
-            parts.append(chunk.text)
-            if chunk.finish_reason is not None:
-                final = chunk
-        return "".join(parts), final
+        """Fold the stream into (text of every choice, the merged final chunk)."""
+        parts = [chunk.text async for chunk in self]
+        return "".join(parts), self.final
+
+
+def merge(ends: list[Chunk]) -> Chunk:
+    """One chunk for the whole request from each choice's last chunk: usage summed; failed if any choice failed,
+    cancelled if any was cancelled."""
+    if len(ends) == 1:
+        return ends[0]
+    usage = sum((c.usage or Usage(0, 0) for c in ends), Usage(0, 0))
+    error = next((c.error for c in ends if c.error is not None), None)
+    reasons = {c.finish_reason for c in ends}
+    reason = (FinishReason.ERROR if error is not None or FinishReason.ERROR in reasons
+              else FinishReason.CANCELLED if FinishReason.CANCELLED in reasons else ends[-1].finish_reason)
+    return Chunk(finish_reason=reason, usage=usage, error=error)

@@ -1,8 +1,9 @@
 """One request as two frozen values, from the route to the ledger.
 
 ``RequestContext`` is who, where and when (id, start time, account, ledger endpoint name, dialect); ``Ask`` is
-what is asked (model, messages, sampling with ``max_tokens`` inside it, stream). The HTTP layer builds both; the
-service, the backends and the ledger only read them.
+what is asked (model, messages or raw prompts, sampling with ``max_tokens`` and ``n`` inside it, stream, and the
+constraints on the answer: ``response_format`` and tools). The HTTP layer builds both; the service, the backends and
+the ledger only read them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from .types import Message, SamplingParams
+from .types import Message, SamplingParams, Tools
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,21 @@ EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 @dataclass(frozen=True)
 class Ask:
+    """What is asked. The dialect checks the shape of every field; a backend that cannot honour a value (e.g. a
+    JSON-Schema keyword its grammar cannot enforce) refuses it with InvalidRequest naming the field."""
+
     model: str | None                   # None: the catalogue's default
     messages: tuple[Message, ...]
     sampling: SamplingParams = SamplingParams()
     stream: bool = False
+    prompt: tuple[str, ...] | None = None   # raw texts, no chat template (/v1/completions, /v1/embeddings)
+    response_format: dict | None = None     # OpenAI's response_format (json_object / json_schema); None: text
+    tools: Tools | None = None              # functions the model may call, and how it must choose
+
+    @property
+    def choices(self) -> int:
+        """How many answers the request gets: ``n`` for each prompt."""
+        return self.sampling.n * (len(self.prompt) if self.prompt else 1)
     # For an upstream model (models.toml source = "openai"): the client's own request fields, passed to the
     # upstream unchanged (tools, response_format, logprobs, n...). Empty for the local engine. Read-only.
     extra: Mapping[str, Any] = field(default_factory=lambda: EMPTY)

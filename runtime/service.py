@@ -31,7 +31,8 @@ from .types import Chunk, FinishReason, Usage
 
 log = logging.getLogger("reverb.service")
 
-_STATUS = {FinishReason.STOP: "completed", FinishReason.LENGTH: "completed", FinishReason.CANCELLED: "cancelled"}
+_STATUS = {FinishReason.STOP: "completed", FinishReason.LENGTH: "completed", FinishReason.TOOL_CALLS: "completed",
+           FinishReason.CANCELLED: "cancelled"}
 MAX_UNSETTLED = 10_000   # failed settlements kept for retry; beyond, the lease rule settles them at stop
 
 
@@ -104,21 +105,42 @@ class Service:
         if not ask.local and not backend.info.passthrough:
             raise InvalidRequest(f"The model '{spec.name}' cannot serve every field of this request", param="model",
                                  model=spec.name)
+        if ask.prompt is not None and backend.info.passthrough:
+            raise InvalidRequest(f"The model '{spec.name}' is served by an upstream, which this endpoint does not "
+                                 "relay (use /v1/chat/completions)", param="model", model=spec.name)
         prompt = await backend.prepare(ask)
-        n, limit = prompt.n_tokens, backend.info.ctx
+        n, limit = prompt.longest, backend.info.ctx
+        where = "messages" if ask.prompt is None else "prompt"
         if n >= limit:
             raise ContextLengthExceeded(
-                f"This model's maximum context length is {limit} tokens; the messages use {n}",
-                param="messages", model=spec.name)
+                f"This model's maximum context length is {limit} tokens; the {where} use {n}",
+                param=where, model=spec.name)
         max_tokens = ask.sampling.max_tokens
         if max_tokens is None:
             max_tokens = min(limit - n, self.settings.max_tokens_cap)
         elif n + max_tokens > limit:
             raise ContextLengthExceeded(
-                f"This model's maximum context length is {limit} tokens; the messages use {n} "
+                f"This model's maximum context length is {limit} tokens; the {where} use {n} "
                 f"and max_tokens asks for {max_tokens}", param="max_tokens", model=spec.name)
-        hold = spec.cost(prompt.hold_tokens or n, max_tokens * prompt.choices)
+        # The worst case: every choice runs to max_tokens; the prompt is billed once (a local job shares its KV).
+        hold = spec.cost(prompt.hold_tokens or prompt.n_tokens, max_tokens * prompt.choices)
         return Candidate(spec, backend, prompt, replace(ask.sampling, max_tokens=max_tokens), hold)
+
+    async def start_embedding(self, ctx: RequestContext, ask: Ask) -> "Embedding":
+        """Check and reserve an embeddings request (``ask.prompt``, billed as prompt tokens). Raises a
+        RequestError; from the returned value on, the request owns its ledger row."""
+        spec, backend = self.backend(ask.model)
+        if not hasattr(backend, "embed") or backend.info.passthrough:
+            raise InvalidRequest(f"the model '{spec.name}' cannot make embeddings", param="model", model=spec.name)
+        prompt = await backend.prepare(ask)
+        limit = backend.info.ctx
+        for i, tokens in enumerate(prompt.batch):
+            if len(tokens) > limit:
+                raise ContextLengthExceeded(f"This model's maximum context length is {limit} tokens; input {i} "
+                                            f"uses {len(tokens)}", param="input", model=spec.name)
+        await self.db(self.ledger.reserve, ctx.account, ctx.request_id, spec.cost(prompt.n_tokens, 0),
+                      spec.name, ctx.endpoint, prompt.n_tokens, (spec.price_input, spec.price_output))
+        return Embedding(self, ctx, spec, backend, prompt)
 
     async def reject(self, ctx: RequestContext, error: ReverbError, model: str | None = None) -> None:
         """Log a request refused before it ran. Never raises: a full disk must not turn a 4xx into a 500."""
@@ -183,6 +205,42 @@ class Service:
 def _holds(account: Account | None) -> bool:
     """Whether requests of this account put credit on hold (dev keys from the command line do not)."""
     return account is not None and not account.unlimited
+
+
+class Embedding:
+    """A reserved embeddings request; ``run`` computes the vectors and settles the ledger whatever happens.
+    Like a Generation, it exposes ``model`` and ``settled`` (the access log reads them)."""
+
+    def __init__(self, service: Service, ctx: RequestContext, spec: ModelSpec, backend: Backend, prompt):
+        self._service, self._ctx, self._spec, self._backend, self._prompt = service, ctx, spec, backend, prompt
+        self.model = spec.name
+        self.settled: asyncio.Future[Settlement] = asyncio.get_running_loop().create_future()
+
+    async def run(self) -> tuple[list[list[float]], Usage, int]:
+        """(vectors, usage, price). Raises what the backend raises (nothing is charged then) or LedgerError."""
+        svc, ctx, spec = self._service, self._ctx, self._spec
+        try:
+            vectors = await self._backend.embed(self._prompt)
+        except BaseException as e:
+            cancelled = isinstance(e, asyncio.CancelledError)
+            code = None if cancelled else e.code if isinstance(e, ReverbError) else "engine_error"
+            # shielded: a client that leaves mid-request must still leave its row and its refund behind
+            closing = asyncio.ensure_future(svc._close(ctx, spec, "cancelled" if cancelled else "failed", code, 0))
+            self._resolve(await asyncio.shield(closing))
+            raise
+        usage = Usage(self._prompt.n_tokens, 0)
+        try:
+            settlement = await svc._close(ctx, spec, "completed", None, spec.cost(usage.prompt_tokens, 0), usage)
+        except LedgerError as e:
+            self.settled.set_exception(e)
+            self.settled.exception()  # retrieved: the handler raises it
+            raise
+        self._resolve(settlement)
+        return vectors, usage, settlement.price
+
+    def _resolve(self, settlement: Settlement) -> None:
+        if not self.settled.done():
+            self.settled.set_result(settlement)
 
 
 def build(settings: Settings, backend_factory=None, *, serve: bool = True) -> Service:

@@ -11,14 +11,52 @@ from typing import Any, Mapping
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A function call the assistant made: ``arguments`` is JSON text, as on OpenAI's wire."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class Message:
-    role: str
+    role: str                                   # system | user | assistant | tool
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()       # assistant messages that called functions
+    tool_call_id: str | None = None             # tool messages: the call this result answers
+    name: str | None = None                     # an optional participant name, handed to the chat template
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A function the model may call. ``parameters`` is the JSON Schema of its arguments (None: no arguments)."""
+
+    name: str
+    description: str = ""
+    parameters: dict | None = None
+
+
+@dataclass(frozen=True)
+class Tools:
+    """The request's ``tools``, ``tool_choice`` and ``parallel_tool_calls``, checked.
+
+    ``choice`` is none | auto | required; a named function is ``required`` with ``forced`` set to its name."""
+
+    tools: tuple[Tool, ...]
+    choice: str = "auto"
+    forced: str | None = None
+    parallel: bool = True
+
+    @property
+    def allowed(self) -> tuple[Tool, ...]:
+        return tuple(t for t in self.tools if self.forced in (None, t.name))
 
 
 class FinishReason(str, enum.Enum):
     STOP = "stop"          # end-of-generation token or a stop string
     LENGTH = "length"      # max_tokens reached
+    TOOL_CALLS = "tool_calls"  # the answer called functions
     CANCELLED = "cancelled"  # the client went away
     ERROR = "error"        # the backend failed
 
@@ -26,7 +64,9 @@ class FinishReason(str, enum.Enum):
 @dataclass(frozen=True)
 class SamplingParams:
     """Per-request sampling. ``temperature <= 0`` means greedy; ``seed=None`` means a fresh random seed;
-    ``max_tokens=None`` means up to the end of the context (the service resolves it before a job starts)."""
+    ``max_tokens=None`` means up to the end of the context (the service resolves it before a job starts).
+    ``n`` choices are generated from one prompt (choice i samples with seed + i); ``logprobs`` asks for each
+    generated token's log probability and ``top_logprobs`` for that many alternatives."""
 
     max_tokens: int | None = None
     temperature: float = 1.0
@@ -38,6 +78,9 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias); -100 bans a token
+    n: int = 1
+    logprobs: bool = False
+    top_logprobs: int = 0
 
 
 @dataclass(frozen=True)
@@ -49,21 +92,51 @@ class Usage:
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token: its text (``bytes`` may hold part of a UTF-8 character), log probability under the
+    model, and the ``top`` most likely alternatives at that position as (text, bytes, logprob)."""
+
+    token: str
+    bytes: bytes
+    logprob: float
+    top: tuple[tuple[str, bytes, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a tool call as it streams: the first piece of call ``index`` carries ``id`` and ``name``,
+    later pieces more ``arguments`` text."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
 
 @dataclass(frozen=True)
 class Chunk:
     """One piece of a generation as the client sees it.
 
-    ``text`` is complete UTF-8 text (possibly empty). The last chunk of a job has ``finish_reason`` and
-    ``usage`` set; ``error`` is set when the job failed after it started.
+    ``text`` is complete UTF-8 text (possibly empty); ``index`` is the choice it belongs to (``n`` > 1, local
+    backends). Each choice ends with one chunk that has ``finish_reason`` and ``usage`` set (the choice's own
+    completion tokens; the prompt is counted on one choice only); ``error`` is set when the job failed after it
+    started. ``logprobs`` and ``tool_calls`` carry what the choice's tokens produced beyond text.
 
     ``passthrough`` is set by an upstream backend: the upstream's own event (parsed JSON, read-only by
     convention), so the OpenAI dialect can relay its choices as they came (tool_calls, logprobs, refusal, n > 1,
-    fields reverb does not model). Everything else reads only ``text``, which is choice 0's content.
+    fields reverb does not model). An upstream's job is one stream: its ``text`` is choice 0's content.
     """
 
     text: str = ""
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     error: Exception | None = None
+    index: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()
+    tool_calls: tuple[ToolCallDelta, ...] = ()
     passthrough: Mapping[str, Any] | None = None

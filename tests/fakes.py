@@ -76,8 +76,21 @@ class FakeEngine:
             import time
             time.sleep(self.delay)
 
-    def sampler(self, params, seed):
+    def sampler(self, params, seed, grammar=None):
         return FakeSampler(self, params, seed)
+
+    def check_grammar(self, spec) -> None:
+        pass
+
+    def logprob(self, index, token, top):
+        from reverb.types import TokenLogprob
+        return TokenLogprob(chr(token) if token < 256 else "", self.piece(token), -1.0,
+                            tuple((chr(97 + i), bytes([97 + i]), -1.0 - i) for i in range(top)))
+
+    def embed(self, tokens):
+        import numpy as np
+        v = np.bincount(np.array(tokens) % 8, minlength=8).astype(float) + 1.0
+        return v / np.linalg.norm(v)
 
     def seq_remove(self, seq, p0=-1, p1=-1) -> bool:
         self.removed.append((seq, p0, p1))

@@ -179,3 +179,65 @@ def test_an_engine_failure_ends_running_jobs_and_frees_their_slots():
     end = final([c for jj, c in b.take_events() if jj is j])
     assert end.finish_reason is FinishReason.ERROR and str(end.error) == "boom"
     assert all(s.state is SlotState.FREE and not s.cached for s in b.slots)
+
+
+def ends(chunks) -> dict:
+    return {c.index: c for c in chunks if c.finish_reason is not None}
+
+
+def test_n_choices_read_the_prompt_once_and_share_its_kv():
+    b = make(slots=3)
+    prompt = list(range(1, 40))
+    j = job(prompt, max_tokens=5, n=3)
+    b.submit(j, 0)
+    out = run(b)
+    prompt_rows = [row for call in b.engine.calls for row in call if row[1] < len(prompt)]
+    assert len(prompt_rows) == len(prompt) and {row[2] for row in prompt_rows} == {0}  # read once, by one slot
+    assert sorted(b.engine.copied) == [(0, 1, len(prompt)), (0, 2, len(prompt))]
+    done = ends(out[j])
+    assert sorted(done) == [0, 1, 2]
+    assert [done[i].usage.prompt_tokens for i in range(3)] == [len(prompt), 0, 0]   # billed once
+    assert all(done[i].usage.completion_tokens == 5 for i in range(3))
+    by_choice = {i: "".join(c.text for c in out[j] if c.index == i) for i in range(3)}
+    assert all(len(t) == 5 for t in by_choice.values())
+    decode_positions = {row[1] for call in b.engine.calls for row in call if row[2] in (1, 2)}
+    assert min(decode_positions) == len(prompt)  # the followers start right after the copied prompt
+
+
+def test_a_job_of_n_choices_waits_for_n_free_slots():
+    b = make(slots=2)
+    busy = job([1, 2, 3], max_tokens=6)
+    pair = job([4, 5, 6], max_tokens=2, n=2)
+    b.submit(busy, 0)
+    b.submit(pair, 0)
+    b.admit(0)
+    assert [s.job for s in b.slots].count(busy) == 1 and pair in b.waiting
+    out = run(b)
+    assert sorted(ends(out[pair])) == [0, 1]
+
+
+def test_cancelling_a_job_of_n_choices_ends_every_choice():
+    b = make(slots=2, prefill_chunk=32)
+    j = job(list(range(1, 200)), n=2)
+    b.submit(j, 0)
+    b.admit(0)
+    b.step()
+    assert {s.state for s in b.slots} == {SlotState.PREFILL, SlotState.FOLLOW}
+    j.cancelled.set()
+    done = ends(run(b)[j])
+    assert sorted(done) == [0, 1] and all(c.finish_reason is FinishReason.CANCELLED for c in done.values())
+    assert done[0].usage.prompt_tokens == 199 and done[1].usage.prompt_tokens == 0
+    assert all(s.state is SlotState.FREE for s in b.slots)
+
+
+def test_several_jobs_are_queued_all_or_none():
+    b = make(slots=1, max_queue=1)
+    with pytest.raises(OverloadedError):
+        b.submit([job([1, 2]), job([3, 4]), job([5, 6])], 0)
+    assert not b.waiting
+    second = Job(prompt=[3, 4], params=SamplingParams(max_tokens=2, logit_bias=NO_EOS, n=2), first_index=2)
+    b = make(slots=2)
+    first = job([1, 2], max_tokens=2, n=2)
+    b.submit([first, second], 0)
+    out = run(b)
+    assert sorted(ends(out[first])) == [0, 1] and sorted(ends(out[second])) == [2, 3]

@@ -76,6 +76,26 @@ def test_chat_from_schema(client, body):
 
 
 @FUZZ
+@given(body=with_model(SCHEMAS["CompletionRequest"]))
+def test_completions_from_schema(client, body):
+    c, _ = client
+    r = c.post("/v1/completions", json=body)
+    check(r, "/v1/completions")
+    if r.status_code == 200 and body.get("stream") is not True:
+        jsonschema.validate(r.json(), SCHEMAS["Completion"])
+
+
+@FUZZ
+@given(body=with_model(SCHEMAS["EmbeddingRequest"]))
+def test_embeddings_from_schema(client, body):
+    c, _ = client
+    r = c.post("/v1/embeddings", json=body)
+    check(r, "/v1/embeddings")
+    if r.status_code == 200:
+        jsonschema.validate(r.json(), SCHEMAS["EmbeddingList"])
+
+
+@FUZZ
 @given(body=with_model(SCHEMAS["GatewayRequest"]))
 def test_gateway_from_schema(client, body):
     c, _ = client
@@ -131,14 +151,16 @@ def test_a_lone_surrogate_in_any_string_is_a_400_naming_it(client, data, path, b
 
 
 @FUZZ
-@given(path=st.sampled_from(["/v1/chat/completions", "/api/endpoint"]), body=JSON)
+@given(path=st.sampled_from(["/v1/chat/completions", "/api/endpoint", "/v1/completions", "/v1/embeddings"]),
+       body=JSON)
 def test_arbitrary_json(client, path, body):
     c, _ = client
     check(c.post(path, content=json.dumps(body), headers={"content-type": "application/json"}), path)
 
 
 @FUZZ
-@given(path=st.sampled_from(["/v1/chat/completions", "/api/endpoint", "/v1/models", "/nope"]),
+@given(path=st.sampled_from(["/v1/chat/completions", "/api/endpoint", "/v1/completions", "/v1/embeddings",
+                             "/v1/models", "/v1/models/x", "/nope"]),
        raw=st.binary(max_size=200),
        ctype=st.sampled_from(["application/json", "text/plain", "application/x-www-form-urlencoded", "",
                               "multipart/form-data; boundary=x", "application/json; charset=utf-8"]))
@@ -146,7 +168,7 @@ def test_arbitrary_bytes_and_content_types(client, path, raw, ctype):
     c, _ = client
     r = c.post(path, content=raw, headers={"content-type": ctype} if ctype else {})
     check(r, path)
-    if path != "/v1/models" and path != "/nope" and not ctype.startswith("application/json"):
+    if path.startswith(("/v1/c", "/v1/e", "/api")) and not ctype.startswith("application/json"):
         assert r.status_code == 415  # forms and text/plain never reach the parser
 
 
@@ -160,6 +182,13 @@ def test_specific_nasties(client):
         b'{"model":"smollm2-135m","messages":[{"role":"user","content":"x"}],"seed":-1e400}',
         b'{"model":"smollm2-135m","messages":[{"role":"user","content":"x"}],"logit_bias":{"99999":1}}',
         b'{"model":"smollm2-135m","messages":[{"role":"user","content":"x"}],"logit_bias":{"\xd9\xa3":1}}',
+        b'{"model":"smollm2-135m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema",'
+        b'"json_schema":{"name":"t","schema":{"$ref":"#/$defs/a","$defs":{"a":{"$ref":"#/$defs/a"}}}}}}',
+        b'{"model":"smollm2-135m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema",'
+        b'"json_schema":{"name":"t","schema":{"type":"string","pattern":"(a+)+$' + b"(" * 3000 + b'"}}}}',
+        b'{"model":"smollm2-135m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function",'
+        b'"function":{"name":"f","parameters":{"type":"object","properties":{"a":{"type":"string","minLength":9,'
+        b'"maxLength":3}}}}}],"tool_choice":"required"}',
         b"[" * 5000 + b"]" * 5000,
         b'{"a":' * 100 + b"1" + b"}" * 100,
     ]
@@ -167,6 +196,16 @@ def test_specific_nasties(client):
         r = c.post(path, content=raw, headers={"content-type": "application/json"})
         check(r, path)
         assert r.status_code == 400, (raw[:80], r.text)
+
+
+def test_hostile_tool_arguments_in_history_are_only_text(client):
+    c, _ = client
+    raw = (b'{"model":"smollm2-135m","max_tokens":2,"messages":[{"role":"assistant","tool_calls":[{"id":"c",'
+           b'"type":"function","function":{"name":"f","arguments":"' + b"[" * 1500 + b'"}}]},'
+           b'{"role":"tool","tool_call_id":"c","content":"<|im_end|>"},{"role":"user","content":"x"}]}')
+    r = c.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    check(r, "/v1/chat/completions")
+    assert r.status_code == 200
 
 
 def test_openapi_document_is_served_behind_auth(client):

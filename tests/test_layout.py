@@ -23,6 +23,8 @@ HOME = {"starlette": "api/"}
 # package -> reverb packages it must never import (directly)
 NEVER = {
     "models": {"api", "cli", "service", "generation", "backends", "ledger"},
+    # pure Python (JSON Schema -> GBNF, tool-call parsing): only errors and types, so any layer may use it
+    "grammar": {"api", "cli", "service", "generation", "backends", "ledger", "models", "settings", "request"},
     "ledger": {"api", "cli", "service", "generation", "backends", "models"},
     "backends": {"api", "cli", "service", "generation", "ledger"},
     "generation.py": {"api", "cli", "service", "backends"},

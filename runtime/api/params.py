@@ -10,12 +10,16 @@ import math
 
 from ..settings import Settings
 from ..errors import InvalidRequest
-from ..types import Message, SamplingParams
+from ..types import Message, SamplingParams, ToolCall
 
-ROLES = {"system", "user", "assistant", "developer"}
+ROLES = {"system", "user", "assistant", "developer", "tool"}
+MAX_TOOL_CALLS = 128      # per assistant message
+MAX_ID_CHARS = 256        # tool_call ids, names
 
 
 def messages(value, settings: Settings, param: str = "messages") -> list[Message]:
+    """The conversation. Assistant messages may carry ``tool_calls`` (content then may be null); ``tool`` messages
+    answer one by ``tool_call_id``. Raises InvalidRequest naming the exact field."""
     if not isinstance(value, list) or not value:
         raise InvalidRequest(f"'{param}' must be a non-empty array", param=param)
     if len(value) > settings.max_messages:
@@ -27,28 +31,71 @@ def messages(value, settings: Settings, param: str = "messages") -> list[Message
             raise InvalidRequest(f"'{where}' must be an object", param=where)
         role = m.get("role")
         if not isinstance(role, str) or role not in ROLES:
-            raise InvalidRequest(f"'{where}.role' must be one of system, user, assistant", param=f"{where}.role")
+            raise InvalidRequest(f"'{where}.role' must be one of {', '.join(sorted(ROLES))}", param=f"{where}.role")
+        for field in ("audio", "function_call"):  # assistant audio references and the deprecated function call
+            if m.get(field) is not None:
+                raise InvalidRequest(f"'{where}.{field}' is not supported", param=f"{where}.{field}")
+        calls = _tool_calls(m.get("tool_calls"), f"{where}.tool_calls", role, settings)
         content = _content(m.get("content"), f"{where}.content", role)
-        if len(content) > settings.max_message_chars:
+        if len(content) + sum(len(c.arguments) for c in calls) > settings.max_message_chars:
             raise InvalidRequest(f"'{where}.content' is longer than {settings.max_message_chars} characters",
                                  param=f"{where}.content")
-        out.append(Message("system" if role == "developer" else role, content))
+        call_id = _short_text(m, "tool_call_id", where, required=role == "tool") if role == "tool" else None
+        name = _short_text(m, "name", where)
+        out.append(Message("system" if role == "developer" else role, content, calls, call_id, name))
     return out
+
+
+def _short_text(m: dict, key: str, where: str, required: bool = False) -> str | None:
+    value = m.get(key)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_ID_CHARS:
+        raise InvalidRequest(f"'{where}.{key}' must be a string of 1 to {MAX_ID_CHARS} characters",
+                             param=f"{where}.{key}")
+    return value
+
+
+def _tool_calls(value, where: str, role: str, settings: Settings) -> tuple[ToolCall, ...]:
+    if value is None:
+        return ()
+    if role != "assistant":
+        raise InvalidRequest(f"'{where}' is only allowed on assistant messages", param=where)
+    if not isinstance(value, list) or len(value) > MAX_TOOL_CALLS:
+        raise InvalidRequest(f"'{where}' must be an array of at most {MAX_TOOL_CALLS} calls", param=where)
+    out = []
+    for j, call in enumerate(value):
+        at = f"{where}[{j}]"
+        if not isinstance(call, dict) or call.get("type", "function") != "function":
+            raise InvalidRequest(f"'{at}' must be a function call", param=f"{at}.type")
+        fn = call.get("function")
+        if not isinstance(fn, dict):
+            raise InvalidRequest(f"'{at}.function' must be an object", param=f"{at}.function")
+        call_id = _short_text(call, "id", at, required=True)
+        name = _short_text(fn, "name", f"{at}.function", required=True)
+        args = fn.get("arguments", "{}")
+        if not isinstance(args, str) or len(args) > settings.max_message_chars:
+            raise InvalidRequest(f"'{at}.function.arguments' must be a string of JSON",
+                                 param=f"{at}.function.arguments")
+        out.append(ToolCall(call_id, name, args))
+    return tuple(out)
 
 
 def _content(value, where: str, role: str) -> str:
     if isinstance(value, str):
-        return value
-    if value is None and role == "assistant":
-        return ""
-    if isinstance(value, list):  # OpenAI content parts: only text parts can be served by a text model
+        text = value
+    elif value is None and role == "assistant":
+        text = ""
+    elif isinstance(value, list):  # OpenAI content parts: only text parts can be served by a text model
         parts = []
         for j, part in enumerate(value):
             if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
                 raise InvalidRequest(f"'{where}[{j}]' must be a text part", param=f"{where}[{j}]")
             parts.append(part["text"])
-        return "".join(parts)
-    raise InvalidRequest(f"'{where}' must be a string", param=where)
+        text = "".join(parts)
+    else:
+        raise InvalidRequest(f"'{where}' must be a string", param=where)
+    return text
 
 
 def number(body: dict, name: str, lo: float, hi: float, default, *, param: str | None = None):

@@ -65,7 +65,9 @@ def parse(body: dict, settings, local_parse: Callable) -> tuple[Ask, bool]:
         max_tokens = P.integer(body, "max_tokens", 1, settings.max_tokens_cap, None)
     P.integer(body, "n", 1, MAX_N, 1)
     ask = Ask(model=model, messages=messages, sampling=SamplingParams(max_tokens=max_tokens), stream=stream)
-    local = set(body) <= PLAIN
+    # n > 1 is left to the upstream: a local job delivers its choices as separate streams, which this relay does
+    # not render (it relays one upstream stream), so such a request gets no local fallback.
+    local = set(body) <= PLAIN and body.get("n") in (None, 1)
     if local:
         try:  # the local view of the same request: what a local fallback would run
             ask = local_parse(body, settings)[0]

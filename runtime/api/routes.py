@@ -2,7 +2,8 @@
 
 Middleware, error handlers, the access log and the ledger all ask this table, so a path is named the same way
 whether its request was served or refused. Paths not in the table are named ``unknown`` (their raw text is never
-stored) and speak the OpenAI dialect, except under ``/api/endpoint``.
+stored) and speak the OpenAI dialect, except under ``/api/endpoint``. A path may end in one ``{parameter}``
+segment (``/v1/models/{model}``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from . import gateway, openai, ops
+from . import completions, embeddings, gateway, openai, ops
 
 OPENAI, GATEWAY = "openai", "gateway"
 
@@ -28,19 +29,31 @@ class Route:
 ROUTES: tuple[Route, ...] = (
     Route("/v1/chat/completions", ("POST",), "chat.completions", OPENAI, openai.chat_completions),
     Route("/api/v1/chat/completions", ("POST",), "chat.completions", OPENAI, openai.chat_completions),
+    Route("/v1/completions", ("POST",), "completions", OPENAI, completions.completions),
+    Route("/api/v1/completions", ("POST",), "completions", OPENAI, completions.completions),
+    Route("/v1/embeddings", ("POST",), "embeddings", OPENAI, embeddings.embeddings),
+    Route("/api/v1/embeddings", ("POST",), "embeddings", OPENAI, embeddings.embeddings),
     Route("/v1/models", ("GET",), "models", OPENAI, openai.list_models),
     Route("/api/v1/models", ("GET",), "models", OPENAI, openai.list_models),
+    Route("/v1/models/{model}", ("GET",), "models", OPENAI, openai.get_model),
+    Route("/api/v1/models/{model}", ("GET",), "models", OPENAI, openai.get_model),
     Route("/api/endpoint", ("POST",), "gateway", GATEWAY, gateway.endpoint),
     Route("/health", ("GET",), "health", OPENAI, ops.health, public=True),
     Route("/metrics", ("GET",), "metrics", OPENAI, ops.metrics),
     Route("/openapi.json", ("GET",), "openapi", OPENAI, ops.openapi),
 )
-_BY_PATH = {r.path: r for r in ROUTES}
+_BY_PATH = {r.path: r for r in ROUTES if "{" not in r.path}
+_BY_PREFIX = {r.path[:r.path.index("{")]: r for r in ROUTES if "{" in r.path}  # "/v1/models/" -> its route
 UNKNOWN = "unknown"
 
 
 def lookup(path: str) -> Route | None:
-    return _BY_PATH.get(path) or _BY_PATH.get(path.rstrip("/"))
+    route = _BY_PATH.get(path) or _BY_PATH.get(path.rstrip("/"))
+    if route is None:
+        head, _, last = path.rpartition("/")
+        if last:
+            route = _BY_PREFIX.get(head + "/")
+    return route
 
 
 def dialect_of(path: str) -> str:

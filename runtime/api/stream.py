@@ -97,16 +97,17 @@ def stream_response(request, gen: Generation, media_type: str,
                               headers={}, write_timeout=request.state.service.settings.stream_write_timeout)
 
 
-async def fold(request, gen: Generation) -> tuple[str, Chunk, int]:
-    """The blocking answer: (text, final chunk, price). A disconnect cancels the job; an engine failure raises;
-    waiting for the settlement means no success is returned before its ledger row exists (LedgerError
-    otherwise)."""
+async def fold(request, gen: Generation) -> tuple[list[Chunk], Chunk, int]:
+    """The blocking answer: (every chunk, the merged final chunk, price). A disconnect cancels the job; an engine
+    failure raises; waiting for the settlement means no success is returned before its ledger row exists
+    (LedgerError otherwise)."""
     async with cancel_on_disconnect(request.receive, gen):
-        text, final = await gen.collect()
+        chunks = [chunk async for chunk in gen]
+    final = gen.final
     if final.error is not None:
         await settled_quietly(gen)
         raise final.error
-    return text, final, (await gen.settled).price
+    return chunks, final, (await gen.settled).price
 
 
 async def settled_quietly(gen: Generation) -> None:

@@ -18,13 +18,27 @@ from ..types import Chunk, SamplingParams
 @dataclass(frozen=True)
 class Prompt:
     """A prepared prompt: what the backend will run and how many tokens it counts for billing and the context
-    check."""
+    check.
+
+    ``batch`` holds one token sequence per prompt when a request has several (/v1/completions and /v1/embeddings
+    with a list); ``n_tokens`` is then their sum. ``choices`` is how many answers the job makes (OpenAI's n, per
+    prompt): the credit hold covers each. ``streams`` is how many of them the backend delivers as separate choice
+    streams, each ending with its own finish chunk (a local job of n choices: n; an upstream relays its n choices
+    inside one stream: 1). ``constraint`` is the backend's own compiled response_format and tools."""
 
     n_tokens: int
     tokens: tuple[int, ...] = ()
-    choices: int = 1              # completions the job makes (OpenAI's n): the credit hold covers each
+    choices: int = 1
     # When n_tokens is an estimate (an upstream's tokenizer is unknown): an upper bound to hold credit for.
     hold_tokens: int | None = None
+    batch: tuple[tuple[int, ...], ...] = ()
+    streams: int = 1
+    constraint: object = None
+
+    @property
+    def longest(self) -> int:
+        """The longest single prompt: what must fit in the context with max_tokens."""
+        return max(map(len, self.batch)) if self.batch else self.n_tokens
 
 
 @dataclass(frozen=True)
@@ -59,9 +73,14 @@ class Backend(Protocol):
 
     def submit(self, prompt: Prompt, params: SamplingParams, on_chunk: Callable[[Chunk], None],
                tenant: str) -> Handle:
-        """Start a job; ``on_chunk`` is called on the calling event loop, in order, the last chunk with a
-        finish_reason. ``tenant`` names whose request it is (the API key): cached state may be reused only within
+        """Start a job of ``params.n`` choices per prompt; ``on_chunk`` is called on the calling event loop, in
+        order, each choice ending with one chunk that has a finish_reason (choices of prompt p are indexed
+        p * n + i). ``tenant`` names whose request it is (the API key): cached state may be reused only within
         one tenant. Must be called on that loop. Raises OverloadedError when it cannot take more work."""
+
+    async def embed(self, prompt: Prompt) -> list[list[float]]:
+        """One unit-length embedding per prompt of ``prompt.batch``. Raises InvalidRequest when the model cannot
+        embed."""
 
     def stats(self) -> Stats: ...
 

@@ -8,6 +8,7 @@ user who types ``<|im_end|>`` gets those characters, never the control token.
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import sys
@@ -173,22 +174,27 @@ class ChatTemplate:
         if refused == len(PROBES):
             raise ModelLoadError("chat template refuses every ordinary conversation")
 
-    def render(self, messages: list[Message], add_generation_prompt: bool = True) -> list[Segment]:
+    def render(self, messages: list[Message], add_generation_prompt: bool = True,
+               tools: list[dict] | None = None) -> list[Segment]:
         """The prompt as segments. The template sees the real text (its checks and raise_exception apply); a
-        second render with markers in place of the text tells which parts of the result came from messages."""
-        real = self._render_text([{"role": m.role, "content": m.content} for m in messages], add_generation_prompt)
+        second render with markers in place of the text tells which parts of the result came from messages.
+
+        As Hugging Face's ``apply_chat_template`` does, ``tools`` (OpenAI tool definitions) is handed to the
+        template, and messages carry ``tool_calls`` (arguments as a JSON object when they parse), ``tool_call_id``
+        and ``name``. Text rendered from those is template text: the caller checks it for control tokens."""
+        real = self._render_text([_as_dict(m, m.content) for m in messages], add_generation_prompt, tools)
         nonce = secrets.token_hex(6)
-        marks = [f"\ue000{nonce}:{i}\ue001" for i in range(len(messages))]
-        convo = [{"role": m.role, "content": marks[i]} for i, m in enumerate(messages)]
+        marks = [f"\ue000{nonce}:{i}\ue001" if m.content else "" for i, m in enumerate(messages)]
+        convo = [_as_dict(m, marks[i] or m.content) for i, m in enumerate(messages)]
         try:
-            segments = _split(self._render_text(convo, add_generation_prompt), marks, messages)
+            segments = _split(self._render_text(convo, add_generation_prompt, tools), marks, messages)
         except TemplateError:
             segments = []
         if "".join(seg.text for seg in segments) != real:
             return [Segment(real, user=None)]
         return segments
 
-    def _render_text(self, convo: list[dict], add_generation_prompt: bool) -> str:
+    def _render_text(self, convo: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
         self._env.budget.deadline = time.monotonic() + MAX_RENDER_SECONDS
         previous = sys.gettrace()
         sys.settrace(_deadline_tracer)
@@ -196,7 +202,8 @@ class ChatTemplate:
         size = 0
         try:
             for piece in self._template.generate(messages=convo, add_generation_prompt=add_generation_prompt,
-                                                  bos_token=self.bos_token, eos_token=self.eos_token):
+                                                  bos_token=self.bos_token, eos_token=self.eos_token,
+                                                  tools=tools or None):
                 size += len(piece)
                 if size > MAX_RENDER_CHARS:
                     raise _RenderAborted("chat template output is too large")
@@ -215,6 +222,28 @@ class ChatTemplate:
         return "".join(out)
 
 
+def _as_dict(m: Message, content: str) -> dict:
+    """A message as chat templates expect it (Hugging Face's conventions)."""
+    out: dict = {"role": m.role, "content": content}
+    if m.tool_calls:
+        out["tool_calls"] = [{"id": c.id, "type": "function",
+                              "function": {"name": c.name, "arguments": _arguments(c.arguments)}}
+                             for c in m.tool_calls]
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    if m.name is not None:
+        out["name"] = m.name
+    return out
+
+
+def _arguments(text: str):
+    # Templates render arguments with `| tojson`, expecting an object; a string that is not JSON stays a string.
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+
+
 class _Unsafe(TemplateError):
     """The template broke a sandbox rule (a forbidden attribute, the deadline, a size cap). At load time this
     refuses the model; at request time it is the request's stable ``template_error``."""
@@ -226,12 +255,12 @@ class _Unsafe(TemplateError):
 def _split(text: str, marks: list[str], messages: list[Message]) -> list[Segment]:
     """Cut the rendered text at the content markers, putting each message's real text back in."""
     for m in marks:
-        if text.count(m) > 1:
+        if m and text.count(m) > 1:
             raise TemplateError("chat template repeats a message; refused", param="messages")
     segments: list[Segment] = []
     rest = text
     while True:
-        positions = [(rest.find(m), i) for i, m in enumerate(marks) if m in rest]
+        positions = [(rest.find(m), i) for i, m in enumerate(marks) if m and m in rest]  # empty: not marked
         if not positions:
             break
         pos, i = min(positions)
@@ -239,7 +268,7 @@ def _split(text: str, marks: list[str], messages: list[Message]) -> list[Segment
             segments.append(Segment(rest[:pos], user=False))
         segments.append(Segment(messages[i].content, user=True))
         rest = rest[pos + len(marks[i]):]
-    if "\ue000" in rest and any(m.split(":")[0] in rest for m in marks):
+    if "\ue000" in rest and any(m.split(":")[0] in rest for m in marks if m):
         raise TemplateError("chat template altered message text; refused", param="messages")
     if rest:
         segments.append(Segment(rest, user=False))

@@ -7,18 +7,23 @@ trial load in a child process, before llama.cpp sees it in the server process.
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+from ... import grammar
 from ...errors import InvalidRequest, TemplateError
 from ...models.registry import ModelSpec
 from ...models.templates import CHATML, ChatTemplate
 from ...request import Ask
 from ...settings import Settings
-from ...types import Chunk, Message, SamplingParams
+from ...types import Chunk, Message, SamplingParams, Tools
 from .. import Info, Prompt, Stats
 from .batcher import Batcher, Job
 from .bridge import ModelThread, Sink
+from .output import Constraint
 
 
 class LlamaBackend:
@@ -28,6 +33,10 @@ class LlamaBackend:
         self.template = template
         self.thread = thread
         self.info = Info(name=spec.name, provider="llama.cpp", ctx=ctx, created=int(time.time()))
+        # Whether the template renders `tools` and `tool_calls` itself in the <tool_call> form the grammar and the
+        # parser speak; otherwise the documented fallback is used.
+        self.native_tools = grammar.use_native_tools(template.source)
+        self._embed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"reverb-embed-{spec.name}")
 
     @classmethod
     def load(cls, spec: ModelSpec, path, settings: Settings, engine_factory=None) -> "LlamaBackend":
@@ -55,51 +64,115 @@ class LlamaBackend:
                           max_queue=settings.max_queue, queue_timeout=settings.queue_timeout)
         return cls(spec, engine, template, ModelThread(batcher, name=spec.name), ctx)
 
-    def tokenize_chat(self, messages: tuple[Message, ...] | list[Message]) -> list[int]:
+    def tokenize_chat(self, messages: tuple[Message, ...] | list[Message], tools: Tools | None = None) -> list[int]:
         """Render the template and tokenize it: template text with control tokens, user text without.
 
-        Raises TemplateError. When the template reshaped message text so it cannot be cut out, the whole prompt
-        is parsed with control tokens, and a message that spells one of them is refused rather than obeyed.
+        ``tools`` (unless tool_choice is none) reach a template that supports them as Hugging Face's
+        ``apply_chat_template`` passes them; for any other template, tools, assistant tool calls and tool results
+        are rewritten into plain messages (grammar.fallback_messages). Raises TemplateError. When the template
+        reshaped message text so it cannot be cut out, the whole prompt is parsed with control tokens, and a message
+        that spells one of them is refused rather than obeyed.
         """
+        offered = tools if tools is not None and tools.choice != "none" else None
+        defs = None
+        if not self.native_tools and (offered or any(m.tool_calls or m.role == "tool" for m in messages)):
+            messages = grammar.fallback_messages(list(messages), offered)
+        elif offered:
+            defs = [{"type": "function", "function": {"name": t.name, "description": t.description,
+                                                      "parameters": t.parameters or {"type": "object",
+                                                                                     "properties": {}}}}
+                    for t in offered.tools]
+        # Tool definitions, call names and arguments are rendered as template text: none may spell a control token.
+        template_text = [json.dumps(defs or [], ensure_ascii=False)] + [
+            json.dumps([m.name, m.tool_call_id, [(c.id, c.name, c.arguments) for c in m.tool_calls]],
+                       ensure_ascii=False) for m in messages]
+        self._refuse_control_text(template_text, "tools" if defs else "messages")
         tokens: list[int] = [self.engine.bos()] if self.engine.add_bos() else []
-        for seg in self.template.render(list(messages)):
+        for seg in self.template.render(list(messages), tools=defs):
             if seg.user is None:
-                spelled = [t for t in self.engine.control_texts() if any(t in m.content for m in messages)]
-                if spelled:
-                    raise TemplateError(f"a message contains the control token text {spelled[0]!r}, which this "
-                                        "model's chat template cannot carry safely", param="messages")
+                self._refuse_control_text([m.content for m in messages], "messages")
             tokens.extend(self.engine.tokenize(seg.text, special=not seg.user))
         return tokens
+
+    def _refuse_control_text(self, texts: list[str], param: str) -> None:
+        spelled = [t for t in self.engine.control_texts() if any(t in x for x in texts)]
+        if spelled:
+            raise TemplateError(f"the request contains the control token text {spelled[0]!r}, which this "
+                                "model's chat template cannot carry safely", param=param)
+
+    def tokenize_text(self, text: str) -> list[int]:
+        """A raw prompt (/v1/completions, /v1/embeddings): plain text, never control tokens."""
+        return ([self.engine.bos()] if self.engine.add_bos() else []) + self.engine.tokenize(text, special=False)
 
     async def prepare(self, ask: Ask) -> Prompt:
         n_vocab = self.engine.n_vocab
         if any(not 0 <= tok < n_vocab for tok, _ in ask.sampling.logit_bias):
             raise InvalidRequest(f"'logit_bias' token ids must be below {n_vocab}", param="logit_bias")
-        # Rendering and tokenizing a long conversation takes milliseconds: keep it off the event loop.
-        tokens = await asyncio.get_running_loop().run_in_executor(None, self.tokenize_chat, ask.messages)
-        return Prompt(n_tokens=len(tokens), tokens=tuple(tokens))
+        slots = len(self.thread.batcher.slots)
+        if ask.sampling.n > slots:
+            raise InvalidRequest(f"'n' must be at most {slots} on this server (one slot per choice; see --parallel)",
+                                 param="n")
+        # Rendering, tokenizing and building a grammar take milliseconds: keep them off the event loop.
+        return await asyncio.get_running_loop().run_in_executor(None, self._prepare, ask)
+
+    def _prepare(self, ask: Ask) -> Prompt:
+        constraint = self._constraint(ask)
+        if ask.prompt is not None:
+            batch = tuple(tuple(self.tokenize_text(text)) for text in ask.prompt)
+            for i, tokens in enumerate(batch):
+                if not tokens:
+                    raise InvalidRequest("an empty prompt has no tokens to start from",
+                                         param="prompt" if len(batch) == 1 else f"prompt[{i}]")
+            return Prompt(n_tokens=sum(map(len, batch)), tokens=batch[0], batch=batch, constraint=constraint,
+                          choices=ask.choices, streams=ask.choices)
+        tokens = self.tokenize_chat(ask.messages, ask.tools)
+        return Prompt(n_tokens=len(tokens), tokens=tuple(tokens), constraint=constraint, choices=ask.choices,
+                      streams=ask.choices)
+
+    def _constraint(self, ask: Ask) -> Constraint | None:
+        """Compile response_format and tools into a grammar (checked by llama.cpp now, so a grammar it refuses is a
+        400 before any credit is held) and a tool-call parser. Raises InvalidRequest naming the field."""
+        tools = ask.tools if ask.tools is not None and ask.tools.choice != "none" else None
+        spec = (grammar.tool_grammar(tools, ask.response_format) if tools is not None
+                else grammar.response_format_grammar(ask.response_format))
+        if spec is not None:
+            self.engine.check_grammar(spec)
+        parser = None
+        if tools is not None:
+            parser = functools.partial(grammar.ToolCallParser, frozenset(t.name for t in ask.tools.tools))
+        return Constraint(spec, parser) if spec is not None or parser is not None else None
 
     def submit(self, prompt: Prompt, params: SamplingParams, on_chunk: Callable[[Chunk], None],
                tenant: str) -> "_Handle":
-        job = Job(prompt=list(prompt.tokens), params=params, tenant=tenant,
-                  sink=Sink(deliver=on_chunk, loop=asyncio.get_running_loop()))
-        self.thread.submit(job)
-        return _Handle(job, self.thread)
+        sink = Sink(deliver=on_chunk, loop=asyncio.get_running_loop())
+        jobs = [Job(prompt=list(tokens), params=params, tenant=tenant, sink=sink, constraint=prompt.constraint,
+                    first_index=i * params.n)
+                for i, tokens in enumerate(prompt.batch or (prompt.tokens,))]
+        self.thread.submit(*jobs)
+        return _Handle(jobs, self.thread)
+
+    async def embed(self, prompt: Prompt) -> list[list[float]]:
+        """Embeddings on their own thread and llama.cpp context (see Engine.embed), one input at a time."""
+        def run() -> list[list[float]]:
+            return [self.engine.embed(list(tokens)).tolist() for tokens in prompt.batch]
+        return await asyncio.get_running_loop().run_in_executor(self._embed_pool, run)
 
     def stats(self) -> Stats:
         b = self.thread.batcher
         return Stats(waiting=len(b.waiting), active=b.active(), slots=len(b.slots), reused_tokens=b.reused_tokens)
 
     def close(self) -> None:
+        self._embed_pool.shutdown(wait=True)
         self.thread.stop()
         self.engine.close()
 
 
 class _Handle:
-    def __init__(self, job: Job, thread: ModelThread):
-        self._job = job
+    def __init__(self, jobs: list[Job], thread: ModelThread):
+        self._jobs = jobs
         self._thread = thread
 
     def cancel(self) -> None:
-        self._job.cancelled.set()
+        for job in self._jobs:
+            job.cancelled.set()
         self._thread.wake()

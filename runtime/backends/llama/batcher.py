@@ -1,9 +1,11 @@
 """Continuous batching without threads: admission into slots, prefix reuse, the batch plan, sampling, retirement.
 
 ``Batcher`` is driven by its owner (``bridge.ModelThread``): ``admit`` moves waiting jobs into free slots (reusing
-a cached prefix), ``step`` runs one decode call with a row for every generating slot plus bounded prefill calls
-for slots still reading their prompt, and samples. What clients must see comes out of ``take_events`` as
-(job, chunk) pairs. Nothing here knows about threads or event loops, so the unit tests drive it directly.
+a cached prefix; a job of ``n`` choices takes ``n`` slots at once: one reads the prompt, the others follow and get a
+copy of its KV when it is done, so the prompt is computed once), ``step`` runs one decode call with a row for every
+generating slot plus bounded prefill calls for slots still reading their prompt, and samples. What clients must see
+comes out of ``take_events`` as (job, chunk) pairs. Nothing here knows about threads or event loops, so the unit
+tests drive it directly.
 
 Call shapes follow ``Engine.decode``'s batch-invariance rules: generated tokens are always rows of the decode
 call (one row per sequence); prompt tokens are always in prefill calls of 2..n_ubatch rows of one sequence, so a
@@ -19,9 +21,9 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 
-from ...errors import OverloadedError
+from ...errors import OverloadedError, ReverbError
 from ...types import Chunk, FinishReason, SamplingParams, Usage
-from .textstream import TextStream
+from .output import ChoiceOutput, Constraint
 
 
 @dataclass(eq=False)
@@ -30,8 +32,10 @@ class Job:
     it every step. ``sink`` belongs to the batcher's owner (where to deliver chunks)."""
 
     prompt: list[int]
-    params: SamplingParams          # max_tokens resolved (an int)
+    params: SamplingParams          # max_tokens resolved (an int); ``n`` choices
     tenant: str = ""                # whose request (the API key's name); see Backend.submit
+    constraint: Constraint | None = None  # grammar and tool-call parsing (output.py)
+    first_index: int = 0            # choice index of the first of this job's n choices
     sink: object = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     enqueued_at: float = 0.0
@@ -40,6 +44,7 @@ class Job:
 class SlotState(enum.Enum):
     FREE = "free"          # no job; ``cached`` may still hold a finished prompt's KV for reuse
     PREFILL = "prefill"    # reading its prompt (``todo`` not empty)
+    FOLLOW = "follow"      # another choice of the job in the PREFILL slot: waits for a copy of that prompt's KV
     DECODE = "decode"      # generating: ``next_token`` is the sampled token to decode next
 
 
@@ -53,7 +58,9 @@ class Slot:
     todo: list[int] = field(default_factory=list)     # prompt tokens still to prefill
     next_token: int | None = None
     generated: int = 0
-    text: TextStream | None = None
+    out: ChoiceOutput | None = None
+    index: int = 0                                    # the choice this slot generates
+    followers: list["Slot"] = field(default_factory=list)  # PREFILL: the job's other choices, waiting for its KV
 
 
 class Batcher:
@@ -74,12 +81,17 @@ class Batcher:
 
     # -- queue ----------------------------------------------------------------------------------------------
 
-    def submit(self, job: Job, now: float) -> None:
-        """Queue a job. Raises OverloadedError when more than ``max_queue`` jobs would wait beyond the free slots."""
-        if len(self.waiting) >= self.free_slots() + self.max_queue:
+    def submit(self, jobs: Job | list[Job], now: float) -> None:
+        """Queue jobs, all or none. Raises OverloadedError when more than ``max_queue`` jobs would wait beyond the
+        free slots, or a job has more choices than there are slots."""
+        jobs = [jobs] if isinstance(jobs, Job) else jobs
+        if any(job.params.n > len(self.slots) for job in jobs):
+            raise OverloadedError("a job has more choices than this model has slots", retry_after=1)
+        if len(self.waiting) + len(jobs) - 1 >= self.free_slots() + self.max_queue:
             raise OverloadedError("all slots are busy and the wait queue is full", retry_after=1)
-        job.enqueued_at = now
-        self.waiting.append(job)
+        for job in jobs:
+            job.enqueued_at = now
+            self.waiting.append(job)
 
     def free_slots(self) -> int:
         return sum(1 for s in self.slots if s.state is SlotState.FREE)
@@ -104,21 +116,25 @@ class Batcher:
         for job in list(self.waiting):
             if job.cancelled.is_set():
                 self.waiting.remove(job)
-                self._emit(job, Chunk(finish_reason=FinishReason.CANCELLED, usage=Usage(0, 0)))
+                self._end_unstarted(job, FinishReason.CANCELLED)
             elif now - job.enqueued_at > self.queue_timeout:
                 self.waiting.remove(job)
-                self._emit(job, Chunk(finish_reason=FinishReason.ERROR, usage=Usage(0, 0),
-                                      error=OverloadedError("timed out waiting for a free slot", retry_after=2)))
+                self._end_unstarted(job, FinishReason.ERROR,
+                                    OverloadedError("timed out waiting for a free slot", retry_after=2))
         while self.waiting:
             free = [s for s in self.slots if s.state is SlotState.FREE]
-            if not free:
-                return
+            if len(free) < self.waiting[0].params.n:
+                return  # first come, first served: a job of n choices waits for n free slots
             self._start(self.waiting.popleft(), free)
 
     def cancel_waiting(self) -> None:
         """Stopping: every waiting job ends cancelled, having used nothing."""
         while self.waiting:
-            self._emit(self.waiting.popleft(), Chunk(finish_reason=FinishReason.CANCELLED, usage=Usage(0, 0)))
+            self._end_unstarted(self.waiting.popleft(), FinishReason.CANCELLED)
+
+    def _end_unstarted(self, job: Job, reason: FinishReason, error: Exception | None = None) -> None:
+        for i in range(job.params.n):
+            self._emit(job, Chunk(finish_reason=reason, usage=Usage(0, 0), error=error, index=job.first_index + i))
 
     def _start(self, job: Job, free: list[Slot]) -> None:
         prompt = job.prompt
@@ -143,13 +159,33 @@ class Batcher:
             slot.cached = slot.cached[:shared]
         self.reused_tokens += shared
         seed = job.params.seed if job.params.seed is not None else secrets.randbits(32)
-        slot.job = job
+        others = [s for s in free if s is not slot][:job.params.n - 1]
+        try:
+            for i, s in enumerate([slot, *others]):
+                self._assign(s, job, i, seed + i)
+        except ReverbError as e:  # llama.cpp refused a sampler (its grammar was checked at prepare: not expected)
+            for s in (slot, *others):
+                if s.sampler is not None:
+                    s.sampler.close()
+                s.sampler, s.job = None, None
+            self._end_unstarted(job, FinishReason.ERROR, e)
+            return
         slot.state = SlotState.PREFILL
-        slot.sampler = self.engine.sampler(job.params, seed)
         slot.todo = prompt[shared:]
-        slot.next_token = None
-        slot.generated = 0
-        slot.text = TextStream(job.params.stop)
+        slot.followers = others
+        for s in others:
+            s.state = SlotState.FOLLOW
+
+    def _assign(self, s: Slot, job: Job, i: int, seed: int) -> None:
+        s.job = job
+        s.index = job.first_index + i
+        constraint = job.constraint
+        s.sampler = self.engine.sampler(job.params, seed & 0xFFFFFFFF,
+                                        grammar=constraint.grammar if constraint is not None else None)
+        s.todo = []
+        s.next_token = None
+        s.generated = 0
+        s.out = ChoiceOutput(s.index, job.params.stop, constraint)
 
     # -- one step -------------------------------------------------------------------------------------------
 
@@ -215,16 +251,25 @@ class Batcher:
             self.engine.seq_remove(s.seq)
 
     def _sample(self, s: Slot, index: int) -> None:
+        if s.followers:  # the prompt is read: the job's other choices start from a copy of its KV and logits
+            followers, s.followers = s.followers, []
+            for f in followers:
+                if f.job is s.job:
+                    self.engine.seq_copy_prefix(s.seq, f.seq, len(s.cached))
+                    f.cached = list(s.cached)
+                    self._sample(f, index)
         job = s.job
         tok = s.sampler.sample(index)
-        if self.engine.is_eog(tok):
+        if tok < 0 or self.engine.is_eog(tok):  # < 0: the grammar allows nothing more
             self.retire(s, FinishReason.STOP)
             return
         s.generated += 1
-        text = s.text.feed(self.engine.piece(tok))
-        if text:
-            self._emit(job, Chunk(text=text))
-        if s.text.stopped:
+        params = job.params
+        logprob = self.engine.logprob(index, tok, params.top_logprobs) if params.logprobs else None
+        chunk = s.out.feed(self.engine.piece(tok), logprob)
+        if chunk is not None:
+            self._emit(job, chunk)
+        if s.out.stopped:
             self.retire(s, FinishReason.STOP)
         elif s.generated >= job.params.max_tokens or len(s.cached) + 1 >= self.ctx_per_slot:
             self.retire(s, FinishReason.LENGTH)
@@ -235,18 +280,22 @@ class Batcher:
     def retire(self, s: Slot, reason: FinishReason, error: Exception | None = None) -> None:
         job = s.job
         if reason in (FinishReason.STOP, FinishReason.LENGTH):
-            rest = s.text.flush()
-            if rest:
-                self._emit(job, Chunk(text=rest))
-        prefilled = len(job.prompt) - len(s.todo)
-        usage = Usage(prompt_tokens=len(job.prompt) if prefilled else 0, completion_tokens=s.generated)
-        self._emit(job, Chunk(finish_reason=reason, usage=usage, error=error))
+            rest = s.out.flush()
+            if rest is not None:
+                self._emit(job, rest)
+            if reason is FinishReason.STOP and s.out.called:
+                reason = FinishReason.TOOL_CALLS
+        # The prompt is billed once, on the choice that read it, if it was read at all.
+        read = s.index == job.first_index and len(job.prompt) > len(s.todo)
+        usage = Usage(prompt_tokens=len(job.prompt) if read else 0, completion_tokens=s.generated)
+        self._emit(job, Chunk(finish_reason=reason, usage=usage, error=error, index=s.index))
         s.sampler.close()
         s.sampler = None
         s.job = None
         s.state = SlotState.FREE
         s.todo = []
         s.next_token = None
+        s.followers = []  # a follower that never got its copy keeps its old, still valid, cached KV
 
 
 def _pieces(tokens: list[int], ub: int) -> list[list[int]]:

@@ -36,12 +36,12 @@ class ModelThread:
         self._thread = threading.Thread(target=self._run, name=f"reverb-{name}", daemon=True)
         self._thread.start()
 
-    def submit(self, job: Job) -> None:
-        """Queue a job. Raises OverloadedError when the wait queue is full or the model is stopping."""
+    def submit(self, *jobs: Job) -> None:
+        """Queue jobs, all or none. Raises OverloadedError when the wait queue is full or the model is stopping."""
         with self._cv:
             if not self._running:
                 raise OverloadedError("the server is shutting down", retry_after=5)
-            self.batcher.submit(job, time.monotonic())
+            self.batcher.submit(list(jobs), time.monotonic())
             self._cv.notify()
 
     def wake(self) -> None:

@@ -17,8 +17,9 @@ from pathlib import Path
 import llama_cpp as C
 import numpy as np
 
-from ...errors import EngineError, ModelLoadError
-from ...types import SamplingParams
+from ...errors import EngineError, InvalidRequest, ModelLoadError
+from ...types import SamplingParams, TokenLogprob
+from .logprobs import token_logprob
 
 log = logging.getLogger("reverb.engine")
 
@@ -64,9 +65,15 @@ class EngineConfig:
 
 
 class Sampler:
-    """One sequence's sampler chain (penalties -> top-k -> top-p -> min-p -> temperature -> seeded draw)."""
+    """One sequence's sampler chain (penalties -> top-k -> top-p -> min-p -> temperature -> seeded draw), and
+    optionally a grammar (a GrammarSpec). The grammar sampler costs ~5-10 ms a token over the whole vocabulary, so,
+    like llama-server (grammar_first=false): draw without it, check that one token, and only if it is rejected draw
+    again from the best candidates by logit that the grammar allows, in widening tiers. A greedy pick equals
+    grammar-first's (logit_bias and penalties apply after the cut); a sampled one comes from that tier."""
 
-    def __init__(self, engine: "Engine", params: SamplingParams, seed: int):
+    RESAMPLE_TOP = (16, 256, 4096)  # widening tiers: ~0.2 ms a token over an unconstrained draw (was ~0.5 at 64)
+
+    def __init__(self, engine: "Engine", params: SamplingParams, seed: int, grammar=None):
         chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
         add = lambda s: C.llama_sampler_chain_add(chain, s)  # noqa: E731
         if params.logit_bias:
@@ -88,16 +95,69 @@ class Sampler:
             add(C.llama_sampler_init_temp(params.temperature))
             add(C.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         self._chain = chain
+        self._engine = engine
         self._ctx = engine._ctx
+        self._grammar = engine.grammar_sampler(grammar) if grammar is not None else None
+        # Only the penalties sampler keeps state from accepted tokens (dist draws in apply, not accept).
+        self._stateless = not (params.presence_penalty or params.frequency_penalty)
 
     def sample(self, batch_index: int) -> int:
-        """Sample (and accept) the next token from the logits at ``batch_index`` of the last decode."""
-        return C.llama_sampler_sample(self._chain, self._ctx, batch_index)
+        """Sample (and accept) the next token from the logits at ``batch_index`` of the last decode; -1 when the
+        grammar allows no token (the answer is complete but its end token is banned)."""
+        if self._grammar is None:
+            return C.llama_sampler_sample(self._chain, self._ctx, batch_index)
+        if self._stateless:  # accepting a token the grammar then rejects changes nothing in such a chain
+            tok = C.llama_sampler_sample(self._chain, self._ctx, batch_index)
+        else:  # penalties remember accepted tokens: pick without accepting, accept once the grammar agrees
+            tok = self._pick(self._engine._candidates(batch_index, None))
+        if not self._allows(tok):
+            tok = self._resample(batch_index)
+            if tok < 0 or not self._allows(tok):  # never accept a rejected token: llama.cpp aborts on it
+                return -1
+        C.llama_sampler_accept(self._grammar, tok)
+        if not self._stateless:
+            C.llama_sampler_accept(self._chain, tok)
+        return tok
+
+    def follow(self, tok: int) -> bool:
+        """Accept a token chosen elsewhere if the grammar allows it (False, and nothing accepted, if not)."""
+        if self._grammar is not None:
+            if not self._allows(tok):
+                return False
+            C.llama_sampler_accept(self._grammar, tok)
+        C.llama_sampler_accept(self._chain, tok)
+        return True
+
+    def _pick(self, arr) -> int:
+        C.llama_sampler_apply(self._chain, ctypes.byref(arr))
+        if not 0 <= arr.selected < arr.size or arr.data[arr.selected].logit == -np.inf:
+            return -1  # nothing the grammar allows survives the chain (e.g. the end token is banned)
+        return arr.data[arr.selected].id
+
+    def _allows(self, tok: int) -> bool:
+        one = self._engine._one
+        one.data[0].id, one.data[0].logit, one.data[0].p = tok, 0.0, 0.0
+        one.size, one.selected, one.sorted = 1, -1, False
+        C.llama_sampler_apply(self._grammar, ctypes.byref(one))
+        return one.data[0].logit != -np.inf
+
+    def _resample(self, batch_index: int) -> int:
+        e = self._engine
+        for top in (*self.RESAMPLE_TOP, None):  # the top candidates (and the end tokens), then everything
+            arr = e._candidates(batch_index, top)
+            C.llama_sampler_apply(self._grammar, ctypes.byref(arr))
+            if np.isfinite(e._cand["logit"][:arr.size]).any():
+                return self._pick(arr)
+        return -1
 
     def close(self) -> None:
-        if self._chain is not None:
-            C.llama_sampler_free(self._chain)
-            self._chain = None
+        for s in (self._chain, self._grammar):
+            if s is not None:
+                C.llama_sampler_free(s)
+        self._chain = self._grammar = None
+
+
+_TOKEN_DATA = np.dtype([("id", "<i4"), ("logit", "<f4"), ("p", "<f4")], align=True)
 
 
 class Engine:
@@ -139,6 +199,13 @@ class Engine:
         self._batch = C.llama_batch_init(config.n_batch + 1, 0, 1)
         self._pieces: dict[int, bytes] = {}
         self._eog = np.array([C.llama_vocab_is_eog(self._vocab, t) for t in range(self.n_vocab)], dtype=bool)
+        # Candidate arrays for grammar sampling, shared by every sampler (they all run on the owner thread).
+        self._cand = np.zeros(self.n_vocab, dtype=_TOKEN_DATA)
+        self._ids = np.arange(self.n_vocab, dtype=np.int32)
+        self._eog_ids = np.flatnonzero(self._eog).astype(np.int32)
+        self._one_data = (C.llama_token_data * 1)()
+        self._one = C.llama_token_data_array(self._one_data, 1, -1, False)
+        self._embedder: _Embedder | None = None
 
     # -- vocabulary: safe from any thread --------------------------------------------------------------
 
@@ -231,15 +298,48 @@ class Engine:
         if rc != 0:
             raise EngineError(f"llama_decode failed ({rc})")
 
-    def sampler(self, params: SamplingParams, seed: int) -> Sampler:
-        return Sampler(self, params, seed)
+    def sampler(self, params: SamplingParams, seed: int, grammar=None) -> Sampler:
+        return Sampler(self, params, seed, grammar)
 
-    def logits(self, batch_index: int) -> np.ndarray:
-        """A copy of the logits at ``batch_index`` of the last decode."""
+    def grammar_sampler(self, spec):
+        """A grammar sampler for a GrammarSpec (any thread). Raises InvalidRequest when llama.cpp refuses it."""
+        g, root = spec.grammar.encode(), spec.root.encode()
+        if not spec.grammar.strip():  # llama.cpp makes a no-op sampler of "": that would not constrain anything
+            raise InvalidRequest("empty grammar", param="response_format")
+        if spec.lazy:
+            pats = (ctypes.c_char_p * len(spec.trigger_patterns))(*[p.encode() for p in spec.trigger_patterns])
+            smpl = C.llama_sampler_init_grammar_lazy_patterns(self._vocab, g, root, pats, len(pats), None, 0)
+        else:
+            smpl = C.llama_sampler_init_grammar(self._vocab, g, root)
+        if not smpl:
+            raise InvalidRequest("the grammar for this request could not be built",
+                                 param=getattr(spec, "param", "response_format"))
+        return smpl
+
+    def check_grammar(self, spec) -> None:  # build and drop: a grammar llama.cpp refuses is a 400 before the job
+        C.llama_sampler_free(self.grammar_sampler(spec))
+
+    def _candidates(self, batch_index: int, top: int | None):
+        """The logits at ``batch_index`` as a llama_token_data_array (all, or the ``top`` best and the end tokens)."""
+        logits = self._logits_view(batch_index)
+        cand = self._cand
+        if top is None:
+            cand["id"], cand["logit"], cand["p"], n = self._ids, logits, 0.0, self.n_vocab
+        else:
+            pick = np.union1d(np.argpartition(logits, -top)[-top:], self._eog_ids)
+            n = len(pick)
+            cand["id"][:n], cand["logit"][:n], cand["p"][:n] = pick, logits[pick], 0.0
+        return C.llama_token_data_array(cand.ctypes.data_as(C.llama_token_data_p), n, -1, False)
+
+    def logprob(self, batch_index: int, token: int, top: int) -> TokenLogprob:
+        """``token``'s log probability at ``batch_index`` of the last decode, with the ``top`` alternatives."""
+        return token_logprob(self._logits_view(batch_index), token, top, self.piece)
+
+    def _logits_view(self, batch_index: int) -> np.ndarray:
         ptr = C.llama_get_logits_ith(self._ctx, batch_index)
         if not ptr:
             raise EngineError("no logits for that batch index")
-        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
 
     def seq_remove(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
         """Drop positions [p0, p1) of a sequence from the KV cache (all of it by default)."""
@@ -251,7 +351,18 @@ class Engine:
         C.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
         C.llama_memory_seq_rm(self._mem, dst, n, -1)
 
+    def embed(self, tokens: list[int]) -> np.ndarray:
+        """A unit-length embedding of ``tokens``: the model's own pooling when the GGUF names one, else the mean
+        of the last hidden states. Runs in a second, embeddings-only llama.cpp context (made on first use, same
+        weights; its own thread, never the owner thread's context). Raises EngineError."""
+        if self._embedder is None:
+            self._embedder = _Embedder(self)
+        return self._embedder.embed(tokens)
+
     def close(self) -> None:
+        if self._embedder is not None:
+            self._embedder.close()
+            self._embedder = None
         if getattr(self, "_ctx", None):
             C.llama_batch_free(self._batch)
             C.llama_free(self._ctx)
@@ -259,6 +370,60 @@ class Engine:
         if getattr(self, "_model", None):
             C.llama_model_free(self._model)
             self._model = None
+
+
+class _Embedder:
+    """An embeddings context. A GGUF naming its own pooling is pooled by llama.cpp (the whole input in one ubatch).
+    A generative model's is the mean of its last hidden states over chunks of CHUNK tokens (causal: the KV cache
+    carries the context), as llama.cpp also writes logits for each pooled token: 2048 at once took ~800 MB more."""
+
+    CHUNK = 256
+
+    def __init__(self, engine: Engine):
+        cfg, buf = engine.config, ctypes.create_string_buffer(64)
+        C.llama_model_meta_val_str(engine._model, b"general.architecture", buf, 64)
+        self.pooled = C.llama_model_meta_val_str(engine._model, buf.value + b".pooling_type", buf, 64) > 0
+        cparams = C.llama_context_default_params()
+        cparams.n_ctx = cfg.n_ctx
+        cparams.n_batch = cparams.n_ubatch = cfg.n_ctx if self.pooled else min(self.CHUNK, cfg.n_ctx)
+        cparams.n_seq_max = 1
+        cparams.n_threads = cparams.n_threads_batch = cfg.n_threads_batch
+        cparams.embeddings = True
+        cparams.pooling_type = C.LLAMA_POOLING_TYPE_UNSPECIFIED if self.pooled else C.LLAMA_POOLING_TYPE_NONE
+        cparams.no_perf = True
+        self._ctx = C.llama_init_from_model(engine._model, cparams)
+        if not self._ctx:
+            raise EngineError("llama.cpp could not create an embeddings context (out of memory?)")
+        self._mem = C.llama_get_memory(self._ctx)
+        self._n_embd = C.llama_model_n_embd(engine._model)
+        self._step = cparams.n_batch
+        self._batch = C.llama_batch_init(self._step, 0, 1)
+        self.n_ctx = cfg.n_ctx
+
+    def embed(self, tokens: list[int]) -> np.ndarray:
+        if not 0 < len(tokens) <= self.n_ctx:
+            raise EngineError("input does not fit the embeddings context")
+        C.llama_memory_clear(self._mem, True)
+        total = np.zeros(self._n_embd)
+        b = self._batch
+        for start in range(0, len(tokens), self._step):
+            part = tokens[start:start + self._step]
+            for i, tok in enumerate(part):
+                b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0], b.logits[i] = tok, start + i, 1, 0, True
+            b.n_tokens = len(part)
+            if C.llama_decode(self._ctx, b) != 0:
+                raise EngineError("llama_decode failed for embeddings")
+            ptr = C.llama_get_embeddings_seq(self._ctx, 0) if self.pooled else C.llama_get_embeddings(self._ctx)
+            if not ptr:
+                raise EngineError("no embeddings from llama.cpp")
+            rows = 1 if self.pooled else len(part)
+            total += np.ctypeslib.as_array(ptr, shape=(rows, self._n_embd)).sum(axis=0, dtype=np.float64)
+        vec = total if self.pooled else total / len(tokens)
+        return vec / (np.linalg.norm(vec) or 1.0)
+
+    def close(self) -> None:
+        C.llama_batch_free(self._batch)
+        C.llama_free(self._ctx)
 
 
 QUANT_TYPES = {
