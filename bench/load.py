@@ -21,6 +21,12 @@ class StreamResult:
     first_at: float = 0.0    # absolute perf_counter times of the first and last content event
     last_at: float = 0.0
     events: int = 0
+    text: str = ""
+    gaps: list[float] | None = None   # seconds between consecutive content events
+
+    @property
+    def itl_p50(self) -> float:
+        return p50(self.gaps or [])
 
 
 async def one_stream(client: httpx.AsyncClient, body: dict) -> StreamResult:
@@ -28,6 +34,8 @@ async def one_stream(client: httpx.AsyncClient, body: dict) -> StreamResult:
     first = last = None
     events = 0
     usage = None
+    text: list[str] = []
+    gaps: list[float] = []
     try:
         async with client.stream("POST", "/v1/chat/completions", json=body) as r:
             if r.status_code != 200:
@@ -41,15 +49,18 @@ async def one_stream(client: httpx.AsyncClient, body: dict) -> StreamResult:
                 ch = ev.get("choices") or []
                 if ch and (ch[0].get("delta") or {}).get("content"):
                     now = time.perf_counter()
+                    if last is not None:
+                        gaps.append(now - last)
                     first = first or now
                     last = now
                     events += 1
+                    text.append(ch[0]["delta"]["content"])
     except httpx.HTTPError as e:
         return StreamResult(events, 0, 0, time.perf_counter() - t0, type(e).__name__)
     n = usage["completion_tokens"] if usage else events
     span = (last - first) if first and last and last > first else 0
     return StreamResult(n, (first - t0) if first else 0, (n - 1) / span if span else 0,
-                        time.perf_counter() - t0, None, first or 0.0, last or 0.0, events)
+                        time.perf_counter() - t0, None, first or 0.0, last or 0.0, events, "".join(text), gaps)
 
 
 async def run_load(base_url: str, key: str, bodies: list[dict]) -> tuple[float, list[StreamResult]]:

@@ -94,8 +94,9 @@ def model_path() -> Path:
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    """The shared server: tiny model, 4 slots, its own ledger."""
-    srv = Server(tmp_path_factory.mktemp("server"), "--parallel", "4").start()
+    """The shared server: tiny model, 4 slots, its own ledger. Deterministic, since tests compare answers to
+    repeated requests while other requests may share the batch."""
+    srv = Server(tmp_path_factory.mktemp("server"), "--parallel", "4", "--deterministic").start()
     yield srv
     srv.stop()
     with srv.ledger() as ledger:

@@ -7,7 +7,7 @@ the backends when scraped.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..generation import Hooks
 from ..ledger import RequestRecord
@@ -63,9 +63,18 @@ class _SchedulerCollector:
         queue = GaugeMetricFamily("reverb_queue_depth", "Requests waiting for a slot", labels=["model"])
         active = GaugeMetricFamily("reverb_active_slots", "Slots running a request", labels=["model"])
         slots = GaugeMetricFamily("reverb_slots", "Slots configured", labels=["model"])
+        reused = CounterMetricFamily("reverb_prompt_tokens_reused", "Prompt tokens taken from a cached prefix "
+                                     "instead of computed", labels=["model"])
+        cached = GaugeMetricFamily("reverb_prompt_cache_bytes", "Host memory holding cached prompt prefixes",
+                                   labels=["model"])
+        entries = GaugeMetricFamily("reverb_prompt_cache_entries", "Prompt prefixes cached in host memory",
+                                    labels=["model"])
         for name, backend in self.service.backends.items():
             st = backend.stats()
             queue.add_metric([name], st.waiting)
             active.add_metric([name], st.active)
             slots.add_metric([name], st.slots)
-        return [queue, active, slots]
+            reused.add_metric([name], st.reused_tokens)
+            cached.add_metric([name], st.cached_prompt_bytes)
+            entries.add_metric([name], st.cached_prompts)
+        return [queue, active, slots, reused, cached, entries]

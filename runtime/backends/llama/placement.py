@@ -5,9 +5,10 @@ in another slot (copied over), or in host memory (``promptcache.PromptCache``). 
 same tenant (API key) count, unless sharing is on: a cross-key match would tell one key, by its speed, what
 another key's prompts start with. A slot's content that is about to be overwritten goes to host memory first.
 
-The slot: a free slot whose own cache holds a good part of the prompt keeps its conversation; otherwise the free
-slot next to busy ones (then the lowest id), because llama.cpp runs a step in one compute pass per run of
-consecutive sequence ids (shapes.py) and each extra pass costs a pass over the weights.
+The slot: a free slot whose own cache holds a good part of the prompt keeps its conversation; otherwise a free
+slot next to busy ones, because llama.cpp runs a step in one compute pass per run of consecutive sequence ids
+(shapes.py) and each extra pass costs a pass over the weights; then the slot with the least cached content to
+lose, then the lowest id.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ class Placement:
         own = {s: common_prefix(s.cached, prompt, min(self.visible(s, tenant), limit)) for s in free}
         busy = {s.seq for s in slots if s not in free}
 
-        def key(s):
+        def key(s):  # keep a conversation; else pack next to busy slots; else overwrite the least; else lowest id
             keeps = own[s] if own[s] >= MIN_COPY or 2 * own[s] >= len(prompt) else 0
-            return keeps, (s.seq - 1 in busy or s.seq + 1 in busy), -s.seq
+            return keeps, (s.seq - 1 in busy or s.seq + 1 in busy), -(s.reusable - own[s]), -s.seq
 
         slot = max(free, key=key)
         shared, source = own[slot], None
