@@ -138,12 +138,13 @@ class Settings:
             "port": 0 <= self.port <= 65535, "log_format": self.log_format in ("console", "json"),
             "queue_timeout": self.queue_timeout > 0, "prompt_cache_mb": self.prompt_cache_mb >= 0,
         }
-        if self.deterministic:  # prompt rows run in passes of at least 64 rows (backends/llama/shapes.py)
-            checks.update(ubatch=self.ubatch >= 64, prefill_chunk=self.prefill_chunk >= 64,
-                          batch=self.batch >= self.parallel + 64)
         for name, ok in checks.items():
             if not ok:
                 raise ConfigError(f"setting {name}={getattr(self, name)!r} is out of range", param=name)
+        if self.deterministic:  # prompt rows run in passes of at least 64 rows (backends/llama/shapes.py)
+            for name, least in (("ubatch", 64), ("prefill_chunk", 64), ("batch", self.parallel + 64)):
+                if getattr(self, name) < least:
+                    raise ConfigError(f"with deterministic on, setting {name} must be at least {least}", param=name)
 
     def with_(self, **changes) -> "Settings":
         return replace(self, **changes)
