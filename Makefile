@@ -27,7 +27,7 @@ LLAMA_KEY        := $(shell echo "$(LLAMA_CPP_VERSION) $(LLAMA_CMAKE_ARGS)" | sh
 WHEEL_CACHE      ?= $(HOME)/.cache/reverb/wheels
 LLAMA_WHEEL_DIR  := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(LLAMA_KEY)
 
-.PHONY: install serve test bench soak lint clean llama-wheel llama-server
+.PHONY: install serve test test-fast test-busy bench soak lint clean llama-wheel llama-server
 
 install: $(STAMP)
 
@@ -59,6 +59,16 @@ serve: $(STAMP)
 test: $(STAMP)
 	REVERB_LLAMA_WHEEL="$$(ls $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl)" $(BIN)/python -m pytest $(PYTEST_ARGS)
 	cd examples/ci-app && ../../$(BIN)/python -m pytest -q
+
+# The fast tier: every test that needs no model and starts no server (seconds).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not model" $(PYTEST_ARGS)
+
+# The whole suite while two busy loops keep both cores occupied, as on a shared CI runner; the loops stop with it.
+test-busy: $(STAMP)
+	@python3 -c 'while True: pass' & b1=$$!; python3 -c 'while True: pass' & b2=$$!; \
+	  trap 'kill $$b1 $$b2 2>/dev/null' EXIT INT TERM; \
+	  $(MAKE) test
 
 # llama-cpp-python's own server is the peer we measure against; it lives in its own venv (same llama.cpp wheel,
 # plus its `server` extra) so none of its dependencies leak into ours.

@@ -11,8 +11,10 @@ import argparse
 import asyncio
 import collections
 import json
+import os
 import random
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,9 +37,9 @@ def chat(content: str, **kw) -> dict:
     return {"model": "smollm2-135m", "messages": [{"role": "user", "content": content}], **kw}
 
 
-async def client(kind: str, base: str, key: str, deadline: float, out: list, rng: random.Random) -> None:
-    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
-        while time.monotonic() < deadline:
+async def client(kind: str, base: str, key: str, done, out: list, rng: random.Random) -> None:
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=600) as http:
+        while not done():
             t0 = time.monotonic()
             try:
                 outcome = await ONE[kind](http, rng)
@@ -95,14 +97,18 @@ async def _gateway(http, rng):
 ONE = {"stream": _stream, "disconnect": _disconnect, "bad": _bad, "gateway": _gateway, "broke": _gateway}
 
 
-def run(seconds: float, parallel: int = 4, clients: dict | None = None) -> dict:
+def run(seconds: float, parallel: int = 4, clients: dict | None = None, need: tuple[str, ...] = (),
+        max_seconds: float = 900) -> dict:
+    """Soak for ``seconds``, and on until every outcome in ``need`` (e.g. "broke 402") has been seen at least once
+    (a busy machine gets there later, not never), but never past ``max_seconds``."""
     clients = clients or {"stream": 4, "disconnect": 2, "bad": 2, "gateway": 2, "broke": 1}
     tmp = Path(tempfile.mkdtemp(prefix="reverb-soak-"))
     ready, db = tmp / "ready", tmp / "ledger.sqlite3"
     dev = "sk-soak-" + secrets.token_hex(6)
     proc = subprocess.Popen([sys.executable, "-m", "reverb.cli", "serve", "--port", "0", "--ready-file", str(ready),
                              "--db", str(db), "--api-key", dev, "--parallel", str(parallel), "--max-queue", "16"],
-                            stdout=open(tmp / "server.log", "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+                            stdout=open(tmp / "server.log", "wb"), stderr=subprocess.STDOUT, cwd=ROOT,
+                            start_new_session=True)
     try:
         while not ready.exists():
             if proc.poll() is not None:
@@ -117,23 +123,35 @@ def run(seconds: float, parallel: int = 4, clients: dict | None = None) -> dict:
         keys = {"stream": dev, "disconnect": funded, "bad": funded, "gateway": funded, "broke": broke}
         rss_start = rss_mb(proc.pid)
         out: list = []
-        deadline = time.monotonic() + seconds
+        t0 = time.monotonic()
+
+        def done() -> bool:
+            now = time.monotonic() - t0
+            seen = {f"{k} {o}" for k, o, _ in out}
+            return now > max_seconds or (now > seconds and all(n in seen for n in need))
 
         async def main():
             rng = random.Random(7)
-            await asyncio.gather(*(client(kind, base, keys[kind], deadline, out, random.Random(rng.random()))
+            await asyncio.gather(*(client(kind, base, keys[kind], done, out, random.Random(rng.random()))
                                    for kind, n in clients.items() for _ in range(n)))
-        t0 = time.monotonic()
         asyncio.run(main())
         wall = time.monotonic() - t0
-        time.sleep(1.0)  # let the last cancelled jobs settle
         rss_end = rss_mb(proc.pid)
         with Ledger(db) as ledger:
+            # cancelled jobs settle a step after their client leaves: wait for the last rows, never a fixed time
+            settle_by = time.monotonic() + 300
+            while (ledger.invariant()["holds"] or ledger._read("SELECT COUNT(*) FROM requests")[0][0] < len(out)) \
+                    and time.monotonic() < settle_by:
+                time.sleep(0.05)
             inv = ledger.invariant()
             rows = ledger._read("SELECT COUNT(*) FROM requests")[0][0]
     finally:
         proc.terminate()
-        proc.wait(60)
+        try:
+            proc.wait(120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     by_kind = collections.Counter(f"{k} {o}" for k, o, _ in out)
     ok_lat = sorted(lat for k, o, lat in out if k in ("stream", "gateway") and o == "200")
 

@@ -27,7 +27,8 @@ file path from the server, a raw key or an exception's repr.
     │   └── UnsupportedMediaType    415
     ├── OverloadedError             503 with Retry-After
     ├── LedgerError                 the ledger could not record money or usage (fail closed)
-    └── EngineError                 llama.cpp failed mid-request
+    ├── EngineError                 llama.cpp failed mid-request
+    └── RemoteError                 `reverb chat --url`: the server could not be reached or answered wrongly
 """
 
 from __future__ import annotations
@@ -157,3 +158,9 @@ class EngineError(ReverbError):
     """llama.cpp failed while running a request."""
 
     code = "engine_error"
+
+
+class RemoteError(ReverbError):
+    """``reverb chat --url``: the server could not be used (unreachable, refused the key, answered non-JSON)."""
+
+    code = "remote_error"

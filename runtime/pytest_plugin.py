@@ -104,8 +104,9 @@ def start_server(model: str = "", parallel: int = 2, models: str = "", timeout: 
     base = ready.read_text().strip()
     import json
     import urllib.request
-    with urllib.request.urlopen(base + "/health", timeout=10) as r:  # noqa: S310 - loopback
-        names = list(json.load(r)["models"])
+    req = urllib.request.Request(base + "/v1/models", headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(req, timeout=60) as r:  # noqa: S310 - loopback
+        names = [m["id"] for m in json.load(r)["data"]]
     return ReverbServer(base_url=base, api_key=key, model=model or names[0],
                         startup_seconds=time.monotonic() - t0, process=proc, db_path=workdir / "ledger.sqlite3")
 

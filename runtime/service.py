@@ -109,6 +109,9 @@ class Service:
         except LedgerError as e:
             log.error("settlement failed for %s: %s", ctx.request_id, e.message)
             gen.settled.set_exception(e)
+        except Exception:  # whatever went wrong, the request must end: as a ledger failure, never a hang
+            log.exception("settlement failed for %s", ctx.request_id)
+            gen.settled.set_exception(LedgerError("the ledger could not record this request"))
 
     async def _close(self, ctx: RequestContext, spec: ModelSpec, status: str, code: str | None, charge: int,
                      usage: Usage = Usage(0, 0)) -> Settlement:

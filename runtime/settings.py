@@ -80,7 +80,12 @@ class Settings:
     stream_write_timeout: float = _opt(30.0, "seconds a stream may wait on a client that does not read before it "
                                        "is aborted")
     body_timeout: float = _opt(30.0, "seconds for a whole request body to arrive (408 beyond)")
-    max_connections: int = _opt(256, "open connections before new ones get 503")
+    max_connections: int = _opt(256, "open connections; past it the oldest idle connection is closed, and "
+                                "requests beyond this many in progress get 503")
+    header_timeout: float = _opt(10.0, "seconds a connection has to send a complete request line and headers")
+    keep_alive_timeout: float = _opt(5.0, "seconds an idle keep-alive connection stays open")
+    drain_timeout: float = _opt(30.0, "on SIGTERM/SIGINT, seconds running requests may take to finish before "
+                                "they are cut")
     db_busy_timeout: float = _opt(10.0, "seconds a ledger write waits for a lock before the request fails closed")
     db_max_mb: float = _opt(0.0, "cap on the ledger's size in MB (0: none); past it requests fail closed")
     # operations

@@ -28,6 +28,43 @@ def tiny_model_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+# Every process the tests start, so a failing test never leaves one behind (see test_zz_no_leftovers.py).
+STARTED: list[subprocess.Popen] = []
+
+
+def spawn(cmd: list[str], **kw) -> subprocess.Popen:
+    """Start a child in its own process group (so its children go with it) and remember it."""
+    proc = subprocess.Popen(cmd, start_new_session=True, **kw)
+    STARTED.append(proc)
+    return proc
+
+
+def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def wait_for(condition, timeout: float = 120, what: str = "condition", interval: float = 0.02):
+    """Poll ``condition()`` until it returns something truthy; fail with ``what`` after a generous deadline
+    (a deadline for a stuck test, never a performance claim)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = condition()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(interval)
+
+
 class Server:
     """A `reverb serve` subprocess. ``start`` waits for its ready file, never for a fixed sleep."""
 
@@ -36,20 +73,22 @@ class Server:
         workdir.mkdir(parents=True, exist_ok=True)
         self.db = db or workdir / "ledger.sqlite3"
         self.args = args
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # A busy CI runner may keep a request waiting for a slot for minutes: tests that are not about the queue
+        # timeout must not fail on it (those that are pass --queue-timeout, which wins over the environment).
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "REVERB_QUEUE_TIMEOUT": "3600", **(env or {})}
         self.env.pop("REVERB_API_KEY", None)
         self.proc: subprocess.Popen | None = None
         self.base_url = ""
         self.key = KEY
         self.log_path = workdir / "server.log"
 
-    def start(self, timeout: float = 60) -> "Server":
+    def start(self, timeout: float = 300) -> "Server":
         ready = self.workdir / "ready"
         ready.unlink(missing_ok=True)
         self._log = open(self.log_path, "ab")
         cmd = [sys.executable, "-m", "reverb.cli", "serve", "--port", "0", "--ready-file", str(ready),
                "--db", str(self.db), "--api-key", KEY, *self.args]
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
+        self.proc = spawn(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
         deadline = time.monotonic() + timeout
         while not ready.exists():
             if self.proc.poll() is not None:
@@ -66,16 +105,30 @@ class Server:
 
     def client(self, key: str | None = KEY, **kw) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.base_url, headers=headers, timeout=kw.pop("timeout", 60), **kw)
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=kw.pop("timeout", 300), **kw)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+    def stats(self, model: str = "smollm2-135m") -> dict:
+        """The model's load figures from /metrics: waiting, active, slots, ctx, reused."""
+        with self.client() as http:
+            text = http.get("/metrics").text
+        names = {"reverb_queue_depth": "waiting", "reverb_active_slots": "active", "reverb_slots": "slots",
+                 "reverb_context_tokens": "ctx", "reverb_reused_prompt_tokens_total": "reused"}
+        out = {}
+        for line in text.splitlines():
+            name, _, rest = line.partition("{")
+            if name in names and f'model="{model}"' in rest:
+                out[names[name]] = float(line.rsplit(" ", 1)[1])
+        return out
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                kill_group(self.proc)
+        if self.proc:
+            kill_group(self.proc)  # whatever the server itself started (a probe child) goes too
         if hasattr(self, "_log"):
             self._log.close()
         return self.proc.returncode if self.proc else 0
@@ -87,9 +140,33 @@ class Server:
         return Ledger(self.db)
 
 
+# The slow tier: a test that needs the model (or starts processes that load it) is marked `model`, so
+# `pytest -m "not model"` (make test-fast) runs the rest in seconds.
+MODEL_FIXTURES = {"server", "make_server", "engine", "model_path", "no_eos", "term"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if MODEL_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.model)
+
+
 @pytest.fixture(scope="session")
 def model_path() -> Path:
     return tiny_model_path()
+
+
+SESSION_OWNED: set[int] = set()   # pids of servers that session fixtures own (they outlive single tests)
+
+
+@pytest.fixture(autouse=True)
+def _no_orphans():
+    """Whatever a test started and left running when it ended (passed or failed) is killed with its group."""
+    first = len(STARTED)
+    yield
+    for proc in STARTED[first:]:
+        if proc.pid not in SESSION_OWNED and proc.poll() is None:
+            kill_group(proc)
 
 
 @pytest.fixture(scope="session")
@@ -97,6 +174,7 @@ def server(tmp_path_factory):
     """The shared server: tiny model, 4 slots, its own ledger. Deterministic, since tests compare answers to
     repeated requests while other requests may share the batch."""
     srv = Server(tmp_path_factory.mktemp("server"), "--parallel", "4", "--deterministic").start()
+    SESSION_OWNED.add(srv.proc.pid)
     yield srv
     srv.stop()
     with srv.ledger() as ledger:
@@ -150,7 +228,7 @@ def prompt_tokens(engine, messages: list[dict]) -> int:
 def reverb(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the `reverb` CLI as a user would."""
     return subprocess.run([sys.executable, "-m", "reverb.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, **(env or {})}, timeout=120)
+                          cwd=ROOT, env={**os.environ, **(env or {})}, timeout=600)
 
 
 def is_utf8(data: bytes) -> bool:

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import re
 import socket
 import threading
 import time
 
 import httpx
 
-from .conftest import chat
+from .conftest import chat, wait_for
 
 PROMPTS = ["Name a fruit.", "What is 2+2?", "Describe the moon.", "Write a haiku about rain.",
            "Give me a dog's name.", "What color is the sky?", "Say hi to Bob.", "List three animals."]
@@ -32,6 +31,7 @@ def stream_text(server, body: dict) -> tuple[str, dict]:
     with server.client() as http:
         with http.stream("POST", "/v1/chat/completions",
                          json={**body, "stream": True, "stream_options": {"include_usage": True}}) as r:
+            assert r.status_code == 200, r.read()
             for line in r.iter_lines():
                 if line.startswith("data: {"):
                     ev = json.loads(line[6:])
@@ -40,14 +40,6 @@ def stream_text(server, body: dict) -> tuple[str, dict]:
                     elif ev.get("usage"):
                         usage = ev["usage"]
     return "".join(text), usage
-
-
-def reused_tokens(srv, key: str | None = None) -> int:
-    """The server's count of prompt tokens taken from a cache (from /metrics)."""
-    with srv.client(**({"key": key} if key else {})) as http:
-        text = http.get("/metrics").text
-    m = re.search(r'^reverb_prompt_tokens_reused_total\{model="smollm2-135m"\} (\S+)$', text, re.M)
-    return int(float(m.group(1)))
 
 
 def hog(srv, stop: threading.Event, no_eos: dict) -> None:
@@ -78,15 +70,15 @@ def test_prefix_reuse_gives_the_same_tokens_as_a_cold_run(make_server):
     body = {"model": "smollm2-135m", "max_tokens": 20, "temperature": 0,
             "messages": [{"role": "system", "content": system}, {"role": "user", "content": "Name a bird."}]}
     cold = complete(srv, body)
-    before = reused_tokens(srv)
+    before = srv.stats()["reused"]
     warm = complete(srv, body)
-    after = reused_tokens(srv)
+    after = srv.stats()["reused"]
     assert warm["choices"][0]["message"]["content"] == cold["choices"][0]["message"]["content"]
     assert after - before == cold["usage"]["prompt_tokens"] - 64  # all but one whole last piece (shapes.TILE)
     # a different question after the same system prompt reuses the system prompt's tokens
     other = {**body, "messages": [body["messages"][0], {"role": "user", "content": "Name a fish."}]}
     warm_other = complete(srv, other)
-    assert reused_tokens(srv) - after > 100
+    assert srv.stats()["reused"] - after > 100
     srv2 = make_server("--parallel", "2", "--deterministic")
     cold_other = complete(srv2, other)
     assert warm_other["choices"][0]["message"]["content"] == cold_other["choices"][0]["message"]["content"]
@@ -120,51 +112,58 @@ def test_default_mode_serves_concurrent_streams_to_their_length(make_server, no_
 
 def test_disconnect_frees_the_slot_for_a_queued_request(make_server, no_eos):
     srv = make_server("--parallel", "1")
-    started = threading.Event()
+    streaming, leave = threading.Event(), threading.Event()
+    got: dict = {}
 
     def hog():
         with srv.client() as http:
             with http.stream("POST", "/v1/chat/completions",
                              json=chat("Write a very long essay.", max_tokens=1500, stream=True,
                                        logit_bias=no_eos)) as r:
-                for i, _ in enumerate(r.iter_lines()):
-                    if i == 4:
-                        started.set()
-                        time.sleep(1.0)  # the queued request is waiting now
+                got["hog"] = r.headers["x-request-id"]
+                for _ in r.iter_lines():
+                    streaming.set()
+                    if leave.is_set():
                         return  # disconnect mid-generation
 
-    t = threading.Thread(target=hog)
+    def queued():
+        got["queued"] = complete(srv, chat("Say yes.", max_tokens=5))
+
+    t, q = threading.Thread(target=hog), threading.Thread(target=queued)
     t.start()
-    assert started.wait(30)
-    t0 = time.monotonic()
-    r = complete(srv, chat("Say yes.", max_tokens=5))
-    waited = time.monotonic() - t0
+    assert streaming.wait(300)
+    q.start()
+    wait_for(lambda: srv.stats()["waiting"] == 1, what="the second request to queue")
+    leave.set()
     t.join()
-    assert r["choices"][0]["message"]["content"]
-    # 1500 tokens would take >10 s; the slot came free when the hog left after ~1 s
-    assert waited < 6, waited
+    q.join()
+    assert got["queued"]["choices"][0]["message"]["content"]
+    with srv.ledger() as ledger:
+        hog_row = wait_for(lambda: ledger.request(got["hog"]), what="the hog's row")
+    # the slot came free because the client left, not because its 1500 tokens were done
+    assert hog_row["status"] == "cancelled" and hog_row["completion_tokens"] < 1500
+
+
+def hold_slots(srv, n: int, no_eos: dict, stop: threading.Event) -> list[threading.Thread]:
+    """Start ``n`` slot-holding streams one after another, each running (or queued) before the next starts."""
+    threads = []
+    for i in range(n):
+        th = threading.Thread(target=hog, args=(srv, stop, no_eos))
+        th.start()
+        threads.append(th)
+        wait_for(lambda i=i: (lambda st: st["active"] + st["waiting"] >= i + 1)(srv.stats()),
+                 what=f"stream {i + 1} to be admitted")
+    return threads
 
 
 def test_overload_gives_503_with_retry_after(make_server, no_eos):
     srv = make_server("--parallel", "1", "--max-queue", "1")
     stop = threading.Event()
-    threads = [threading.Thread(target=hog, args=(srv, stop, no_eos)) for _ in range(2)]
-    for th in threads:
-        th.start()
-        time.sleep(0.5)
+    threads = []
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            with srv.client() as http:
-                h = http.get("/health", timeout=2).json()["models"]["smollm2-135m"]
-                if h["active"] == 1 and h["waiting"] == 1:
-                    break
-            assert time.monotonic() < deadline, h
-            time.sleep(0.05)
+        threads = hold_slots(srv, 2, no_eos, stop)
         with srv.client() as http:
-            t0 = time.monotonic()
-            assert http.get("/health").status_code == 200
-            assert time.monotonic() - t0 < 1.0  # /health stays responsive under full load
+            assert http.get("/health").status_code == 200  # /health stays answerable under full load
             r = http.post("/v1/chat/completions", json=chat("x", max_tokens=2))
             g = http.post("/api/endpoint", json={"model": "smollm2-135m", "messages": [{"role": "user",
                                                                                        "content": "x"}]})
@@ -180,37 +179,53 @@ def test_overload_gives_503_with_retry_after(make_server, no_eos):
 def test_queue_timeout_gives_503(make_server, no_eos):
     srv = make_server("--parallel", "1", "--queue-timeout", "0.5")
     stop = threading.Event()
-    th = threading.Thread(target=hog, args=(srv, stop, no_eos))
-    th.start()
+    threads = []
     try:
-        time.sleep(0.5)
+        threads = hold_slots(srv, 1, no_eos, stop)
         with srv.client() as http:
             r = http.post("/v1/chat/completions", json=chat("x", max_tokens=2, stream=True))
         assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded"
         assert r.headers["retry-after"]
     finally:
         stop.set()
-        th.join()
+        for th in threads:
+            th.join()
+
+
+def decode_rate(server, no_eos: dict, tokens: int = 48) -> float:
+    """Tokens per second of one stream, first token to last (prefill excluded)."""
+    times = []
+    with server.client() as http:
+        with http.stream("POST", "/v1/chat/completions",
+                         json=chat("Count slowly.", max_tokens=tokens, stream=True, temperature=0,
+                                   logit_bias=no_eos)) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {") and '"content":"' in line:
+                    times.append(time.monotonic())
+    return (len(times) - 1) / (times[-1] - times[0])
 
 
 def test_a_client_that_never_reads_does_not_slow_others(server, no_eos):
-    body = json.dumps(chat("Write a very long essay about oceans.", max_tokens=400, stream=True,
+    alone = decode_rate(server, no_eos)
+    body = json.dumps(chat("Write a very long essay about oceans.", max_tokens=1500, stream=True,
                            logit_bias=no_eos)).encode()
     host, port = server.base_url.removeprefix("http://").split(":")
     s = socket.create_connection((host, int(port)))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + server.key.encode()
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer " + server.key.encode()
               + b"\r\nContent-Type: application/json\r\nContent-Length: " + str(len(body)).encode()
               + b"\r\n\r\n" + body)
     try:
-        t0 = time.monotonic()
-        r = complete(server, chat("Say yes.", max_tokens=8, temperature=0))
-        assert r["choices"][0]["message"]["content"]
-        assert time.monotonic() - t0 < 5
+        wait_for(lambda: server.stats()["active"] >= 1, what="the non-reading stream to run")
+        beside = decode_rate(server, no_eos)
     finally:
         s.close()
+    # Sharing the batch with one more stream costs some speed; a stream blocked on its client would cost all of
+    # it. A wide margin, since both rates come from this busy machine.
+    assert beside > 0.25 * alone, (alone, beside)
 
 
-def test_health_reports_slots(server):
-    h = httpx.get(server.base_url + "/health").json()["models"]["smollm2-135m"]
-    assert h["slots"] == 4 and h["ctx_per_slot"] == 2048
+def test_metrics_report_slots_and_health_reports_nothing_more(server):
+    st = server.stats()
+    assert st["slots"] == 4 and st["ctx"] == 2048
+    assert httpx.get(server.base_url + "/health").json() == {"status": "ok"}

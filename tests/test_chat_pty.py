@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import pty
 import select
 import signal
+import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -56,44 +60,68 @@ class Term:
     def send(self, text: str) -> None:
         os.write(self.fd, text.encode())
 
-    def wait(self, timeout: float = 30) -> int:
+    def wait(self, timeout: float = 300) -> int:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
+                self.pid = None
                 return os.waitstatus_to_exitcode(status)
             self.drain(0.1)
-        os.kill(self.pid, signal.SIGKILL)
         raise AssertionError("chat did not exit")
+
+    def kill(self) -> None:
+        if self.pid is not None:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            self.pid = None
+        os.close(self.fd)
+
+
+@pytest.fixture
+def term():
+    """Start `reverb chat` in a pseudo-terminal; killed at the end of the test, passed or failed."""
+    started: list[Term] = []
+
+    def start(*args: str) -> Term:
+        started.append(Term(*args))
+        return started[-1]
+
+    yield start
+    for t in started:
+        t.kill()
 
 
 @pytest.mark.parametrize("mode", ["local", "url"])
-def test_chat_streams_keeps_history_and_survives_ctrl_c(mode, server):
+def test_chat_streams_keeps_history_and_survives_ctrl_c(mode, server, term):
     args = ["--temperature", "0", "--max-tokens", "1500"]
     if mode == "url":
         args += ["--url", server.base_url, "--api-key", KEY]
-    t = Term(*args)
-    t.read_until("/exit leaves")
+    t = term(*args)
+    t.read_until("/exit leaves", timeout=300)
     t.read_until("> ")
+    t.send("/help\n")  # a command, not a message to the model
+    t.read_until("/history")
+    t.read_until("\n> ")
     t.send(LONG + "\n")  # greedy decoding runs this to the token limit: long enough to interrupt
     mark = len(t.out)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 300
     while len(t.out) < mark + 300 and time.monotonic() < deadline:
         t.drain(0.1)
     assert len(t.out) >= mark + 300, t.out  # tokens are streaming in
     t.send("\x03")  # Ctrl-C stops the answer, not the program
-    t.read_until("[stopped]", timeout=30)
-    t.read_until("\n> ", timeout=30)
+    t.read_until("[stopped]", timeout=300)
+    t.read_until("\n> ", timeout=300)
     t.send("say \\\n")  # multi-line input
     t.read_until("... ")
     t.send("hello\n")
-    answer = t.read_until("\n> ", timeout=60)
+    answer = t.read_until("\n> ", timeout=300)
     assert len(answer.strip()) > len("hello") + 5
     t.send("/reset\n")
     t.read_until("(history cleared)")
     t.send("x " * 3000 + "\n")  # too long for the context: an error line, and the chat goes on
-    t.read_until("(error:", timeout=30)
-    t.read_until("\n> ", timeout=30)
+    t.read_until("(error:", timeout=300)
+    t.read_until("\n> ", timeout=300)
     t.send("/exit\n")
     assert t.wait() == 0
 
@@ -110,6 +138,9 @@ class FakeBackend:
         self.sent.append([dict(m) for m in messages])
         yield "ok"
 
+    def check(self):
+        pass
+
     def cancel(self):
         pass
 
@@ -120,7 +151,7 @@ class FakeBackend:
 def test_history_multiline_and_reset(monkeypatch, capsys):
     from reverb.cli import chat
     from reverb.types import SamplingParams
-    lines = iter(["one", "two \\", "lines", "/reset", "three", "/exit"])
+    lines = iter(["one", "two \\", "lines", "/reset", "/help", "/nope", "three", "//slash", "/exit"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
     backend = FakeBackend()
     assert chat.run(backend, SamplingParams(), 10, system="be brief") == 0
@@ -128,7 +159,10 @@ def test_history_multiline_and_reset(monkeypatch, capsys):
     assert backend.sent[1][-3:] == [{"role": "user", "content": "one"}, {"role": "assistant", "content": "ok"},
                                     {"role": "user", "content": "two \nlines"}]
     assert backend.sent[2] == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "three"}]
-    assert "(history cleared)" in capsys.readouterr().out
+    assert backend.sent[3][-1] == {"role": "user", "content": "/slash"}
+    assert len(backend.sent) == 4  # /help and /nope never reached the model
+    out = capsys.readouterr().out
+    assert "(history cleared)" in out and "/history" in out and "unknown command /nope" in out
 
 
 def test_unreachable_server_is_an_error_line_not_a_crash(monkeypatch, capsys):
@@ -140,3 +174,61 @@ def test_unreachable_server_is_an_error_line_not_a_crash(monkeypatch, capsys):
     assert chat.run(backend, SamplingParams(), 5) == 0
     out = capsys.readouterr().out
     assert "(error: cannot reach http://127.0.0.1:1" in out and "Traceback" not in out
+
+
+def chat_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "REVERB_API_KEY"}
+    return subprocess.run([sys.executable, "-m", "reverb.cli", "chat", *args], capture_output=True, text=True,
+                          input="hello\n/exit\n", cwd=ROOT, env=env, timeout=600)
+
+
+@pytest.mark.parametrize("args,said", [
+    (["--url", "127.0.0.1:8000"], "--url must look like http://host:port"),
+    (["--url", "http://127.0.0.1:1"], "cannot reach"),
+])
+def test_chat_that_cannot_work_exits_non_zero_before_the_first_prompt(args, said):
+    r = chat_cli(*args, "--api-key", "k")
+    assert r.returncode != 0 and said in r.stderr and "Traceback" not in r.stderr + r.stdout
+    assert "> " not in r.stdout
+
+
+def test_chat_checks_the_key_and_the_model_first(server):
+    bad_key = chat_cli("--url", server.base_url, "--api-key", "wrong")
+    assert bad_key.returncode != 0 and "401" in bad_key.stderr
+    bad_model = chat_cli("--url", server.base_url, "--api-key", KEY, "--model", "nope")
+    assert bad_model.returncode != 0 and "does not serve 'nope'" in bad_model.stderr
+
+
+class HtmlErrors(http.server.BaseHTTPRequestHandler):
+    """A server behind a proxy that answers chat requests with an HTML error page."""
+
+    def do_GET(self):  # noqa: N802
+        body = json.dumps({"data": [{"id": "m"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = b"<html><body>502 Bad Gateway</body></html>"
+        self.send_response(502)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_non_json_answer_is_an_error_line_and_the_chat_goes_on():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HtmlErrors)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        r = chat_cli("--url", f"http://127.0.0.1:{srv.server_port}", "--api-key", "k")
+    finally:
+        srv.shutdown()
+    assert r.returncode == 0, r.stderr
+    assert "(error: the server answered HTTP 502 with something that is not JSON)" in r.stdout
+    assert "Traceback" not in r.stdout + r.stderr

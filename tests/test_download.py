@@ -9,6 +9,8 @@ import pytest
 from .conftest import reverb
 from .hubserver import Hub
 
+pytestmark = pytest.mark.model  # starts servers or loads models: the slow tier
+
 REPO = "reverb-test/tiny-GGUF"
 FILE = "tiny.Q4_1.gguf"
 

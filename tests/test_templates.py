@@ -79,3 +79,41 @@ def test_template_sees_the_real_text():
     assert "".join(s.text for s in render(t, ("user", "ok"))) == "ok"
     with pytest.raises(TemplateError):
         render(t, ("user", "!x"))
+
+
+OK_LOOP = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+
+
+@pytest.mark.parametrize("bomb", [
+    "{% set s = 'x' * 300000000 %}",                                                  # one big repetition
+    "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",  # ~ doubling
+    "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",  # + doubling
+    "{% set n = 10 ** 100000 %}",                                                     # a huge number
+    "{% set s = '%0999999999d' % 1 %}",                                               # a huge format width
+    "{% set xs = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] %}{% for a in xs %}{% for b in xs %}{% for c in xs %}"
+    "{% for d in xs %}{% for e in xs %}{% for f in xs %}{% for g in xs %}{% for h in xs %}"
+    "{% endfor %}{% endfor %}{% endfor %}{% endfor %}{% endfor %}{% endfor %}{% endfor %}{% endfor %}",  # no calls
+])
+def test_bombs_are_refused_at_load_with_a_clear_reason(bomb):
+    with pytest.raises(ModelLoadError) as e:
+        ChatTemplate(bomb + OK_LOOP)
+    assert "unsafe" in e.value.message
+
+
+def test_a_template_that_breaks_on_longer_chats_is_refused_at_load():
+    with pytest.raises(ModelLoadError) as e:
+        ChatTemplate("{% if messages|length > 2 %}{{ messages[0]['content'] / 2 }}{% endif %}" + OK_LOOP)
+    assert "ordinary conversation" in e.value.message
+
+
+def test_a_template_that_refuses_some_content_gives_a_stable_400_code():
+    t = ChatTemplate("{% for m in messages %}{% if 'boom' in m['content'] %}{{ m['content'] / 2 }}{% endif %}"
+                     "{{ m['content'] }}{% endfor %}")
+    with pytest.raises(TemplateError) as e:
+        render(t, ("user", "boom"))
+    assert e.value.code == "template_error" and e.value.param == "messages"
+    slow = ChatTemplate("{% for m in messages %}{% if 'slow' in m['content'] %}{% for i in range(99999) %}"
+                        "{% for j in range(99999) %}{% endfor %}{% endfor %}{% endif %}{{ m['content'] }}{% endfor %}")
+    with pytest.raises(TemplateError) as e:
+        render(slow, ("user", "slow"))
+    assert e.value.code == "template_error" and "too long" in e.value.message

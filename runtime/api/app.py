@@ -19,6 +19,7 @@ from .accesslog import AccessLog
 from .auth import BearerAuth, Context
 from .guard import Cors, HostGuard
 from .metrics import Metrics
+from .overload import Overload
 from .refuse import refuse
 from .routes import ROUTES
 
@@ -63,6 +64,7 @@ def create_app(settings: Settings, service=None, build=None) -> Starlette:
     app = Starlette(
         routes=[Route(r.path, r.handler, methods=list(r.methods)) for r in ROUTES],
         middleware=[Middleware(Context), Middleware(AccessLog, json_format=settings.log_format == "json"),
+                    Middleware(Overload, limit=settings.max_connections),
                     Middleware(HostGuard, bind_host=settings.host, extra=settings.allowed_hosts),
                     Middleware(Cors, origins=settings.cors_origins),
                     Middleware(BearerAuth, public_paths=public)],

@@ -57,7 +57,42 @@ async def read_json(request: Request, settings: Settings) -> dict:
         raise InvalidRequest("the request body must be a JSON object")
     if _depth(body) > max_depth:
         raise InvalidRequest(f"the JSON body is nested deeper than {max_depth} levels")
+    bad = unencodable(body)
+    if bad is not None:
+        raise InvalidRequest(f"'{bad}' is not valid Unicode text (it holds a lone surrogate escape such as "
+                             "\\ud800)", param=bad)
     return body
+
+
+def unencodable(value, where: str = "") -> str | None:
+    """The param path of the first string (or object key) that cannot be encoded as UTF-8, or None.
+
+    JSON's \\uXXXX escapes can spell lone UTF-16 surrogates, which Python keeps in a str but no UTF-8 writer
+    (the tokenizer, the ledger, a log line) accepts: one rule at the edge, before anything else runs.
+    """
+    stack = [(value, where)]
+    while stack:
+        v, at = stack.pop()
+        if isinstance(v, str):
+            if not _utf8(v):
+                return at or "body"
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                key = f"{at}.{k[:64]}" if at else k[:64]   # a path fit for an error body, however long the key
+                if not _utf8(k):
+                    return (at + "." if at else "") + "<key>"
+                stack.append((x, key))
+        elif isinstance(v, list):
+            stack.extend((x, f"{at}[{i}]") for i, x in enumerate(v))
+    return None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def _depth(value, limit: int = 1000) -> int:

@@ -51,7 +51,8 @@ async def endpoint(request: Request) -> object:
     if stats:
         result.update(tokens_input=final.usage.prompt_tokens, tokens_output=final.usage.completion_tokens,
                       price=price / MICRO)
-    result.update(model=gen.model, request=body["messages"])
+    # Only what was validated goes back out: the raw body may hold anything a client chose to send.
+    result.update(model=gen.model, request=[{"role": m.role, "content": m.content} for m in ask.messages])
     return JSONResponse({"status": 1, "result": result}, headers={"x-reverb-price": str(price)})
 
 

@@ -63,8 +63,10 @@ class _SchedulerCollector:
         queue = GaugeMetricFamily("reverb_queue_depth", "Requests waiting for a slot", labels=["model"])
         active = GaugeMetricFamily("reverb_active_slots", "Slots running a request", labels=["model"])
         slots = GaugeMetricFamily("reverb_slots", "Slots configured", labels=["model"])
-        reused = CounterMetricFamily("reverb_prompt_tokens_reused", "Prompt tokens taken from a cached prefix "
-                                     "instead of computed", labels=["model"])
+        ctx = GaugeMetricFamily("reverb_context_tokens", "Context tokens per request (prompt + completion)",
+                                labels=["model"])
+        reused = CounterMetricFamily("reverb_reused_prompt_tokens", "Prompt tokens served from a cached prefix",
+                                     labels=["model"])
         cached = GaugeMetricFamily("reverb_prompt_cache_bytes", "Host memory holding cached prompt prefixes",
                                    labels=["model"])
         entries = GaugeMetricFamily("reverb_prompt_cache_entries", "Prompt prefixes cached in host memory",
@@ -74,7 +76,8 @@ class _SchedulerCollector:
             queue.add_metric([name], st.waiting)
             active.add_metric([name], st.active)
             slots.add_metric([name], st.slots)
+            ctx.add_metric([name], backend.info.ctx)
             reused.add_metric([name], st.reused_tokens)
             cached.add_metric([name], st.cached_prompt_bytes)
             entries.add_metric([name], st.cached_prompts)
-        return [queue, active, slots, reused, cached, entries]
+        return [queue, active, slots, ctx, reused, cached, entries]

@@ -9,13 +9,9 @@ from .openapi import document
 
 
 async def health(request: Request) -> JSONResponse:
-    service = request.state.service
-    models = {}
-    for name, backend in service.backends.items():
-        st = backend.stats()
-        models[name] = {"slots": st.slots, "active": st.active, "waiting": st.waiting,
-                        "ctx_per_slot": backend.info.ctx, "reused_prompt_tokens": st.reused_tokens}
-    return JSONResponse({"status": "ok", "models": models})
+    """Alive and ready, nothing more: load and cache figures are behind the key, at /metrics (a keyless
+    timing or cache figure would let one client learn about another's prompts)."""
+    return JSONResponse({"status": "ok"})
 
 
 async def metrics(request: Request) -> Response:

@@ -29,22 +29,11 @@ def messages(value, settings: Settings, param: str = "messages") -> list[Message
         if not isinstance(role, str) or role not in ROLES:
             raise InvalidRequest(f"'{where}.role' must be one of system, user, assistant", param=f"{where}.role")
         content = _content(m.get("content"), f"{where}.content", role)
-        if not _encodable(content):
-            raise InvalidRequest(f"'{where}.content' is not valid Unicode (lone surrogate)", param=f"{where}.content")
         if len(content) > settings.max_message_chars:
             raise InvalidRequest(f"'{where}.content' is longer than {settings.max_message_chars} characters",
                                  param=f"{where}.content")
         out.append(Message("system" if role == "developer" else role, content))
     return out
-
-
-def _encodable(text: str) -> bool:
-    # JSON may carry lone UTF-16 surrogates ("\ud800"); they cannot be encoded as UTF-8 for the tokenizer.
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 def _content(value, where: str, role: str) -> str:
@@ -106,7 +95,7 @@ def stop(body: dict, prefix: str = "") -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if (not isinstance(value, list) or len(value) > MAX_STOP
-            or not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS and _encodable(s) for s in value)):
+            or not all(isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in value)):
         raise InvalidRequest(f"'{p}' must be a string or an array of up to {MAX_STOP} non-empty strings of at most "
                              f"{MAX_STOP_CHARS} characters", param=p)
     return tuple(value)

@@ -1,8 +1,11 @@
 """``reverb chat``: talk to a model in the terminal.
 
-Tokens print as they come; the conversation is kept until ``/reset``. A line ending in ``\\`` continues on the
-next line (multi-line input). Ctrl-C stops the current answer and returns to the prompt; Ctrl-C at the prompt
-or Ctrl-D (or ``/exit``) leaves. It talks to the in-process engine, or with ``--url`` to a running server.
+Tokens print as they come; the conversation is kept until ``/reset``. Line editing and history come from
+readline; lines starting with ``/`` are commands (``/help``), never sent to the model (``//`` sends a literal
+``/``). A line ending in ``\\`` continues on the next line. Ctrl-C stops the current answer and returns to the
+prompt; Ctrl-C at the prompt twice, Ctrl-D or ``/exit`` leave. It talks to the in-process engine, or with
+``--url`` to a running server, which is checked (reachable, key accepted, model served) before the first prompt:
+if it cannot work, chat exits non-zero at once. Later failures print an error line and the conversation goes on.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ from dataclasses import replace
 from queue import Queue
 from urllib.parse import urlsplit
 
-from ..errors import ReverbError
+from ..errors import ConfigError, RemoteError, ReverbError
 from ..request import Account, Ask, RequestContext
 from ..settings import Settings
 from ..types import Message, SamplingParams
 from .flags import settings_from
 
-HELP = "type a message; end a line with \\ to continue it; /reset clears the history, /exit leaves"
+HELP = "type a message; end a line with \\ to continue it; /help lists the commands, /exit leaves"
+COMMANDS = {"/help": "list these commands", "/reset": "clear the conversation (keeps --system)",
+            "/history": "show the conversation so far", "/exit": "leave (also /quit, Ctrl-D, Ctrl-C twice)"}
 
 
 class LocalBackend:
@@ -64,8 +69,11 @@ class LocalBackend:
             if piece is None:
                 return
             if isinstance(piece, ReverbError):
-                raise RuntimeError(piece.message)
+                raise piece
             yield piece
+
+    def check(self) -> None:
+        """Loading the model already checked everything."""
 
     def cancel(self) -> None:
         if self.current is not None:
@@ -80,38 +88,75 @@ class RemoteBackend:
 
     def __init__(self, url: str, key: str, model: str | None):
         self.url = urlsplit(url)
+        if self.url.scheme not in ("http", "https") or not self.url.hostname:
+            raise ConfigError(f"--url must look like http://host:port, not {url!r}")
+        try:
+            _ = self.url.port  # urlsplit checks the port only when asked
+        except ValueError:
+            raise ConfigError(f"--url has a bad port: {url!r}") from None
         self.key = key
-        self.model = model or "smollm2-135m"
+        self.model = model
         self.conn = None
+
+    def _request(self, method: str, path: str, body: dict | None = None):
+        cls = http.client.HTTPSConnection if self.url.scheme == "https" else http.client.HTTPConnection
+        self.conn = cls(self.url.hostname, self.url.port, timeout=600)
+        headers = {"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"}
+        try:
+            self.conn.request(method, self.url.path.rstrip("/") + path, json.dumps(body) if body else None, headers)
+            return self.conn.getresponse()
+        except (OSError, http.client.HTTPException) as e:
+            raise RemoteError(f"cannot reach {self.url.geturl()}: {e}") from None
+
+    def _error(self, resp) -> RemoteError:
+        raw = resp.read()
+        try:
+            message = json.loads(raw or b"{}").get("error", {}).get("message", "")
+        except (ValueError, AttributeError):
+            return RemoteError(f"the server answered HTTP {resp.status} with something that is not JSON")
+        return RemoteError(f"the server said {resp.status}: {message}")
+
+    def check(self) -> None:
+        """Before the first prompt: the server answers, takes the key and serves the model."""
+        resp = self._request("GET", "/v1/models")
+        if resp.status != 200:
+            raise self._error(resp)
+        try:
+            names = [m["id"] for m in json.loads(resp.read())["data"]]
+        except (ValueError, KeyError, TypeError):
+            raise RemoteError("the server's model list is not OpenAI's JSON; is --url a reverb server?") from None
+        finally:
+            self.conn.close()
+        if self.model is None and names:
+            self.model = names[0]
+        if self.model not in names:
+            raise RemoteError(f"the server does not serve {self.model!r}; it serves: {', '.join(names) or 'nothing'}")
 
     def stream(self, messages: list[dict], params: SamplingParams, max_tokens: int):
         body = {"model": self.model, "messages": messages, "stream": True, "max_tokens": max_tokens,
                 "temperature": params.temperature}
         if params.seed is not None:
             body["seed"] = params.seed
-        cls = http.client.HTTPSConnection if self.url.scheme == "https" else http.client.HTTPConnection
-        self.conn = cls(self.url.hostname, self.url.port, timeout=600)
-        path = self.url.path.rstrip("/") + "/v1/chat/completions"
-        try:
-            self.conn.request("POST", path, json.dumps(body), {"Authorization": f"Bearer {self.key}",
-                                                               "Content-Type": "application/json"})
-            resp = self.conn.getresponse()
-        except (OSError, http.client.HTTPException) as e:
-            raise RuntimeError(f"cannot reach {self.url.geturl()}: {e}") from None
+        resp = self._request("POST", "/v1/chat/completions", body)
         if resp.status != 200:
-            err = json.loads(resp.read() or b"{}").get("error", {})
-            raise RuntimeError(f"server said {resp.status}: {err.get('message', '')}")
+            raise self._error(resp)
         try:
             for raw in resp:
-                line = raw.decode("utf-8").rstrip("\n")
+                line = raw.decode("utf-8", "replace").rstrip("\n")
                 if line == "data: [DONE]":
                     return
                 if line.startswith("data: {"):
-                    ev = json.loads(line[6:])
+                    try:
+                        ev = json.loads(line[6:])
+                    except ValueError:
+                        raise RemoteError("the server sent an event that is not JSON") from None
                     if "error" in ev:
-                        raise RuntimeError(ev["error"].get("message", "error"))
+                        raise RemoteError(ev["error"].get("message", "error"))
                     if ev.get("choices"):
                         yield ev["choices"][0]["delta"].get("content") or ""
+            raise RemoteError("the answer was cut off before its end")
+        except (OSError, http.client.HTTPException) as e:
+            raise RemoteError(f"the connection broke: {e}") from None
         finally:
             self.conn.close()
 
@@ -138,6 +183,8 @@ def read_message(prompt: str = "> ") -> str:
 
 
 def run(backend, params: SamplingParams, max_tokens: int, system: str | None = None) -> int:
+    if sys.stdin.isatty():
+        import readline  # noqa: F401 - line editing and history for input()
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     print(f"reverb chat: {backend.model}. {HELP}", flush=True)
     while True:
@@ -154,14 +201,25 @@ def run(backend, params: SamplingParams, max_tokens: int, system: str | None = N
                 print()
                 break
         cmd = text.strip()
-        if cmd in ("/exit", "/quit"):
-            break
-        if cmd == "/reset":
-            history = history[:1] if system else []
-            print("(history cleared)", flush=True)
-            continue
         if not cmd:
             continue
+        if cmd.startswith("/") and not cmd.startswith("//"):
+            word = cmd.split()[0]
+            if word in ("/exit", "/quit"):
+                break
+            if word == "/reset":
+                history = history[:1] if system else []
+                print("(history cleared)", flush=True)
+            elif word == "/history":
+                for m in history:
+                    print(f"[{m['role']}] {m['content']}", flush=True)
+            elif word == "/help":
+                print("\n".join(f"  {c:<9} {what}" for c, what in COMMANDS.items()), flush=True)
+            else:
+                print(f"(unknown command {word}; /help lists them, and // starts a message with /)", flush=True)
+            continue
+        if cmd.startswith("//"):
+            text = text.replace("//", "/", 1)
         history.append({"role": "user", "content": text})
         answer = []
         try:
@@ -173,8 +231,8 @@ def run(backend, params: SamplingParams, max_tokens: int, system: str | None = N
         except KeyboardInterrupt:
             backend.cancel()
             print(" [stopped]", flush=True)
-        except RuntimeError as e:
-            print(f"\n(error: {e})", flush=True)
+        except ReverbError as e:
+            print(f"\n(error: {e.message})", flush=True)
             history.pop()
             continue
         history.append({"role": "assistant", "content": "".join(answer)})
@@ -202,4 +260,5 @@ def main(args) -> int:
     else:
         settings = settings_from(args, models=(args.chat_model,) if args.chat_model else None)
         backend = LocalBackend(settings)
+    backend.check()  # a dead server, a refused key or an unknown model ends here, with a non-zero exit
     return run(backend, params, args.max_tokens, args.system)

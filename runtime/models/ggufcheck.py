@@ -1,13 +1,15 @@
 """A pure-Python pre-check of a GGUF file before llama.cpp sees it. Model files are untrusted input.
 
 It walks the header with hard limits (magic, version, counts, string and array lengths, tensor dimensions and
-types, and every tensor's data range against the file size), reading only the header and seeking over arrays,
-so a truncated or hostile file is refused in bounded time and memory. It does not prove llama.cpp will load the
-file; ``probe.py`` loads it in a child process first for that.
+types, and every tensor's data range against the file size), reading only the header through a memory map and
+counting the strings it walks against file-wide caps, so a truncated or hostile file is refused in bounded time
+and memory. A file with no tensors or no architecture is not a model and is refused at once. It does not prove
+llama.cpp will load the file; ``backends/llama/probe.py`` loads it in a child process first for that.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import stat
 import struct
@@ -20,27 +22,36 @@ from ..errors import UnsafeModelFile
 MAX_TENSORS = 1 << 16
 MAX_KV = 1 << 16
 MAX_STRING = 64 << 20         # one string (a chat template is the biggest legitimate one)
-MAX_ARRAY = 1 << 24           # elements in one array (vocabularies are ~10^5)
+MAX_ARRAY = 1 << 22           # elements in one array (vocabularies and merges are ~10^5)
+MAX_STRING_ELEMENTS = 1 << 22  # strings in all arrays together: bounds the work per file
+MAX_STRING_BYTES = 256 << 20   # bytes of all strings together
 MAX_DIMS = 4
 DEFAULT_ALIGNMENT = 32
 # GGUF value type -> (struct format, size); 8 = string, 9 = array
 SCALARS = {0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4), 6: ("<f", 4),
            7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8)}
+_U64 = struct.Struct("<Q")
 
 
 class _Reader:
-    def __init__(self, f, size: int):
-        self.f, self.size = f, size
+    """Reads the header from a memory map, counting the work it does against the file-wide caps."""
+
+    def __init__(self, buf, size: int):
+        self.buf, self.size, self.pos = buf, size, 0
+        self.strings = 0
+        self.string_bytes = 0
 
     def take(self, n: int) -> bytes:
-        if n < 0 or self.f.tell() + n > self.size:
+        if n < 0 or self.pos + n > self.size:
             raise UnsafeModelFile("GGUF header runs past the end of the file (truncated?)")
-        return self.f.read(n)
+        out = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return out
 
     def skip(self, n: int) -> None:
-        if n < 0 or self.f.tell() + n > self.size:
+        if n < 0 or self.pos + n > self.size:
             raise UnsafeModelFile("GGUF header runs past the end of the file (truncated?)")
-        self.f.seek(n, os.SEEK_CUR)
+        self.pos += n
 
     def u32(self) -> int:
         return struct.unpack("<I", self.take(4))[0]
@@ -52,6 +63,7 @@ class _Reader:
         n = self.u64()
         if n > limit:
             raise UnsafeModelFile(f"GGUF string of {n} bytes is over the limit")
+        self._count(1, n)
         if not keep:
             self.skip(n)
             return None
@@ -59,6 +71,29 @@ class _Reader:
             return self.take(n).decode("utf-8")
         except UnicodeDecodeError:
             raise UnsafeModelFile("GGUF string is not UTF-8") from None
+
+    def skip_strings(self, count: int) -> None:
+        """Walk over an array of strings: only their lengths are read (a tight loop over the map)."""
+        self._count(count, 0)
+        buf, pos, size, total = self.buf, self.pos, self.size, 0
+        for _ in range(count):
+            if pos + 8 > size:
+                raise UnsafeModelFile("GGUF header runs past the end of the file (truncated?)")
+            n = _U64.unpack_from(buf, pos)[0]
+            if n > MAX_STRING:
+                raise UnsafeModelFile(f"GGUF string of {n} bytes is over the limit")
+            pos += 8 + n
+            total += n
+        if pos > size:
+            raise UnsafeModelFile("GGUF header runs past the end of the file (truncated?)")
+        self.pos = pos
+        self._count(0, total)
+
+    def _count(self, strings: int, nbytes: int) -> None:
+        self.strings += strings
+        self.string_bytes += nbytes
+        if self.strings > MAX_STRING_ELEMENTS or self.string_bytes > MAX_STRING_BYTES:
+            raise UnsafeModelFile("GGUF metadata holds more strings than any model needs: over the limit")
 
 
 def check(path: Path) -> dict:
@@ -69,8 +104,10 @@ def check(path: Path) -> dict:
         raise UnsafeModelFile("model file not found") from None
     if not stat.S_ISREG(st.st_mode):
         raise UnsafeModelFile("model path is not a regular file")
-    with open(path, "rb") as f:
-        r = _Reader(f, st.st_size)
+    if st.st_size < 24:
+        raise UnsafeModelFile("GGUF header runs past the end of the file (truncated?)")
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        r = _Reader(buf, st.st_size)
         if r.take(4) != b"GGUF":
             raise UnsafeModelFile("not a GGUF file (bad magic)")
         version = r.u32()
@@ -101,7 +138,7 @@ def check(path: Path) -> dict:
             ttype = r.u32()
             offset = r.u64()
             tensors.append((name, dims, ttype, offset))
-        data_start = -(-f.tell() // alignment) * alignment
+        data_start = -(-r.pos // alignment) * alignment
         data_size = st.st_size - data_start
     for name, dims, ttype, offset in tensors:
         try:
@@ -116,6 +153,10 @@ def check(path: Path) -> dict:
         size = elements // block * nbytes
         if data_size < 0 or offset % alignment or offset + size > data_size:
             raise UnsafeModelFile(f"tensor {name!r} data lies outside the file")
+    if not tensors:
+        raise UnsafeModelFile("GGUF file holds no tensors: not a model")
+    if not isinstance(arch, str) or not arch:
+        raise UnsafeModelFile("GGUF file names no general.architecture: not a model llama.cpp can load")
     return {"version": version, "tensors": len(tensors), "kv": n_kv, "architecture": arch}
 
 
@@ -134,8 +175,7 @@ def _value(r: _Reader, vtype: int, depth: int):
         if etype in SCALARS:
             r.skip(count * SCALARS[etype][1])
         elif etype == 8:
-            for _ in range(count):
-                r.string(keep=False)
+            r.skip_strings(count)
         else:
             raise UnsafeModelFile(f"GGUF array of type {etype} is not allowed")
         return None

@@ -8,13 +8,16 @@ user who types ``<|im_end|>`` gets those characters, never the control token.
 
 from __future__ import annotations
 
+import re
 import secrets
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
 
 from jinja2 import TemplateError as JinjaTemplateError
+from jinja2.compiler import CodeGenerator
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -31,6 +34,9 @@ CHATML = (
 
 MAX_RENDER_SECONDS = 0.5
 MAX_RENDER_CHARS = 4_000_000
+MAX_VALUE_LEN = 1_000_000        # longest string or list one template operation may build
+MAX_INT_BITS = 4096              # largest number one template operation may build
+TEMPLATE_FILE = "<template>"     # the file name jinja2 gives compiled template code
 
 
 class _Budget(threading.local):
@@ -41,38 +47,90 @@ class _RenderAborted(Exception):
     pass
 
 
+class _Raised(TemplateError):
+    """The template itself called raise_exception: its own, legitimate refusal of a conversation."""
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """Compiles ``a ~ b`` to the environment's size-checked join instead of a bare str.join."""
+
+    def visit_Concat(self, node, frame) -> None:  # noqa: N802 - jinja's visitor name
+        self.write("environment.bounded_concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
+
+
 class _BoundedSandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, plus a deadline checked on every call and attribute access.
+    """The immutable sandbox, plus caps on what one operation may build (``*``, ``**``, ``+``, ``%``, ``~``),
+    so ``'x' * 300000000`` fails at once instead of holding 300 MB. The wall-clock deadline is enforced by
+    ``_deadline_tracer`` on every line of template code, so even a loop that calls nothing stops in time."""
 
-    Loops in Jinja call ``range`` or touch attributes on each iteration that does anything, so a huge loop
-    hits the deadline quickly instead of pinning a CPU.
-    """
-
+    code_generator_class = _BoundedCodeGenerator
+    intercepted_binops = frozenset(["*", "**", "+", "%"])
     budget = _Budget()
 
-    def _tick(self) -> None:
-        if time.monotonic() > self.budget.deadline:
-            raise _RenderAborted("chat template took too long to render")
+    def call_binop(self, context, operator, left, right):
+        if operator == "*":
+            seq, n = (left, right) if isinstance(right, int) else (right, left)
+            if isinstance(seq, (str, list, tuple)) and isinstance(n, int):
+                _check_len(len(seq) * max(n, 0))
+            elif isinstance(left, int) and isinstance(right, int):
+                _check_bits(abs(left).bit_length() + abs(right).bit_length())
+        elif operator == "**" and isinstance(left, (int, float)) and isinstance(right, (int, float)):
+            if isinstance(left, int) and isinstance(right, int) and right > 0:
+                _check_bits(max(abs(left).bit_length(), 1) * right)
+        elif operator == "+" and isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+            _check_len(len(left) + len(right))
+        elif operator == "%" and isinstance(left, str) and re.search(r"%[-+ #0]*\d{5,}", left):
+            raise _RenderAborted("a format width in the chat template is too large")
+        return super().call_binop(context, operator, left, right)
 
-    def call(self, __context, __obj, *args, **kwargs):  # noqa: N807 - jinja's signature
-        self._tick()
-        return super().call(__context, __obj, *args, **kwargs)
-
-    def getattr(self, obj, attribute):
-        self._tick()
-        return super().getattr(obj, attribute)
-
-    def getitem(self, obj, argument):
-        self._tick()
-        return super().getitem(obj, argument)
+    def bounded_concat(self, parts) -> str:
+        texts = [str(p) for p in parts]
+        _check_len(sum(map(len, texts)))
+        return "".join(texts)
 
     def unsafe_undefined(self, obj, attribute):
         # jinja2 returns a quiet Undefined for unsafe attributes; a template that even tries is refused.
         raise SecurityError(f"access to attribute {attribute!r} is not allowed")
 
 
+def _check_len(n: int) -> None:
+    if n > MAX_VALUE_LEN:
+        raise _RenderAborted("a value in the chat template grows too large")
+
+
+def _check_bits(n: int) -> None:
+    if n > MAX_INT_BITS:
+        raise _RenderAborted("a number in the chat template grows too large")
+
+
+def _deadline_tracer(frame, event, arg):
+    """sys.settrace hook while rendering: traces only frames of template code, and stops them at the deadline."""
+    if frame.f_code.co_filename != TEMPLATE_FILE:
+        return None
+
+    def check(frame, event, arg):
+        if time.monotonic() > _BoundedSandbox.budget.deadline:
+            raise _RenderAborted("chat template took too long to render")
+        return check
+    return check
+
+
 def _raise_exception(message: str) -> None:
-    raise TemplateError(f"chat template refused the conversation: {message}", param="messages")
+    raise _Raised(f"chat template refused the conversation: {message}", param="messages")
+
+
+# Conversations every template must render at load: with and without a system message, and many turns.
+PROBES: tuple[tuple[Message, ...], ...] = (
+    (Message("user", "probe"),),
+    (Message("system", "probe"), Message("user", "probe")),
+    (Message("user", "probe"), Message("assistant", "probe"), Message("user", "probe")),
+    (Message("system", "probe"), *[Message(r, "probe %d" % i) for i in range(6) for r in ("user", "assistant")],
+     Message("user", "last")),
+)
 
 
 @dataclass(frozen=True)
@@ -97,12 +155,23 @@ class ChatTemplate:
         self.source = source
         self.bos_token = bos_token
         self.eos_token = eos_token
-        # Render once at load: a template that escapes the sandbox or never finishes is refused now, before any
-        # request, and the side effect it tried never happens (the sandbox blocks it).
-        try:
-            self.render([Message("system", "probe"), Message("user", "probe")])
-        except TemplateError:
-            pass  # raise_exception on the probe conversation is a legitimate template choice
+        # Render the probe conversations at load: a template that escapes the sandbox, never finishes or breaks
+        # on an ordinary conversation is refused now, before any request, and the side effect it tried never
+        # happens (the sandbox blocks it). raise_exception is the template's own choice; it may refuse some
+        # shapes, not all.
+        refused = 0
+        for convo in PROBES:
+            try:
+                self.render(list(convo))
+            except _Raised:
+                refused += 1
+            except _Unsafe as e:
+                raise ModelLoadError(e.message) from None
+            except TemplateError as e:
+                raise ModelLoadError(f"chat template fails on an ordinary conversation of {len(convo)} "
+                                     f"messages: {e.message}") from None
+        if refused == len(PROBES):
+            raise ModelLoadError("chat template refuses every ordinary conversation")
 
     def render(self, messages: list[Message], add_generation_prompt: bool = True) -> list[Segment]:
         """The prompt as segments. The template sees the real text (its checks and raise_exception apply); a
@@ -121,6 +190,8 @@ class ChatTemplate:
 
     def _render_text(self, convo: list[dict], add_generation_prompt: bool) -> str:
         self._env.budget.deadline = time.monotonic() + MAX_RENDER_SECONDS
+        previous = sys.gettrace()
+        sys.settrace(_deadline_tracer)
         out: list[str] = []
         size = 0
         try:
@@ -133,14 +204,23 @@ class ChatTemplate:
         except TemplateError:
             raise
         except (SecurityError, _RenderAborted) as e:
-            raise ModelLoadError(f"chat template is unsafe: {e}") from None
+            raise _Unsafe(str(e)) from None
         except (JinjaTemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError,
                 ZeroDivisionError, OverflowError, RecursionError, MemoryError) as e:
             raise TemplateError(f"chat template failed on this conversation: {type(e).__name__}",
                                 param="messages") from None
         finally:
+            sys.settrace(previous)
             self._env.budget.deadline = float("inf")
         return "".join(out)
+
+
+class _Unsafe(TemplateError):
+    """The template broke a sandbox rule (a forbidden attribute, the deadline, a size cap). At load time this
+    refuses the model; at request time it is the request's stable ``template_error``."""
+
+    def __init__(self, message: str):
+        super().__init__(f"chat template is unsafe: {message}", param="messages")
 
 
 def _split(text: str, marks: list[str], messages: list[Message]) -> list[Segment]:
