@@ -5,20 +5,19 @@ test_shapes_e2e.py."""
 from __future__ import annotations
 
 from reverb.backends.llama import shapes
-from reverb.backends.llama.shapes import KV_PAD, TILE
+from reverb.backends.llama.shapes import KV_PAD, SPLIT_MIN, TILE
 
 from .test_batcher import final, job, make, run
 
 
 def kinds(call):
-    """'generated' (one row per sequence, plus throwaway rows) or 'prompt' (rows of one sequence)."""
-    seqs = {r[2] for r in call}
-    return "prompt" if len(seqs) == 1 and len(call) >= TILE else "generated"
+    """'prompt' (TILE+ rows of one sequence) or 'generated' (one row per sequence)."""
+    return "prompt" if len({r[2] for r in call}) == 1 and len(call) >= TILE else "generated"
 
 
 def test_deterministic_mode_keeps_every_row_on_one_kernel_path():
     b = make(slots=4, deterministic=True, prefill_chunk=512)
-    lone = job(list(range(1, 40)), max_tokens=300)          # decodes alone past position 256 for a while
+    lone = job(list(range(1, 40)), max_tokens=300)          # decodes past position 256 for a while
     b.submit(lone, 0)
     b.admit(0)
     for _ in range(3):
@@ -28,7 +27,7 @@ def test_deterministic_mode_keeps_every_row_on_one_kernel_path():
         b.submit(j, 0)
     out = run(b)
     ub = b.engine.n_ubatch
-    pads_seen = 0
+    long_rows = 0
     for call in b.engine.calls:
         if kinds(call) == "prompt":                 # TILE..ub rows of one sequence, consecutive positions
             assert TILE <= len(call) <= ub, len(call)
@@ -36,21 +35,17 @@ def test_deterministic_mode_keeps_every_row_on_one_kernel_path():
             assert positions == list(range(positions[0], positions[0] + len(call)))
             assert sum(r[3] for r in call) <= 1
             continue
-        real = [r for r in call if r[3]]            # one row per generating sequence
-        assert len({r[2] for r in real}) == len(real)
-        pads = [r for r in call if not r[3]]
-        for p in pads:                              # a throwaway row only for a sequence alone in its pass
-            seq = p[2]
-            (mine,) = [r for r in real if r[2] == seq]
-            assert p[1] == mine[1] + 1 and mine[1] + 1 >= KV_PAD
-            assert not any(r[2] in (seq - 1, seq + 1) for r in real)
-            pads_seen += 1
-        for r in real:                              # and every lone sequence past 255 has one
-            if r[1] + 1 >= KV_PAD and not any(o[2] in (r[2] - 1, r[2] + 1) for o in real):
-                assert any(p[2] == r[2] for p in pads), call
-    assert pads_seen
-    # the one-token prompt and the 70-token prompt each ran as one padded / whole piece of TILE+ rows
+        assert all(r[3] for r in call)              # generated rows: one per sequence, no throwaway rows
+        assert len({r[2] for r in call}) == len(call)
+        if any(shapes.kv_view(r[1]) >= SPLIT_MIN for r in call):
+            assert len(call) == 1                   # KV-SPLIT from position 256: alone in its call, always
+            long_rows += 1
+        else:
+            assert all(r[1] < KV_PAD for r in call)
+    assert long_rows and shapes.kv_view(255) < SPLIT_MIN <= shapes.kv_view(256)
+    # the one-token prompt ran as one piece of TILE rows (padded), the 700-token one as two whole pieces
     assert any(c[0][0] == 5 and c[0][1] == 0 and len(c) == TILE for c in b.engine.calls)
+    assert [len(c) for c in b.engine.calls if kinds(c) == "prompt" and 200 <= c[0][0] < 900] == [512, 188]
     for j in [lone, *jobs]:
         assert final(out[j]).usage.completion_tokens == j.params.max_tokens
         assert final(out[j]).usage.prompt_tokens == len(j.prompt)

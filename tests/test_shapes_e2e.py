@@ -1,6 +1,7 @@
 """The batch-shape rules against llama.cpp's real kernels (in process, the tiny model): in deterministic mode a
-seeded job gives the same tokens alone, beside other jobs in any slot arrangement (alone in its compute pass past
-position 256, where the throwaway row matters), from a prefix reused in its slot, and from host memory."""
+seeded job gives the same tokens alone, beside other jobs in any slot arrangement (past position 256, where a lone
+row and a row sharing its pass take different attention kernels), from a prefix reused in its slot, and from host
+memory."""
 
 from __future__ import annotations
 
@@ -67,8 +68,8 @@ def test_a_seeded_job_is_identical_alone_beside_others_and_from_a_reused_prefix(
     reference = text_of(out, alone)
     assert len(eng.tokenize(reference, special=False)) > 40
 
-    # beside others: two long-running jobs in slots 0 and 1, the same prompt first run in slot 3 (so its slot keeps
-    # the prefix), then again in slot 3 while slot 2 is free: alone in its compute pass, past position 256
+    # beside others: three long-running jobs in slots 0-2 and the same prompt in slot 3 (so its slot keeps the
+    # prefix), then again in slot 3 while slot 2 is free: alone in its run of sequences, past position 256
     b = batcher(eng)
     out = {}
     hogs = [job(eng, f"Write about topic number {i}. " * 30, 400, seed=i) for i in range(3)]

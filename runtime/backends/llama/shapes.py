@@ -17,11 +17,13 @@ Default mode builds llama-server's shapes: one call per step holding every row (
 every prompt piece), so long prompts run in large passes, several slots' prompts share a pass and a lone stream
 takes the fast KV-split path. A row's path then depends on what else runs, so seeded output can vary with load.
 
-Deterministic mode fixes each row's path. Prompt rows always run TILED: each prompt piece is a call of its own of
-``TILE``..n_ubatch rows of one sequence (a short last piece re-reads cached prompt tokens, which come out the same
-on this path; a prompt shorter than ``TILE`` is topped up with throwaway rows after its end). Generated rows always
-run ONE-ROW: one call with one row per generating sequence, where a sequence alone in its pass from position 255 on
-gets a throwaway second row. Throwaway rows are dropped from the KV cache right after their call.
+Deterministic mode fixes each row's path by its position alone. Prompt rows always run TILED: each prompt piece is
+a call of its own of ``TILE``..n_ubatch rows of one sequence (a short last piece re-reads cached prompt tokens,
+which come out the same on this path; a prompt shorter than ``TILE`` is topped up with throwaway rows after its
+end, dropped from the KV cache right after the call). A generated row before position 256 runs ONE-ROW, in one call
+with the other such rows; from position 256 on it runs KV-SPLIT, in a call of its own. (The other way, ONE-ROW
+from 256 on with a throwaway partner row for a stream alone in its pass, costs a third more per token to a lone
+long conversation; this way costs several long conversations decoding at once a pass each.)
 """
 
 from __future__ import annotations
@@ -74,16 +76,18 @@ def calls(work: list[Work], deterministic: bool, n_ubatch: int) -> list[Call]:
             one.add(w, w.tokens, w.pos, True)
         return [one] if one.rows else []
     out: list[Call] = []
-    generated = [w for w in work if not w.prompt]
-    if generated:
-        gen = Call()
-        for run in _runs(generated):
-            for w in run:
-                gen.add(w, w.tokens, w.pos, True)
-            lone = run[0]
-            if len(run) == 1 and lone.pos + 1 >= KV_PAD:  # its KV view reaches SPLIT_MIN cells (from position 256)
-                gen.pad(lone.seq, lone.pos + 1, 1, lone.tokens[0])
-        out.append(gen)
+    short = Call()
+    for w in work:
+        if w.prompt:
+            continue
+        if kv_view(w.pos) >= SPLIT_MIN:  # KV-SPLIT, which needs the row alone in its pass
+            own = Call()
+            own.add(w, w.tokens, w.pos, True)
+            out.append(own)
+        else:
+            short.add(w, w.tokens, w.pos, True)
+    if short.rows:
+        out.insert(0, short)
     for w in work:
         if not w.prompt:
             continue
@@ -103,6 +107,11 @@ def recomputed(n_prompt: int, deterministic: bool) -> int:
     """How many of a prompt's last tokens are computed even when a cache holds them: the last token's logits
     are needed, and in deterministic mode a whole TILE piece (so no short piece needs re-reading or padding)."""
     return min(n_prompt, TILE if deterministic else 1)
+
+
+def kv_view(pos: int) -> int:
+    """The KV view of a pass that writes position ``pos`` of a sequence holding positions 0..pos."""
+    return -(-(pos + 1) // KV_PAD) * KV_PAD
 
 
 def prompt_take(todo: int, cached: int, limit: int, deterministic: bool) -> tuple[int, int]:
@@ -126,14 +135,3 @@ def _cut(n: int, ub: int) -> list[int]:
         out[-2] -= TILE - out[-1]
         out[-1] = TILE
     return out
-
-
-def _runs(work: list[Work]) -> list[list[Work]]:
-    """Maximal runs of consecutive sequence ids (``work`` in sequence order): llama.cpp's passes."""
-    runs: list[list[Work]] = []
-    for w in work:
-        if runs and runs[-1][-1].seq + 1 == w.seq:
-            runs[-1].append(w)
-        else:
-            runs.append([w])
-    return runs
