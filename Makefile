@@ -99,6 +99,7 @@ $(LLAMA_SERVER): | $(BIN)/python
 	nice cmake --build $(LLAMA_SERVER_DIR).tmp/build --config Release --target llama-server \
 	  -j $$(nproc 2>/dev/null || echo 2)
 	mkdir -p $(LLAMA_SERVER_DIR)
+	echo "$(strip $(LLAMA_CMAKE_ARGS))" > $(LLAMA_SERVER_DIR)/cmake-args.txt
 	cp $(LLAMA_SERVER_DIR).tmp/build/bin/llama-server $(LLAMA_SERVER).part && mv $(LLAMA_SERVER).part $(LLAMA_SERVER)
 	rm -rf $(LLAMA_SERVER_DIR).tmp
 

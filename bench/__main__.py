@@ -31,6 +31,7 @@ ROWS = [
     ("unique8", "8 streams, unique prompts", "tok/s", True),
     ("long_ttft", "~1,300-token unique prompt, time to first token", "ms", False),
     ("long_itl", "decode gap after that prompt (ITL p50)", "ms", False),
+    ("long8", "8 streams after ~600-token unique prompts: decode while all generate", "tok/s", True),
     ("chat_turn2", "8 concurrent chats, second turn after their slots served others: TTFT p50", "ms", False),
     ("rss", "peak RSS, {parallel} slots x {ctx}", "MB", False),
 ]
@@ -66,6 +67,8 @@ def measure(peer, w: str, args, eog) -> float:
         return workloads.eight_streams(peer, eog, args.tokens, unique=True)["aggregate_tps"]
     if w == "long":
         return workloads.long_prompt(peer, eog)
+    if w == "long8":
+        return workloads.long_streams(peer, eog)["steady_tps"]
     if w == "chat_turn2":
         return workloads.chats(peer, eog)["turn2_ttft_ms"]
     raise ValueError(w)
@@ -100,7 +103,7 @@ def main(argv=None) -> int:
     ap.add_argument("--parallel", type=int, default=8)
     ap.add_argument("--ctx", type=int, default=2048, help="context per slot")
     ap.add_argument("--workloads", type=lambda s: s.split(","),
-                    default=["single", "same8", "unique8", "long", "chat_turn2"])
+                    default=["single", "same8", "unique8", "long", "long8", "chat_turn2"])
     ap.add_argument("--llama-server", type=Path, default=os.environ.get("LLAMA_SERVER") or None,
                     help="llama-server binary (make bench builds it; default: $LLAMA_SERVER)")
     ap.add_argument("--no-deterministic", action="store_true", help="skip reverb --deterministic")
@@ -112,6 +115,10 @@ def main(argv=None) -> int:
     model = model_path()
     results: dict = {"machine": cpu(), "threads": args.threads, "tokens": args.tokens, "model": model.name,
                      "parallel": args.parallel, "ctx": args.ctx, "rounds": args.rounds}
+    if args.llama_server:
+        flags = Path(args.llama_server).parent / "cmake-args.txt"  # written by `make llama-server`
+        results["llama_server"] = {"binary": str(args.llama_server),
+                                   "cmake_args": flags.read_text().strip() if flags.exists() else "unknown"}
     from .raw import Raw
     raw = Raw(model, args.threads, n_seq=args.parallel)
     eog = raw.eog_tokens()
@@ -190,7 +197,10 @@ def report(r: dict, args) -> None:
     widths = [max(len(row[i]) for row in lines) for i in range(6)]
     m = r["machine"]
     print(f"\n{r['model']}, {r['threads']} threads, {args.parallel} slots x {args.ctx}, medians of {args.rounds} "
-          f"rounds; {m.get('model', '?')}; {' '.join(m.get('simd', []))}\n")
+          f"rounds; {m.get('model', '?')}; {' '.join(m.get('simd', []))}")
+    if "llama_server" in r:
+        print(f"llama-server built with: {r['llama_server']['cmake_args']}")
+    print()
     for row in lines:
         print("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)))
 

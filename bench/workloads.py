@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 
-from .load import p50, run_load
+from .load import p50, run_load, steady_tps
 
 MODEL = "smollm2-135m"
 USER = "Write a long story about a lighthouse keeper and the sea."
@@ -63,6 +63,15 @@ def long_prompt(peer, eog, tokens: int = 64, repeat: int = 38) -> dict:
     _, (r,) = run(peer, [body(eog, tokens, system=nonce() + " " + FILLER * repeat, user="Summarize the records.")])
     checked([r])
     return {"ttft_ms": r.ttft * 1000, "itl_ms": r.itl_p50 * 1000}
+
+
+def long_streams(peer, eog, n: int = 8, repeat: int = 17, tokens: int = 96) -> dict:
+    """``n`` streams after unique ~600-token prompts: the aggregate decode rate while all of them generate."""
+    bodies = [body(eog, tokens, system=nonce() + " " + FILLER * repeat, user="Summarize the records.")
+              for _ in range(n)]
+    _, results = run(peer, bodies)
+    checked(results)
+    return {"steady_tps": steady_tps(results)}
 
 
 def chats(peer, eog, n: int = 8, system_repeat: int = 12, answer: int = 32) -> dict:
