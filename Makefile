@@ -27,7 +27,7 @@ LLAMA_KEY        := $(shell echo "$(LLAMA_CPP_VERSION) $(LLAMA_CMAKE_ARGS)" | sh
 WHEEL_CACHE      ?= $(HOME)/.cache/reverb/wheels
 LLAMA_WHEEL_DIR  := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(LLAMA_KEY)
 
-.PHONY: install serve test test-fast test-busy bench bench-ledger soak lint clean llama-wheel postgres
+.PHONY: install serve test test-fast test-busy bench bench-ledger soak lint clean llama-wheel llama-server postgres
 
 install: $(STAMP) postgres
 
@@ -91,8 +91,33 @@ $(BENCH_VENV)/.installed: $(STAMP)
 	$(BENCH_VENV)/bin/python -m pip install --quiet "$$(ls $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl)[server]"
 	touch $@
 
-bench: $(STAMP) $(BENCH_VENV)/.installed
-	$(BIN)/python -m bench $(ARGS)
+# llama.cpp's own llama-server, the peer `make bench` measures against: built once from the llama.cpp that the
+# llama-cpp-python sdist vendors (the same source as our wheel) with the same GGML flags, into a cache outside the
+# clone keyed like the wheel. Never part of `make test`. About 15 minutes on 2 cores; runs under nice.
+LLAMA_SERVER_DIR := $(HOME)/.cache/reverb/llama-server-$(LLAMA_CPP_VERSION)-$(LLAMA_KEY)
+LLAMA_SERVER     := $(LLAMA_SERVER_DIR)/llama-server
+
+llama-server: $(LLAMA_SERVER)
+
+$(LLAMA_SERVER): | $(BIN)/python
+	@echo "building llama-server from llama-cpp-python $(LLAMA_CPP_VERSION)'s llama.cpp with: $(LLAMA_CMAKE_ARGS)"
+	rm -rf $(LLAMA_SERVER_DIR).tmp && mkdir -p $(LLAMA_SERVER_DIR).tmp
+	$(BIN)/python -m pip download --quiet --no-deps --no-binary :all: -d $(LLAMA_SERVER_DIR).tmp \
+	  llama-cpp-python==$(LLAMA_CPP_VERSION)
+	tar -xzf $(LLAMA_SERVER_DIR).tmp/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(LLAMA_SERVER_DIR).tmp
+	nice cmake -S $(LLAMA_SERVER_DIR).tmp/llama_cpp_python-$(LLAMA_CPP_VERSION)/vendor/llama.cpp \
+	  -B $(LLAMA_SERVER_DIR).tmp/build -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+	  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF \
+	  -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF $(LLAMA_CMAKE_ARGS) >/dev/null
+	nice cmake --build $(LLAMA_SERVER_DIR).tmp/build --config Release --target llama-server \
+	  -j $$(nproc 2>/dev/null || echo 2)
+	mkdir -p $(LLAMA_SERVER_DIR)
+	echo "$(strip $(LLAMA_CMAKE_ARGS))" > $(LLAMA_SERVER_DIR)/cmake-args.txt
+	cp $(LLAMA_SERVER_DIR).tmp/build/bin/llama-server $(LLAMA_SERVER).part && mv $(LLAMA_SERVER).part $(LLAMA_SERVER)
+	rm -rf $(LLAMA_SERVER_DIR).tmp
+
+bench: $(STAMP) $(BENCH_VENV)/.installed $(LLAMA_SERVER)
+	LLAMA_SERVER="$(LLAMA_SERVER)" $(BIN)/python -m bench $(ARGS)
 
 # Reserve+settle latency on each ledger engine (a throwaway PostgreSQL server is started for it).
 bench-ledger: $(STAMP) postgres

@@ -1,36 +1,43 @@
-"""`python -m bench` (what `make bench` runs). Prints a table and writes JSON to bench/results/.
+"""`python -m bench` (what `make bench` runs): reverb side by side with llama.cpp's own llama-server.
 
-Everything is measured in one run on one machine, so the ratios compare like with like:
-  1. raw llama.cpp in-process (C API, no HTTP): 1 sequence, N sequences batched, prefill time;
-  2. reverb serve through HTTP+SSE: one stream, then 1/2/4/8 concurrent streams of --tokens tokens;
-  3. llama-cpp-python's own server under the same load (skipped when its extras are not installed);
-  4. decode speed with a JSON-schema grammar against without (bench/grammar.py; alone: --only grammar).
-The end-of-generation tokens are banned with logit_bias so every stream generates exactly --tokens tokens.
+One interleaved run on one machine: llama-server, reverb and reverb --deterministic are up at once (same model,
+slots, context and threads); every workload of the table runs on each of them in turn, round after round, with
+the order rotated each round, so machine noise hits all sides alike. Medians over the rounds are reported as
+ratios to llama-server. Then the default reverb server measures decode with a JSON-schema grammar against
+without (bench/grammar.py; alone: --only grammar), llama-cpp-python's server (its own venv, .venv-bench) gets the
+1- and 8-stream rows, and the in-process raw ceilings (C API, no HTTP) are measured. Prints a table; writes JSON to
+bench/results/.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib.util
 import json
 import os
 import platform
-import secrets
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from . import grammar as grammar_bench
-from .load import p50, run_load, steady_tps
+from . import peers, workloads
+from .load import p50
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL = "smollm2-135m"
-USER = "Write a long story about a lighthouse keeper and the sea."
+# (key, label, unit, higher is better)
+ROWS = [
+    ("single", "1 stream, short prompt, {tokens} tokens", "tok/s", True),
+    ("same8", "8 streams, same prompt", "tok/s", True),
+    ("unique8", "8 streams, unique prompts", "tok/s", True),
+    ("long_ttft", "~1,300-token unique prompt, time to first token", "ms", False),
+    ("long_itl", "decode gap after that prompt (ITL p50)", "ms", False),
+    ("long8", "8 streams after ~600-token unique prompts: decode while all generate", "tok/s", True),
+    ("chat_turn2", "8 concurrent chats, second turn after their slots served others: TTFT p50", "ms", False),
+    ("rss", "peak RSS, {parallel} slots x {ctx}", "MB", False),
+]
 
 
 def model_path() -> Path:
@@ -38,173 +45,126 @@ def model_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def cpu() -> dict:
+    info = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        if line.startswith("model name") and "model" not in info:
+            info["model"] = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            info["simd"] = sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c", "sse4")))
+            break
+    return info
 
 
-def wait_http(url: str, timeout: float = 120) -> None:
-    import httpx
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(url, timeout=1)
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
+def measure(peer, w: str, args, eog) -> float:
+    if w == "single":
+        return workloads.single_stream(peer, eog, args.tokens)["decode_tps"]
+    if w == "same8":
+        return workloads.eight_streams(peer, eog, args.tokens, unique=False)["aggregate_tps"]
+    if w == "unique8":
+        return workloads.eight_streams(peer, eog, args.tokens, unique=True)["aggregate_tps"]
+    if w == "long":
+        return workloads.long_prompt(peer, eog)
+    if w == "long8":
+        return workloads.long_streams(peer, eog)["steady_tps"]
+    if w == "chat_turn2":
+        return workloads.chats(peer, eog)["turn2_ttft_ms"]
+    raise ValueError(w)
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def body(n_tokens: int, eog: list[int], nonce: str = "", system: str = "") -> dict:
-    msgs = []
-    if system or nonce:
-        msgs.append({"role": "system", "content": f"{nonce} {system}".strip()})
-    msgs.append({"role": "user", "content": USER})
-    return {"model": MODEL, "messages": msgs, "max_tokens": n_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}, "logit_bias": {str(t): -100 for t in eog}}
-
-
-def measure_server(base: str, key: str, args, eog: list[int], label: str) -> dict:
-    out: dict = {"label": label}
-    asyncio.run(run_load(base, key, [body(8, eog)]))  # warm-up
-    # single stream decode rate and TTFT (distinct system text each run: no prefix reuse)
-    singles = [asyncio.run(run_load(base, key, [body(args.tokens, eog, nonce=secrets.token_hex(4))]))[1][0]
-               for _ in range(3)]
-    out["single_decode_tps"] = p50([r.decode_tps for r in singles])
-    ttfts = [asyncio.run(run_load(base, key, [body(1, eog, nonce=secrets.token_hex(4))]))[1][0].ttft * 1000
-             for _ in range(args.ttft_runs)]
-    out["ttft_ms_p50"] = p50(ttfts)
-    out["aggregate_tps"] = {}
-    out["steady_tps"] = {}
-    out["short_responses"] = {}
-    out["errors"] = {}
-    for c in args.concurrency:
-        bodies = [body(args.tokens, eog, nonce=secrets.token_hex(4)) for _ in range(c)]
-        tps, results = asyncio.run(run_load(base, key, bodies))
-        out["aggregate_tps"][c] = tps
-        out["steady_tps"][c] = steady_tps(results)
-        out["short_responses"][c] = sum(1 for r in results if r.tokens < args.tokens and not r.error)
-        out["errors"][c] = sum(1 for r in results if r.error)
+def interleaved(servers: list, args, eog) -> dict:
+    """{server label: {row key: [value per round]}}."""
+    out: dict = {s.label: {} for s in servers}
+    for s in servers:
+        workloads.warm_up(s, eog)
+    for rnd in range(args.rounds):
+        order = servers[rnd % len(servers):] + servers[:rnd % len(servers)]
+        for w in args.workloads:
+            for s in order:
+                got = measure(s, w, args, eog)
+                if w == "long":
+                    out[s.label].setdefault("long_ttft", []).append(got["ttft_ms"])
+                    out[s.label].setdefault("long_itl", []).append(got["itl_ms"])
+                else:
+                    out[s.label].setdefault(w, []).append(got)
+                print(f"  round {rnd + 1} {w:<10} {s.label:<24} {got}", flush=True)
+    for s in servers:
+        out[s.label]["rss"] = [s.peak_rss_mb()]
     return out
-
-
-def prefix_reuse(base: str, key: str, eog: list[int]) -> dict:
-    system = "You are a careful assistant who answers questions about lighthouses. " * 60
-    cold = asyncio.run(run_load(base, key, [body(1, eog, nonce=secrets.token_hex(4), system=system)]))[1][0]
-    nonce = secrets.token_hex(4)
-    asyncio.run(run_load(base, key, [body(1, eog, nonce=nonce, system=system)]))
-    b = body(1, eog, nonce=nonce, system=system)
-    b["messages"][-1]["content"] = "How tall is the tallest lighthouse?"
-    warm = asyncio.run(run_load(base, key, [b]))[1][0]
-    return {"cold_ttft_ms": cold.ttft * 1000, "shared_prefix_ttft_ms": warm.ttft * 1000}
-
-
-def median_server(runs: list[dict]) -> dict:
-    out = {"label": runs[0]["label"]}
-    for k in ("single_decode_tps", "ttft_ms_p50"):
-        out[k] = p50([r[k] for r in runs])
-    for k in ("aggregate_tps", "steady_tps"):
-        out[k] = {c: p50([r[k][c] for r in runs]) for c in runs[0][k]}
-    for k in ("short_responses", "errors"):
-        out[k] = {c: sum(r[k][c] for r in runs) for c in runs[0][k]}
-    return out
-
-
-def start(cmd: list[str], env=None, log=None) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT, cwd=ROOT,
-                            env={**os.environ, **(env or {})})
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 2))
     ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8])
-    ap.add_argument("--ttft-runs", type=int, default=10)
-    ap.add_argument("--rounds", type=int, default=3, help="alternating raw/HTTP rounds; medians are reported")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--parallel", type=int, default=8)
-    ap.add_argument("--skip-peer", action="store_true")
-    ap.add_argument("--serve-args", default="", help="extra flags for reverb serve")
+    ap.add_argument("--ctx", type=int, default=2048, help="context per slot")
+    ap.add_argument("--workloads", type=lambda s: s.split(","),
+                    default=["single", "same8", "unique8", "long", "long8", "chat_turn2"])
+    ap.add_argument("--llama-server", type=Path, default=os.environ.get("LLAMA_SERVER") or None,
+                    help="llama-server binary (make bench builds it; default: $LLAMA_SERVER)")
+    ap.add_argument("--no-deterministic", action="store_true", help="skip reverb --deterministic")
+    ap.add_argument("--skip-peer", action="store_true", help="skip llama-cpp-python's server")
+    ap.add_argument("--skip-raw", action="store_true", help="skip the in-process raw ceilings")
+    ap.add_argument("--serve-args", default="", help="extra flags for both reverb servers")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--only", choices=["grammar"], help="run one section alone (its own server)")
+    ap.add_argument("--skip-grammar", action="store_true", help="skip the grammar-vs-plain decode section")
     args = ap.parse_args(argv)
     if args.only == "grammar":
         return only_grammar(args)
-    results: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                 "python": platform.python_version()},
-                     "threads": args.threads, "tokens": args.tokens, "model": str(model_path().name)}
-
+    model = model_path()
+    results: dict = {"machine": cpu(), "threads": args.threads, "tokens": args.tokens, "model": model.name,
+                     "parallel": args.parallel, "ctx": args.ctx, "rounds": args.rounds}
+    if args.llama_server:
+        flags = Path(args.llama_server).parent / "cmake-args.txt"  # written by `make llama-server`
+        results["llama_server"] = {"binary": str(args.llama_server),
+                                   "cmake_args": flags.read_text().strip() if flags.exists() else "unknown"}
     from .raw import Raw
-    raw = Raw(model_path(), args.threads, n_seq=max(args.concurrency))
+    raw = Raw(model, args.threads, n_seq=args.parallel)
     eog = raw.eog_tokens()
-    prompt = raw.tokenize(f"<|im_start|>user\n{USER}<|im_end|>\n<|im_start|>assistant\n")
-    ttft_prompt = raw.tokenize(f"<|im_start|>system\nabcd1234<|im_end|>\n<|im_start|>user\n{USER}<|im_end|>\n"
-                               "<|im_start|>assistant\n")
-    nmax = max(args.concurrency)
-
     tmp = Path(tempfile.mkdtemp(prefix="reverb-bench-"))
-    key = "sk-bench-" + secrets.token_hex(8)
-    ready = tmp / "ready"
-    cmd = [sys.executable, "-m", "reverb.cli", "serve", "--port", "0", "--ready-file", str(ready),
-           "--db", str(tmp / "ledger.sqlite3"), "--api-key", key, "--threads", str(args.threads),
-           "--parallel", str(args.parallel), *args.serve_args.split()]
-    proc = start(cmd, log=open(tmp / "reverb.log", "wb"))
-    rounds: list[dict] = []
+    servers: list = []
     try:
-        deadline = time.monotonic() + 120
-        while not ready.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((tmp / "reverb.log").read_text())
-            time.sleep(0.05)
-        base = ready.read_text().strip()
-        # Raw and HTTP alternate, round by round, so machine noise hits both sides alike; medians are reported.
-        for _ in range(args.rounds):
-            rounds.append({
-                "raw_single": raw.decode_tps(prompt, 1, args.tokens),
-                "raw_batch": raw.decode_tps(prompt, nmax, args.tokens),
-                "raw_prefill_ms": raw.prefill_ms(ttft_prompt, args.ttft_runs),
-                "reverb": measure_server(base, key, args, eog, "reverb"),
-            })
-        results["reverb_prefix_reuse"] = prefix_reuse(base, key, eog)
-        results["grammar"] = grammar_bench.measure(base, key, args.tokens, eog, args.rounds)
-        results["reverb_peak_rss_mb"] = peak_rss_mb(proc.pid)
+        if args.llama_server:
+            servers.append(peers.llama_server(tmp, args.llama_server, model, args.threads, args.parallel, args.ctx))
+        else:
+            print("no llama-server binary (make bench builds one): reverb rows only", file=sys.stderr)
+        extra = args.serve_args.split()
+        servers.append(peers.reverb(tmp, "reverb", args.threads, args.parallel, args.ctx, extra))
+        if not args.no_deterministic:
+            servers.append(peers.reverb(tmp, "reverb --deterministic", args.threads, args.parallel, args.ctx,
+                                        ["--deterministic", *extra]))
+        results["runs"] = interleaved(servers, args, eog)
+        if not args.skip_grammar:
+            default = next(p for p in servers if p.label == "reverb")
+            results["grammar"] = grammar_bench.measure(default.base, default.key, args.tokens, eog, args.rounds)
     finally:
-        proc.terminate()
-        proc.wait(30)
-        raw.close()
-    results["rounds"] = rounds
-    results["raw"] = {"single_decode_tps": p50([r["raw_single"] for r in rounds]),
-                      f"batch{nmax}_decode_tps": p50([r["raw_batch"] for r in rounds]),
-                      "prefill_ms_p50": p50([r["raw_prefill_ms"] for r in rounds])}
-    results["reverb"] = median_server([r["reverb"] for r in rounds])
-    results["reverb"]["prefix_reuse"] = results["reverb_prefix_reuse"]
-    results["reverb"]["peak_rss_mb"] = results["reverb_peak_rss_mb"]
-
-    peer_python = os.environ.get("BENCH_PEER_PYTHON", str(ROOT / ".venv-bench" / "bin" / "python"))
-    if not args.skip_peer and Path(peer_python).exists():
-        port = free_port()
-        peer = start([peer_python, "-m", "llama_cpp.server", "--model", str(model_path()), "--host", "127.0.0.1",
-                      "--port", str(port), "--n_threads", str(args.threads), "--n_threads_batch",
-                      str(args.threads), "--n_ctx", "2048", "--flash_attn", "true"],
-                     log=open(tmp / "peer.log", "wb"))
+        for s in servers:
+            s.stop()
+    peer_python = Path(os.environ.get("BENCH_PEER_PYTHON", ROOT / ".venv-bench" / "bin" / "python"))
+    if not args.skip_peer and peer_python.exists():
+        peer = peers.llama_cpp_python(tmp, peer_python, model, args.threads, args.ctx)
         try:
-            wait_http(f"http://127.0.0.1:{port}/v1/models")
-            results["llama_cpp_python_server"] = median_server([
-                measure_server(f"http://127.0.0.1:{port}", "none", args, eog, "llama-cpp-python server")
-                for _ in range(args.rounds)])
+            workloads.warm_up(peer, eog)
+            results["llama_cpp_python"] = {
+                "single": p50([workloads.single_stream(peer, eog, args.tokens)["decode_tps"] for _ in range(3)]),
+                "eight": workloads.eight_streams(peer, eog, args.tokens, unique=True)}
         finally:
-            peer.terminate()
-            peer.wait(30)
+            peer.stop()
+    if not args.skip_raw:
+        prompt = raw.tokenize(f"<|im_start|>user\n{workloads.USER}<|im_end|>\n<|im_start|>assistant\n")
+        results["raw"] = {"single_tps": p50([raw.decode_tps(prompt, 1, args.tokens) for _ in range(3)]),
+                          "batch_tps": p50([raw.decode_tps(prompt, args.parallel, args.tokens) for _ in range(3)]),
+                          "prefill_ms": raw.prefill_ms(prompt, 10)}
+    raw.close()
     shutil.rmtree(tmp, ignore_errors=True)
-
     report(results, args)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -214,46 +174,47 @@ def main(argv=None) -> int:
     return 0
 
 
+def ratio(ours: float, theirs: float, higher: bool) -> float:
+    """How reverb compares: >1 is better than llama-server on both kinds of row."""
+    if not ours or not theirs:
+        return 0.0
+    return ours / theirs if higher else theirs / ours
+
+
 def report(r: dict, args) -> None:
-    raw, ours = r["raw"], r["reverb"]
-    peer = r.get("llama_cpp_python_server")
-    nmax = max(args.concurrency)
-    rb = raw[f"batch{nmax}_decode_tps"]
-    rows = [
-        ("raw llama.cpp, 1 sequence (tok/s)", f"{raw['single_decode_tps']:.1f}", ""),
-        (f"raw llama.cpp, {nmax} sequences batched (tok/s)", f"{rb:.1f}", ""),
-        ("raw prefill + first token, p50 (ms)", f"{raw['prefill_ms_p50']:.1f}", ""),
-        ("reverb single stream decode, HTTP+SSE (tok/s)", f"{ours['single_decode_tps']:.1f}",
-         f"{ours['single_decode_tps'] / raw['single_decode_tps']:.3f} of raw 1-seq (target >= 0.95)"),
-        ("reverb TTFT p50 (ms)", f"{ours['ttft_ms_p50']:.1f}",
-         f"+{ours['ttft_ms_p50'] - raw['prefill_ms_p50']:.1f} ms over raw prefill (target <= 10)"),
-    ]
-    for c in args.concurrency:
-        note = ""
-        if c == nmax and peer:
-            ratio = ours["aggregate_tps"][c] / max(peer["aggregate_tps"][c], 1e-9)
-            note = f"{ratio:.1f}x llama-cpp-python (target >= 5)"
-        rows.append((f"reverb {c} streams, aggregate incl. prefill (tok/s)", f"{ours['aggregate_tps'][c]:.1f}",
-                     note + (f" short={ours['short_responses'][c]} errors={ours['errors'][c]}"
-                             if ours['short_responses'][c] or ours['errors'][c] else "")))
-    st = ours["steady_tps"][nmax]
-    rows.append((f"reverb {nmax} streams, steady decode, all streams active (tok/s)", f"{st:.1f}",
-                 f"{st / rb:.3f} of raw batched (target >= 0.9); {st / ours['single_decode_tps']:.2f}x our single"
-                 " stream (target >= 1.7)"))
+    runs = r.get("runs", {})
+    ref = runs.get("llama-server", {})
+    ours = runs.get("reverb", {})
+    det = runs.get("reverb --deterministic", {})
+    lines = [("workload", "llama-server", "reverb", "ratio", "--deterministic", "of default")]
+    for key, label, unit, higher in ROWS:
+        if key not in ours:
+            continue
+        a, b, c = (p50(ref.get(key, [])), p50(ours[key]), p50(det.get(key, [])))
+        name = label.format(tokens=args.tokens, parallel=args.parallel, ctx=args.ctx) + f" ({unit})"
+        lines.append((name, f"{a:.1f}" if a else "-", f"{b:.1f}", f"{ratio(b, a, higher):.2f}" if a else "-",
+                      f"{c:.1f}" if c else "-", f"{ratio(c, b, higher):.2f}" if c else "-"))
+    peer = r.get("llama_cpp_python")
     if peer:
-        rows.append(("llama-cpp-python server single stream (tok/s)", f"{peer['single_decode_tps']:.1f}", ""))
-        for c in args.concurrency:
-            rows.append((f"llama-cpp-python server {c} streams, aggregate (tok/s)", f"{peer['aggregate_tps'][c]:.1f}",
-                         f"short={peer['short_responses'][c]} errors={peer['errors'][c]}"))
-    pr = ours["prefix_reuse"]
-    rows.append(("TTFT, ~800-token system prompt: cold / shared prefix (ms)",
-                 f"{pr['cold_ttft_ms']:.1f} / {pr['shared_prefix_ttft_ms']:.1f}", ""))
-    rows.append(("reverb peak RSS (MB)", f"{ours['peak_rss_mb']:.0f}", ""))
-    rows += grammar_bench.rows(r["grammar"])
-    w = max(len(a) for a, _, _ in rows)
-    print(f"\nmodel {r['model']}, {r['threads']} threads, {r['tokens']} tokens per stream\n")
-    for a, b, c in rows:
-        print(f"{a:<{w}}  {b:>14}  {c}")
+        e = peer["eight"]
+        lines.append(("llama-cpp-python server: 1 stream / 8 streams (tok/s)", "",
+                      f"{peer['single']:.1f} / {e['aggregate_tps']:.1f}", f"short={e['short']}", "", ""))
+    raw = r.get("raw")
+    if raw:
+        lines.append(("raw llama.cpp in process: 1 sequence / 8 batched (tok/s)", "",
+                      f"{raw['single_tps']:.1f} / {raw['batch_tps']:.1f}", "", "", ""))
+        lines.append(("raw prefill + first token, short prompt (ms)", "", f"{raw['prefill_ms']:.1f}", "", "", ""))
+    for a, b, c in grammar_bench.rows(r.get("grammar") or {}):
+        lines.append((a, "", b, c, "", ""))
+    widths = [max(len(row[i]) for row in lines) for i in range(6)]
+    m = r["machine"]
+    print(f"\n{r['model']}, {r['threads']} threads, {args.parallel} slots x {args.ctx}, medians of {args.rounds} "
+          f"rounds; {m.get('model', '?')}; {' '.join(m.get('simd', []))}")
+    if "llama_server" in r:
+        print(f"llama-server built with: {r['llama_server']['cmake_args']}")
+    print()
+    for row in lines:
+        print("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)))
 
 
 def only_grammar(args) -> int:
@@ -263,21 +224,11 @@ def only_grammar(args) -> int:
     eog = raw.eog_tokens()
     raw.close()
     tmp = Path(tempfile.mkdtemp(prefix="reverb-bench-"))
-    key = "sk-bench-" + secrets.token_hex(8)
-    ready = tmp / "ready"
-    proc = start([sys.executable, "-m", "reverb.cli", "serve", "--port", "0", "--ready-file", str(ready),
-                  "--db", str(tmp / "ledger.sqlite3"), "--api-key", key, "--threads", str(args.threads),
-                  "--parallel", str(args.parallel), *args.serve_args.split()], log=open(tmp / "reverb.log", "wb"))
+    server = peers.reverb(tmp, "reverb", args.threads, args.parallel, args.ctx, args.serve_args.split())
     try:
-        deadline = time.monotonic() + 120
-        while not ready.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError((tmp / "reverb.log").read_text())
-            time.sleep(0.05)
-        result = grammar_bench.measure(ready.read_text().strip(), key, args.tokens, eog, args.rounds)
+        result = grammar_bench.measure(server.base, server.key, args.tokens, eog, args.rounds)
     finally:
-        proc.terminate()
-        proc.wait(30)
+        server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\nmodel {model_path().name}, {args.threads} threads, {args.tokens} tokens per stream, "
           f"{args.rounds} alternating rounds\n")

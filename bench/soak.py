@@ -140,7 +140,8 @@ def run(seconds: float, parallel: int = 4, clients: dict | None = None, need: tu
         with Ledger(db) as ledger:
             # cancelled jobs settle a step after their client leaves: wait for the last rows, never a fixed time
             settle_by = time.monotonic() + 300
-            while (ledger.invariant()["holds"] or ledger.engine.read("SELECT COUNT(*) FROM requests")[0][0] < len(out)) \
+            count = "SELECT COUNT(*) FROM requests"
+            while (ledger.invariant()["holds"] or ledger.engine.read(count)[0][0] < len(out)) \
                     and time.monotonic() < settle_by:
                 time.sleep(0.05)
             inv = ledger.invariant()

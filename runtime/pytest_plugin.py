@@ -10,7 +10,10 @@ Registered through the ``pytest11`` entry point, so installing reverb-runtime is
 
 Options (command line, or ini keys in pytest.ini / pyproject ``[tool.pytest.ini_options]``):
 ``--reverb-model`` / ``reverb_model``, ``--reverb-parallel`` / ``reverb_parallel``, ``--reverb-models`` /
-``reverb_models`` (a models.toml), ``--reverb-startup-timeout`` / ``reverb_startup_timeout``.
+``reverb_models`` (a models.toml), ``--reverb-startup-timeout`` / ``reverb_startup_timeout``,
+``--reverb-deterministic`` / ``reverb_deterministic`` (default ``true``: the server runs ``--deterministic``, so a
+request with ``temperature: 0`` or a ``seed`` gives the same answer whichever tests run beside it, as pytest-xdist
+does; ``false`` measures the default mode's speed instead).
 Heavy imports happen only when the fixture is used, so the plugin costs nothing in other test suites.
 """
 
@@ -36,6 +39,7 @@ def pytest_addoption(parser) -> None:
         ("parallel", "2", "slots decoded together"),
         ("models", "", "path of a models.toml"),
         ("startup-timeout", "120", "seconds to wait for the server"),
+        ("deterministic", "true", "same answer for a seeded request whatever runs beside it (true/false)"),
     ]:
         group.addoption(f"--reverb-{name}", default=None, help=help_)
         parser.addini(f"reverb_{name.replace('-', '_')}", help_, default=default)
@@ -65,15 +69,25 @@ def _opt(config, name: str) -> str:
     return value if value is not None else config.getini(f"reverb_{name.replace('-', '_')}")
 
 
+def _flag(value: str, name: str) -> bool:
+    low = str(value).strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise pytest.UsageError(f"{name} takes true or false, not {value!r}")
+
+
 def start_server(model: str = "", parallel: int = 2, models: str = "", timeout: float = 120,
-                 workdir: Path | None = None, extra: tuple[str, ...] = ()) -> ReverbServer:
+                 workdir: Path | None = None, extra: tuple[str, ...] = (), deterministic: bool = True
+                 ) -> ReverbServer:
     """Start ``reverb serve`` on a free loopback port and wait until it accepts requests."""
     workdir = Path(workdir or tempfile.mkdtemp(prefix="reverb-pytest-"))
     ready = workdir / "ready"
     key = "sk-test-" + secrets.token_hex(12)
     cmd = [sys.executable, "-m", "reverb.cli", "serve", "--host", "127.0.0.1", "--port", "0",
            "--ready-file", str(ready), "--db", str(workdir / "ledger.sqlite3"), "--api-key", key,
-           "--parallel", str(parallel), *extra]
+           "--parallel", str(parallel), "--deterministic" if deterministic else "--no-deterministic", *extra]
     if model:
         cmd += ["--model", model]
     if models:
@@ -115,6 +129,7 @@ def reverb(request, tmp_path_factory):
     cfg = request.config
     server = start_server(model=_opt(cfg, "model"), parallel=int(_opt(cfg, "parallel")),
                           models=_opt(cfg, "models"), timeout=float(_opt(cfg, "startup-timeout")),
-                          workdir=tmp_path_factory.mktemp("reverb"))
+                          workdir=tmp_path_factory.mktemp("reverb"),
+                          deterministic=_flag(_opt(cfg, "deterministic"), "--reverb-deterministic"))
     yield server
     stop_server(server)

@@ -50,10 +50,17 @@ class Settings:
     threads_batch: int = _opt(0, "llama.cpp threads for prompt prefill (0: same as --threads)")
     ctx: int = _opt(0, "context tokens per slot (0: the model's ctx in models.toml)")
     parallel: int = _opt(4, "slots decoded together in one batch")
-    batch: int = _opt(512, "llama.cpp logical batch: tokens per decode step")
-    ubatch: int = _opt(32, "llama.cpp physical batch; below 64 keeps seeded results batch-invariant (README)")
-    prefill_chunk: int = _opt(128, "prompt tokens per slot per step, so a long prompt never stalls other streams")
+    batch: int = _opt(2048, "llama.cpp logical batch: most tokens in one decode step")
+    ubatch: int = _opt(512, "llama.cpp physical batch: most tokens in one compute pass")
+    prefill_chunk: int = _opt(512, "prompt tokens per slot per step, so a long prompt stalls the running streams for "
+                              "at most one chunk")
     flash_attn: bool = _opt(True, "flash attention")
+    deterministic: bool = _opt(False, "a seeded request gives the same tokens alone, under load and with a cached "
+                               "prefix (fixed kernel paths; costs a little speed, see the README)")
+    prompt_cache_mb: float = _opt(1024.0, "host memory for prompt prefixes beyond the slots, so the next turn of a "
+                                  "chat is not recomputed after its slot served others (0: off)", metavar="MB")
+    share_prompt_cache: bool = _opt(False, "let a cached prompt prefix serve any API key (single-tenant servers "
+                                    "only: a shared cache lets one key time another key's prompts)")
     max_queue: int = _opt(64, "requests that may wait for a slot beyond the free ones before 503")
     queue_timeout: float = _opt(60.0, "seconds a request may wait for a slot before 503")
     pull: bool = _opt(False, "download missing hub models before serving")
@@ -140,11 +147,15 @@ class Settings:
             "prefill_chunk": self.prefill_chunk >= 2, "threads": self.threads >= 0, "ctx": self.ctx >= 0,
             "port": 0 <= self.port <= 65535, "log_format": self.log_format in ("console", "json"),
             "queue_timeout": self.queue_timeout > 0, "lease_seconds": 0 < self.lease_seconds <= 86400,
-            "db_max_mb": self.db_max_mb >= 0,
+            "db_max_mb": self.db_max_mb >= 0, "prompt_cache_mb": self.prompt_cache_mb >= 0,
         }
         for name, ok in checks.items():
             if not ok:
                 raise ConfigError(f"setting {name}={getattr(self, name)!r} is out of range", param=name)
+        if self.deterministic:  # prompt rows run in passes of at least 64 rows (backends/llama/shapes.py)
+            for name, least in (("ubatch", 64), ("prefill_chunk", 64), ("batch", self.parallel + 64)):
+                if getattr(self, name) < least:
+                    raise ConfigError(f"with deterministic on, setting {name} must be at least {least}", param=name)
 
     def with_(self, **changes) -> "Settings":
         return replace(self, **changes)

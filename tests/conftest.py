@@ -173,8 +173,9 @@ def _no_orphans():
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    """The shared server: tiny model, 4 slots, its own ledger."""
-    srv = Server(tmp_path_factory.mktemp("server"), "--parallel", "4").start()
+    """The shared server: tiny model, 4 slots, its own ledger. Deterministic, since tests compare answers to
+    repeated requests while other requests may share the batch."""
+    srv = Server(tmp_path_factory.mktemp("server"), "--parallel", "4", "--deterministic").start()
     SESSION_OWNED.add(srv.proc.pid)
     yield srv
     srv.stop()

@@ -8,6 +8,8 @@ backend protocol directly, for tests of the service's own rules.
 from __future__ import annotations
 
 import asyncio
+import json
+from dataclasses import dataclass
 
 from reverb.backends import Info, Prompt, Stats
 from reverb.backends.llama.backend import LlamaBackend
@@ -32,22 +34,30 @@ class FakeSampler:
         pass
 
 
+@dataclass(frozen=True)
 class FakeConfig:
-    n_batch = 512
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    deterministic: bool = False
 
 
 class FakeEngine:
+    """Records every decode call and keeps a model of each sequence's KV cells ({position: token}), so tests can
+    check that the batcher's idea of a slot's cache (``Slot.cached``) is what the engine holds."""
+
     n_vocab = 300
-    n_ubatch = 32
-    config = FakeConfig()
     bos_text = eos_text = ""
 
     delay = 0.0  # seconds per decode call, to make generations take time
 
     def __init__(self, path=None, config=None):
+        self.config = config or FakeConfig()
+        self.n_ubatch = min(self.config.n_batch, self.config.n_ubatch)
         self.calls: list[list[tuple[int, int, int, bool]]] = []   # every decode call's rows
         self.removed: list[tuple[int, int, int]] = []
         self.copied: list[tuple[int, int, int]] = []
+        self.kv: dict[int, dict[int, int]] = {}                    # seq -> {position: token}
+        self.loaded: list[int] = []                                # sequences restored from saved state
 
     def tokenize(self, text: str, *, special: bool) -> list[int]:
         return list(text.encode("utf-8"))
@@ -71,10 +81,23 @@ class FakeEngine:
         return ["<|im_end|>", "<|im_start|>"]
 
     def decode(self, items) -> None:
-        self.calls.append(list(items))
+        items = list(items)
+        assert len(items) <= self.config.n_batch
+        assert [r[2] for r in items] == sorted(r[2] for r in items), "rows must be in sequence order"
+        self.calls.append(items)
+        for tok, pos, seq, _ in items:
+            cells = self.kv.setdefault(seq, {})
+            assert pos not in cells, f"position {pos} of sequence {seq} is already in the cache"
+            assert pos == 0 or pos - 1 in cells, f"a hole before position {pos} of sequence {seq}"
+            cells[pos] = tok
         if self.delay:
             import time
             time.sleep(self.delay)
+
+    def tokens(self, seq: int) -> list[int]:
+        """The tokens sequence ``seq`` holds, in position order."""
+        cells = self.kv.get(seq, {})
+        return [cells[p] for p in sorted(cells)]
 
     def sampler(self, params, seed, grammar=None):
         return FakeSampler(self, params, seed)
@@ -94,10 +117,20 @@ class FakeEngine:
 
     def seq_remove(self, seq, p0=-1, p1=-1) -> bool:
         self.removed.append((seq, p0, p1))
+        lo, hi = (0 if p0 < 0 else p0), (1 << 62 if p1 < 0 else p1)
+        self.kv[seq] = {p: t for p, t in self.kv.get(seq, {}).items() if not lo <= p < hi}
         return True
 
     def seq_copy_prefix(self, src, dst, n) -> None:
         self.copied.append((src, dst, n))
+        self.kv[dst] = {p: t for p, t in self.kv.get(src, {}).items() if p < n}
+
+    def seq_save(self, seq) -> bytearray:
+        return bytearray(json.dumps(self.kv.get(seq, {})).encode())
+
+    def seq_load(self, seq, data) -> None:
+        self.loaded.append(seq)
+        self.kv[seq] = {int(p): t for p, t in json.loads(bytes(data)).items()}
 
     def close(self) -> None:
         pass

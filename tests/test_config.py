@@ -35,3 +35,21 @@ def test_bad_values_name_the_setting(env):
         Settings.build(env)
     name = next(iter(env))[len("REVERB_"):].lower()
     assert name in e.value.message or e.value.param == name
+
+
+@pytest.mark.parametrize("env,param", [({"REVERB_UBATCH": "32"}, "ubatch"), ({"REVERB_PREFILL_CHUNK": "48"},
+                                                                          "prefill_chunk"),
+                                       ({"REVERB_BATCH": "64", "REVERB_PARALLEL": "4"}, "batch")])
+def test_deterministic_mode_needs_room_for_whole_prompt_passes(env, param):
+    assert Settings.build(env).deterministic is False          # fine in the default mode
+    with pytest.raises(ConfigError) as e:
+        Settings.build({**env, "REVERB_DETERMINISTIC": "1"})
+    assert e.value.param == param and "deterministic" in e.value.message
+
+
+def test_prompt_cache_settings():
+    s = Settings.build({"REVERB_PROMPT_CACHE_MB": "0", "REVERB_SHARE_PROMPT_CACHE": "yes"})
+    assert s.prompt_cache_mb == 0 and s.share_prompt_cache is True
+    assert Settings.build({}).share_prompt_cache is False and Settings.build({}).prompt_cache_mb > 0
+    with pytest.raises(ConfigError):
+        Settings.build({"REVERB_PROMPT_CACHE_MB": "-1"})

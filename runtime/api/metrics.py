@@ -74,6 +74,10 @@ class _SchedulerCollector:
                                 labels=["model"])
         reused = CounterMetricFamily("reverb_reused_prompt_tokens", "Prompt tokens served from a cached prefix",
                                      labels=["model"])
+        cached = GaugeMetricFamily("reverb_prompt_cache_bytes", "Host memory holding cached prompt prefixes",
+                                   labels=["model"])
+        entries = GaugeMetricFamily("reverb_prompt_cache_entries", "Prompt prefixes cached in host memory",
+                                    labels=["model"])
         for name, backend in self.service.backends.items():
             st = backend.stats()
             queue.add_metric([name], st.waiting)
@@ -81,4 +85,6 @@ class _SchedulerCollector:
             slots.add_metric([name], st.slots)
             ctx.add_metric([name], backend.info.ctx)
             reused.add_metric([name], st.reused_tokens)
-        return [queue, active, slots, ctx, reused]
+            cached.add_metric([name], st.cached_prompt_bytes)
+            entries.add_metric([name], st.cached_prompts)
+        return [queue, active, slots, ctx, reused, cached, entries]

@@ -57,7 +57,9 @@ class Stats:
     waiting: int
     active: int
     slots: int
-    reused_tokens: int = 0
+    reused_tokens: int = 0        # prompt tokens taken from a cache instead of computed, since start
+    cached_prompts: int = 0       # prompt prefixes kept in host memory beyond the slots
+    cached_prompt_bytes: int = 0
 
 
 class Handle(Protocol):

@@ -32,3 +32,14 @@ def test_errors_surface_as_sdk_exceptions(reverb):
 
 def test_startup_is_measured(reverb):
     assert 0 < reverb.startup_seconds < 120
+
+
+def test_answers_do_not_depend_on_what_runs_beside_them(reverb):
+    """The fixture's server is deterministic: the same summary alone and while other tests' requests share it."""
+    from concurrent.futures import ThreadPoolExecutor
+    alone = summarize(reverb.client, reverb.model, TEXT * 4)
+    with ThreadPoolExecutor(3) as pool:
+        busy = [pool.submit(summarize, reverb.client, reverb.model, f"Story number {i}: " + TEXT) for i in range(2)]
+        together = summarize(reverb.client, reverb.model, TEXT * 4)
+        [f.result() for f in busy]
+    assert together == alone

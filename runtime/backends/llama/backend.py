@@ -24,6 +24,7 @@ from .. import Info, Prompt, Stats
 from .batcher import Batcher, Job
 from .bridge import ModelThread, Sink
 from .output import Constraint
+from .promptcache import PromptCache
 
 
 class LlamaBackend:
@@ -52,7 +53,8 @@ class LlamaBackend:
         ctx = settings.ctx or spec.ctx
         config = EngineConfig(n_ctx=ctx, n_seq=settings.parallel, n_threads=settings.n_threads,
                               n_threads_batch=settings.n_threads_batch, n_batch=settings.batch,
-                              n_ubatch=settings.ubatch, flash_attn=settings.flash_attn)
+                              n_ubatch=settings.ubatch, flash_attn=settings.flash_attn,
+                              deterministic=settings.deterministic)
         engine = engine_factory(path, config)
         try:
             source = spec.chat_template or engine.chat_template() or CHATML
@@ -60,8 +62,10 @@ class LlamaBackend:
         except BaseException:
             engine.close()
             raise
+        cache = PromptCache(int(settings.prompt_cache_mb * 2**20), share=settings.share_prompt_cache)
         batcher = Batcher(engine, slots=settings.parallel, ctx_per_slot=ctx, prefill_chunk=settings.prefill_chunk,
-                          max_queue=settings.max_queue, queue_timeout=settings.queue_timeout)
+                          max_queue=settings.max_queue, queue_timeout=settings.queue_timeout,
+                          deterministic=settings.deterministic, prompt_cache=cache)
         return cls(spec, engine, template, ModelThread(batcher, name=spec.name), ctx)
 
     def tokenize_chat(self, messages: tuple[Message, ...] | list[Message], tools: Tools | None = None) -> list[int]:
@@ -159,7 +163,8 @@ class LlamaBackend:
 
     def stats(self) -> Stats:
         b = self.thread.batcher
-        return Stats(waiting=len(b.waiting), active=b.active(), slots=len(b.slots), reused_tokens=b.reused_tokens)
+        return Stats(waiting=len(b.waiting), active=b.active(), slots=len(b.slots), reused_tokens=b.reused_tokens,
+                     cached_prompts=len(b.prompt_cache), cached_prompt_bytes=b.prompt_cache.bytes)
 
     def close(self) -> None:
         self._embed_pool.shutdown(wait=True)

@@ -7,10 +7,9 @@ generating slot plus bounded prefill calls for slots still reading their prompt,
 comes out of ``take_events`` as (job, chunk) pairs. Nothing here knows about threads or event loops, so the unit
 tests drive it directly.
 
-Call shapes follow ``Engine.decode``'s batch-invariance rules: generated tokens are always rows of the decode
-call (one row per sequence); prompt tokens are always in prefill calls of 2..n_ubatch rows of one sequence, so a
-position is computed the same way whatever else runs. (A one-token prompt is the only prompt that rides in the
-decode call, and it always does.)
+How a step's rows become ``llama_decode`` calls is shapes.py's job (llama-server's shapes by default, fixed
+kernel paths in deterministic mode); which slot a job takes and which cached prefix it starts from is
+placement.py's.
 """
 
 from __future__ import annotations
@@ -23,7 +22,10 @@ from dataclasses import dataclass, field
 
 from ...errors import OverloadedError, ReverbError
 from ...types import Chunk, FinishReason, SamplingParams, Usage
+from . import shapes
 from .output import ChoiceOutput, Constraint
+from .placement import Placement
+from .promptcache import PromptCache
 
 
 @dataclass(eq=False)
@@ -53,6 +55,8 @@ class Slot:
     seq: int
     state: SlotState = SlotState.FREE
     cached: list[int] = field(default_factory=list)   # tokens whose KV is in this sequence, in order
+    owner: str = ""                                   # the tenant whose tokens ``cached`` holds
+    reusable: int = 0     # leading cached tokens another prompt may reuse: in deterministic mode only prompt rows
     job: Job | None = None
     sampler: object = None
     todo: list[int] = field(default_factory=list)     # prompt tokens still to prefill
@@ -64,12 +68,12 @@ class Slot:
 
 
 class Batcher:
-    # Copying another slot's prefix costs a whole-stream copy; below this many shared tokens recomputing is cheaper.
-    MIN_COPY = 128
-
     def __init__(self, engine, *, slots: int, ctx_per_slot: int, prefill_chunk: int, max_queue: int,
-                 queue_timeout: float):
+                 queue_timeout: float, deterministic: bool = False, prompt_cache: PromptCache | None = None):
         self.engine = engine
+        self.deterministic = deterministic
+        self.prompt_cache = prompt_cache if prompt_cache is not None else PromptCache(0)
+        self.placement = Placement(engine, self.prompt_cache)
         self.ctx_per_slot = ctx_per_slot
         self.prefill_chunk = prefill_chunk
         self.max_queue = max_queue
@@ -138,25 +142,8 @@ class Batcher:
 
     def _start(self, job: Job, free: list[Slot]) -> None:
         prompt = job.prompt
-        # Leave at least two prompt tokens to prefill: prompt positions are always computed in prefill calls of
-        # 2+ rows (see step), so a reused prefix gives exactly the tokens of a cold run.
-        limit = max(0, len(prompt) - 2)
-        slot = max(free, key=lambda s: _common_prefix(s.cached, prompt))
-        shared = min(_common_prefix(slot.cached, prompt), limit)
-        donor = None
-        for s in self.slots:
-            if s is not slot:
-                n = min(_common_prefix(s.cached, prompt), limit)
-                if n >= self.MIN_COPY and n > shared:
-                    donor, shared = s, n
-        if donor is not None:
-            self.engine.seq_copy_prefix(donor.seq, slot.seq, shared)
-            slot.cached = donor.cached[:shared]
-        else:
-            if not self.engine.seq_remove(slot.seq, shared, -1):
-                self.engine.seq_remove(slot.seq)
-                shared = 0
-            slot.cached = slot.cached[:shared]
+        slot, shared = self.placement.place(prompt, job.tenant, self.slots, free,
+                                            shapes.recomputed(len(prompt), self.deterministic))
         self.reused_tokens += shared
         seed = job.params.seed if job.params.seed is not None else secrets.randbits(32)
         others = [s for s in free if s is not slot][:job.params.n - 1]
@@ -189,58 +176,50 @@ class Batcher:
 
     # -- one step -------------------------------------------------------------------------------------------
 
-    def plan(self) -> tuple[list[tuple[Slot, int, bool]], list[tuple[Slot, list[int], bool]]]:
-        """This step's calls: (decode rows [(slot, token, sample after)], prefill pieces [(slot, tokens, sample
-        after)]). Takes the planned tokens off each slot's ``todo`` / ``next_token``."""
-        rows: list[tuple[Slot, int, bool]] = []
-        pieces: list[tuple[Slot, list[int], bool]] = []
+    def plan(self) -> list[shapes.Work]:
+        """This step's work, in slot order: the next token of every generating slot, then prompt pieces within the
+        batch budget (at most ``prefill_chunk`` tokens per slot, so a long prompt never stalls the running streams
+        for long). Takes the planned tokens off each slot's ``todo`` / ``next_token`` onto ``cached``."""
+        work: list[shapes.Work] = []
         for s in self.slots:
             if s.state is SlotState.DECODE:
-                rows.append((s, s.next_token, True))
+                work.append(shapes.Work(s, s.seq, len(s.cached), [s.next_token], prompt=False, sample=True))
+                s.cached.append(s.next_token)
                 s.next_token = None
-        budget = self.engine.config.n_batch - len(rows)
+                if not self.deterministic:  # generated rows are as reusable as prompt rows here
+                    s.reusable = len(s.cached)
+        budget = self.engine.config.n_batch - len(work)
         for s in self.slots:
-            if s.state is not SlotState.PREFILL or budget <= 0:
+            if s.state is not SlotState.PREFILL:
                 continue
-            n = min(self.prefill_chunk, budget, len(s.todo))
-            if len(s.todo) - n == 1:
-                n -= 1  # never leave a single prompt token for a later step
-            if n < 2 and len(s.todo) > 1:
-                continue  # not enough budget left this step
-            take = s.todo[:n]
-            del s.todo[:n]
-            budget -= n
-            end = not s.todo
-            if n == 1:
-                rows.append((s, take[0], end))
+            reread, n = shapes.prompt_take(len(s.todo), len(s.cached), min(self.prefill_chunk, budget),
+                                           self.deterministic)
+            if not n:
                 continue
-            split = _pieces(take, self.engine.n_ubatch)
-            pieces.extend((s, piece, end and i == len(split) - 1) for i, piece in enumerate(split))
-        return rows, pieces
+            if reread:  # deterministic mode: top a short last piece up with prompt tokens already in the cache
+                self.engine.seq_remove(s.seq, len(s.cached) - reread, -1)
+                s.todo[:0] = s.cached[-reread:]
+                del s.cached[-reread:]
+            take = s.todo[:reread + n]
+            del s.todo[:reread + n]
+            budget -= len(take)
+            work.append(shapes.Work(s, s.seq, len(s.cached), take, prompt=True, sample=not s.todo))
+            s.cached.extend(take)
+            s.reusable = len(s.cached)  # prompt rows only so far
+        return work
 
     def step(self) -> None:
         """Retire cancelled jobs, run this step's calls and sample. Raises what the engine raises."""
         for s in self.slots:
             if s.job is not None and s.job.cancelled.is_set():
                 self.retire(s, FinishReason.CANCELLED)
-        rows, pieces = self.plan()
-        if rows:
-            items = []
-            for s, tok, want in rows:
-                items.append((tok, len(s.cached), s.seq, want))
-                s.cached.append(tok)
-            self.engine.decode(items)
-            for i, (s, _, want) in enumerate(rows):
-                if want and s.job is not None:
+        for call in shapes.calls(self.plan(), self.deterministic, self.engine.n_ubatch):
+            self.engine.decode(call.rows)
+            for seq, pos in call.trim:
+                self.engine.seq_remove(seq, pos, -1)
+            for s, i in call.outputs:
+                if s.job is not None:
                     self._sample(s, i)
-        for s, piece, want in pieces:
-            if s.job is None:
-                continue
-            pos = len(s.cached)
-            self.engine.decode([(tok, pos + i, s.seq, want and i == len(piece) - 1) for i, tok in enumerate(piece)])
-            s.cached.extend(piece)
-            if want:
-                self._sample(s, len(piece) - 1)
 
     def fail_running(self, error: Exception) -> None:
         """The engine failed mid-step: end every running job with ``error`` and forget their KV."""
@@ -248,6 +227,7 @@ class Batcher:
             if s.job is not None:
                 self.retire(s, FinishReason.ERROR, error=error)
             s.cached = []
+            s.reusable = 0
             self.engine.seq_remove(s.seq)
 
     def _sample(self, s: Slot, index: int) -> None:
@@ -256,7 +236,7 @@ class Batcher:
             for f in followers:
                 if f.job is s.job:
                     self.engine.seq_copy_prefix(s.seq, f.seq, len(s.cached))
-                    f.cached = list(s.cached)
+                    f.cached, f.reusable, f.owner = list(s.cached), s.reusable, s.owner
                     self._sample(f, index)
         job = s.job
         tok = s.sampler.sample(index)
@@ -296,22 +276,3 @@ class Batcher:
         s.todo = []
         s.next_token = None
         s.followers = []  # a follower that never got its copy keeps its old, still valid, cached KV
-
-
-def _pieces(tokens: list[int], ub: int) -> list[list[int]]:
-    """Split into runs of 2..ub tokens (len(tokens) >= 2): a one-row call would change the kernels' path."""
-    out = [tokens[i:i + ub] for i in range(0, len(tokens), ub)]
-    if len(out) > 1 and len(out[-1]) == 1:
-        out[-2], out[-1] = out[-2][:-1], out[-2][-1:] + out[-1]
-    return out
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    # compare in blocks first: prompts share long system prompts
-    while i + 64 <= n and a[i:i + 64] == b[i:i + 64]:
-        i += 64
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i

@@ -25,7 +25,6 @@ log = logging.getLogger("reverb.engine")
 
 _backend_lock = threading.Lock()
 _backend_ready = False
-_KV_PAD, _KV_SPLIT_MIN = 256, 512  # llama_kv_cache::get_n_kv padding; ggml's flash-attn KV-split threshold
 _LEVELS = {3: logging.WARNING, 4: logging.ERROR}  # ggml_log_level: 2 INFO, 3 WARN, 4 ERROR
 
 
@@ -47,20 +46,17 @@ def _init_backend() -> None:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    n_ctx: int           # KV cells per sequence (each sequence has its own KV stream)
+    n_ctx: int           # KV cells per sequence (each sequence has its own KV stream, as llama-server's slots do)
     n_seq: int           # sequences that may be live at once
     n_threads: int
     n_threads_batch: int
-    n_batch: int = 512
-    # Batch-invariant numerics. llama.cpp's CPU flash attention takes a tiled path for ubatches of >= 64 rows,
-    # a KV-split path for a ubatch of exactly one row whose KV view is >= 512 cells (the view is the stream's
-    # used cells rounded up to 256), and it sums over KV cells in cell order. Each would make a sequence's numbers
-    # depend on its neighbours. So: ubatch < 64; one KV stream per sequence (cells stay in position order); and a
-    # pad row in its own sequence when a lone row's view would reach 512 cells. The pad costs ~40% of one
-    # sequence's decode speed (two rows take a slower matmul path), so it is added only past position 255.
-    # Seeded output is then identical alone and under load (tests/test_batching_e2e.py).
-    n_ubatch: int = 32
+    n_batch: int = 2048  # rows per llama_decode call (llama-server's default)
+    n_ubatch: int = 512  # rows per compute pass inside a call (llama-server's default)
     flash_attn: bool = True
+    # Batch-invariant numerics (the batcher's shape rules, see shapes.py): repacked weight layouts multiply a
+    # batch's rows in groups of four and the rest one by one, so a row's result would depend on the batch size;
+    # deterministic mode loads the plain layout.
+    deterministic: bool = False
     all_logits: bool = False  # logits for every row of a call (eval), not just one per sequence
 
 
@@ -168,25 +164,28 @@ class Engine:
         if not Path(path).is_file():
             raise ModelLoadError("model file not found")
         mparams = C.llama_model_default_params()
+        mparams.use_extra_bufts = not config.deterministic  # see EngineConfig.deterministic
         self._model = C.llama_model_load_from_file(os.fsencode(path), mparams)
         if not self._model:
             raise ModelLoadError("llama.cpp could not load the model file")
         self._vocab = C.llama_model_get_vocab(self._model)
         self.n_vocab = C.llama_vocab_n_tokens(self._vocab)
         cparams = C.llama_context_default_params()
-        cparams.n_ctx = config.n_ctx * (config.n_seq + 1)
+        cparams.n_ctx = config.n_ctx * config.n_seq
         cparams.n_batch = config.n_batch
         cparams.n_ubatch = min(config.n_batch, config.n_ubatch)
-        cparams.n_seq_max = config.n_seq + 1  # the last sequence id carries pad rows, see EngineConfig
+        cparams.n_seq_max = config.n_seq
         cparams.n_threads = config.n_threads
         cparams.n_threads_batch = config.n_threads_batch
         cparams.flash_attn_type = (C.LLAMA_FLASH_ATTN_TYPE_ENABLED if config.flash_attn
                                    else C.LLAMA_FLASH_ATTN_TYPE_DISABLED)
-        cparams.kv_unified = False  # one KV stream per sequence, see EngineConfig
+        cparams.kv_unified = False  # one KV stream per sequence: attention reads only its own cells
         cparams.no_perf = True
         if config.all_logits:
             cparams.n_outputs_max = config.n_batch
             cparams.n_outputs_max_per_seq = 0
+        else:  # one output per sequence per call: the compute buffer need not hold n_ubatch rows of logits
+            cparams.n_outputs_max = config.n_seq
         self._ctx = C.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             C.llama_model_free(self._model)
@@ -195,8 +194,7 @@ class Engine:
         self.config = config
         self.n_ctx = C.llama_n_ctx_seq(self._ctx)
         self.n_ubatch = C.llama_n_ubatch(self._ctx)
-        self._pad_seq = config.n_seq
-        self._batch = C.llama_batch_init(config.n_batch + 1, 0, 1)
+        self._batch = C.llama_batch_init(config.n_batch, 0, 1)
         self._pieces: dict[int, bytes] = {}
         self._eog = np.array([C.llama_vocab_is_eog(self._vocab, t) for t in range(self.n_vocab)], dtype=bool)
         # Candidate arrays for grammar sampling, shared by every sampler (they all run on the owner thread).
@@ -272,9 +270,10 @@ class Engine:
     def decode(self, items: list[tuple[int, int, int, bool]]) -> None:
         """Run one ``llama_decode`` over (token, position, sequence, want_logits) items.
 
-        For batch-invariant results a call holds either one row per sequence (a decode step) or 2..n_ubatch rows
-        of one sequence (a prefill chunk); the scheduler builds calls that way. Logits of this call are valid
-        until the next one. Raises EngineError when llama.cpp fails (including when the KV cache has no room).
+        llama.cpp cuts the call into compute passes of at most n_ubatch rows, each holding equal numbers of rows
+        from a run of consecutive sequence ids, so callers list rows in sequence order (see shapes.py). Logits of
+        this call are valid until the next one. Raises EngineError when llama.cpp fails (including when the KV
+        cache has no room).
         """
         b = self._batch
         n = len(items)
@@ -286,15 +285,8 @@ class Engine:
             b.n_seq_id[i] = 1
             b.seq_id[i][0] = seq
             b.logits[i] = want
-        pad = (n % self.n_ubatch == 1 and self.n_ctx >= _KV_SPLIT_MIN
-               and max(pos for _, pos, _, _ in items) + 1 > _KV_PAD)
-        if pad:  # last in the batch, so it takes the highest free cell and never reorders anyone's cells
-            b.token[n], b.pos[n], b.n_seq_id[n], b.seq_id[n][0], b.logits[n] = 0, 0, 1, self._pad_seq, False
-            n += 1
         b.n_tokens = n
         rc = C.llama_decode(self._ctx, b)
-        if pad:
-            C.llama_memory_seq_rm(self._mem, self._pad_seq, -1, -1)
         if rc != 0:
             raise EngineError(f"llama_decode failed ({rc})")
 
@@ -358,6 +350,20 @@ class Engine:
         if self._embedder is None:
             self._embedder = _Embedder(self)
         return self._embedder.embed(tokens)
+    def seq_save(self, seq: int) -> bytearray:
+        """A sequence's KV cells (positions and tensors) as host bytes, for ``seq_load`` later."""
+        size = C.llama_state_seq_get_size_ext(self._ctx, seq, 0)
+        data = bytearray(size)
+        if size and C.llama_state_seq_get_data_ext(self._ctx, _u8(data), size, seq, 0) != size:
+            raise EngineError("could not save a sequence's state")
+        return data
+
+    def seq_load(self, seq: int, data: bytearray) -> None:
+        """Replace sequence ``seq``'s cells with ``data`` from ``seq_save``. Raises EngineError (the sequence is
+        then empty)."""
+        if C.llama_state_seq_set_data_ext(self._ctx, _u8(data), len(data), seq, 0) != len(data):
+            C.llama_memory_seq_rm(self._mem, seq, -1, -1)
+            raise EngineError("could not restore a sequence's state")
 
     def close(self) -> None:
         if self._embedder is not None:
@@ -424,6 +430,8 @@ class _Embedder:
     def close(self) -> None:
         C.llama_batch_free(self._batch)
         C.llama_free(self._ctx)
+def _u8(data: bytearray):
+    return (ctypes.c_uint8 * len(data)).from_buffer(data)
 
 
 QUANT_TYPES = {
