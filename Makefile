@@ -21,11 +21,17 @@ else
     $(if $(findstring avx512_vnni,$(CPUFLAGS)),-DGGML_AVX512_VNNI=ON) \
     $(if $(findstring avx512_bf16,$(CPUFLAGS)),-DGGML_AVX512_BF16=ON)
 endif
+# The wheel builds only what reverb loads: libllama and ggml, not the multimodal library (mtmd/llava, about half
+# of the compile; llama-cpp-python imports it lazily). llama.cpp's tests, examples and tools are already off when
+# it is built as llama-cpp-python's subproject.
+LLAMA_WHEEL_ARGS := -DLLAVA_BUILD=OFF
 # The built wheel is cached outside the clone, keyed by version and flags, so a second clone on the same
-# machine (or a CI cache restoring this directory) skips the ~4 minute compile; different flags never collide.
+# machine (or a CI cache restoring this directory) skips the compile; different flags never collide. LLAMA_KEY
+# (GGML flags only) also keys the llama-server build that `make bench` compares against.
 LLAMA_KEY        := $(shell echo "$(LLAMA_CPP_VERSION) $(LLAMA_CMAKE_ARGS)" | sha256sum | cut -c1-12)
+WHEEL_KEY        := $(shell echo "$(LLAMA_CPP_VERSION) $(LLAMA_CMAKE_ARGS) $(LLAMA_WHEEL_ARGS)" | sha256sum | cut -c1-12)
 WHEEL_CACHE      ?= $(HOME)/.cache/reverb/wheels
-LLAMA_WHEEL_DIR  := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(LLAMA_KEY)
+LLAMA_WHEEL_DIR  := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(WHEEL_KEY)
 
 .PHONY: install serve test test-fast test-busy bench bench-ledger soak lint clean llama-wheel llama-server postgres
 
@@ -50,9 +56,9 @@ $(BIN)/python:
 
 llama-wheel: $(BIN)/python
 	@if ! ls $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl >/dev/null 2>&1; then \
-	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) from source (a few minutes) with: $(LLAMA_CMAKE_ARGS)"; \
+	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) from source (a few minutes) with: $(LLAMA_CMAKE_ARGS) $(LLAMA_WHEEL_ARGS)"; \
 	  mkdir -p $(LLAMA_WHEEL_DIR).tmp && \
-	  CMAKE_ARGS="$(strip $(LLAMA_CMAKE_ARGS))" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc 2>/dev/null || echo 2) \
+	  CMAKE_ARGS="$(strip $(LLAMA_CMAKE_ARGS) $(LLAMA_WHEEL_ARGS))" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc 2>/dev/null || echo 2) \
 	    $(BIN)/python -m pip wheel --no-deps --no-cache-dir --no-binary llama-cpp-python \
 	    -w $(LLAMA_WHEEL_DIR).tmp llama-cpp-python==$(LLAMA_CPP_VERSION) && \
 	  rm -rf $(LLAMA_WHEEL_DIR) && mv $(LLAMA_WHEEL_DIR).tmp $(LLAMA_WHEEL_DIR); \

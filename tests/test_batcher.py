@@ -229,3 +229,23 @@ def test_several_jobs_are_queued_all_or_none():
     b.submit([first, second], 0)
     out = run(b)
     assert sorted(ends(out[first])) == [0, 1] and sorted(ends(out[second])) == [2, 3]
+
+
+def test_the_choices_of_a_job_leave_their_prompt_to_its_tenant_only():
+    b = make(slots=2)
+    prompt = list(range(1, 200))
+    j = job(prompt, max_tokens=3, n=2)
+    j.tenant = "alice"
+    b.submit(j, 0)
+    run(b)
+    assert all(s.owner == "alice" and s.cached[:len(prompt)] == prompt for s in b.slots)
+    other = job(prompt + [7], max_tokens=2)
+    other.tenant = "mallory"
+    b.submit(other, 0)
+    run(b)
+    assert b.reused_tokens == 0  # nothing of alice's prompt is reused for another key
+    again = job(prompt + [7], max_tokens=2)
+    again.tenant = "alice"
+    b.submit(again, 0)
+    run(b)
+    assert b.reused_tokens == len(prompt)
