@@ -90,9 +90,7 @@ class Sampler:
                 add(C.llama_sampler_init_min_p(params.min_p, 1))
             add(C.llama_sampler_init_temp(params.temperature))
             add(C.llama_sampler_init_dist(seed & 0xFFFFFFFF))
-        self._chain = chain
-        self._engine = engine
-        self._ctx = engine._ctx
+        self._chain, self._engine, self._ctx = chain, engine, engine._ctx
         self._grammar = engine.grammar_sampler(grammar) if grammar is not None else None
         # Only the penalties sampler keeps state from accepted tokens (dist draws in apply, not accept).
         self._stateless = not (params.presence_penalty or params.frequency_penalty)
@@ -172,11 +170,9 @@ class Engine:
         self.n_vocab = C.llama_vocab_n_tokens(self._vocab)
         cparams = C.llama_context_default_params()
         cparams.n_ctx = config.n_ctx * config.n_seq
-        cparams.n_batch = config.n_batch
-        cparams.n_ubatch = min(config.n_batch, config.n_ubatch)
+        cparams.n_batch, cparams.n_ubatch = config.n_batch, min(config.n_batch, config.n_ubatch)
         cparams.n_seq_max = config.n_seq
-        cparams.n_threads = config.n_threads
-        cparams.n_threads_batch = config.n_threads_batch
+        cparams.n_threads, cparams.n_threads_batch = config.n_threads, config.n_threads_batch
         cparams.flash_attn_type = (C.LLAMA_FLASH_ATTN_TYPE_ENABLED if config.flash_attn
                                    else C.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         cparams.kv_unified = False  # one KV stream per sequence: attention reads only its own cells
@@ -313,7 +309,7 @@ class Engine:
 
     def _candidates(self, batch_index: int, top: int | None):
         """The logits at ``batch_index`` as a llama_token_data_array (all, or the ``top`` best and the end tokens)."""
-        logits = self._logits_view(batch_index)
+        logits = self.logits(batch_index, copy=False)
         cand = self._cand
         if top is None:
             cand["id"], cand["logit"], cand["p"], n = self._ids, logits, 0.0, self.n_vocab
@@ -325,13 +321,15 @@ class Engine:
 
     def logprob(self, batch_index: int, token: int, top: int) -> TokenLogprob:
         """``token``'s log probability at ``batch_index`` of the last decode, with the ``top`` alternatives."""
-        return token_logprob(self._logits_view(batch_index), token, top, self.piece)
+        return token_logprob(self.logits(batch_index, copy=False), token, top, self.piece)
 
-    def _logits_view(self, batch_index: int) -> np.ndarray:
+    def logits(self, batch_index: int, copy: bool = True) -> np.ndarray:
+        """The logits at ``batch_index`` of the last decode: a copy, or a view valid until the next decode."""
         ptr = C.llama_get_logits_ith(self._ctx, batch_index)
         if not ptr:
             raise EngineError("no logits for that batch index")
-        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+        view = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+        return view.copy() if copy else view
 
     def seq_remove(self, seq: int, p0: int = -1, p1: int = -1) -> bool:
         """Drop positions [p0, p1) of a sequence from the KV cache (all of it by default)."""
@@ -434,11 +432,9 @@ def _u8(data: bytearray):
     return (ctypes.c_uint8 * len(data)).from_buffer(data)
 
 
-QUANT_TYPES = {
-    "Q4_0": C.LLAMA_FTYPE_MOSTLY_Q4_0, "Q8_0": C.LLAMA_FTYPE_MOSTLY_Q8_0,
-    "Q4_K_M": C.LLAMA_FTYPE_MOSTLY_Q4_K_M, "Q5_K_M": C.LLAMA_FTYPE_MOSTLY_Q5_K_M,
-    "Q6_K": C.LLAMA_FTYPE_MOSTLY_Q6_K, "F16": C.LLAMA_FTYPE_MOSTLY_F16, "F32": C.LLAMA_FTYPE_ALL_F32,
-}
+QUANT_TYPES = {"Q4_0": C.LLAMA_FTYPE_MOSTLY_Q4_0, "Q8_0": C.LLAMA_FTYPE_MOSTLY_Q8_0,
+               "Q4_K_M": C.LLAMA_FTYPE_MOSTLY_Q4_K_M, "Q5_K_M": C.LLAMA_FTYPE_MOSTLY_Q5_K_M,
+               "Q6_K": C.LLAMA_FTYPE_MOSTLY_Q6_K, "F16": C.LLAMA_FTYPE_MOSTLY_F16, "F32": C.LLAMA_FTYPE_ALL_F32}
 
 
 def quantize(src: Path, dst: Path, qtype: str, threads: int = 0) -> None:
