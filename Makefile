@@ -21,15 +21,26 @@ else
     $(if $(findstring avx512_vnni,$(CPUFLAGS)),-DGGML_AVX512_VNNI=ON) \
     $(if $(findstring avx512_bf16,$(CPUFLAGS)),-DGGML_AVX512_BF16=ON)
 endif
-# The wheel builds only what reverb loads: libllama and ggml, not the multimodal library (mtmd/llava, about half
-# of the compile; llama-cpp-python imports it lazily). llama.cpp's tests, examples and tools are already off when
-# it is built as llama-cpp-python's subproject.
+# The wheel builds only what reverb loads: libllama and ggml. Not the multimodal library (mtmd/llava;
+# llama-cpp-python imports it lazily), and not llama.cpp's common library (argument parsing, chat formats, JSON: the
+# slowest C++ to compile, and nothing in llama-cpp-python's Python code loads it), which llama-cpp-python's
+# CMakeLists forces on: NO_COMMON patches that one line of the unpacked sdist, and fails if the line has moved.
+# llama.cpp's tests, examples and tools are already off when it is built as llama-cpp-python's subproject.
+# Measured on a quiet 2-core AMD EPYC (AVX2): 178 s for the compile, against twice that with both libraries.
 LLAMA_WHEEL_ARGS := -DLLAVA_BUILD=OFF
+define NO_COMMON
+import sys, pathlib
+p = pathlib.Path(sys.argv[1]); old = 'set(LLAMA_BUILD_COMMON ON CACHE BOOL'
+s = p.read_text()
+if old not in s: sys.exit('llama-cpp-python CMakeLists.txt no longer forces LLAMA_BUILD_COMMON; update NO_COMMON')
+p.write_text(s.replace(old, 'set(LLAMA_BUILD_COMMON OFF CACHE BOOL'))
+endef
+export NO_COMMON
 # The built wheel is cached outside the clone, keyed by version and flags, so a second clone on the same
 # machine (or a CI cache restoring this directory) skips the compile; different flags never collide. LLAMA_KEY
 # (GGML flags only) also keys the llama-server build that `make bench` compares against.
 LLAMA_KEY        := $(shell echo "$(LLAMA_CPP_VERSION) $(LLAMA_CMAKE_ARGS)" | sha256sum | cut -c1-12)
-WHEEL_KEY        := $(shell echo "$(LLAMA_CPP_VERSION) $(LLAMA_CMAKE_ARGS) $(LLAMA_WHEEL_ARGS)" | sha256sum | cut -c1-12)
+WHEEL_KEY        := $(shell echo "$(LLAMA_CPP_VERSION) $(LLAMA_CMAKE_ARGS) $(LLAMA_WHEEL_ARGS) no-common" | sha256sum | cut -c1-12)
 WHEEL_CACHE      ?= $(HOME)/.cache/reverb/wheels
 LLAMA_WHEEL_DIR  := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(WHEEL_KEY)
 
@@ -56,12 +67,17 @@ $(BIN)/python:
 
 llama-wheel: $(BIN)/python
 	@if ! ls $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl >/dev/null 2>&1; then \
-	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) from source (a few minutes) with: $(LLAMA_CMAKE_ARGS) $(LLAMA_WHEEL_ARGS)"; \
-	  mkdir -p $(LLAMA_WHEEL_DIR).tmp && \
+	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) from source (about 3 minutes on 2 cores) with:" \
+	    "$(strip $(LLAMA_CMAKE_ARGS) $(LLAMA_WHEEL_ARGS)), without llama.cpp's common library"; \
+	  rm -rf $(LLAMA_WHEEL_DIR).tmp && mkdir -p $(LLAMA_WHEEL_DIR).tmp/src && \
+	  $(BIN)/python -m pip download --quiet --no-deps --no-binary :all: -d $(LLAMA_WHEEL_DIR).tmp/src \
+	    llama-cpp-python==$(LLAMA_CPP_VERSION) && \
+	  tar -xzf $(LLAMA_WHEEL_DIR).tmp/src/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C $(LLAMA_WHEEL_DIR).tmp/src && \
+	  $(BIN)/python -c "$$NO_COMMON" $(LLAMA_WHEEL_DIR).tmp/src/llama_cpp_python-$(LLAMA_CPP_VERSION)/CMakeLists.txt && \
 	  CMAKE_ARGS="$(strip $(LLAMA_CMAKE_ARGS) $(LLAMA_WHEEL_ARGS))" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc 2>/dev/null || echo 2) \
-	    $(BIN)/python -m pip wheel --no-deps --no-cache-dir --no-binary llama-cpp-python \
-	    -w $(LLAMA_WHEEL_DIR).tmp llama-cpp-python==$(LLAMA_CPP_VERSION) && \
-	  rm -rf $(LLAMA_WHEEL_DIR) && mv $(LLAMA_WHEEL_DIR).tmp $(LLAMA_WHEEL_DIR); \
+	    $(BIN)/python -m pip wheel --no-deps --no-cache-dir -w $(LLAMA_WHEEL_DIR).tmp \
+	    $(LLAMA_WHEEL_DIR).tmp/src/llama_cpp_python-$(LLAMA_CPP_VERSION) && \
+	  rm -rf $(LLAMA_WHEEL_DIR).tmp/src $(LLAMA_WHEEL_DIR) && mv $(LLAMA_WHEEL_DIR).tmp $(LLAMA_WHEEL_DIR); \
 	fi
 
 $(STAMP): pyproject.toml $(BIN)/python
