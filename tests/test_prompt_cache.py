@@ -121,3 +121,29 @@ def test_the_cache_keeps_within_its_budget_least_recently_used_first():
     entry, n = c.find("a", [4, 5, 6, 7, 8], 3)
     assert n == 3 and c.take(entry) is entry and len(c) == 1
     assert not PromptCache(0).put("a", [1], 1, bytearray(1))     # budget 0: off
+
+
+def test_a_few_shared_tokens_never_take_another_conversations_prefix_from_host_memory():
+    # Chats that start alike ("<|im_start|>system\n...") share a few tokens: a new job that shares only those
+    # recomputes them and leaves the saved conversation in host memory for its own next turn.
+    b = make(slots=1, prompt_cache=PromptCache(1 << 30))
+    head = [7, 8, 9]
+    chat = head + list(range(2000, 2300))
+    served(b, ask(chat + [1], "alice"))
+    served(b, ask(list(range(3000, 3100)), "alice"))          # takes the slot: the chat goes to host memory
+    assert len(b.prompt_cache) == 1
+    _, reused = served(b, ask(head + list(range(4000, 4100)), "alice"))  # shares 3 tokens with the saved chat
+    assert reused == 0 and not b.engine.loaded
+    _, reused = served(b, ask(chat + [1, 2], "alice"))          # the chat's next turn still finds its prefix
+    assert reused == len(chat) + 1 and b.engine.loaded
+
+
+def test_a_prefix_used_in_part_stays_in_host_memory_for_its_own_conversation():
+    b = make(slots=1, prompt_cache=PromptCache(1 << 30))
+    served(b, ask(SYSTEM + list(range(1, 100)), "alice"))
+    served(b, ask(list(range(5000, 5200)), "alice"))         # the first conversation goes to host memory
+    _, reused = served(b, ask(SYSTEM + [42], "alice"))       # shares the system prompt only
+    assert reused == len(SYSTEM)
+    served(b, ask(list(range(6000, 6200)), "alice"))
+    _, reused = served(b, ask(SYSTEM + list(range(1, 100)) + [7], "alice"))  # the whole first conversation
+    assert reused == len(SYSTEM) + 99

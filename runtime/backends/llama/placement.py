@@ -49,7 +49,7 @@ class Placement:
                 if n >= MIN_COPY and n > shared:
                     shared, source = n, s
         entry, n = self.cache.find(tenant, prompt, limit)
-        if entry is not None and n > shared:
+        if entry is not None and n > shared and n >= MIN_SAVE:  # a few shared tokens are cheaper to recompute
             shared, source = n, entry
         self._save_displaced(slot, shared if source is None else 0)
         if source is None:
@@ -61,7 +61,10 @@ class Placement:
             self.engine.seq_copy_prefix(source.seq, slot.seq, shared)
             slot.cached = source.cached[:shared]
         else:
-            self.cache.take(source)
+            # An entry this prompt uses whole moves into the slot (it comes back when the slot is handed over);
+            # one it uses only the start of stays: the rest is another turn of that conversation.
+            if shared >= source.usable:
+                self.cache.take(source)
             try:
                 self.engine.seq_load(slot.seq, source.data)
                 self.engine.seq_remove(slot.seq, shared, -1)
