@@ -212,7 +212,7 @@ def test_slow_body_gets_408_and_slow_headers_block_no_one(make_server):
 # -- the ledger cannot write ----------------------------------------------------------------------------------
 
 def test_locked_ledger_at_settle_time_fails_closed_then_recovers(make_server, no_eos):
-    srv = make_server(env={"REVERB_DB_BUSY_TIMEOUT": "0.3"})
+    srv = make_server("--lease-seconds", "3", env={"REVERB_DB_BUSY_TIMEOUT": "0.3"})  # retries every second
     key = None
     with srv.ledger() as ledger:
         key = ledger.create_key("locked", 1_000_000)
