@@ -155,7 +155,9 @@ def main(argv=None) -> int:
             workloads.warm_up(peer, eog)
             results["llama_cpp_python"] = {
                 "single": p50([workloads.single_stream(peer, eog, args.tokens)["decode_tps"] for _ in range(3)]),
-                "eight": workloads.eight_streams(peer, eog, args.tokens, unique=True)}
+                "eight": workloads.eight_streams(peer, eog, args.tokens, unique=True, strict=False)}
+        except RuntimeError as e:  # its own failure is a row, not the end of the run
+            results["llama_cpp_python"] = {"error": str(e)}
         finally:
             peer.stop()
     if not args.skip_raw:
@@ -195,7 +197,9 @@ def report(r: dict, args) -> None:
         lines.append((name, f"{a:.1f}" if a else "-", f"{b:.1f}", f"{ratio(b, a, higher):.2f}" if a else "-",
                       f"{c:.1f}" if c else "-", f"{ratio(c, b, higher):.2f}" if c else "-"))
     peer = r.get("llama_cpp_python")
-    if peer:
+    if peer and "error" in peer:
+        lines.append(("llama-cpp-python server", "", "failed", peer["error"][:40], "", ""))
+    elif peer:
         e = peer["eight"]
         lines.append(("llama-cpp-python server: 1 stream / 8 streams (tok/s)", "",
                       f"{peer['single']:.1f} / {e['aggregate_tps']:.1f}", f"short={e['short']}", "", ""))

@@ -49,12 +49,14 @@ def single_stream(peer, eog, tokens: int) -> dict:
     return {"decode_tps": r.decode_tps, "ttft_ms": r.ttft * 1000}
 
 
-def eight_streams(peer, eog, tokens: int, unique: bool, n: int = 8) -> dict:
-    """``n`` streams at once (the same prompt, or each its own): aggregate tokens/s over the wall time."""
+def eight_streams(peer, eog, tokens: int, unique: bool, n: int = 8, strict: bool = True) -> dict:
+    """``n`` streams at once (the same prompt, or each its own): aggregate tokens/s over the wall time. Not
+    ``strict``: failed streams are counted (llama-cpp-python's server drops concurrent streams) instead of raising."""
     bodies = [body(eog, tokens, system=nonce() if unique else "") for _ in range(n)]
     tps, results = run(peer, bodies)
-    checked(results)
-    short = sum(1 for r in results if r.tokens < tokens)
+    if strict:
+        checked(results)
+    short = sum(1 for r in results if r.tokens < tokens or r.error)
     return {"aggregate_tps": tps, "short": short}
 
 
