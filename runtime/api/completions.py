@@ -13,7 +13,7 @@ from dataclasses import replace
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..errors import InvalidRequest, LedgerError
+from ..errors import InvalidRequest
 from ..generation import Generation
 from ..request import Ask
 from ..service import Service
@@ -26,7 +26,7 @@ from .errors import openai_body
 from .openai import usage_json
 from .sse import DONE, event
 from .stream import fold as run_to_end
-from .stream import keep_body, stream_response
+from .stream import keep_body, stream_failure, stream_response
 
 MAX_PROMPTS = 32            # one queued job each
 MAX_LOGPROBS = 5            # OpenAI's limit for this endpoint
@@ -116,13 +116,9 @@ async def _sse(gen: Generation, first: Chunk, cid: str, created: int, include_us
             break
         current = await anext(gen)
     final = gen.final
-    if final.error is not None:
-        yield event(openai_body(final.error)[1])
-        return
-    try:
-        await gen.settled
-    except LedgerError as e:
-        yield event(openai_body(e)[1])
+    failure = await stream_failure(gen, final.error)
+    if failure is not None:
+        yield event(openai_body(failure)[1])
         return
     for i in sorted(ends):
         yield event(chunk(i, "", finish(ends[i].finish_reason)))

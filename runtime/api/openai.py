@@ -14,7 +14,7 @@ from dataclasses import replace
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..errors import InvalidRequest, LedgerError, ModelNotFound
+from ..errors import InvalidRequest, ModelNotFound
 from ..generation import Generation
 from ..request import Ask
 from ..service import Service
@@ -26,7 +26,7 @@ from .choices import chat_logprobs, finish, fold, tool_call_deltas
 from .errors import openai_body
 from .sse import DONE, event
 from .stream import fold as run_to_end
-from .stream import keep_body, stream_response
+from .stream import keep_body, stream_failure, stream_response
 
 
 def parse(body: dict, settings) -> tuple[Ask, bool]:
@@ -118,13 +118,9 @@ async def _sse(gen: Generation, first: Chunk, cid: str, created: int, include_us
             break
         current = await anext(gen)
     final = gen.final
-    if final.error is not None:
-        yield event(openai_body(final.error)[1])
-        return
-    try:
-        await gen.settled
-    except LedgerError as e:
-        yield event(openai_body(e)[1])
+    failure = await stream_failure(gen, final.error)
+    if failure is not None:
+        yield event(openai_body(failure)[1])
         return
     for i in sorted(ends):  # after the ledger row: no client sees a finish before the request is recorded
         yield event(chunk(i, {}, finish(ends[i].finish_reason)))

@@ -26,14 +26,14 @@ from typing import Callable
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..errors import InvalidRequest, LedgerError
+from ..errors import InvalidRequest
 from ..generation import Generation
 from ..request import Ask
 from ..types import Chunk, FinishReason, Message, SamplingParams
 from . import params as P
 from .errors import openai_body
 from .sse import DONE, event
-from .stream import cancel_on_disconnect, keep_body, settled_quietly, stream_response
+from .stream import cancel_on_disconnect, keep_body, settled_quietly, stream_failure, stream_response
 
 OWN = ("model", "stream", "stream_options")      # reverb's to set on the upstream request
 # Fields the local engine's text answer fully covers: only requests limited to these may fall back to it.
@@ -148,14 +148,9 @@ async def _sse(gen: Generation, first: Chunk, ids: tuple[str, int], include_usag
         if current.finish_reason is not None:
             break
         current = await anext(gen)
-    if current.error is not None:
-        await settled_quietly(gen)
-        yield event(openai_body(current.error)[1])
-        return
-    try:
-        await gen.settled
-    except LedgerError as e:
-        yield event(openai_body(e)[1])
+    failure = await stream_failure(gen, current.error)
+    if failure is not None:
+        yield event(openai_body(failure)[1])
         return
     for frame in held or [_frame(gen, ids, [_choice({}, _finish(current.finish_reason))], include_usage)]:
         yield event(frame)

@@ -13,6 +13,7 @@ import json
 from dataclasses import replace
 from typing import AsyncIterator, Callable
 
+from ..errors import LedgerError
 from ..generation import Generation
 from ..request import RequestContext
 from ..types import Chunk
@@ -108,6 +109,20 @@ async def fold(request, gen: Generation) -> tuple[list[Chunk], Chunk, int]:
         await settled_quietly(gen)
         raise final.error
     return chunks, final, (await gen.settled).price
+
+
+async def stream_failure(gen: Generation, error: Exception | None) -> Exception | None:
+    """Before a stream's finish frames: the error that must end it instead (the job's own, once its ledger row is
+    settled, or the ledger's when the request could not be recorded), or None when it settled: no client sees a
+    finish before its request is recorded."""
+    if error is not None:
+        await settled_quietly(gen)
+        return error
+    try:
+        await gen.settled
+    except LedgerError as e:
+        return e
+    return None
 
 
 async def settled_quietly(gen: Generation) -> None:
