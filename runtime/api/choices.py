@@ -1,6 +1,7 @@
 """Chunks -> per-choice answers, and the wire forms both dialects share: finish reasons, tool calls, logprobs.
 
-A generation interleaves the chunks of its choices (``Chunk.index``); the blocking answers fold them here.
+A generation interleaves the chunks of its choices (``Chunk.index``); the blocking answers sort them per choice
+here.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class Choice:
             self.finish_reason = chunk.finish_reason
 
 
-def fold(chunks: list[Chunk], count: int) -> list[Choice]:
+def per_choice(chunks: list[Chunk], count: int) -> list[Choice]:
     choices = [Choice(i) for i in range(count)]
     for chunk in chunks:
         choices[chunk.index].add(chunk)

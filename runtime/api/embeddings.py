@@ -13,38 +13,8 @@ import struct
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..errors import InvalidRequest
-from ..request import Ask
-from ..service import Service
-from . import params as P
-from . import surface
-from .body import read_json
-from .stream import keep_body
-
-MAX_INPUTS = 256
-
-
-def parse(body: dict, settings) -> tuple[Ask, str]:
-    """Wire JSON -> (Ask, encoding_format). Raises InvalidRequest naming ``param``."""
-    surface.refuse(body, surface.EMBEDDINGS_REFUSED)
-    surface.accepted(body)
-    model = P.model(body)
-    value = body.get("input")
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not items or len(items) > MAX_INPUTS:
-        raise InvalidRequest(f"'input' must be a string or an array of 1 to {MAX_INPUTS} strings", param="input")
-    for i, text in enumerate(items):
-        where = "input" if isinstance(value, str) else f"input[{i}]"
-        if not isinstance(text, str) or not text:
-            raise InvalidRequest(f"'{where}' must be a non-empty string (token arrays are not supported)",
-                                 param=where)
-        if len(text) > settings.max_message_chars:
-            raise InvalidRequest(f"'{where}' must be valid text of at most {settings.max_message_chars} characters",
-                                 param=where)
-    fmt = body.get("encoding_format") or "float"
-    if fmt not in ("float", "base64"):
-        raise InvalidRequest("'encoding_format' must be 'float' or 'base64'", param="encoding_format")
-    return Ask(model=model, messages=(), prompt=tuple(items)), fmt
+from . import wire
+from .handler import begin
 
 
 def _encode(vector: list[float], fmt: str):
@@ -54,10 +24,8 @@ def _encode(vector: list[float], fmt: str):
 
 
 async def embeddings(request: Request) -> JSONResponse:
-    service: Service = request.state.service
-    body = await read_json(request, service.settings)
-    ask, fmt = parse(body, service.settings)
-    ctx = keep_body(request, body)
+    service, ctx, ask, render, _ = await begin(request, wire.EMBEDDINGS)
+    fmt = render.encoding_format
     job = await service.start_embedding(ctx, ask)
     request.state.generation = job  # from here on the request owns its ledger row
     vectors, usage, price = await job.run()

@@ -1,89 +1,39 @@
 """The OpenAPI 3.1 document for both dialects, served at ``/openapi.json`` (behind the key like the rest).
 
-Written as data; its limits come from the same constants and settings the validators use (``params.py``), so
-the document cannot drift from what is enforced. The fuzz test (tests/test_fuzz.py) generates requests from these
-very schemas and checks every answer against the error schemas below.
+The request schemas are generated from the field table (``wire.py``): each row's check emits the JSON Schema of
+what it accepts, so the document cannot drift from what is enforced; the answers' schemas are written as data.
+The fuzz test (tests/test_fuzz.py) generates requests from these very schemas and checks every answer against the
+error schemas below.
 """
 
 from __future__ import annotations
 
-from ..grammar.tools import MAX_TOOLS
 from ..settings import Settings
-from .completions import MAX_LOGPROBS, MAX_PROMPTS
-from .embeddings import MAX_INPUTS
-from .params import (LOGIT_BIAS_RANGE, MAX_ID_CHARS, MAX_LOGIT_BIAS, MAX_STOP, MAX_STOP_CHARS, MAX_TOOL_CALLS, ROLES,
-                     SAMPLING_FIELDS)
-from .surface import MAX_METADATA, MAX_N, MAX_TOP_LOGPROBS
+from . import wire
 
 NUM = {"type": "number"}
 
 
-def _sampling(settings: Settings) -> dict:
-    out: dict = {name: {"type": kind, "minimum": lo, "maximum": hi} for name, kind, lo, hi, _ in SAMPLING_FIELDS}
-    tokens = {"type": "integer", "minimum": 1, "maximum": settings.max_tokens_cap}
-    out.update(
-        max_tokens=tokens, max_completion_tokens=tokens,
-        stop={"oneOf": [{"type": "string", "minLength": 1, "maxLength": MAX_STOP_CHARS},
-                        {"type": "array", "maxItems": MAX_STOP,
-                         "items": {"type": "string", "minLength": 1, "maxLength": MAX_STOP_CHARS}}]},
-        logit_bias={"type": "object", "maxProperties": MAX_LOGIT_BIAS, "additionalProperties": {
-            **NUM, "minimum": LOGIT_BIAS_RANGE[0], "maximum": LOGIT_BIAS_RANGE[1]}},
-    )
-    return out
-
-
-def _messages(settings: Settings) -> dict:
-    text = {"type": "string", "maxLength": settings.max_message_chars}
-    short = {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS}
-    call = {"type": "object", "required": ["id", "type", "function"],
-            "properties": {"id": short, "type": {"const": "function"},
-                           "function": {"type": "object", "required": ["name", "arguments"],
-                                        "properties": {"name": short, "arguments": text}}}}
-    message = {
-        "type": "object", "required": ["role", "content"],
-        "properties": {"role": {"enum": sorted(ROLES)},
-                       "content": {"oneOf": [text, {"type": "null"}, {"type": "array", "items": {
-                           "type": "object", "required": ["type", "text"],
-                           "properties": {"type": {"const": "text"}, "text": text}}}]},
-                       "name": short, "tool_call_id": short,
-                       "tool_calls": {"type": "array", "maxItems": MAX_TOOL_CALLS, "items": call}},
-    }
-    return {"type": "array", "items": message, "minItems": 1, "maxItems": settings.max_messages}
-
-
-def _constraints() -> dict:
-    """response_format and tools: the shapes; a schema keyword the grammar cannot enforce is a 400 naming it."""
-    schema = {"type": "object", "description": "a JSON Schema (see the README for the keywords enforced)"}
-    name = {"type": "string", "pattern": "^[a-zA-Z0-9_-]{1,64}$"}
-    tool = {"type": "object", "required": ["type", "function"],
-            "properties": {"type": {"const": "function"},
-                           "function": {"type": "object", "required": ["name"],
-                                        "properties": {"name": name, "description": {"type": "string"},
-                                                       "parameters": schema, "strict": {"type": "boolean"}}}}}
-    return {
-        "response_format": {"oneOf": [
-            {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["text", "json_object"]}}},
-            {"type": "object", "required": ["type", "json_schema"], "properties": {
-                "type": {"const": "json_schema"},
-                "json_schema": {"type": "object", "required": ["name"], "properties": {
-                    "name": name, "strict": {"type": "boolean"}, "description": {"type": "string"},
-                    "schema": schema}}}}]},
-        "tools": {"type": "array", "maxItems": MAX_TOOLS, "items": tool},
-        "tool_choice": {"oneOf": [{"enum": ["none", "auto", "required"]}, {
-            "type": "object", "required": ["type", "function"], "properties": {
-                "type": {"const": "function"},
-                "function": {"type": "object", "required": ["name"], "properties": {"name": name}}}}]},
-        "parallel_tool_calls": {"type": "boolean"},
-    }
-
-
-def _accepted() -> dict:
-    """Fields accepted with no effect here, or only with the value that asks for nothing (see surface.py)."""
-    short = {"type": "string", "maxLength": MAX_ID_CHARS}
-    return {"user": short, "safety_identifier": short, "prompt_cache_key": short,
-            "metadata": {"type": "object", "maxProperties": MAX_METADATA, "additionalProperties": {"type": "string"}},
-            "store": {"const": False}, "modalities": {"type": "array", "items": {"const": "text"}, "maxItems": 1},
-            "service_tier": {"enum": ["auto", "default"]}, "verbosity": {"const": "medium"}}
+def request_schema(dialect: str, settings: Settings) -> dict:
+    """The JSON Schema of the dialect's request body, from its rows (a row no value is accepted for is left out)."""
+    top: dict = {}
+    options: dict = {}
+    required = []
+    for row in wire.rows(dialect):
+        accepted = row.accepted(dialect)
+        if accepted == wire.NOTHING:
+            continue
+        if accepted is not None:
+            schema = {"const": accepted[0]} if len(accepted) == 1 else {"enum": list(accepted)}
+        else:
+            schema = row.check.schema(settings)
+        into = top if row.top or dialect != wire.GATEWAY else options
+        into[row.name] = schema
+        if row.check.required:
+            required.append(row.name)
+    if dialect == wire.GATEWAY:
+        top["options"] = {"type": "object", "additionalProperties": False, "properties": options}
+    return {"type": "object", "required": required, "properties": top}
 
 
 def _usage(*keys: str) -> dict:
@@ -91,22 +41,10 @@ def _usage(*keys: str) -> dict:
 
 
 def schemas(settings: Settings) -> dict:
-    sampling, messages, constraints = _sampling(settings), _messages(settings), _constraints()
-    n = {"type": "integer", "minimum": 1, "maximum": MAX_N, "description": "at most the server's slots"}
-    stream_options = {"type": "object", "properties": {"include_usage": {"type": "boolean"},
-                                                       "include_obfuscation": {"type": "boolean"}}}
     finish = {"enum": ["stop", "length", "tool_calls"]}
     tool_calls = {"type": "array", "items": {"type": "object", "required": ["id", "type", "function"]}}
-    prompt_text = {"type": "string", "minLength": 1, "maxLength": settings.max_message_chars}
     return {
-        "ChatRequest": {
-            "type": "object", "required": ["model", "messages"],
-            "properties": {"model": {"type": "string"}, "messages": messages,
-                           "stream": {"type": "boolean"}, "n": n, "stream_options": stream_options,
-                           "logprobs": {"type": "boolean"},
-                           "top_logprobs": {"type": "integer", "minimum": 0, "maximum": MAX_TOP_LOGPROBS},
-                           **sampling, **constraints, **_accepted()},
-        },
+        "ChatRequest": request_schema(wire.CHAT, settings),
         "ChatCompletion": {
             "type": "object", "required": ["id", "object", "created", "model", "choices", "usage"],
             "properties": {
@@ -120,16 +58,7 @@ def schemas(settings: Settings) -> dict:
                                                                  "tool_calls": tool_calls}}}}},
                 "usage": _usage("prompt_tokens", "completion_tokens", "total_tokens")},
         },
-        "CompletionRequest": {
-            "type": "object", "required": ["model", "prompt"],
-            "properties": {"model": {"type": "string"},
-                           "prompt": {"oneOf": [prompt_text, {"type": "array", "minItems": 1, "maxItems": MAX_PROMPTS,
-                                                              "items": prompt_text}]},
-                           "stream": {"type": "boolean"}, "n": n, "stream_options": stream_options,
-                           "logprobs": {"type": "integer", "minimum": 0, "maximum": MAX_LOGPROBS},
-                           "echo": {"const": False}, "suffix": {"const": ""}, "best_of": {"const": 1},
-                           "user": {"type": "string", "maxLength": MAX_ID_CHARS}, **sampling},
-        },
+        "CompletionRequest": request_schema(wire.COMPLETIONS, settings),
         "Completion": {
             "type": "object", "required": ["id", "object", "created", "model", "choices", "usage"],
             "properties": {"id": {"type": "string"}, "object": {"const": "text_completion"},
@@ -140,14 +69,7 @@ def schemas(settings: Settings) -> dict:
                                                                                  "finish_reason": finish}}},
                            "usage": _usage("prompt_tokens", "completion_tokens", "total_tokens")},
         },
-        "EmbeddingRequest": {
-            "type": "object", "required": ["model", "input"],
-            "properties": {"model": {"type": "string"},
-                           "input": {"oneOf": [prompt_text, {"type": "array", "minItems": 1, "maxItems": MAX_INPUTS,
-                                                             "items": prompt_text}]},
-                           "encoding_format": {"enum": ["float", "base64"]},
-                           "user": {"type": "string", "maxLength": MAX_ID_CHARS}},
-        },
+        "EmbeddingRequest": request_schema(wire.EMBEDDINGS, settings),
         "EmbeddingList": {
             "type": "object", "required": ["object", "data", "model", "usage"],
             "properties": {"object": {"const": "list"}, "model": {"type": "string"},
@@ -169,15 +91,7 @@ def schemas(settings: Settings) -> dict:
                                                     "param": {"type": ["string", "null"]},
                                                     "code": {"type": "string"}}}},
         },
-        "GatewayRequest": {
-            "type": "object", "required": ["model", "messages"],
-            "properties": {"model": {"type": "string"}, "messages": messages,
-                           "options": {"type": "object", "additionalProperties": False, "properties": {
-                               "stream": {"type": "boolean"}, "stats": {"type": "boolean"},
-                               "n": {"const": 1}, "logprobs": {"type": "boolean"},
-                               "top_logprobs": {"type": "integer", "minimum": 0, "maximum": MAX_TOP_LOGPROBS},
-                               **sampling, **constraints}}},
-        },
+        "GatewayRequest": request_schema(wire.GATEWAY, settings),
         "GatewaySuccess": {
             "type": "object", "required": ["status", "result"],
             "properties": {"status": {"const": 1}, "result": {

@@ -1,4 +1,4 @@
-"""Server-Sent Events framing for the OpenAI dialect.
+"""Server-Sent Events for the OpenAI dialect: the framing, and the one loop that streams a generation's choices.
 
 Every event is exactly one line ``data: <json>`` and a blank line: JSON never holds a raw newline (json.dumps
 escapes them), and no comment or keep-alive lines are sent, so line-based readers that ``JSON.parse`` whatever
@@ -9,9 +9,57 @@ follows ``data: `` always work. The stream ends with ``data: [DONE]``; an error 
 from __future__ import annotations
 
 import json
+from typing import AsyncIterator, Iterable, Protocol
+
+from ..generation import Generation
+from ..types import Chunk, Usage
+from .errors import openai_body
+from .stream import stream_failure
 
 DONE = b"data: [DONE]\n\n"
+SSE = "text/event-stream; charset=utf-8"
 
 
 def event(payload: dict) -> bytes:
     return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n\n"
+
+
+class Frames(Protocol):
+    """A dialect's SSE frame formats; ``events`` runs the stream. ``chunk`` is called once per chunk (once per
+    token: keep it cheap) and returns its frame or None."""
+
+    def open(self, first: Chunk) -> Iterable[bytes]: ...
+
+    def chunk(self, chunk: Chunk) -> bytes | None: ...
+
+    def finish(self, ends: dict[int, Chunk]) -> Iterable[bytes]: ...
+
+    def usage(self, usage: Usage) -> dict: ...
+
+
+async def events(gen: Generation, first: Chunk, frames: Frames, include_usage: bool) -> AsyncIterator[bytes]:
+    """The one event loop over a generation's choices: each chunk's frame as it comes, then, once every choice has
+    ended and the ledger has the row (no client sees a finish before its request is recorded), the finish frames,
+    the usage frame when asked and ``[DONE]``; or one error event instead when the job or the ledger failed."""
+    for data in frames.open(first):
+        yield data
+    ends: dict[int, Chunk] = {}
+    current = first
+    while True:
+        data = frames.chunk(current)
+        if data is not None:
+            yield data
+        if current.finish_reason is not None:
+            ends[current.index] = current
+        if gen.final is not None and len(ends) == gen.choices:
+            break
+        current = await anext(gen)
+    failure = await stream_failure(gen, gen.final.error)
+    if failure is not None:
+        yield event(openai_body(failure)[1])
+        return
+    for data in frames.finish(ends):
+        yield data
+    if include_usage:
+        yield event(frames.usage(gen.final.usage))
+    yield DONE
