@@ -11,7 +11,7 @@ import json
 import logging
 import time
 
-from ..models.registry import MICRO
+from ..money import credits
 from .metrics import Metrics
 
 access = logging.getLogger("reverb.access")
@@ -54,7 +54,7 @@ class AccessLog:
             "key": ctx.account.name if ctx.account else None, "model": model,
             "prompt_tokens": record.prompt_tokens if record else 0,
             "completion_tokens": record.completion_tokens if record else 0,
-            "price": price / MICRO, "outcome": record.status if record else ("ok" if status < 400 else "rejected"),
+            "price": credits(price), "outcome": record.status if record else ("ok" if status < 400 else "rejected"),
             "error_code": state.get("error_code"), "latency_ms": round(latency * 1000, 1),
         }
         if service is not None and isinstance(service.hooks, Metrics):

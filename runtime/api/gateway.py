@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..errors import LedgerError
-from ..models.registry import MICRO
+from ..money import credits
 from ..types import Chunk
 from . import wire
 from .choices import chat_logprobs, per_choice
@@ -32,7 +32,7 @@ def _whole(a: Answer, chunks: list[Chunk], final: Chunk, price: int) -> dict:
         result["logprobs"] = chat_logprobs(choice.logprobs)["content"]
     if a.render.stats:
         result.update(tokens_input=final.usage.prompt_tokens, tokens_output=final.usage.completion_tokens,
-                      price=price / MICRO)
+                      price=credits(price))
     # Only what was validated goes back out: the raw body may hold anything a client chose to send.
     result.update(model=a.gen.model, request=[{"role": m.role, "content": m.content} for m in a.ask.messages])
     return {"status": 1, "result": result}

@@ -11,7 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..generation import Hooks
 from ..ledger import RequestRecord
-from ..models.registry import MICRO
+from ..money import credits
 
 LATENCY_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
 GAP_BUCKETS = (.001, .0025, .005, .0075, .01, .015, .02, .03, .05, .1, .25, 1)
@@ -55,7 +55,7 @@ class Metrics(Hooks):
         if record.status != "rejected":
             self.tokens.labels(model, "prompt").inc(record.prompt_tokens)
             self.tokens.labels(model, "completion").inc(record.completion_tokens)
-            self.credit.labels(model).inc(price / MICRO)
+            self.credit.labels(model).inc(credits(price))
         self.outcomes.labels(model, record.status).inc()
 
 

@@ -68,7 +68,7 @@ def keys(args) -> int:
 
 
 def _money(text: str) -> int:
-    from ..ledger import MAX_BALANCE
+    from ..money import MAX_BALANCE, MICRO
     try:
         micro = parse_money(text)
     except ValueError as e:
@@ -76,7 +76,7 @@ def _money(text: str) -> int:
     except ArithmeticError:  # e.g. 1e999999999: beyond what Decimal holds
         raise ConfigError(f"bad amount: {text!r} is too large") from None
     if micro > MAX_BALANCE:
-        raise ConfigError(f"bad amount: the amount may be at most {MAX_BALANCE // 1_000_000:,} credit")
+        raise ConfigError(f"bad amount: the amount may be at most {MAX_BALANCE // MICRO:,} credit")
     return micro
 
 

@@ -4,7 +4,8 @@ default) or PostgreSQL (a ``postgresql://`` URL, for several servers). ``core.py
 
 from __future__ import annotations
 
-from .core import MAX_BALANCE, Ledger, digest
+from ..money import MAX_BALANCE
+from .core import Ledger, digest
 from .records import RequestRecord, bounded_model
 
 __all__ = ["Ledger", "MAX_BALANCE", "RequestRecord", "bounded_model", "digest"]

@@ -21,18 +21,17 @@ import hmac
 import logging
 import re
 import secrets
-from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import ConfigError, InsufficientCredit, LedgerError
+from ..money import MAX_BALANCE, MICRO
 from ..request import Account
 from . import leases
-from .records import RequestRecord, check_key_name, printable
+from .records import RequestRecord, check_key_name, insert_request, now, printable
 from .schema import MIGRATIONS
 
 log = logging.getLogger("reverb.ledger")
 
-MAX_BALANCE = 10**15          # micro-units (one billion credits): far from 64-bit overflow on either engine
 DETAIL_ROWS_PER_MINUTE = 5    # per client, route and code: refusals without a key beyond this are only counted
 CLIENT_CHARS = 64
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -41,10 +40,6 @@ POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 def digest(raw_key: str) -> bytes:
     return hashlib.sha256(raw_key.encode("utf-8", "surrogatepass")).digest()
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def open_engine(target: str | Path, *, create: bool = True, busy_timeout: float = 10.0, max_mb: float = 0):
@@ -125,7 +120,7 @@ class Ledger:
                 raise ConfigError(f"no key named {printable(name)!r}")
             if row[1] + amount > MAX_BALANCE:
                 raise ConfigError(f"that would take the balance past the most a key may hold "
-                                  f"({MAX_BALANCE // 1_000_000:,} credit)")
+                                  f"({MAX_BALANCE // MICRO:,} credit)")
             _grant(db, row[0], amount)
             return db.execute("SELECT balance FROM keys WHERE id = ?", (row[0],)).fetchone()[0]
         return self.engine.write(tx)
@@ -306,18 +301,9 @@ def _check_amount(amount: int, *, allow_zero: bool) -> None:
     if not isinstance(amount, int) or amount < 0 or (amount == 0 and not allow_zero):
         raise ConfigError("the amount must be positive")
     if amount > MAX_BALANCE:
-        raise ConfigError(f"the amount may be at most {MAX_BALANCE // 1_000_000:,} credit")
+        raise ConfigError(f"the amount may be at most {MAX_BALANCE // MICRO:,} credit")
 
 
 def _grant(db, key_id: int, amount: int) -> None:
     db.execute("INSERT INTO grants (key_id, amount, created_at) VALUES (?, ?, ?)", (key_id, amount, now()))
     db.execute("UPDATE keys SET balance = balance + ? WHERE id = ?", (amount, key_id))
-
-
-def insert_request(db, account: Account | None, r: RequestRecord, price: int) -> None:
-    db.execute(
-        "INSERT INTO requests (request_id, key_id, key_name, model, endpoint, prompt_tokens, completion_tokens, "
-        "price, status, error_code, latency_ms, created_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (r.request_id, account.key_id if account else None, account.name if account else None, r.model,
-         r.endpoint, r.prompt_tokens, r.completion_tokens, price, r.status, r.error_code, r.latency_ms, now(),
-         r.body))

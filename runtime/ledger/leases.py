@@ -24,7 +24,8 @@ from datetime import datetime, timezone
 
 from ..errors import LedgerError
 from ..request import Account
-from .records import RequestRecord
+from ..money import cost
+from .records import RequestRecord, insert_request
 
 log = logging.getLogger("reverb.ledger")
 
@@ -89,12 +90,11 @@ class Lease:
         return self.engine.write(self._sweep, dead.replace("h.instance_id", "holds.instance_id"))
 
     def _sweep(self, db, dead: str) -> int:
-        from .core import insert_request   # core imports this module
         holds = db.execute(f"DELETE FROM holds WHERE {dead} RETURNING request_id, key_id, amount, model, "
                            f"endpoint, prompt_tokens, delivered_tokens, price_input, price_output").fetchall()
         for request_id, key_id, amount, model, endpoint, prompt, delivered, p_in, p_out in holds:
             amount, prompt, delivered = int(amount), int(prompt), int(delivered)
-            charge = min(amount, -(-(prompt * int(p_in) + delivered * int(p_out)) // 1_000_000)) if delivered else 0
+            charge = min(amount, cost(prompt, delivered, int(p_in), int(p_out))) if delivered else 0
             if amount - charge:
                 db.execute("UPDATE keys SET balance = balance + ? WHERE id = ?", (amount - charge, key_id))
             name = db.execute("SELECT name FROM keys WHERE id = ?", (key_id,)).fetchone()[0]

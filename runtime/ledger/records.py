@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from ..request import Account
 
 MODEL_CHARS = 64            # a model name not in the catalogue is stored as "unknown:" + at most this many chars
 UNKNOWN_MODEL = "unknown:"  # the flag: catalogue names never contain ':'
@@ -47,3 +50,16 @@ def check_key_name(name: str) -> str | None:
     if name != name.strip() or printable(name) != name:
         return "a key name may not contain control characters, line breaks or surrounding spaces"
     return None
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def insert_request(db, account: Account | None, r: RequestRecord, price: int) -> None:
+    db.execute(
+        "INSERT INTO requests (request_id, key_id, key_name, model, endpoint, prompt_tokens, completion_tokens, "
+        "price, status, error_code, latency_ms, created_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (r.request_id, account.key_id if account else None, account.name if account else None, r.model,
+         r.endpoint, r.prompt_tokens, r.completion_tokens, price, r.status, r.error_code, r.latency_ms, now(),
+         r.body))

@@ -12,12 +12,11 @@ import importlib.util
 import re
 import tomllib
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from pathlib import Path, PurePosixPath
 
 from ..errors import ConfigError, ModelNotFound
+from ..money import cost, format_money, parse_money  # noqa: F401  (re-exported: cli/keys.py and tests use them)
 
-MICRO = 1_000_000  # money is integer micro-units of the credit currency
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -54,8 +53,7 @@ class ModelSpec:
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> int:
         """Price in micro-units, rounded up so that a request is never free by rounding."""
-        total = prompt_tokens * self.price_input + completion_tokens * self.price_output
-        return -(-total // 1_000_000)
+        return cost(prompt_tokens, completion_tokens, self.price_input, self.price_output)
 
 
 LOCAL, UPSTREAM = ("package", "hf", "path"), ("openai",)
@@ -191,24 +189,6 @@ def _check_relative(where: str, name: str, file: str) -> None:
     p = PurePosixPath(file)
     if not file or p.is_absolute() or "\\" in file or ".." in p.parts or file.startswith("~"):
         raise ConfigError(f"{where}: field 'file' must be a relative path without '..'", model=name, param="file")
-
-
-def parse_money(value: int | float | str) -> int:
-    """A decimal amount of credit ("1.25") as integer micro-units. Raises ValueError."""
-    try:
-        amount = Decimal(str(value))
-    except InvalidOperation:
-        raise ValueError(f"not a number: {value!r}") from None
-    if not amount.is_finite() or amount < 0:
-        raise ValueError(f"must be a finite amount >= 0: {value!r}")
-    micro = amount * MICRO
-    if micro != micro.to_integral_value():
-        raise ValueError(f"more than 6 decimal places: {value!r}")
-    return int(micro)
-
-
-def format_money(micro: int) -> str:
-    return f"{Decimal(micro) / MICRO:f}"
 
 
 def _price(where: str, name: str, key: str, value) -> int:
