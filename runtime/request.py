@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from .types import Message, SamplingParams, Tools
+from .types import Message, ResponseFormat, SamplingParams, Tools
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Ask:
     sampling: SamplingParams = SamplingParams()
     stream: bool = False
     prompt: tuple[str, ...] | None = None   # raw texts, no chat template (/v1/completions, /v1/embeddings)
-    response_format: dict | None = None     # OpenAI's response_format (json_object / json_schema); None: text
+    response_format: ResponseFormat | None = None   # None: text
     tools: Tools | None = None              # functions the model may call, and how it must choose
 
     @property

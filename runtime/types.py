@@ -53,6 +53,18 @@ class Tools:
         return tuple(t for t in self.tools if self.forced in (None, t.name))
 
 
+@dataclass(frozen=True)
+class ResponseFormat:
+    """The request's ``response_format``, its shape checked at the edge (api/checks.py): the answer is one JSON
+    object (``json_object``, or ``json_schema`` without a schema) or a JSON value valid against ``schema``. The
+    grammar package checks the schema's keywords. ``strict`` true and false are enforced alike."""
+
+    kind: str                                   # json_object | json_schema
+    schema: dict | None = None
+    name: str | None = None
+    strict: bool = False
+
+
 class FinishReason(str, enum.Enum):
     STOP = "stop"          # end-of-generation token or a stop string
     LENGTH = "length"      # max_tokens reached

@@ -11,7 +11,7 @@ import pytest
 
 from reverb.errors import InvalidRequest
 from reverb.grammar import GrammarSpec, response_format_grammar
-from reverb.types import SamplingParams
+from reverb.types import ResponseFormat, SamplingParams
 
 FORMATS = jsonschema.FormatChecker()
 
@@ -26,7 +26,7 @@ def _date_time(value):  # jsonschema's own checker needs an optional package
 
 
 def rf(schema) -> dict:
-    return {"type": "json_schema", "json_schema": {"name": "t", "schema": schema, "strict": True}}
+    return ResponseFormat("json_schema", schema, "t", True)
 
 
 def g(schema) -> GrammarSpec:

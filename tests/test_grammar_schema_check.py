@@ -3,12 +3,13 @@ import pytest
 
 from reverb.errors import InvalidRequest
 from reverb.grammar import check_schema, response_format_grammar
+from reverb.types import ResponseFormat
 
 P = "response_format.json_schema.schema"
 
 
 def rf(schema):
-    return {"type": "json_schema", "json_schema": {"name": "t", "schema": schema, "strict": True}}
+    return ResponseFormat("json_schema", schema, "t", True)
 
 
 def err(schema) -> InvalidRequest:

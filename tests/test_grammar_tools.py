@@ -6,7 +6,7 @@ import pytest
 
 from reverb.errors import InvalidRequest
 from reverb.grammar import TRIGGER_PATTERN, parse_tools, tool_grammar
-from reverb.types import Message, ToolCall
+from reverb.types import Message, ResponseFormat, ToolCall
 from reverb.grammar.tool_prompt import fallback_messages, template_supports_tools, tools_system_text, use_native_tools
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
@@ -49,14 +49,15 @@ def test_parameter_schema_errors_name_the_tool():
 
 def test_grammar_kinds():
     assert tool_grammar(parse_tools([WEATHER], "none")) is None
-    assert tool_grammar(parse_tools([WEATHER], "none"), {"type": "json_object"}).grammar.startswith("root ::= object")
+    json_object = ResponseFormat("json_object")
+    assert tool_grammar(parse_tools([WEATHER], "none"), json_object).grammar.startswith("root ::= object")
     req = tool_grammar(parse_tools([WEATHER, TIME], "required", False))
     assert not req.lazy and "get_time" in req.grammar and "tool-call (" not in req.grammar
     named = tool_grammar(parse_tools([WEATHER, TIME], {"type": "function", "function": {"name": "get_time"}}))
     assert "get_time" in named.grammar and "get_weather" not in named.grammar
     auto = tool_grammar(parse_tools([WEATHER]))
     assert auto.lazy and auto.trigger_patterns == (TRIGGER_PATTERN,)
-    mixed = tool_grammar(parse_tools([WEATHER]), {"type": "json_object"})
+    mixed = tool_grammar(parse_tools([WEATHER]), ResponseFormat("json_object"))
     assert not mixed.lazy and mixed.grammar.startswith("root ::= tool-calls | object")
 
 

@@ -12,6 +12,7 @@ from reverb.api import fieldtable, wire
 from reverb.api.openapi import schemas
 from reverb.errors import InvalidRequest
 from reverb.settings import Settings
+from reverb.types import ResponseFormat
 
 CFG = Settings.build(environ={}, max_tokens_cap=64)
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +64,30 @@ def test_refusals_name_the_field_on_the_dialects_own_path():
     assert wire.wire_param("response_format.json_schema.schema", wire.GATEWAY) == \
         "options.response_format.json_schema.schema"
     assert wire.wire_param("messages[0].content", wire.GATEWAY) == "messages[0].content"
+
+
+@pytest.mark.parametrize("rf,param", [
+    ({"type": "xml"}, "response_format.type"),
+    ("json", "response_format"),
+    ({"type": "json_schema"}, "response_format.json_schema"),
+    ({"type": "json_schema", "json_schema": {"name": "bad name", "schema": {}}}, "response_format.json_schema.name"),
+    ({"type": "json_schema", "json_schema": {"name": "n", "strict": "yes", "schema": {}}},
+     "response_format.json_schema.strict"),
+    ({"type": "json_schema", "json_schema": {"name": "n", "schema": "x"}}, "response_format.json_schema.schema"),
+])
+def test_response_format_shape_is_checked_at_the_edge(rf, param):
+    assert refused({"model": "m", "messages": HI, "response_format": rf}, wire.CHAT) == param
+    assert refused({"model": "m", "messages": HI, "options": {"response_format": rf}}, wire.GATEWAY) == \
+        "options." + param
+
+
+def test_response_format_becomes_a_typed_value():
+    def rf(value):
+        return wire.parse({"model": "m", "messages": HI, "response_format": value}, wire.CHAT, CFG)[0].response_format
+    assert rf(None) is None and rf({"type": "text"}) is None
+    assert rf({"type": "json_object"}) == ResponseFormat("json_object")
+    assert rf({"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "string"}, "strict": True}}) \
+        == ResponseFormat("json_schema", {"type": "string"}, "n", True)
 
 
 def test_dialect_defaults():

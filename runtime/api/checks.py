@@ -19,6 +19,7 @@ from .. import grammar
 from ..errors import InvalidRequest
 from ..grammar.tools import MAX_TOOLS
 from ..settings import Settings
+from ..types import ResponseFormat
 
 MAX_ID_CHARS = 256        # tool_call ids, names, user
 MAX_STOP, MAX_STOP_CHARS = 4, 256
@@ -258,8 +259,8 @@ class Texts(Check):
 
 
 class ResponseFormatCheck(Check):
-    """The shape of ``response_format``; None for text. The backend compiles the schema and refuses what it
-    cannot enforce, naming the keyword."""
+    """``response_format`` into a typed value, checked once here; None for text. The grammar package checks the
+    schema's keywords and refuses what it cannot enforce, naming the keyword."""
 
     def __call__(self, rf, p, site):
         if rf is None:
@@ -270,7 +271,7 @@ class ResponseFormatCheck(Check):
         if kind == "text":
             return None
         if kind == "json_object":
-            return {"type": "json_object"}
+            return ResponseFormat("json_object")
         if kind != "json_schema":
             raise InvalidRequest(f"'{p}.type' must be 'text', 'json_object' or 'json_schema'", param=f"{p}.type")
         js = rf.get("json_schema")
@@ -286,7 +287,7 @@ class ResponseFormatCheck(Check):
         if "schema" in js and not isinstance(js["schema"], dict):
             raise InvalidRequest(f"'{p}.json_schema.schema' must be a JSON Schema object",
                                  param=f"{p}.json_schema.schema")
-        return {"type": "json_schema", "json_schema": js}
+        return ResponseFormat("json_schema", js.get("schema"), js["name"], bool(js.get("strict")))
 
     def schema(self, settings):
         name = {"type": "string", "pattern": NAME_PATTERN}

@@ -10,7 +10,7 @@ import json
 import re
 
 from ..errors import InvalidRequest
-from ..types import Tool, Tools
+from ..types import ResponseFormat, Tool, Tools
 from .jsonschema_gbnf import GrammarBuilder, literal
 from .response_format import GrammarSpec, add_schema, finish, schema_rule
 from .schema_check import families
@@ -117,7 +117,7 @@ def _calls_rule(b: GrammarBuilder, plan: Tools) -> str:
     return b.add("tool-calls", f"{call} ({tcws} {call})* {tcws}" if parallel else f"{call} {tcws}")
 
 
-def tool_grammar(plan: Tools, response_format=None) -> GrammarSpec | None:
+def tool_grammar(plan: Tools, response_format: ResponseFormat | None = None) -> GrammarSpec | None:
     """Grammar for a request with tools.
 
     none: the response_format grammar (or None). required/named: the reply is only tool calls.
