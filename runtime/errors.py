@@ -142,12 +142,19 @@ class UnsupportedMediaType(RequestError):
     code = "unsupported_media_type"
 
 
+# Retry-After (seconds) says when trying again can first succeed, by what refused the request; every value sent is
+# one of these, or an upstream's own Retry-After passed on as it sent it.
+RETRY_BUSY = 1          # a limit reached this instant (connections, slots, the wait queue): a slot frees in a step
+RETRY_WAITED = 2        # the request waited its whole queue timeout: the model is saturated, back off more
+RETRY_GOING_AWAY = 5    # the server is shutting down or its ledger is unavailable: another server, or later
+
+
 class OverloadedError(ReverbError):
     """Every slot is busy and the wait queue is full, or the wait timed out."""
 
     code = "overloaded"
 
-    def __init__(self, message: str, *, retry_after: int = 1, model: str | None = None):
+    def __init__(self, message: str, *, retry_after: int = RETRY_BUSY, model: str | None = None):
         super().__init__(message, model=model)
         self.retry_after = retry_after
 

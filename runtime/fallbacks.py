@@ -57,7 +57,7 @@ class Attempts:
             c = self.candidates[j]
             self.index = j
             self.gen.model = c.spec.name
-            self.gen.choices = c.prompt.streams  # how many choice ends this backend delivers
+            self.gen.streams = c.prompt.streams  # how many choice ends this backend delivers
             try:
                 self.gen.handle = c.backend.submit(c.prompt, c.params, self._on_chunk, tenant=self.tenant)
                 return

@@ -35,9 +35,9 @@ class Hooks:
 
 class Generation:
     def __init__(self, model: str, started: float, hooks: Hooks, on_end: Callable[[Chunk], None],
-                 on_progress: Callable[[int], None] | None = None, choices: int = 1):
+                 on_progress: Callable[[int], None] | None = None, streams: int = 1):
         self.model = model                          # the model running it (a fallback replaces it before any chunk)
-        self.choices = choices                      # choice streams the backend delivers, each with its own end
+        self.streams = streams                      # choice streams the backend delivers, each with its own end
         self._ends: list[Chunk] = []
         self.delivered = 0                          # output chunks handed out so far (one per token or fewer)
         self._on_progress = on_progress             # told the running count (the service records a mark)
@@ -68,7 +68,7 @@ class Generation:
         self._queue.put_nowait(chunk)
         if chunk.finish_reason is not None:
             self._ends.append(chunk)
-            if len(self._ends) == self.choices:
+            if len(self._ends) == self.streams:
                 self.final = merge(self._ends)
                 self._on_end(self.final)
 

@@ -10,7 +10,7 @@ import time
 import openai
 import pytest
 
-from reverb.models.registry import MICRO
+from reverb.money import MICRO
 
 from .conftest import KEY, SESSION_OWNED, Server, reverb
 from .upstreams import KEY_ENV, LOCAL, UP_KEY, cost, dead_url, gateway, remote, stop_and_check, wait_row

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from reverb.models.registry import MICRO
+from reverb.money import MICRO
 
 from .conftest import KEY, Server
 from .upstreams import UP_KEY, cost, dead_url, gateway, remote, stop_and_check, wait_row

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from reverb.models.registry import MICRO
+from reverb.money import MICRO
 
 from .conftest import SESSION_OWNED, Server
 from .misbehaving_upstream import Upstream

@@ -45,15 +45,15 @@ async def _unexpected(request: Request, exc: Exception):
     return await refuse(request.scope, exc)
 
 
-def create_app(settings: Settings, service=None, build=None) -> Starlette:
-    """The ASGI app. ``service``: an already built Service; else ``build(settings)`` runs at start-up."""
+def create_app(settings: Settings, service=None) -> Starlette:
+    """The ASGI app. ``service``: an already built Service; else one is built from ``settings`` at start-up."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         svc = service
         if svc is None:
             from ..service import build as build_service
-            svc = await asyncio.to_thread(build or build_service, settings)
+            svc = await asyncio.to_thread(build_service, settings)
         svc.hooks = Metrics(svc)
         lease = asyncio.create_task(svc.keep_lease())   # heartbeat, sweep of expired servers, settlement retries
         try:
@@ -75,5 +75,4 @@ def create_app(settings: Settings, service=None, build=None) -> Starlette:
         exception_handlers={ReverbError: _reverb_error, HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,
     )
-    app.state.model_names = list(service.backends) if service is not None else list(settings.models)
     return app

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from starlette.responses import JSONResponse
 
-from ..errors import (AuthenticationError, ContextLengthExceeded, EngineError, InsufficientCredit, InvalidRequest,
-                      LedgerError, MethodNotAllowed, ModelNotFound, NotFound, OverloadedError, PayloadTooLarge,
-                      RequestTimeout, ReverbError, TemplateError, UnsupportedMediaType, UpstreamError,
+from ..errors import (RETRY_GOING_AWAY, AuthenticationError, ContextLengthExceeded, EngineError, InsufficientCredit,
+                      InvalidRequest, LedgerError, MethodNotAllowed, ModelNotFound, NotFound, OverloadedError,
+                      PayloadTooLarge, RequestTimeout, ReverbError, TemplateError, UnsupportedMediaType, UpstreamError,
                       UpstreamRejected, UpstreamTimeout, UpstreamUnavailable)
 
 # class: (status, openai type, openai code, openai status override, gateway code)
@@ -61,7 +61,7 @@ def _headers(exc: BaseException, status: int) -> dict[str, str]:
     if isinstance(exc, OverloadedError):
         headers["Retry-After"] = str(exc.retry_after)
     elif isinstance(exc, LedgerError):
-        headers["Retry-After"] = "5"
+        headers["Retry-After"] = str(RETRY_GOING_AWAY)
     if isinstance(exc, InsufficientCredit):
         headers["x-should-retry"] = "false"
     if isinstance(exc, UpstreamRejected) and exc.retry_after is not None:

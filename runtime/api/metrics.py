@@ -31,7 +31,7 @@ class Metrics(Hooks):
                              buckets=GAP_BUCKETS, registry=r)
         self.latency = Histogram("reverb_request_duration_seconds", "Request duration", ["route"],
                                  buckets=LATENCY_BUCKETS, registry=r)
-        r.register(_SchedulerCollector(service))
+        r.register(_BackendCollector(service))
         self._models = set(service.registry.specs)
 
     def model_label(self, model: str | None) -> str:
@@ -59,7 +59,7 @@ class Metrics(Hooks):
         self.outcomes.labels(model, record.status).inc()
 
 
-class _SchedulerCollector:
+class _BackendCollector:
     def __init__(self, service):
         self.service = service
 

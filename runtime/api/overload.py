@@ -5,7 +5,7 @@ HTTP server's connection guard: cli/http_server.py.)"""
 
 from __future__ import annotations
 
-from ..errors import OverloadedError
+from ..errors import RETRY_BUSY, OverloadedError
 from .refuse import refuse
 
 ALWAYS = {"/health"}
@@ -21,7 +21,7 @@ class Overload:
         if scope["type"] != "http" or scope["path"] in ALWAYS:
             return await self.app(scope, receive, send)
         if self.in_flight >= self.limit:
-            err = OverloadedError("the server is at its limit of requests in progress", retry_after=1)
+            err = OverloadedError("the server is at its limit of requests in progress", retry_after=RETRY_BUSY)
             return await (await refuse(scope, err))(scope, receive, send)
         self.in_flight += 1
         try:

@@ -51,7 +51,7 @@ async def events(gen: Generation, first: Chunk, frames: Frames, include_usage: b
             yield data
         if current.finish_reason is not None:
             ends[current.index] = current
-        if gen.final is not None and len(ends) == gen.choices:
+        if gen.final is not None and len(ends) == gen.streams:
             break
         current = await anext(gen)
     failure = await stream_failure(gen, gen.final.error)

@@ -34,7 +34,7 @@ def run(args) -> int:
     app = create_app(settings, service=service)
 
     def announce(url: str) -> None:
-        print(f"reverb: serving {', '.join(app.state.model_names)} at {url}", flush=True)
+        print(f"reverb: serving {', '.join(service.backends)} at {url}", flush=True)
         if settings.ready_file:
             tmp = Path(str(settings.ready_file) + ".tmp")
             tmp.write_text(url + "\n")

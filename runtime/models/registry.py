@@ -96,9 +96,6 @@ class Registry:
             raise ModelNotFound(f"The model '{key}' does not exist", param="model", model=str(key))
         return spec
 
-    def names(self) -> list[str]:
-        return list(self.specs)
-
 
 def load(path: Path | str) -> Registry:
     """Parse and validate a models.toml. Raises ConfigError naming the file, the model and the field."""

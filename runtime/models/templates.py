@@ -138,7 +138,7 @@ PROBES: tuple[tuple[Message, ...], ...] = (
 class Segment:
     text: str
     # True: text from a message (tokenize without special-token parsing); False: template text; None: both mixed
-    # (the template transformed message text, so the two cannot be told apart; see ModelRuntime.tokenize_chat)
+    # (the template transformed message text, so the two cannot be told apart; see LlamaBackend.tokenize_chat)
     user: bool | None
 
 

@@ -20,7 +20,7 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 
-from ...errors import OverloadedError, ReverbError
+from ...errors import RETRY_BUSY, RETRY_WAITED, OverloadedError, ReverbError
 from ...types import Chunk, FinishReason, SamplingParams, Usage
 from . import shapes
 from .output import ChoiceOutput, Constraint
@@ -90,9 +90,9 @@ class Batcher:
         free slots, or a job has more choices than there are slots."""
         jobs = [jobs] if isinstance(jobs, Job) else jobs
         if any(job.params.n > len(self.slots) for job in jobs):
-            raise OverloadedError("a job has more choices than this model has slots", retry_after=1)
+            raise OverloadedError("a job has more choices than this model has slots", retry_after=RETRY_BUSY)
         if len(self.waiting) + len(jobs) - 1 >= self.free_slots() + self.max_queue:
-            raise OverloadedError("all slots are busy and the wait queue is full", retry_after=1)
+            raise OverloadedError("all slots are busy and the wait queue is full", retry_after=RETRY_BUSY)
         for job in jobs:
             job.enqueued_at = now
             self.waiting.append(job)
@@ -124,7 +124,7 @@ class Batcher:
             elif now - job.enqueued_at > self.queue_timeout:
                 self.waiting.remove(job)
                 self._end_unstarted(job, FinishReason.ERROR,
-                                    OverloadedError("timed out waiting for a free slot", retry_after=2))
+                                    OverloadedError("timed out waiting for a free slot", retry_after=RETRY_WAITED))
         while self.waiting:
             free = [s for s in self.slots if s.state is SlotState.FREE]
             if len(free) < self.waiting[0].params.n:

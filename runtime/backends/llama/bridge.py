@@ -12,10 +12,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ...errors import EngineError, OverloadedError
+from ...errors import RETRY_GOING_AWAY, EngineError, OverloadedError
 from .batcher import Batcher, Job
 
-log = logging.getLogger("reverb.scheduler")
+log = logging.getLogger("reverb.batcher")
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class ModelThread:
         """Queue jobs, all or none. Raises OverloadedError when the wait queue is full or the model is stopping."""
         with self._cv:
             if not self._running:
-                raise OverloadedError("the server is shutting down", retry_after=5)
+                raise OverloadedError("the server is shutting down", retry_after=RETRY_GOING_AWAY)
             self.batcher.submit(list(jobs), time.monotonic())
             self._cv.notify()
 
