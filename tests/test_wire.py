@@ -53,6 +53,9 @@ def test_refusals_name_the_field_on_the_dialects_own_path():
     assert refused({"model": "m", "messages": HI, "store": True}, wire.CHAT) == "store"
     assert refused({"model": "m", "messages": HI, "top_logprobs": 2}, wire.CHAT) == "top_logprobs"
     assert refused({"model": "m", "messages": HI, "n": 129}, wire.CHAT) == "n"
+    assert refused({"model": "m", "messages": HI, "tool_choice": "required"}, wire.CHAT) == "tool_choice"
+    assert refused({"model": "m", "messages": HI, "options": {"parallel_tool_calls": 1}},
+                   wire.GATEWAY) == "options.parallel_tool_calls"
     assert refused({"model": "m", "messages": HI, "options": {"n": 2}}, wire.GATEWAY) == "options.n"
     assert refused({"model": "m", "messages": HI, "options": {"top_p": 2}}, wire.GATEWAY) == "options.top_p"
     assert refused({"model": "m", "messages": HI, "options": {"max_token": 2}}, wire.GATEWAY) == "options.max_token"

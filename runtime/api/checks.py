@@ -45,7 +45,8 @@ def _bound(b: Bound, settings: Settings):
 class Check:
     """Accept everything (a field read only by another field's check, or passed on unchanged)."""
 
-    required = False
+    required = False        # absent is refused (and the schema lists it as required)
+    always = False          # called even when absent (it reads siblings that may be present)
 
     def __call__(self, value, where: str, site: Site):
         return value
@@ -306,7 +307,10 @@ _FUNCTION_NAME = {"type": "string", "pattern": NAME_PATTERN}
 
 class ToolsCheck(Check):
     """``tools`` with its siblings ``tool_choice`` and ``parallel_tool_calls`` (read from the same object);
-    None when there are no tools."""
+    None when there are no tools. Called when ``tools`` is absent too: ``tool_choice: "required"`` without
+    tools is refused."""
+
+    always = True
 
     def __call__(self, value, where, site):
         prefix = where[:-len("tools")]

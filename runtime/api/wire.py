@@ -332,7 +332,7 @@ def _first(errors: dict, e: InvalidRequest) -> InvalidRequest:
 
 
 def _check(row: Field, dialect: str, value, where: str, site: Site):
-    if value is None and not row.check.required:
+    if value is None and not (row.check.required or row.check.always):
         return None
     out = row.check(value, where, site)
     accepted = row.accepted(dialect)
