@@ -157,7 +157,7 @@ soak: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check runtime convert tests bench
 	$(BIN)/python -m pytest -q tests/test_layout.py
-	$(BIN)/python -m reverb.api.fieldtable --check README.md
+	$(BIN)/python -m reverb.cli.docs
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache

@@ -56,7 +56,7 @@ class Settings:
                               "at most one chunk")
     flash_attn: bool = _opt(True, "flash attention")
     deterministic: bool = _opt(False, "a seeded request gives the same tokens alone, under load and with a cached "
-                               "prefix (fixed kernel paths; costs a little speed, see the README)")
+                               "prefix (fixed kernel paths; costs a little speed, see docs/performance.md)")
     prompt_cache_mb: float = _opt(1024.0, "host memory for prompt prefixes beyond the slots, so the next turn of a "
                                   "chat is not recomputed after its slot served others (0: off)", metavar="MB")
     share_prompt_cache: bool = _opt(False, "let a cached prompt prefix serve any API key (single-tenant servers "

@@ -1,7 +1,7 @@
 """Convert, quantize and evaluate, on the real tiny model and on a random Qwen2 checkpoint.
 
 Thresholds are set from measurement on the reference machine (values in comments) with margin for other CPUs'
-SIMD paths; the README's "Quality" section lists them.
+SIMD paths.
 """
 
 from __future__ import annotations

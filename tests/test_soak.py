@@ -1,5 +1,5 @@
 """A short soak of mixed clients (streams, disconnects, bad requests, an exhausted key, gateway calls) against a
-real server; `make soak` runs the long one whose numbers are in the README."""
+real server; `make soak` runs the long one whose numbers are in docs/operations.md."""
 
 from __future__ import annotations
 

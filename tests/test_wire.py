@@ -1,5 +1,5 @@
 """The request-field table (api/wire.py): one parse per dialect, the relay view, and the documents generated from
-it (the OpenAPI request schemas, the README's field table). Fast: no model, no server."""
+it (the OpenAPI request schemas, the field table in docs/api-fields.md). Fast: no model, no server."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from reverb.api import fieldtable, wire
+from reverb.api import wire
+from reverb.cli import docs
 from reverb.api.openapi import schemas
 from reverb.errors import InvalidRequest
 from reverb.settings import Settings
@@ -133,5 +134,15 @@ def test_openapi_request_schemas_are_the_rows(dialect, name):
     assert set(props) == listed
 
 
-def test_the_readme_field_table_is_generated():
-    assert fieldtable.check_file(str(ROOT / "README.md")), "run: python -m reverb.api.fieldtable --write README.md"
+def test_the_docs_tables_are_generated_and_their_links_resolve():
+    assert docs.problems(ROOT) == [], "run: python -m reverb.cli.docs --write"
+
+
+def test_a_stale_table_or_a_broken_link_is_named(tmp_path):
+    (tmp_path / "docs").mkdir()
+    for path, _ in docs.TABLES.values():
+        (tmp_path / path).write_text((ROOT / path).read_text().replace("| `n` |", "| `N` |"))
+    (tmp_path / "README.md").write_text("[ok](docs/api-fields.md) [gone](docs/nothing.md) [web](https://x.y)")
+    found = docs.problems(tmp_path)
+    assert any("field table differs" in p for p in found) and any("docs/nothing.md" in p for p in found)
+    assert not any("https" in p for p in found)

@@ -301,7 +301,7 @@ class ResponseFormatCheck(Check):
                     "schema": _SCHEMA}}}}]}
 
 
-_SCHEMA = {"type": "object", "description": "a JSON Schema (see the README for the keywords enforced)"}
+_SCHEMA = {"type": "object", "description": "a JSON Schema (docs/api-fields.md lists the keywords enforced)"}
 _FUNCTION_NAME = {"type": "string", "pattern": NAME_PATTERN}
 
 

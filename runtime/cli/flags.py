@@ -48,3 +48,18 @@ def settings_from(args: argparse.Namespace, **extra) -> Settings:
         if value is not None:
             given[f.name] = tuple(value) if isinstance(value, list) else value
     return Settings.build(**{**given, **extra})
+
+
+def markdown() -> str:
+    """The docs' table of every setting: flag, environment variable, default and help (docs/operations.md holds
+    it; ``python -m reverb.cli.docs`` writes and checks it)."""
+    lines = ["| flag | environment | default | what it sets |", "|---|---|---|---|"]
+    for f in fields(Settings):
+        meta = f.metadata
+        if meta.get("cli") is None:
+            continue
+        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+        text = meta["help"].replace("|", "\\|")
+        scope = "" if meta["cli"] == "serve" else " (every command)"
+        lines.append(f"| `{flag}`{scope} | `{env_name(f.name)}` | `{_shown(f.default)}` | {text} |")
+    return "\n".join(lines) + "\n"

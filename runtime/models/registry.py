@@ -1,6 +1,6 @@
 """models.toml -> ModelSpec. Pure: reads the catalogue file and the local file system, never the network.
 
-Format (see README): a top-level ``default`` name and one ``[models.NAME]`` table per model with
+Format (see docs/models.md): a top-level ``default`` name and one ``[models.NAME]`` table per model with
 ``source = "package" | "hf" | "path" | "openai"`` and the fields that source needs (``openai``: an
 OpenAI-compatible upstream, checked in ``models/upstream.py``). Every mistake is reported with the
 file, the model and the field, because a typo in a price or a path should never surface as a 500 later.
