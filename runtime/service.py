@@ -16,7 +16,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from .backends import Backend
+from .backends import Backend, Embedder
 from .errors import (ContextLengthExceeded, InvalidRequest, LedgerError, ModelLoadError, ModelNotFound,
                      OverloadedError, RequestError, ReverbError)
 from . import upkeep
@@ -130,7 +130,7 @@ class Service:
         """Check and reserve an embeddings request (``ask.prompt``, billed as prompt tokens). Raises a
         RequestError; from the returned value on, the request owns its ledger row."""
         spec, backend = self.backend(ask.model)
-        if not hasattr(backend, "embed") or backend.info.passthrough:
+        if not isinstance(backend, Embedder) or backend.info.passthrough:
             raise InvalidRequest(f"the model '{spec.name}' cannot make embeddings", param="model", model=spec.name)
         prompt = await backend.prepare(ask)
         limit = backend.info.ctx

@@ -9,7 +9,7 @@ the service settles.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Callable, Protocol, runtime_checkable
 
 from ..request import Ask
 from ..types import Chunk, SamplingParams
@@ -80,10 +80,15 @@ class Backend(Protocol):
         p * n + i). ``tenant`` names whose request it is (the API key): cached state may be reused only within
         one tenant. Must be called on that loop. Raises OverloadedError when it cannot take more work."""
 
-    async def embed(self, prompt: Prompt) -> list[list[float]]:
-        """One unit-length embedding per prompt of ``prompt.batch``. Raises InvalidRequest when the model cannot
-        embed."""
-
     def stats(self) -> Stats: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """A backend that also makes embeddings (the llama.cpp one); an upstream does not."""
+
+    async def embed(self, prompt: Prompt) -> list[list[float]]:
+        """One unit-length embedding per prompt of ``prompt.batch``. Raises InvalidRequest when the model cannot
+        embed."""
