@@ -146,3 +146,9 @@ def test_a_stale_table_or_a_broken_link_is_named(tmp_path):
     found = docs.problems(tmp_path)
     assert any("field table differs" in p for p in found) and any("docs/nothing.md" in p for p in found)
     assert not any("https" in p for p in found)
+
+
+def test_a_dialect_may_spell_a_field_its_own_way():
+    row = wire.Field("stop", wire.Stop(), "sampling.stop", frozenset({wire.CHAT, wire.GATEWAY}), "",
+                     names={wire.GATEWAY: "stop_sequences"})
+    assert row.key(wire.CHAT) == "stop" and wire.wire_name(row, wire.GATEWAY) == "options.stop_sequences"

@@ -28,9 +28,9 @@ def request_schema(dialect: str, settings: Settings) -> dict:
         else:
             schema = row.check.schema(settings)
         into = top if row.top or dialect != wire.GATEWAY else options
-        into[row.name] = schema
+        into[row.key(dialect)] = schema
         if row.check.required:
-            required.append(row.name)
+            required.append(row.key(dialect))
     if dialect == wire.GATEWAY:
         top["options"] = {"type": "object", "additionalProperties": False, "properties": options}
     return {"type": "object", "required": required, "properties": top}

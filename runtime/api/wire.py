@@ -11,7 +11,8 @@ checked by ``make lint``) are generated from the same rows, so code, document an
 Nothing is silently ignored: a field a dialect cannot honour is refused with 400 naming it, unless its value asks
 for nothing (``store: false``). Fields no row names are accepted and unused in the OpenAI dialects (``top_k`` and
 ``min_p`` are rows); the gateway refuses an option it does not know. A new dialect is a name in ``DIALECTS``, its
-rows' ``dialects`` and a renderer pair (``handler.py``).
+rows' ``dialects`` (``names`` where it spells a field differently, ``only`` where it accepts fewer values) and a
+renderer pair (``handler.py``); values land in the same Ask whatever the dialect calls them.
 """
 
 from __future__ import annotations
@@ -57,9 +58,15 @@ class Field:
     fallback: bool = False        # a local model standing in for an upstream one serves it
     relay: Check | bool = False   # behind an upstream: True, checked as here; a Check, that one; False, unchecked
     top: bool = False             # read at the top of the body in every dialect (never under options.)
+    names: Mapping[str, str] = field(default_factory=dict)   # per dialect: its own name for the field, when it
+    #                               spells it differently (e.g. a Messages dialect's stop_sequences for stop)
 
     def accepted(self, dialect: str) -> tuple | None:
         return self.only.get(dialect, self.allowed)
+
+    def key(self, dialect: str) -> str:
+        """The field's name on the dialect's wire."""
+        return self.names.get(dialect, self.name)
 
 
 def _d(*names: str) -> frozenset[str]:
@@ -173,11 +180,12 @@ def rows(dialect: str) -> tuple[Field, ...]:
 
 
 _ROWS = {d: tuple(f for f in FIELDS if d in f.dialects) for d in DIALECTS}
-_NAMES = {d: {f.name for f in _ROWS[d]} for d in DIALECTS}
+_NAMES = {d: {f.key(d) for f in _ROWS[d]} for d in DIALECTS}
 
 
 def wire_name(row: Field, dialect: str) -> str:
-    return row.name if row.top or dialect != GATEWAY else OPTIONS + row.name
+    """Where the field sits in the dialect's body, as a param path."""
+    return row.key(dialect) if row.top or dialect != GATEWAY else OPTIONS + row.key(dialect)
 
 
 def wire_param(param: str | None, dialect: str) -> str | None:
@@ -264,8 +272,9 @@ class Reading:
                     raise self.errors[row.name]
                 relayed[row.name] = self.values.get(row.name)
             elif row.relay:
-                relayed[row.name] = row.relay(self.body.get(row.name), row.name, self.site)
-        names = {f.name for f in rows(self.dialect) if f.fallback}
+                relayed[row.name] = row.relay(self.body.get(row.key(self.dialect)), wire_name(row, self.dialect),
+                                              self.site)
+        names = {f.key(self.dialect) for f in rows(self.dialect) if f.fallback}
         local = self.error is None and set(self.body) <= names and self.body.get("n") in (None, 1)
         if local:
             ask, _ = _build(self.dialect, self.values, self.site.settings)
@@ -296,7 +305,7 @@ def read(body: dict, dialect: str, settings: Settings) -> Reading:
         where = wire_name(row, dialect)
         site = Site(settings, source)
         try:
-            values[row.name] = _check(row, dialect, source.get(row.name), where, site)
+            values[row.name] = _check(row, dialect, source.get(row.key(dialect)), where, site)
         except InvalidRequest as e:
             errors[row.name] = e
     error = next(iter(errors.values()), None)
