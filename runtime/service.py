@@ -15,6 +15,7 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from typing import Callable
 
 from .backends import Backend, Embedder
 from .errors import (ContextLengthExceeded, InvalidRequest, LedgerError, ModelLoadError, ModelNotFound,
@@ -39,13 +40,14 @@ MAX_UNSETTLED = 10_000   # failed settlements kept for retry; beyond, the lease 
 class Service:
     """Owns the registry, the loaded backends and the ledger. Built by ``build``."""
 
-    def __init__(self, settings: Settings, registry: Registry, ledger: Ledger, backends: dict[str, Backend]):
+    def __init__(self, settings: Settings, registry: Registry, ledger: Ledger, backends: dict[str, Backend],
+                 hooks: Hooks | None = None):
         self.settings = settings
         self.registry = registry
         self.ledger = ledger
         self.backends = backends
         self._db_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reverb-ledger")
-        self.hooks = Hooks()  # replaced by the HTTP layer's metrics
+        self.hooks = hooks or Hooks()  # what the service reports as it works: the HTTP layer's metrics
         self._tasks: set[asyncio.Task] = set()
         # request id -> (account, row, charge) whose settlement failed; retried on every heartbeat
         self._unsettled: dict[str, tuple[Account | None, RequestRecord, int]] = {}
@@ -243,14 +245,16 @@ class Embedding:
             self.settled.set_result(settlement)
 
 
-def build(settings: Settings, backend_factory=None, *, serve: bool = True) -> Service:
+def build(settings: Settings, backend_factory=None, *, serve: bool = True,
+          hooks: Callable[[Registry, dict[str, Backend]], Hooks] | None = None) -> Service:
     """Load the catalogue, the ledger, every local model named in ``settings.models`` (default: the catalogue's
     default) and every upstream entry (source = "openai": available from the start, nothing to load).
 
     Raises ConfigError or ModelLoadError. ``backend_factory(spec, settings)`` makes one backend (default:
     ``load_backend``). ``serve``: a server, which creates the ledger if needed, registers an instance with a
     lease and settles expired servers' holds; with False (``reverb chat``) the ledger must exist, no lease is
-    taken and nothing is ever refunded.
+    taken and nothing is ever refunded. ``hooks(registry, backends)`` makes what the service reports to (the
+    HTTP layer passes its metrics); default: nothing.
     """
     reg = registry_mod.load(settings.catalogue_path)
     ledger = Ledger(settings.db_target, dev_keys=settings.api_keys, busy_timeout=settings.db_busy_timeout,
@@ -270,7 +274,7 @@ def build(settings: Settings, backend_factory=None, *, serve: bool = True) -> Se
             backend.close()
         ledger.close()
         raise
-    return Service(settings, reg, ledger, backends)
+    return Service(settings, reg, ledger, backends, hooks(reg, backends) if hooks is not None else None)
 
 
 def load_backend(spec: ModelSpec, settings: Settings) -> Backend:

@@ -19,6 +19,7 @@ from starlette.testclient import TestClient
 
 from reverb import service as service_mod
 from reverb.api.app import create_app
+from reverb.api.metrics import Metrics
 from reverb.api.openapi import schemas
 from reverb.settings import Settings
 
@@ -35,7 +36,7 @@ SCHEMAS = schemas(CFG)
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     d = tmp_path_factory.mktemp("fuzz")
-    svc = service_mod.build(CFG.with_(db=d / "ledger.sqlite3"), backend_factory=fake_llama)
+    svc = service_mod.build(CFG.with_(db=d / "ledger.sqlite3"), backend_factory=fake_llama, hooks=Metrics)
     with TestClient(create_app(svc.settings, service=svc), base_url="http://127.0.0.1",
                     headers={"Authorization": "Bearer k"}, raise_server_exceptions=False) as c:
         yield c, svc

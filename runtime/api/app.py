@@ -46,15 +46,17 @@ async def _unexpected(request: Request, exc: Exception):
 
 
 def create_app(settings: Settings, service=None) -> Starlette:
-    """The ASGI app. ``service``: an already built Service; else one is built from ``settings`` at start-up."""
+    """The ASGI app. ``service``: an already built Service, built with ``hooks=Metrics``; else one is built from
+    ``settings`` at start-up."""
+    if service is not None and not isinstance(service.hooks, Metrics):
+        raise TypeError("create_app needs a service built with hooks=Metrics (reverb.api.metrics)")
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         svc = service
         if svc is None:
             from ..service import build as build_service
-            svc = await asyncio.to_thread(build_service, settings)
-        svc.hooks = Metrics(svc)
+            svc = await asyncio.to_thread(build_service, settings, hooks=Metrics)
         lease = asyncio.create_task(svc.keep_lease())   # heartbeat, sweep of expired servers, settlement retries
         try:
             yield {"service": svc}

@@ -18,7 +18,10 @@ GAP_BUCKETS = (.001, .0025, .005, .0075, .01, .015, .02, .03, .05, .1, .25, 1)
 
 
 class Metrics(Hooks):
-    def __init__(self, service):
+    """The service's hooks as Prometheus metrics, for the models of ``registry`` and the loaded ``backends``
+    (read when scraped). Passed to ``service.build(hooks=Metrics)``."""
+
+    def __init__(self, registry, backends):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("reverb_requests", "HTTP requests", ["route", "status", "model"], registry=r)
@@ -31,8 +34,8 @@ class Metrics(Hooks):
                              buckets=GAP_BUCKETS, registry=r)
         self.latency = Histogram("reverb_request_duration_seconds", "Request duration", ["route"],
                                  buckets=LATENCY_BUCKETS, registry=r)
-        r.register(_BackendCollector(service))
-        self._models = set(service.registry.specs)
+        r.register(_BackendCollector(backends))
+        self._models = set(registry.specs)
 
     def model_label(self, model: str | None) -> str:
         """A label bounded by the catalogue: a name a client made up becomes ``unknown``."""
@@ -60,8 +63,8 @@ class Metrics(Hooks):
 
 
 class _BackendCollector:
-    def __init__(self, service):
-        self.service = service
+    def __init__(self, backends):
+        self.backends = backends
 
     def describe(self):
         return []
@@ -78,7 +81,7 @@ class _BackendCollector:
                                    labels=["model"])
         entries = GaugeMetricFamily("reverb_prompt_cache_entries", "Prompt prefixes cached in host memory",
                                     labels=["model"])
-        for name, backend in self.service.backends.items():
+        for name, backend in self.backends.items():
             st = backend.stats()
             queue.add_metric([name], st.waiting)
             active.add_metric([name], st.active)

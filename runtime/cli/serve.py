@@ -19,6 +19,7 @@ def add_parsers(sub, common) -> None:
 
 def run(args) -> int:
     from ..api.app import create_app
+    from ..api.metrics import Metrics
     from ..service import build
     from .http_server import run as run_http
 
@@ -30,7 +31,7 @@ def run(args) -> int:
               f"reverb: (choose your own with --api-key or REVERB_API_KEY)", flush=True)
     # Built before the server starts, so a bad catalogue, model file or template is one clear error line, not a
     # traceback from inside the ASGI lifespan.
-    service = build(settings)
+    service = build(settings, hooks=Metrics)
     app = create_app(settings, service=service)
 
     def announce(url: str) -> None:
