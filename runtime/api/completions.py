@@ -7,13 +7,10 @@ alternatives per token. Billing, logging and streaming are those of chat complet
 
 from __future__ import annotations
 
-from starlette.requests import Request
-from starlette.responses import Response
-
 from ..types import Chunk
 from . import wire
 from .choices import completion_logprobs, finish, per_choice
-from .handler import Answer, Dialect, Renderers, handle
+from .handler import Answer, Dialect, Renderers
 from .openai import usage_json
 from .sse import SSE, event, events
 
@@ -67,7 +64,3 @@ def _stream(a: Answer, first: Chunk):
 
 
 COMPLETIONS = Dialect(wire.COMPLETIONS, "cmpl-", Renderers(SSE, _stream, _whole))
-
-
-async def completions(request: Request) -> Response:
-    return await handle(request, COMPLETIONS)

@@ -11,15 +11,12 @@ it: a mistyped option must not be silently ignored.
 
 from __future__ import annotations
 
-from starlette.requests import Request
-from starlette.responses import Response
-
 from ..errors import LedgerError
 from ..money import credits
 from ..types import Chunk
 from . import wire
 from .choices import chat_logprobs, per_choice
-from .handler import Answer, Dialect, Renderers, handle
+from .handler import Answer, Dialect, Renderers
 from .stream import StreamAborted
 
 
@@ -55,7 +52,3 @@ async def _text(a: Answer, first: Chunk):
 
 
 GATEWAY = Dialect(wire.GATEWAY, "", Renderers("text/plain; charset=utf-8", _text, _whole))
-
-
-async def endpoint(request: Request) -> Response:
-    return await handle(request, GATEWAY)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -63,6 +63,14 @@ async def begin(request: Request, dialect: str, relays: bool = False) -> tuple[S
 def _upstream(service: Service, model) -> bool:
     spec = service.registry.specs.get(model) if isinstance(model, str) else None
     return spec is not None and spec.upstream
+
+
+def endpoint(dialect: Dialect) -> Callable[[Request], Awaitable[Response]]:
+    """The route handler of ``dialect`` (routes.py names it)."""
+    async def run(request: Request) -> Response:
+        return await handle(request, dialect)
+    run.__name__ = run.__qualname__ = f"{dialect.wire}_endpoint"
+    return run
 
 
 async def handle(request: Request, dialect: Dialect) -> Response:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
 
 from ..errors import ModelNotFound
 from ..service import Service
 from ..types import Chunk
 from . import passthrough, wire
 from .choices import chat_logprobs, finish, per_choice, tool_call_deltas
-from .handler import Answer, Dialect, Renderers, handle
+from .handler import Answer, Dialect, Renderers
 from .sse import SSE, event, events
 
 
@@ -91,9 +91,6 @@ def _stream(a: Answer, first: Chunk):
 CHAT = Dialect(wire.CHAT, "chatcmpl-", Renderers(SSE, _stream, _whole),
                relay=Renderers(SSE, passthrough.stream, passthrough.whole))
 
-
-async def chat_completions(request: Request) -> Response:
-    return await handle(request, CHAT)
 
 
 def _model_json(name: str, backend) -> dict:

@@ -1,4 +1,6 @@
 """The dialect table: every path, its handler, the dialect it speaks (error format) and its ledger endpoint name.
+The generating routes all run handler.handle with their dialect's renderers (openai.CHAT, completions.COMPLETIONS,
+gateway.GATEWAY).
 
 Middleware, error handlers, the access log and the ledger all ask this table, so a path is named the same way
 whether its request was served or refused. Paths not in the table are named ``unknown`` (their raw text is never
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import completions, embeddings, gateway, openai, ops
+from .handler import endpoint
 
 OPENAI, GATEWAY = "openai", "gateway"
 
@@ -27,17 +30,17 @@ class Route:
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("/v1/chat/completions", ("POST",), "chat.completions", OPENAI, openai.chat_completions),
-    Route("/api/v1/chat/completions", ("POST",), "chat.completions", OPENAI, openai.chat_completions),
-    Route("/v1/completions", ("POST",), "completions", OPENAI, completions.completions),
-    Route("/api/v1/completions", ("POST",), "completions", OPENAI, completions.completions),
+    Route("/v1/chat/completions", ("POST",), "chat.completions", OPENAI, endpoint(openai.CHAT)),
+    Route("/api/v1/chat/completions", ("POST",), "chat.completions", OPENAI, endpoint(openai.CHAT)),
+    Route("/v1/completions", ("POST",), "completions", OPENAI, endpoint(completions.COMPLETIONS)),
+    Route("/api/v1/completions", ("POST",), "completions", OPENAI, endpoint(completions.COMPLETIONS)),
     Route("/v1/embeddings", ("POST",), "embeddings", OPENAI, embeddings.embeddings),
     Route("/api/v1/embeddings", ("POST",), "embeddings", OPENAI, embeddings.embeddings),
     Route("/v1/models", ("GET",), "models", OPENAI, openai.list_models),
     Route("/api/v1/models", ("GET",), "models", OPENAI, openai.list_models),
     Route("/v1/models/{model}", ("GET",), "models", OPENAI, openai.get_model),
     Route("/api/v1/models/{model}", ("GET",), "models", OPENAI, openai.get_model),
-    Route("/api/endpoint", ("POST",), "gateway", GATEWAY, gateway.endpoint),
+    Route("/api/endpoint", ("POST",), "gateway", GATEWAY, endpoint(gateway.GATEWAY)),
     Route("/health", ("GET",), "health", OPENAI, ops.health, public=True),
     Route("/metrics", ("GET",), "metrics", OPENAI, ops.metrics),
     Route("/openapi.json", ("GET",), "openapi", OPENAI, ops.openapi),
