@@ -23,18 +23,16 @@ from .errors import (ContextLengthExceeded, InvalidRequest, LedgerError, ModelLo
 from . import upkeep
 from .fallbacks import Attempts, Candidate
 from .generation import Generation, Hooks, Settlement
-from .ledger import Ledger, RequestRecord, bounded_model
+from .ledger import Ledger
 from .models import registry as registry_mod
 from .models.registry import ModelSpec, Registry
 from .request import Account, Ask, RequestContext
 from .settings import Settings
-from .types import Chunk, FinishReason, Usage
+from .settlement import Settler
+from .types import Usage
 
 log = logging.getLogger("reverb.service")
 
-_STATUS = {FinishReason.STOP: "completed", FinishReason.LENGTH: "completed", FinishReason.TOOL_CALLS: "completed",
-           FinishReason.CANCELLED: "cancelled"}
-MAX_UNSETTLED = 10_000   # failed settlements kept for retry; beyond, the lease rule settles them at stop
 
 
 class Service:
@@ -48,9 +46,8 @@ class Service:
         self.backends = backends
         self._db_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reverb-ledger")
         self.hooks = hooks or Hooks()  # what the service reports as it works: the HTTP layer's metrics
+        self.settlement = Settler(ledger, registry, self.hooks, self.db)   # every request's end: settlement.py
         self._tasks: set[asyncio.Task] = set()
-        # request id -> (account, row, charge) whose settlement failed; retried on every heartbeat
-        self._unsettled: dict[str, tuple[Account | None, RequestRecord, int]] = {}
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -92,13 +89,13 @@ class Service:
         await self.db(self.ledger.reserve, ctx.account, ctx.request_id, hold, spec.name, ctx.endpoint,
                       candidates[0].prompt.n_tokens, (spec.price_input, spec.price_output))
         gen = Generation(spec.name, ctx.started, self.hooks,
-                         on_end=lambda final: self._spawn(self._settle(ctx, final, gen, ask.stream)),
+                         on_end=lambda final: self._spawn(self.settlement.settle(ctx, final, gen, ask.stream)),
                          on_progress=upkeep.progress_hook(self, ctx) if ask.stream and _holds(ctx.account) else None)
         try:
             Attempts(candidates, gen, ctx.account.name if ctx.account else "", ctx.request_id).start()
         except OverloadedError as e:
             # Nothing ran: release the hold in the same step that logs the refusal.
-            await self._close(ctx, spec, "rejected", e.code, 0)
+            await self.settlement.close(ctx, spec, "rejected", e.code, 0)
             raise
         return gen
 
@@ -145,48 +142,8 @@ class Service:
         return Embedding(self, ctx, spec, backend, prompt)
 
     async def reject(self, ctx: RequestContext, error: ReverbError, model: str | None = None) -> None:
-        """Log a request refused before it ran. Never raises: a full disk must not turn a 4xx into a 500."""
-        record = self._record(ctx, model or error.model, "rejected", error.code, Usage(0, 0))
-        try:
-            await self.db(self.ledger.log_rejected, ctx.account, record, ctx.client)
-        except LedgerError as e:
-            log.error("could not log rejected request %s: %s", ctx.request_id, e.message)
-        self.hooks.settled(record, 0)
-
-    async def _settle(self, ctx: RequestContext, final: Chunk, gen: Generation, stream: bool) -> None:
-        spec = self.registry.resolve(gen.model)  # the model that ran: the one asked for, or a fallback
-        usage = final.usage or Usage(0, 0)
-        err = final.error
-        code = err.code if isinstance(err, ReverbError) else ("engine_error" if err else None)
-        status = _STATUS.get(final.finish_reason, "failed")
-        charge = spec.cost(usage.prompt_tokens, usage.completion_tokens)
-        try:
-            gen.settled.set_result(await self._close(ctx, spec, status, code, charge, usage))
-        except LedgerError as e:
-            log.error("settlement failed for %s: %s", ctx.request_id, e.message)
-            gen.settled.set_exception(e)
-            # Retried later as failed: a stream delivered its text (charged), a blocking answer never left.
-            if len(self._unsettled) < MAX_UNSETTLED:
-                self._unsettled[ctx.request_id] = (ctx.account, self._record(
-                    ctx, spec.name, "failed", e.code, usage), charge if stream else 0)
-        except Exception:  # whatever went wrong, the request must end: as a ledger failure, never a hang
-            log.exception("settlement failed for %s", ctx.request_id)
-            gen.settled.set_exception(LedgerError("the ledger could not record this request"))
-
-    async def _close(self, ctx: RequestContext, spec: ModelSpec, status: str, code: str | None, charge: int,
-                     usage: Usage = Usage(0, 0)) -> Settlement:
-        """Settle a request's hold with its row. Raises LedgerError (the hold then stays open)."""
-        record = self._record(ctx, spec.name, status, code, usage)
-        price = await self.db(self.ledger.settle, ctx.account, record, charge)
-        self.hooks.settled(record, price)
-        return Settlement(record, price)
-
-    def _record(self, ctx: RequestContext, model: str | None, status: str, code: str | None,
-                usage: Usage) -> RequestRecord:
-        model = bounded_model(model, self.registry.specs)   # a name from a client is cut and flagged
-        return RequestRecord(request_id=ctx.request_id, endpoint=ctx.endpoint, model=model, status=status,
-                             error_code=code, prompt_tokens=usage.prompt_tokens,
-                             completion_tokens=usage.completion_tokens, latency_ms=ctx.elapsed_ms(), body=ctx.body)
+        """Log a request refused before it ran (settlement.py). Never raises."""
+        await self.settlement.reject(ctx, error, model)
 
     async def keep_lease(self) -> None:
         """While serving (the app's lifespan runs it): see ``upkeep.keep_lease``."""
@@ -197,7 +154,7 @@ class Service:
             backend.close()
         self._db_pool.shutdown(wait=True)
         try:
-            upkeep.retry_unsettled(self)
+            self.settlement.retry()
             self.ledger.lease.retire()   # a clean stop: whatever is still held is settled now
         except LedgerError as e:
             log.error("could not settle this server's holds at stop (its lease will expire): %s", e.message)
@@ -227,12 +184,14 @@ class Embedding:
             cancelled = isinstance(e, asyncio.CancelledError)
             code = None if cancelled else e.code if isinstance(e, ReverbError) else "engine_error"
             # shielded: a client that leaves mid-request must still leave its row and its refund behind
-            closing = asyncio.ensure_future(svc._close(ctx, spec, "cancelled" if cancelled else "failed", code, 0))
+            closing = asyncio.ensure_future(svc.settlement.close(ctx, spec, "cancelled" if cancelled else "failed",
+                                                                 code, 0))
             self._resolve(await asyncio.shield(closing))
             raise
         usage = Usage(self._prompt.n_tokens, 0)
         try:
-            settlement = await svc._close(ctx, spec, "completed", None, spec.cost(usage.prompt_tokens, 0), usage)
+            settlement = await svc.settlement.close(ctx, spec, "completed", None, spec.cost(usage.prompt_tokens, 0),
+                                                    usage)
         except LedgerError as e:
             self.settled.set_exception(e)
             self.settled.exception()  # retrieved: the handler raises it

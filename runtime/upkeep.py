@@ -2,8 +2,8 @@
 
 ``keep_lease`` runs for the server's life (started by the app's lifespan): it renews this server's lease, settles
 the holds of servers whose lease expired (the crash rule, ``ledger/leases.py``) and retries settlements that
-failed. ``progress_hook`` gives a stream the hook that records its delivered-token high-water mark on its hold.
-Every ledger call goes through ``Service.db``, off the event loop.
+failed (``settlement.py``). ``progress_hook`` gives a stream the hook that records its delivered-token
+high-water mark on its hold. Every ledger call goes through ``Service.db``, off the event loop.
 """
 
 from __future__ import annotations
@@ -29,25 +29,11 @@ async def keep_lease(service) -> None:
         try:
             await service.db(ledger.lease.heartbeat)
             await service.db(ledger.lease.sweep)
-            await service.db(retry_unsettled, service)
+            await service.db(service.settlement.retry)
         except LedgerError as e:
             log.warning("lease upkeep failed (retrying in %.1f s): %s", period, e.message)
         except Exception:   # never let a bug stop the heartbeat: other servers would settle our holds
             log.exception("lease upkeep failed (retrying in %.1f s)", period)
-
-
-def retry_unsettled(service) -> None:
-    """Settle again what failed to settle (``Service._unsettled``). Blocking: call it on the ledger's thread."""
-    for request_id, (account, record, charge) in list(service._unsettled.items()):
-        try:
-            service.ledger.settle(account, record, charge)
-        except LedgerError:
-            # settled meanwhile (by a sweeper, or the first attempt committed after all)? else: next time
-            held = account is not None and not account.unlimited and service.ledger.hold_open(request_id)
-            if held or service.ledger.request(request_id) is None:
-                continue
-        del service._unsettled[request_id]
-        log.info("settled %s after an earlier failure", request_id)
 
 
 def progress_hook(service, ctx):
