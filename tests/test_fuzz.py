@@ -1,6 +1,6 @@
 """Fuzzing both dialects with hypothesis, from the served OpenAPI schemas, against the ASGI app.
 
-The real HTTP layer, service, scheduler and ledger run; the engine is the fake at its seam, so thousands of requests
+The real HTTP layer, service, batcher and ledger run; the engine is the fake at its seam, so thousands of requests
 take seconds. Nothing may answer 500, leak a traceback, a file path or an exception's text, or miss x-request-id;
 every error body must match its dialect's schema.
 """

@@ -1,5 +1,5 @@
 """The streaming response at its ASGI seam: a client whose socket never drains is aborted after the write timeout,
-and the job is cancelled (its slot freed, billed for what was made). The real service, scheduler and ledger run;
+and the job is cancelled (its slot freed, billed for what was made). The real service, batcher and ledger run;
 the engine is the fake, slowed down so a generation outlasts the timeout."""
 
 from __future__ import annotations
