@@ -34,7 +34,7 @@ OPTIONS = frozenset({"max_tokens", "max_completion_tokens", "stream", "stats", "
                      "tools", "tool_choice", "parallel_tool_calls", "logprobs", "top_logprobs", "n",
                      *(name for name, *_ in P.SAMPLING_FIELDS)})
 # Fields of the request the backend may name in a refusal (it knows them by their OpenAI names).
-_BACKEND_PARAMS = ("response_format", "tools", "tool_choice", "logit_bias", "n", "max_tokens")
+_BACKEND_PARAMS = ("response_format", "tools", "tool_choice", "logit_bias", "n", "max_tokens", "logprobs")
 
 
 def parse(body: dict, settings) -> tuple[Ask, bool]:

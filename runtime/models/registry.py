@@ -47,6 +47,7 @@ class ModelSpec:
     fallbacks: tuple[str, ...] = ()  # catalogue names tried in order when this one fails before its first byte
     headers: tuple[tuple[str, str], ...] = ()   # extra request headers for the upstream
     provider: str = ""               # shown in /v1/models and `reverb models`; default: base_url's host
+    deadline: float = 600.0          # seconds one upstream request may take in all (keep-alives do not extend it)
 
     @property
     def upstream(self) -> bool:
@@ -81,6 +82,7 @@ _FIELDS: dict[str, tuple[type | tuple[type, ...], tuple[str, ...], tuple[str, ..
     "fallbacks": (list, (), UPSTREAM),
     "headers": (dict, (), UPSTREAM),
     "provider": (str, (), UPSTREAM),
+    "deadline": ((int, float), (), UPSTREAM),
 }
 
 

@@ -55,7 +55,7 @@ class UpstreamClient:
         return self._http
 
     async def events(self, body: dict) -> AsyncIterator[object]:
-        """The upstream's events as parsed JSON objects, then ``DONE`` if it sent ``[DONE]``.
+        """The upstream's events as (parsed JSON object, its size in bytes), then ``DONE`` if it sent ``[DONE]``.
 
         Raises UpstreamUnavailable (no connection), UpstreamTimeout, UpstreamRejected (its 4xx), UpstreamError
         (5xx, a cut or a body that is not an event stream) or OverloadedError (every pooled connection busy).
@@ -81,13 +81,13 @@ class UpstreamClient:
                         return
                     try:
                         event = json.loads(data)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         event = None
                     if not isinstance(event, dict):
                         log.warning("upstream %s sent an event that is not a JSON object", name)
                         raise UpstreamError(f"The upstream for model '{name}' sent a malformed event", model=name,
                                             code="upstream_bad_response")
-                    yield event
+                    yield event, len(data)
         except httpx.PoolTimeout:
             raise OverloadedError(f"Every connection to the upstream for model '{name}' is busy", model=name)
         except httpx.TimeoutException as e:
