@@ -37,16 +37,40 @@ file path from the server, a raw key or an exception's repr.
 
 from __future__ import annotations
 
+import re
+
+QUOTE_CHARS = 64   # the most of one client value an error message (or its param) quotes
+_SEGMENT = re.compile(r"[^.\[\]]{%d,}" % (QUOTE_CHARS + 1))
+
+
+def quote(value: object) -> str:
+    """A client's value as an error may show it: its first 64 characters, then '...' when there were more;
+    characters that are not printable (control characters, lone surrogates) shown as escapes. Every message
+    that repeats something a client sent goes through here, so a 500 KB model name is never echoed whole."""
+    text = value if isinstance(value, str) else repr(value)
+    cut = "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                  for c in text[:QUOTE_CHARS])
+    return cut + ("..." if len(text) > QUOTE_CHARS else "")
+
+
+def quote_path(path: str) -> str:
+    """A param path (``response_format.json_schema.schema.properties.<name>``) with each segment quoted."""
+    if len(path) <= QUOTE_CHARS and path.isprintable():
+        return path
+    path = _SEGMENT.sub(lambda m: quote(m.group()), "".join(c if c.isprintable() else quote(c) for c in path))
+    return path if len(path) <= 4 * QUOTE_CHARS else path[:4 * QUOTE_CHARS] + "..."
+
 
 class ReverbError(Exception):
-    """Base of every error reverb-runtime raises on purpose."""
+    """Base of every error reverb-runtime raises on purpose. ``param`` is bounded by ``quote_path``: a path may
+    hold a client's field names."""
 
     code = "internal_error"
 
     def __init__(self, message: str, *, param: str | None = None, model: str | None = None):
         super().__init__(message)
         self.message = message
-        self.param = param
+        self.param = quote_path(param) if isinstance(param, str) else param
         self.model = model
 
 

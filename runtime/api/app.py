@@ -13,7 +13,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.routing import Route
 
-from ..errors import InvalidRequest, MethodNotAllowed, NotFound, ReverbError
+from ..errors import InvalidRequest, MethodNotAllowed, NotFound, ReverbError, quote
 from ..settings import Settings
 from .accesslog import AccessLog
 from .auth import BearerAuth, Context
@@ -34,9 +34,9 @@ async def _http_error(request: Request, exc: HTTPException):
     if exc.status_code == 404:
         err: ReverbError = NotFound("Unknown path")
     elif exc.status_code == 405:
-        err = MethodNotAllowed(f"Method {request.method} is not allowed here")
+        err = MethodNotAllowed(f"Method {quote(request.method)} is not allowed here")
     else:
-        err = InvalidRequest(str(exc.detail or "bad request"))
+        err = InvalidRequest(quote(str(exc.detail or "bad request")))
     return await refuse(request.scope, err)
 
 

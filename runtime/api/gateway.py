@@ -16,7 +16,7 @@ from dataclasses import replace
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..errors import InvalidRequest, LedgerError
+from ..errors import InvalidRequest, LedgerError, quote
 from ..generation import Generation
 from ..models.registry import MICRO
 from ..request import Ask
@@ -48,7 +48,7 @@ def parse(body: dict, settings) -> tuple[Ask, bool]:
         raise InvalidRequest("'options' must be an object", param="options")
     unknown = sorted(k for k in options if k not in OPTIONS)
     if unknown:
-        raise InvalidRequest(f"unknown option 'options.{unknown[0]}'", param=f"options.{unknown[0]}")
+        raise InvalidRequest(f"unknown option 'options.{quote(unknown[0])}'", param=f"options.{unknown[0]}")
     if P.integer(options, "n", 1, 1, 1, param="options.n") != 1:  # one response per result
         raise InvalidRequest("'options.n' must be 1", param="options.n")
     logprobs, top = surface.chat_logprobs(options, prefix="options.")

@@ -14,7 +14,7 @@ from dataclasses import replace
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..errors import InvalidRequest, ModelNotFound
+from ..errors import InvalidRequest, ModelNotFound, quote
 from ..generation import Generation
 from ..request import Ask
 from ..service import Service
@@ -148,6 +148,6 @@ async def get_model(request: Request) -> JSONResponse:
     name = request.path_params["model"]
     backend = service.backends.get(name)
     if backend is None:
-        raise ModelNotFound(f"The model '{name}' does not exist or is not loaded on this server", param="model",
+        raise ModelNotFound(f"The model '{quote(name)}' does not exist or is not loaded on this server", param="model",
                             model=None)
     return JSONResponse(_model_json(name, backend))

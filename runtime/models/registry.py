@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path, PurePosixPath
 
-from ..errors import ConfigError, ModelNotFound
+from ..errors import ConfigError, ModelNotFound, quote
 
 MICRO = 1_000_000  # money is integer micro-units of the credit currency
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -97,7 +97,7 @@ class Registry:
         key = self.default if name is None else name
         spec = self.specs.get(key) if isinstance(key, str) else None
         if spec is None:
-            raise ModelNotFound(f"The model '{key}' does not exist", param="model", model=str(key))
+            raise ModelNotFound(f"The model '{quote(key)}' does not exist", param="model", model=str(key))
         return spec
 
     def names(self) -> list[str]:
