@@ -18,6 +18,7 @@ file path from the server, a raw key or an exception's repr.
     │   │   ├── ContextLengthExceeded   400 context_length_exceeded
     │   │   └── TemplateError           400, the chat template refused the conversation
     │   ├── AuthenticationError     401
+    │   ├── PermissionDenied        403, a valid key that may not use this route (/metrics needs an operator)
     │   ├── InsufficientCredit      402 (gateway) / 429 insufficient_quota (OpenAI)
     │   ├── ModelNotFound           404
     │   ├── NotFound                404, no such path
@@ -136,6 +137,10 @@ class TemplateError(InvalidRequest):
 
 class AuthenticationError(RequestError):
     code = "invalid_api_key"
+
+
+class PermissionDenied(RequestError):
+    code = "permission_denied"
 
 
 class InsufficientCredit(RequestError):

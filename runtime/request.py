@@ -19,11 +19,18 @@ from .types import Message, SamplingParams, Tools
 
 @dataclass(frozen=True)
 class Account:
-    """Who is calling. ``key_id`` is None for unlimited dev keys from the command line."""
+    """Who is calling. ``key_id`` is None for unlimited dev keys from the command line. ``admin``: a key made for
+    operating the server (team-gateway's admin keys)."""
 
     name: str
     key_id: int | None
     unlimited: bool = False
+    admin: bool = False
+
+    @property
+    def operator(self) -> bool:
+        """May read what concerns every tenant (/metrics): an admin key, or a dev key from --api-key."""
+        return self.unlimited or self.admin
 
 
 def new_request_id() -> str:

@@ -186,6 +186,18 @@ class Service:
                              error_code=code, prompt_tokens=usage.prompt_tokens,
                              completion_tokens=usage.completion_tokens, latency_ms=ctx.elapsed_ms(), body=ctx.body)
 
+    async def finish_settlements(self, timeout: float = 5.0) -> None:
+        """At shutdown, before ``close``: let jobs cancelled by the drain timeout end and write their rows (as
+        cancelled), for at most ``timeout`` seconds; what is left is settled by ``close`` (the lease rule)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._tasks or any(b.stats().active for b in self.backends.values()):
+            if asyncio.get_running_loop().time() > deadline:
+                return
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), timeout=0.05)
+            else:
+                await asyncio.sleep(0.02)
+
     async def keep_lease(self) -> None:
         """While serving (the app's lifespan runs it): see ``upkeep.keep_lease``."""
         await upkeep.keep_lease(self)

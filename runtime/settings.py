@@ -95,7 +95,8 @@ class Settings:
     # operations
     ready_file: Path | None = _opt(None, "write the base URL here once the server accepts requests (removed on "
                                    "exit)", metavar="PATH")
-    metrics_public: bool = _opt(False, "serve /metrics without a key")
+    metrics_public: bool = _opt(False, "serve /metrics without a key to clients on a loopback address (a local "
+                                "scraper); otherwise it needs an operator key (admin, or given with --api-key)")
     log_format: str = _opt("console", "access log format", choices=("console", "json"))
 
     @property

@@ -3,15 +3,22 @@
 The line is written when the response ends, by which time a generation's ledger row exists, so tokens and price
 are the charged ones. Keys never appear: only the key's name (or ``env:<digest prefix>`` for command-line keys).
 Paths are logged by their route table name, never as the raw text a client sent.
+
+A request still running when the drain timeout ends is cancelled by uvicorn at shutdown: it is logged here as
+``cancelled`` (error code ``shutdown``), answered 503 in its dialect if nothing was sent yet, and does not reach
+uvicorn as an exception (which would log a traceback and answer a bare 500).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 
+from ..errors import OverloadedError
 from ..models.registry import MICRO
+from .errors import error_response
 from .metrics import Metrics
 
 access = logging.getLogger("reverb.access")
@@ -26,14 +33,31 @@ class AccessLog:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         status = [500]
+        started = [False]
 
         async def send_wrapped(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                started[0] = True
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapped)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            state = scope.setdefault("state", {})
+            state["error_code"], state["outcome"] = "shutdown", "cancelled"
+            if not started[0]:
+                status[0] = 503
+                ctx = state.get("ctx")
+                response = error_response(OverloadedError("The server is shutting down", retry_after=5),
+                                          ctx.dialect if ctx else "openai", ctx.request_id if ctx else None)
+                try:
+                    await response(scope, receive, send)
+                except OSError:
+                    pass
         finally:
             self._log(scope, status[0])
 
@@ -54,7 +78,8 @@ class AccessLog:
             "key": ctx.account.name if ctx.account else None, "model": model,
             "prompt_tokens": record.prompt_tokens if record else 0,
             "completion_tokens": record.completion_tokens if record else 0,
-            "price": price / MICRO, "outcome": record.status if record else ("ok" if status < 400 else "rejected"),
+            "price": price / MICRO, "outcome": state.get("outcome") or (record.status if record else
+                                                                         ("ok" if status < 400 else "rejected")),
             "error_code": state.get("error_code"), "latency_ms": round(latency * 1000, 1),
         }
         if service is not None and isinstance(service.hooks, Metrics):

@@ -62,16 +62,17 @@ def create_app(settings: Settings, service=None, build=None) -> Starlette:
             lease.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lease
+            await svc.finish_settlements()
             await asyncio.to_thread(svc.close)
 
-    public = {"/metrics"} if settings.metrics_public else set()
+    public = {"/metrics"} if settings.metrics_public else set()   # to loopback clients only
     app = Starlette(
         routes=[Route(r.path, r.handler, methods=list(r.methods)) for r in ROUTES],
         middleware=[Middleware(Context), Middleware(AccessLog, json_format=settings.log_format == "json"),
                     Middleware(Overload, limit=settings.max_connections),
                     Middleware(HostGuard, bind_host=settings.host, extra=settings.allowed_hosts),
                     Middleware(Cors, origins=settings.cors_origins),
-                    Middleware(BearerAuth, public_paths=public)],
+                    Middleware(BearerAuth, loopback_public=public)],
         exception_handlers={ReverbError: _reverb_error, HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,
     )

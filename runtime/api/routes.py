@@ -24,6 +24,7 @@ class Route:
     dialect: str
     handler: Callable
     public: bool = False          # answered without a key
+    operator: bool = False        # only for operator keys (Account.operator: admin or dev keys)
 
 
 ROUTES: tuple[Route, ...] = (
@@ -39,7 +40,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/v1/models/{model}", ("GET",), "models", OPENAI, openai.get_model),
     Route("/api/endpoint", ("POST",), "gateway", GATEWAY, gateway.endpoint),
     Route("/health", ("GET",), "health", OPENAI, ops.health, public=True),
-    Route("/metrics", ("GET",), "metrics", OPENAI, ops.metrics),
+    Route("/metrics", ("GET",), "metrics", OPENAI, ops.metrics, operator=True),
     Route("/openapi.json", ("GET",), "openapi", OPENAI, ops.openapi),
 )
 _BY_PATH = {r.path: r for r in ROUTES if "{" not in r.path}
