@@ -111,6 +111,20 @@ def test_quote_keeps_the_first_64_characters():
     assert "n" * 64 + "..." in info.value.message and "n" * 65 not in info.value.message
 
 
+@pytest.mark.parametrize("schema", [
+    {"type": "object", "properties": {"p" * 300: {"type": "string", "k" * 300: 1}}},
+    {"type": "object", "properties": {}, "required": ["r" * 300]},
+    {"type": "string", "format": "f" * 300},
+    {"$ref": "#/$defs/" + "d" * 300},
+])
+def test_schema_errors_quote_at_most_64_characters(schema):
+    from reverb.grammar import check_schema
+    with pytest.raises(InvalidRequest) as info:
+        check_schema(schema, "response_format.json_schema.schema")
+    for text in (info.value.message, info.value.param):
+        assert not any(c * 65 in text for c in "pkrfd"), text
+
+
 def test_operators_are_admin_or_dev_keys():
     assert Account("dev", None, unlimited=True).operator and Account("ops", 3, admin=True).operator
     assert not Account("alice", 4).operator

@@ -18,7 +18,7 @@ import time
 
 from ..errors import OverloadedError
 from ..models.registry import MICRO
-from .errors import error_response
+from .errors import error_response, openai_body
 from .metrics import Metrics
 
 access = logging.getLogger("reverb.access")
@@ -34,11 +34,14 @@ class AccessLog:
             return await self.app(scope, receive, send)
         status = [500]
         started = [False]
+        events = [False]     # the response is an event stream (it can end with an error event)
 
         async def send_wrapped(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
                 started[0] = True
+                events[0] = any(k.lower() == b"content-type" and v.startswith(b"text/event-stream")
+                                for k, v in message.get("headers", []))
             await send(message)
 
         try:
@@ -49,15 +52,18 @@ class AccessLog:
                 task.uncancel()
             state = scope.setdefault("state", {})
             state["error_code"], state["outcome"] = "shutdown", "cancelled"
-            if not started[0]:
-                status[0] = 503
-                ctx = state.get("ctx")
-                response = error_response(OverloadedError("The server is shutting down", retry_after=5),
-                                          ctx.dialect if ctx else "openai", ctx.request_id if ctx else None)
-                try:
-                    await response(scope, receive, send)
-                except OSError:
-                    pass
+            ctx = state.get("ctx")
+            err = OverloadedError("The server is shutting down", retry_after=5)
+            try:
+                if not started[0]:
+                    status[0] = 503
+                    await error_response(err, ctx.dialect if ctx else "openai",
+                                         ctx.request_id if ctx else None)(scope, receive, send)
+                elif events[0]:  # a started stream ends as any stream that fails: one error event, no [DONE]
+                    await send({"type": "http.response.body", "more_body": False,
+                                "body": b"data: " + json.dumps(openai_body(err)[1]).encode() + b"\n\n"})
+            except OSError:
+                pass  # the client is gone already
         finally:
             self._log(scope, status[0])
 
