@@ -169,3 +169,23 @@ def test_metrics_public_only_to_loopback_clients(app_client, peer, status):
     with client:
         assert client.get("/metrics").status_code == status
         assert client.get("/v1/models").status_code == 401     # nothing else becomes public
+
+
+def test_an_event_larger_than_the_requests_whole_budget_is_refused_before_it_is_buffered():
+    import asyncio
+
+    from reverb.backends.upstream.client import _sse_data
+
+    async def body(parts):
+        for p in parts:
+            yield p
+
+    async def read(parts, limit):
+        return [d async for d in _sse_data(body(parts), limit)]
+
+    small = [b'data: {"a": 1}\n\n', b": keep-alive\n\n", b'data: {"b": 2}\n\n']
+    assert asyncio.run(read(small, 100)) == ['{"a": 1}', '{"b": 2}']
+    endless = [b"data: " + b"x" * 1000] * 50          # one event that never ends: refused once past the limit
+    with pytest.raises(UpstreamError):
+        asyncio.run(read(endless, 10_000))
+    assert relay(max_tokens=16).event_limit == (64 << 10) + 16 * (4 << 10)

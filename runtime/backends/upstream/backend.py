@@ -148,7 +148,7 @@ class _Job:
             # One deadline for the whole request: bytes (SSE keep-alive comments included) only reset the
             # between-bytes timeout, never this.
             async with asyncio.timeout(spec.deadline), \
-                    contextlib.aclosing(self.backend.client.events(body)) as events:
+                    contextlib.aclosing(self.backend.client.events(body, self.relay.event_limit)) as events:
                 async for item in events:
                     if item is DONE:
                         done = True
