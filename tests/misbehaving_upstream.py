@@ -184,7 +184,7 @@ class Upstream:
         piece = ("word " * (64 << 8)) if model == "flood-big" else "word "
         try:
             if model != "keepalive-first":
-                for i in range(FLOOD if model.startswith("flood") else 1):
+                for _ in range(FLOOD if model.startswith("flood") else 1):
                     ev = {"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": model,
                           "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
                     self._send(h, "data: " + json.dumps(ev) + "\n\n")

@@ -67,7 +67,8 @@ def _parse(tools, tool_choice, parallel_tool_calls) -> Tools:
         fn = tool_choice.get("function")
         name = fn.get("name") if isinstance(fn, dict) else None
         if name not in {t.name for t in parsed}:
-            raise InvalidRequest(f"tool_choice names unknown function '{quote(name)}'", param="tool_choice.function.name")
+            raise InvalidRequest(f"tool_choice names unknown function '{quote(name)}'",
+                                 param="tool_choice.function.name")
         choice, forced = "required", name
     else:
         raise InvalidRequest("'tool_choice' must be 'none', 'auto', 'required' or "
