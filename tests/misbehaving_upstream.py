@@ -16,7 +16,8 @@
 - ``leaky``: an echo whose events repeat the caller's key (taken from its Authorization header) in every field:
   ids, model, fingerprint, content, a tool call's name and arguments, logprobs, unknown fields, object keys;
   ``leaky-code-NNN``: HTTP NNN whose error has the key as its ``code``, ``type`` and ``param``; ``leaky-error``:
-  one event, then an error event made of the key;
+  one event, then an error event made of the key; ``leaky-header``: a response whose malformed header line holds
+  the key (HTTP libraries quote such a line in their error);
 - ``flood``: ignores max_tokens and streams words until the client closes the connection (at most FLOOD events);
   ``flood-big``: the same, 64 KiB of text per event;
 - ``usage-zero`` / ``usage-huge``: an echo that reports usage 0 + 0 / 10^9 + 10^9;
@@ -86,6 +87,10 @@ class Upstream:
         key = h.headers.get("authorization", "").removeprefix("Bearer ")
         if model.startswith("status-"):
             return self._error(h, int(model[7:10]), model[10:])
+        if model == "leaky-header":
+            h.wfile.write(f"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nX-Echo {key}\r\n\r\n".encode())
+            h.close_connection = True
+            return
         if model.startswith("leaky-code-"):
             return self._error(h, int(model[11:]), leak=key)
         if model in ("flood", "flood-big", "keepalive", "keepalive-first"):

@@ -62,10 +62,10 @@ def everything(srv, path: str, body: dict) -> bytes:
 def test_the_key_in_any_field_never_reaches_the_client_the_log_or_the_ledger(make_server, upstream,  # noqa: F811
                                                                               tmp_path):
     entries = {f"up-{n}": remote(upstream.url, n) for n in ("leaky", "leaky-code-400", "leaky-code-429",
-                                                            "leaky-error")}
+                                                            "leaky-error", "leaky-header")}
     gw, gw.alice = gateway(make_server, tmp_path, entries, "up-leaky", "--log-format", "json", "--log-bodies")
     seen = b""
-    for model in ("up-leaky", "up-leaky-code-400", "up-leaky-code-429", "up-leaky-error"):
+    for model in ("up-leaky", "up-leaky-code-400", "up-leaky-code-429", "up-leaky-error", "up-leaky-header"):
         for stream in (False, True):
             seen += everything(gw, "/v1/chat/completions", {"model": model, "messages": MESSAGES, "stream": stream,
                                                             "stream_options": {"include_usage": True}} if stream
@@ -92,6 +92,7 @@ def test_the_key_in_any_field_never_reaches_the_client_the_log_or_the_ledger(mak
     gw.stop()
     stored = [p.read_bytes() for p in gw.workdir.rglob("*") if p.is_file()]   # ledger, its WAL, the server's log
     assert any(b'"route":"chat.completions"' in data for data in stored)
+    assert b"X-Echo ***" in gw.log_path.read_bytes()   # the HTTP library's error, logged scrubbed
     assert not any(UP_KEY.encode() in data for data in stored)
 
 

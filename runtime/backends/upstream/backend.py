@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -131,7 +132,10 @@ class _Job:
         except asyncio.CancelledError:  # the client went away: the connection is closed, the upstream stops
             final = Chunk(finish_reason=FinishReason.CANCELLED, usage=self._estimate())
         except Exception:  # a bug here must still end the job, or its hold would stay open
-            log.exception("upstream job for %s failed", self.backend.spec.name)
+            # the traceback may quote what the upstream sent: never its key
+            trace = traceback.format_exc()
+            log.error("upstream job for %s failed:\n%s", self.backend.spec.name,
+                      trace.replace(self.backend._key, "***") if self.backend._key else trace)
             final = Chunk(finish_reason=FinishReason.ERROR, usage=self._estimate(),
                           error=UpstreamError("The upstream request failed", model=self.backend.spec.name))
         finally:

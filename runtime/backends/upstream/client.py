@@ -96,16 +96,16 @@ class UpstreamClient:
             raise UpstreamTimeout(f"The upstream for model '{name}' did not answer within {self.spec.timeout:g} s",
                                   model=name) from None
         except (httpx.ConnectError, httpx.UnsupportedProtocol) as e:
-            log.warning("upstream %s is unreachable: %s", name, e)
+            log.warning("upstream %s is unreachable: %s", name, wire.scrub(str(e), self._key))
             raise UpstreamUnavailable(f"The upstream for model '{name}' is unavailable", model=name) from None
         except httpx.TransportError as e:
-            log.warning("upstream %s: %s: %s", name, type(e).__name__, e)
+            log.warning("upstream %s: %s: %s", name, type(e).__name__, wire.scrub(str(e), self._key))
             if not started:  # the connection broke before any answer: as good as unreachable
                 raise UpstreamUnavailable(f"The upstream for model '{name}' is unavailable", model=name) from None
             raise UpstreamError(f"The upstream's answer for model '{name}' was cut off", model=name,
                                 code="upstream_cut") from None
         except httpx.HTTPError as e:
-            log.warning("upstream %s: %s: %s", name, type(e).__name__, e)
+            log.warning("upstream %s: %s: %s", name, type(e).__name__, wire.scrub(str(e), self._key))
             raise UpstreamError(f"The upstream for model '{name}' sent a malformed answer", model=name,
                                 code="upstream_bad_response") from None
 
