@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from ..errors import AuthenticationError
 from ..request import RequestContext
+from .ratelimit import headers as ratelimit_headers
 from .refuse import refuse
 from .routes import ROUTES, dialect_of, endpoint_of
 
@@ -35,6 +36,8 @@ class Context:
                 headers = list(message.get("headers", []))
                 if not any(k.lower() == b"x-request-id" for k, _ in headers):
                     headers.append((b"x-request-id", rid))
+                limits = state.get("ratelimit") or getattr(state.get("generation"), "limits", None)
+                headers += ratelimit_headers(limits)
                 message = {**message, "headers": headers}
             await send(message)
 
@@ -51,7 +54,10 @@ class BearerAuth:
             return await self.app(scope, receive, send)
         state = scope["state"]
         raw = _bearer(scope)
-        account = await state["service"].authenticate(raw) if raw else None
+        try:
+            account = await state["service"].authenticate(raw) if raw else None
+        except AuthenticationError as e:   # a known key that can no longer be used (expired)
+            return await (await refuse(scope, e))(scope, receive, send)
         if account is None:
             err = AuthenticationError("Incorrect API key provided" if raw else
                                       "Missing API key: send 'Authorization: Bearer <key>'")
