@@ -28,6 +28,7 @@ from ..request import Account
 from . import leases, limits
 from .manage import _KEY_SELECT, _TEAM_SELECT, Management, key_owner, models_of, team_owner
 from .periods import stamp
+from .reports import Reports
 from .records import RequestRecord, printable
 from .schema import MIGRATIONS
 
@@ -65,7 +66,7 @@ def open_engine(target: str | Path, *, create: bool = True, busy_timeout: float 
     return PostgresEngine(text, busy_timeout=busy_timeout)
 
 
-class Ledger(Management):
+class Ledger(Management, Reports):
     """The ledger on one engine. Every method is synchronous and thread-safe; the server calls them off the
     event loop. ``create=False``: a read-only caller, which never creates a SQLite file or directory.
     ``clock``: None (the database's clock) or a function returning milliseconds (tests' fake clock)."""
