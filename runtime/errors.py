@@ -21,6 +21,7 @@ file path from the server, a raw key or an exception's repr.
     │   ├── InsufficientCredit      402 (gateway) / 429 insufficient_quota (OpenAI)
     │   │   └── BudgetExceeded      the same, for a period budget (names it and when it resets)
     │   ├── RateLimited             429 rate_limit_exceeded, Retry-After when the capacity asked for is free
+    │   ├── PermissionDenied        403, an admin route asked with a key that is not an admin's
     │   ├── ModelNotFound           404
     │   ├── NotFound                404, no such path
     │   ├── MethodNotAllowed        405
@@ -145,6 +146,10 @@ class RateLimited(RequestError):
         super().__init__(message)
         self.retry_after = retry_after
         self.limits = limits
+
+
+class PermissionDenied(RequestError):
+    code = "permission_denied"
 
 
 class ModelNotFound(RequestError):

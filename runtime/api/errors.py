@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse
 
 from ..errors import (AuthenticationError, BudgetExceeded, ContextLengthExceeded, EngineError, InsufficientCredit,
                       InvalidRequest, LedgerError, MethodNotAllowed, ModelNotFound, NotFound, OverloadedError,
-                      PayloadTooLarge, RateLimited, RequestTimeout, ReverbError, TemplateError,
+                      PayloadTooLarge, PermissionDenied, RateLimited, RequestTimeout, ReverbError, TemplateError,
                       UnsupportedMediaType, UpstreamError, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable)
 
 # class: (status, openai type, openai code, openai status override, gateway code)
@@ -25,6 +25,7 @@ TABLE: dict[type[ReverbError], tuple[int, str, str | None, int | None, str | Non
     BudgetExceeded: (402, "insufficient_quota", "insufficient_quota", 429, "budget_exceeded"),
     InsufficientCredit: (402, "insufficient_quota", "insufficient_quota", 429, "insufficient_credit"),
     RateLimited: (429, "requests", "rate_limit_exceeded", None, "rate_limit_exceeded"),
+    PermissionDenied: (403, "invalid_request_error", "permission_denied", None, None),
     ModelNotFound: (404, "invalid_request_error", "model_not_found", None, None),
     NotFound: (404, "invalid_request_error", "not_found", None, None),
     MethodNotAllowed: (405, "invalid_request_error", "method_not_allowed", None, None),

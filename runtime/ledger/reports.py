@@ -17,9 +17,9 @@ class Reports:
     """Mixed into Ledger: needs ``engine`` and ``_now_ms``."""
 
     def usage_by(self, group_by: list[str], since: str | None = None, until: str | None = None,
-                 key: str | None = None) -> list[dict]:
+                 key: str | None = None, endpoints: tuple[str, ...] | None = None) -> list[dict]:
         """Totals per group (any of GROUPS, in order) of the rows with a key, from ``since`` to before
-        ``until`` (ISO UTC text). Raises ValueError for an unknown group."""
+        ``until`` (ISO UTC text), optionally of some endpoints only. Raises ValueError for an unknown group."""
         unknown = [g for g in group_by if g not in GROUPS]
         if unknown or not group_by:
             raise ValueError(f"group by one or more of {', '.join(GROUPS)}")
@@ -34,6 +34,9 @@ class Reports:
             if value is not None:
                 sql += f" AND {cond}"
                 args.append(value)
+        if endpoints:
+            sql += f" AND r.endpoint IN ({', '.join('?' for _ in endpoints)})"
+            args += list(endpoints)
         sql += f" GROUP BY {', '.join(cols)} ORDER BY {', '.join(str(i + 1) for i in range(len(cols)))}"
         out = []
         for row in self.engine.read(sql, args):
