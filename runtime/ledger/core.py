@@ -26,7 +26,7 @@ from pathlib import Path
 from ..errors import AuthenticationError, ConfigError, InsufficientCredit, LedgerError
 from ..request import Account
 from . import leases, limits
-from .manage import _KEY_SELECT, _TEAM_SELECT, Management, key_owner, models_of, team_owner
+from .manage import _TEAM_SELECT, Management, key_owner, models_of, team_owner
 from .periods import stamp
 from .reports import Reports
 from .records import RequestRecord, printable
@@ -143,27 +143,30 @@ class Ledger(Management, Reports):
         self.lease.require()
 
         def tx(db):
-            # The key's row lock (then its team's: always in this order) makes the checks below exact.
-            db.execute("UPDATE keys SET balance = balance WHERE id = ?", (account.key_id,))
-            row = db.execute(f"SELECT {_KEY_SELECT}, 0 FROM keys k LEFT JOIN teams t ON t.id = k.team_id "
-                             f"WHERE k.id = ?", (account.key_id,)).fetchone()
-            now_ms = self._now_ms(db)
-            if row is None or row[4] is not None:
+            # The conditional debit takes the key's row lock (then the team's: always in this order), so the
+            # checks below are exact; any refusal raises and rolls the debit back.
+            row = db.execute(f"UPDATE keys SET balance = balance - ? WHERE id = ? AND balance >= ? "
+                             f"RETURNING {_KEY_RETURNING}", (amount, account.key_id, amount, amount)).fetchone()
+            if row is None:
+                _refuse_key(db, account.key_id, amount, self._now_ms(db))
+            if row[4] is not None:
                 raise AuthenticationError("This API key has been revoked")
+            now_ms = self._now_ms(db) if _timed(row) else 0
             if row[12] is not None and row[12] <= stamp(now_ms):
                 raise AuthenticationError(f"This API key expired at {row[12][:19]}Z")
             key = key_owner(row)
             rates = limits.check(db, key, now_ms, amount, tokens)
-            team = None
+            team, team_held = None, 0
             if row[15] is not None:
-                db.execute("UPDATE teams SET balance = balance WHERE id = ?", (row[15],))
-                team = team_owner(db.execute(f"SELECT {_TEAM_SELECT} FROM teams WHERE id = ?",
-                                             (row[15],)).fetchone())
+                team_row = db.execute(f"UPDATE teams SET balance = balance - ? WHERE id = ? AND (balance IS NULL "
+                                      f"OR balance >= ?) RETURNING {_TEAM_RETURNING}",
+                                      (amount, row[15], amount, amount)).fetchone()
+                if team_row is None:   # the team's own credit is short
+                    team_row = db.execute(f"SELECT {_TEAM_SELECT} FROM teams WHERE id = ?", (row[15],)).fetchone()
+                team = team_owner(team_row)
+                now_ms = now_ms or self._now_ms(db)
                 rates = limits.tighter(rates, limits.check(db, team, now_ms, amount, tokens))
-            db.execute("UPDATE keys SET balance = balance - ? WHERE id = ?", (amount, account.key_id))
-            team_held = amount if team is not None and team.balance is not None else 0
-            if team_held:
-                db.execute("UPDATE teams SET balance = balance - ? WHERE id = ?", (team_held, team.id))
+                team_held = amount if team.balance is not None else 0
             leases.insert_hold(self.lease, db, request_id, account.key_id, amount, model, endpoint,
                                prompt_tokens, prices, now(), team.id if team else None, team_held)
             if key.rated or (team is not None and team.rated):
@@ -302,6 +305,29 @@ class Ledger(Management, Reports):
         )[0])
         return dict(grants=g, balances=b, holds=h, charges=c, ok=(g == b + h + c and neg == 0 and
                                                                  tg == tb + th + tc))
+
+
+# What the debit returns: a key's row in _KEY_SELECT order (no team name; the balance before the debit).
+_KEY_RETURNING = ("id, name, balance + ?, created_at, revoked_at, rate_limit_rpm, tpm, max_parallel, model_scope, "
+                  "budget, period, tz, expires_at, NULL, admin, team_id, 0")
+_TEAM_RETURNING = ("id, name, CASE WHEN balance IS NULL THEN NULL ELSE balance + ? END, created_at, rpm, tpm, "
+                   "max_parallel, models, budget, period, tz")
+
+
+def _timed(row) -> bool:
+    """Whether a key's checks need the clock: an expiry, a budget, a rate limit (or a team's, checked later)."""
+    return any(row[i] is not None for i in (5, 6, 9, 12))
+
+
+def _refuse_key(db, key_id: int, amount: int, now_ms: int) -> None:
+    """The debit found no row: say why (revoked, expired, or short of credit). Always raises."""
+    row = db.execute("SELECT balance, revoked_at, expires_at, name FROM keys WHERE id = ?", (key_id,)).fetchone()
+    if row is None or row[1] is not None:
+        raise AuthenticationError("This API key has been revoked")
+    if row[2] is not None and row[2] <= stamp(now_ms):
+        raise AuthenticationError(f"This API key expired at {row[2][:19]}Z")
+    raise InsufficientCredit(f"this request would hold {limits.money(amount)} credit but the key '{row[3]}' has "
+                             f"{limits.money(int(row[0]))} left", needed=amount, left=int(row[0]))
 
 
 def _check_amount(amount: int, *, allow_zero: bool) -> None:
