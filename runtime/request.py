@@ -29,6 +29,7 @@ class Account:
     # The allowlists the model must pass, the key's and its team's (names or fnmatch patterns; () allows all).
     allowlists: tuple[tuple[str, ...], ...] = ()
     team: str | None = None
+    rated: bool = False          # the key or its team has a per-minute limit (responses carry x-ratelimit-*)
 
     @property
     def operator(self) -> bool:

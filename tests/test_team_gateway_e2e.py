@@ -8,6 +8,7 @@ concurrent requests over two servers on SQLite and on PostgreSQL for each limit.
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import time
 
 import pytest
@@ -74,19 +75,18 @@ def test_admin_routes_keys_teams_allowlists_headers_and_usage(make_server, engin
         assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
 
     # allowlists: outside it, every endpoint answers as for a model that does not exist
-    if True:   # an empty list allows nothing
-        with srv.client(shut) as http:
-            assert http.get("/v1/models").json()["data"] == []
-            assert http.get("/v1/models/smollm2-135m").status_code == 404
-            for path, body in (("/v1/chat/completions", chat("hi", max_tokens=1)),
-                               ("/v1/completions", {"model": "smollm2-135m", "prompt": "hi", "max_tokens": 1}),
-                               ("/v1/embeddings", {"model": "smollm2-135m", "input": "hi"})):
-                r = http.post(path, json=body)
-                assert (r.status_code, r.json()["error"]["code"]) == (404, "model_not_found"), path
-                assert r.json()["error"]["message"] == "The model 'smollm2-135m' does not exist"
-            r = http.post("/api/endpoint", json={"model": "smollm2-135m", "messages": [{"role": "user",
-                                                                                      "content": "hi"}]})
-            assert r.status_code == 404 and r.json()["status"] == 0
+    with srv.client(shut) as http:   # an empty list allows nothing
+        assert http.get("/v1/models").json()["data"] == []
+        assert http.get("/v1/models/smollm2-135m").status_code == 404
+        for path, body in (("/v1/chat/completions", chat("hi", max_tokens=1)),
+                           ("/v1/completions", {"model": "smollm2-135m", "prompt": "hi", "max_tokens": 1}),
+                           ("/v1/embeddings", {"model": "smollm2-135m", "input": "hi"})):
+            r = http.post(path, json=body)
+            assert (r.status_code, r.json()["error"]["code"]) == (404, "model_not_found"), path
+            assert r.json()["error"]["message"] == "The model 'smollm2-135m' does not exist"
+        r = http.post("/api/endpoint", json={"model": "smollm2-135m", "messages": [{"role": "user",
+                                                                                  "content": "hi"}]})
+        assert r.status_code == 404 and r.json()["status"] == 0
 
     # rate-limit headers on every served response, then a 429 with Retry-After in each dialect
     body = chat("Say hi.", max_tokens=2)
@@ -108,6 +108,12 @@ def test_admin_routes_keys_teams_allowlists_headers_and_usage(make_server, engin
         g = http.post("/api/endpoint", json={"model": "smollm2-135m", "messages": body["messages"]})
         assert (g.status_code, g.json()["status"], g.json()["error"]["code"]) == (429, 0, "rate_limit_exceeded")
         assert int(g.headers["retry-after"]) <= int(r.headers["retry-after"])
+        m = http.get("/v1/models")   # every response of a key with a limit carries the headers
+        assert (m.headers["x-ratelimit-limit-requests"], m.headers["x-ratelimit-remaining-requests"]) == ("3", "0")
+        reset = m.headers["x-ratelimit-reset-requests"]
+        assert re.fullmatch(r"\d+(\.\d+)?s|\d+ms|1m0s", reset), reset
+        seconds = 60.0 if reset == "1m0s" else float(reset[:-2]) / 1000 if reset.endswith("ms") else float(reset[:-1])
+        assert abs(seconds - float(r.headers["retry-after-ms"]) / 1000) < 5   # both: when the oldest request leaves
         me = http.get("/v1/me").json()
         assert me["limits"]["requests_per_minute"] == 3 and me["limits"]["requests_last_minute"] == 3
         assert me["team"]["name"] == "eng" and me["team"]["limits"]["budget"]["time_zone"] == "Europe/Paris"

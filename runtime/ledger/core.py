@@ -116,15 +116,37 @@ class Ledger(Management, Reports):
         if found:
             return found
         rows = self.engine.read("SELECT k.id, k.name, k.digest, k.model_scope, k.expires_at, k.admin, t.name, "
-                                "t.models FROM keys k LEFT JOIN teams t ON t.id = k.team_id "
-                                "WHERE k.digest = ? AND k.revoked_at IS NULL", (d,))
-        for key_id, name, stored, scope, expires, admin, team, team_models in rows:
+                                "t.models, COALESCE(k.rate_limit_rpm, k.tpm, t.rpm, t.tpm) FROM keys k "
+                                "LEFT JOIN teams t ON t.id = k.team_id WHERE k.digest = ? AND k.revoked_at IS NULL",
+                                (d,))
+        for key_id, name, stored, scope, expires, admin, team, team_models, rated in rows:
             if hmac.compare_digest(bytes(stored), d):
                 if expires is not None and expires <= now():
                     raise AuthenticationError(f"This API key expired at {expires[:19]}Z")
                 allow = (models_of(scope),) + ((models_of(team_models),) if team is not None else ())
-                return Account(name=name, key_id=int(key_id), admin=bool(admin), allowlists=allow, team=team)
+                return Account(name=name, key_id=int(key_id), admin=bool(admin), allowlists=allow, team=team,
+                               rated=rated is not None)
         return None
+
+    def window(self, key_id: int) -> dict:
+        """The rate-limit header values of a key now (its or its team's, the tighter), taking nothing: for
+        responses to requests that reserved nothing (/v1/models, /v1/me, refusals before the hold)."""
+        read = self.engine.read
+        now_ms = int(self.clock()) if self.clock else int(read(f"SELECT {self.engine.now_ms}")[0][0])
+        rows = read(f"SELECT {_KEY_RETURNING.replace('balance + ?', 'balance')} FROM keys WHERE id = ?", (key_id,))
+        if not rows:
+            return {}
+        owners = [key_owner(rows[0])]
+        if rows[0][15] is not None:
+            owners.append(team_owner(read(f"SELECT {_TEAM_SELECT} FROM teams WHERE id = ?", (rows[0][15],))[0]))
+        out: dict = {}
+        for owner in owners:
+            if owner.rated:
+                events = read(f"SELECT at_ms, tokens FROM rate_events WHERE {owner.column} = ? AND at_ms > ? "
+                              f"ORDER BY at_ms", (owner.id, now_ms - limits.WINDOW_MS))
+                out = limits.tighter(out, limits.headers(owner, [(int(a), int(t)) for a, t in events], now_ms,
+                                                         0, 0))
+        return out
 
     # -- money --------------------------------------------------------------------------------------------
 
