@@ -101,6 +101,57 @@ def test_window_admits_exactly_when_there_is_room(tmp_path_factory, ops, rpm, tp
         assert led.invariant()["ok"]
 
 
+team_ops = st.lists(st.one_of(
+    st.tuples(st.just("arrive"), st.integers(0, 1), st.integers(1, 40), st.integers(1, 6)),   # key, tokens, hold
+    st.tuples(st.just("settle"), st.integers(0, 100), st.integers(0, 100), st.just(0)),       # % tokens, % charge
+    st.tuples(st.just("wait"), st.integers(1, 30_000), st.just(0), st.just(0)),
+), min_size=1, max_size=50)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=team_ops, key_rpm=st.integers(1, 5), team_rpm=st.integers(1, 8), team_tpm=st.integers(40, 150),
+       team_par=st.integers(1, 4), team_credit=st.integers(5, 60))
+def test_two_keys_in_a_team_never_pass_either_limit(tmp_path_factory, ops, key_rpm, team_rpm, team_tpm, team_par,
+                                                    team_credit):
+    """Key and team windows, the team's concurrency and credit: admitted exactly when every one has room."""
+    with Ledger(tmp_path_factory.mktemp("t") / "l.db") as led:
+        led.lease.register(600)
+        clock = led.clock = Clock()
+        led.create_team("t", team_credit, rpm=team_rpm, tpm=team_tpm, max_parallel=team_par)
+        accts = [led.authenticate(led.create_key(f"k{i}", 10**9, team="t", rpm=key_rpm)) for i in range(2)]
+        events: dict[str, list] = {}      # rid -> [at, tokens, key index, hold]
+        open_: list[str] = []
+        balance = team_credit
+
+        for n, (op, a, b, c) in enumerate(ops):
+            if op == "wait":
+                clock.t += a
+            elif op == "settle" and open_:
+                rid = open_.pop(0)
+                at, tokens, k, hold = events[rid]
+                used, charge = tokens * a // 100, hold * b // 100
+                led.settle(accts[k], rec(rid, used, 0), charge)
+                events[rid][1] = used
+                balance += hold - charge
+            elif op == "arrive":
+                rid, k, tokens, hold = f"r{n}", a, b, c
+                window = [e for e in events.values() if e[0] > clock.t - 60_000]
+                mine = [e for e in window if e[2] == k]
+                ok = (len(mine) + 1 <= key_rpm and len(window) + 1 <= team_rpm
+                      and sum(e[1] for e in window) + tokens <= team_tpm and len(open_) < team_par
+                      and hold <= balance)
+                try:
+                    led.reserve(accts[k], rid, hold, "m", "chat", 0, (0, 0), tokens=tokens)
+                except (RateLimited, InsufficientCredit):
+                    assert not ok, "refused while there was room"
+                    continue
+                assert ok, "admitted over a limit"
+                events[rid] = [clock.t, tokens, k, hold]
+                open_.append(rid)
+                balance -= hold
+        assert led.show_team("t")["balance"] == balance and led.invariant()["ok"]
+
+
 def test_a_refused_request_changes_no_counter(ledger):
     acct = ledger.authenticate(ledger.create_key("k", 100, rpm=1, tpm=10, max_parallel=1))
     ledger.reserve(acct, "a", 10, "m", "chat", tokens=5)
