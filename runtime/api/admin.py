@@ -13,6 +13,8 @@ from starlette.responses import JSONResponse
 
 from ..errors import ConfigError, InvalidRequest, PermissionDenied
 from ..models.registry import format_money, parse_money
+from ..ledger.manage import KEY_COLUMNS, TEAM_COLUMNS
+from ..ledger.records import printable
 from .body import read_json
 
 MONEY = ("balance", "held", "budget")
@@ -45,10 +47,15 @@ def _money(value, param: str) -> int | None:
         raise InvalidRequest(f"'{param}' must be an amount of credit, e.g. 5 or \"0.25\"", param=param) from None
 
 
-async def _settings(request: Request, *extra: str) -> tuple[dict, dict]:
-    """(settings, the extra fields) from a JSON body; budget in credit -> micro-units."""
+async def _settings(request: Request, known: dict, *extra: str) -> tuple[dict, dict]:
+    """(settings, the extra fields) from a JSON body; budget in credit -> micro-units. Raises InvalidRequest
+    naming a field that is neither."""
     body = await read_json(request, request.state.service.settings)
     taken = {k: body.pop(k) for k in extra if k in body}
+    unknown = sorted(k for k in body if k not in known)
+    if unknown:
+        field = printable(unknown[0])[:64]
+        raise InvalidRequest(f"unknown field '{field}' (known: {', '.join([*extra, *known])})", param=field)
     if "budget" in body:
         body["budget"] = _money(body["budget"], "budget")
     return body, taken
@@ -78,7 +85,7 @@ async def list_keys(request: Request) -> JSONResponse:
 
 async def create_key(request: Request) -> JSONResponse:
     by = admin_of(request)
-    settings, extra = await _settings(request, "name", "credit")
+    settings, extra = await _settings(request, KEY_COLUMNS, "name", "credit")
     name = _name(extra)
     credit = _money(extra.get("credit", 0), "credit") or 0
     ledger = request.state.service.ledger
@@ -96,7 +103,7 @@ async def key(request: Request) -> JSONResponse:
         return JSONResponse({"name": name, "revoked": True})
     if request.method == "GET":
         return JSONResponse(_out(await _call(request, ledger.show_key, name)))
-    settings, _ = await _settings(request)
+    settings, _ = await _settings(request, KEY_COLUMNS)
     return JSONResponse(_out(await _call(request, ledger.update_key, name, by=by, **settings)))
 
 
@@ -132,7 +139,7 @@ async def list_teams(request: Request) -> JSONResponse:
 
 async def create_team(request: Request) -> JSONResponse:
     by = admin_of(request)
-    settings, extra = await _settings(request, "name", "credit")
+    settings, extra = await _settings(request, TEAM_COLUMNS, "name", "credit")
     credit = _money(extra.get("credit"), "credit")
     team = await _call(request, request.state.service.ledger.create_team, _name(extra), credit, by=by, **settings)
     return JSONResponse(_out(team), status_code=201)
@@ -144,7 +151,7 @@ async def team(request: Request) -> JSONResponse:
     name, ledger = request.path_params["name"], request.state.service.ledger
     if request.method == "GET":
         return JSONResponse(_out(await _call(request, ledger.show_team, name)))
-    settings, _ = await _settings(request)
+    settings, _ = await _settings(request, TEAM_COLUMNS)
     return JSONResponse(_out(await _call(request, ledger.update_team, name, by=by, **settings)))
 
 

@@ -8,6 +8,10 @@ refunded, in the transaction that writes the usage row. The invariant, checked b
 
     sum(grants) == sum(balances) + sum(open holds) + sum(charges), and no balance below zero.
 
+The same transaction checks and takes the key's and its team's limits, budget and the team's own credit
+(``limits.py``; a team's money obeys the same invariant over ``team_grants``). Keys and teams are managed in
+``manage.py``, grouped usage and ``/v1/me`` are ``reports.py``.
+
 Each hold belongs to the server instance that made it; ``leases.py`` holds the crash rule. The SQL here is
 written once, with ``?`` placeholders, for both engines (``sqlite.py``, ``postgres.py``); ``open_engine`` picks
 one from ``--db``: a file path, or a ``postgresql://`` URL. Keys given on the command line (``--api-key``) are not
