@@ -110,7 +110,7 @@ FIELDS = st.sampled_from(["name", "credit", "rpm", "tpm", "max_parallel", "model
                           "expires", "team", "admin", "key", "amount"])
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(path=st.sampled_from(["/v1/admin/keys", "/v1/admin/teams", "/v1/admin/topup", "/v1/admin/rotate",
                              "/v1/admin/keys/plain-1", "/v1/admin/teams/t2"]),
        body=st.dictionaries(FIELDS, JSON, max_size=5))
