@@ -142,14 +142,17 @@ class BudgetExceeded(InsufficientCredit):
 
 class RateLimited(RequestError):
     """A requests-, tokens-per-minute or concurrency limit. ``retry_after``: seconds until the capacity asked for
-    is free (None: never, the request alone is larger than the limit). ``limits``: the rate-limit header values."""
+    is free (None: never, the request alone is larger than the limit). ``limits``: the rate-limit header values.
+    ``type``: which limit, as OpenAI's error type says it: ``requests`` or ``tokens``."""
 
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, retry_after: float | None = None, limits: dict | None = None):
+    def __init__(self, message: str, *, retry_after: float | None = None, limits: dict | None = None,
+                 type: str = "requests"):  # noqa: A002
         super().__init__(message)
         self.retry_after = retry_after
         self.limits = limits
+        self.type = type
 
 
 class ModelNotFound(RequestError):

@@ -71,6 +71,7 @@ def test_keys_and_teams_over_http(app):
     assert int(ok.headers["x-ratelimit-remaining-tokens"]) <= 100 - 3
     big = c.post("/v1/chat/completions", headers=as_key(raw), json={**body, "max_tokens": 64})
     assert big.status_code == 429 and big.json()["error"]["code"] == "rate_limit_exceeded"
+    assert big.json()["error"]["type"] == "tokens"
     assert "retry-after" not in big.headers and big.headers["x-should-retry"] == "false"   # can never fit
     assert "max_tokens" in big.json()["error"]["message"]
     assert c.post("/v1/admin/rotate", json={"key": "k2"}).status_code == 200

@@ -89,7 +89,7 @@ def openai_body(exc: BaseException) -> tuple[int, dict, dict[str, str]]:
     else:
         status, etype, code, override, _ = row
         status = _status(exc, override or status)
-        etype = (exc.type if isinstance(exc, UpstreamRejected) else None) or etype
+        etype = (exc.type if isinstance(exc, (UpstreamRejected, RateLimited)) else None) or etype
         code = code or getattr(exc, "code", None) or "invalid_request"
     param = exc.param if isinstance(exc, ReverbError) else None
     body = {"error": {"message": _public_message(exc), "type": etype, "param": param, "code": code}}
