@@ -65,7 +65,8 @@ class LlamaBackend:
         cache = PromptCache(int(settings.prompt_cache_mb * 2**20), share=settings.share_prompt_cache)
         batcher = Batcher(engine, slots=settings.parallel, ctx_per_slot=ctx, prefill_chunk=settings.prefill_chunk,
                           max_queue=settings.max_queue, queue_timeout=settings.queue_timeout,
-                          deterministic=settings.deterministic, prompt_cache=cache)
+                          deterministic=settings.deterministic, prompt_cache=cache,
+                          slots_per_key=settings.key_slots, queue_per_key=settings.queue_per_key)
         return cls(spec, engine, template, ModelThread(batcher, name=spec.name), ctx)
 
     def tokenize_chat(self, messages: tuple[Message, ...] | list[Message], tools: Tools | None = None) -> list[int]:
@@ -112,10 +113,10 @@ class LlamaBackend:
         n_vocab = self.engine.n_vocab
         if any(not 0 <= tok < n_vocab for tok, _ in ask.sampling.logit_bias):
             raise InvalidRequest(f"'logit_bias' token ids must be below {n_vocab}", param="logit_bias")
-        slots = len(self.thread.batcher.slots)
+        slots = self.thread.batcher.slots_per_key
         if ask.sampling.n > slots:
-            raise InvalidRequest(f"'n' must be at most {slots} on this server (one slot per choice; see --parallel)",
-                                 param="n")
+            raise InvalidRequest(f"'n' must be at most {slots} on this server (one slot per choice, and one key "
+                                 "holds at most this many; see --parallel and --slots-per-key)", param="n")
         # Rendering, tokenizing and building a grammar take milliseconds: keep them off the event loop.
         return await asyncio.get_running_loop().run_in_executor(None, self._prepare, ask)
 
