@@ -21,6 +21,7 @@ import hmac
 import logging
 import re
 import secrets
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -165,14 +166,16 @@ class Ledger:
     # -- money --------------------------------------------------------------------------------------------
 
     def reserve(self, account: Account, request_id: str, amount: int, model: str, endpoint: str,
-                prompt_tokens: int = 0, prices: tuple[int, int] = (0, 0)) -> None:
-        """Hold ``amount`` of the account's credit for this server's instance. Raises InsufficientCredit without
-        changing anything, LedgerError when this process holds no live lease."""
+                prompt_tokens: int = 0, prices: tuple[int, int] = (0, 0)) -> int | None:
+        """Hold ``amount`` of the account's credit for this server's instance. Returns the lease epoch the hold
+        belongs to (None when nothing is held: an unlimited key). Raises InsufficientCredit without changing
+        anything, LedgerError when this process holds no live lease."""
         if account.unlimited:
-            return
+            return None
         if amount > MAX_BALANCE:
             raise InsufficientCredit("not enough credit for this request")
         self.lease.require()
+        started = time.monotonic()
 
         def tx(db):
             cur = db.execute("UPDATE keys SET balance = balance - ? "
@@ -180,9 +183,10 @@ class Ledger:
                              (amount, account.key_id, amount))
             if cur.rowcount != 1:
                 raise InsufficientCredit("not enough credit for this request")
-            leases.insert_hold(self.lease, db, request_id, account.key_id, amount, model, endpoint,
-                               prompt_tokens, prices, now())
-        self.engine.write(tx)
+            return leases.insert_hold(self.lease, db, request_id, account.key_id, amount, model, endpoint,
+                                      prompt_tokens, prices, now())
+        self.lease.renewed(started, self.engine.write(tx))
+        return self.lease.epoch
 
     def progress(self, request_id: str, delivered_tokens: int) -> None:
         """Raise a stream's delivered-token high-water mark (what a sweeper charges if this server dies)."""

@@ -1,8 +1,8 @@
 """The batcher's wait queue, fair across keys: one queue per tenant (API key), the tenants taken in turn.
 
 The turn goes to the waiting key served least recently (a key never served first), so a key's many jobs wait
-behind other keys' first ones, whoever came first. Per key, ``slots`` caps the slots its running jobs hold (a job of ``n`` choices holds ``n``) and
-``queued`` caps its jobs waiting; the batcher applies both (``Batcher.submit`` and ``Batcher.admit``).
+behind other keys' first ones, whoever came first. The per-key caps on busy slots and on waiting jobs are the
+batcher's (``Batcher.submit`` and ``Batcher.admit``).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Continuous batching without threads: admission into slots, prefix reuse, the batch plan, sampling, retirement.
 
 ``Batcher`` is driven by its owner (``bridge.ModelThread``): ``admit`` moves waiting jobs into free slots, taking
-keys in turn within per-key caps (admission.py), reusing a cached prefix ( a job of ``n`` choices takes ``n`` slots at once: one reads the prompt, the others follow and get a
-copy of its KV when it is done, so the prompt is computed once), ``step`` runs one decode call with a row for every
+keys in turn within per-key caps (admission.py) and reusing a cached prefix (a job of ``n`` choices takes ``n``
+slots at once: one reads the prompt, the others follow and get a copy of its KV when it is done, so the prompt is
+computed once), ``step`` runs one decode call with a row for every
 generating slot plus bounded prefill calls for slots still reading their prompt, and samples. What clients must see
 comes out of ``take_events`` as (job, chunk) pairs. Nothing here knows about threads or event loops, so the unit
 tests drive it directly.
