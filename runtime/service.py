@@ -253,7 +253,7 @@ class Embedding:
     async def run(self) -> tuple[list[list[float]], Usage, int]:
         """(vectors, usage, price). Raises what the backend raises (nothing is charged then), OverloadedError
         when stopped before the end (the server is stopping; what was computed is charged), or LedgerError."""
-        svc, ctx, spec, job = self._service, self._ctx, self._spec, self._job
+        svc, ctx, job = self._service, self._ctx, self._job
         work = job.run()
         try:
             vectors = await asyncio.shield(work)
@@ -267,31 +267,33 @@ class Embedding:
                     with contextlib.suppress(Exception):
                         await work
                     return await self._close("cancelled", None)
-                return await svc._close(ctx, spec, "failed", code, 0)
+                return await self._close("failed", code, charge=False)
             # shielded: a request cut mid-way must still leave its row and its refund behind
-            self._resolve(await asyncio.shield(asyncio.ensure_future(close())))
+            await asyncio.shield(asyncio.ensure_future(close()))
             raise
         finally:
             svc._live.pop(ctx.request_id, None)
         if vectors is None:   # stopped early: the client left, the server is stopping, or it lost its lease
-            self._resolve(await self._close("failed" if self.lost else "cancelled",
-                                            self.lost.code if self.lost else None))
+            await self._close("failed" if self.lost else "cancelled", self.lost.code if self.lost else None)
             raise self.lost or OverloadedError("the embeddings request was stopped before its end (the client left "
                                                "or the server is stopping)", retry_after=5)
-        usage = Usage(job.computed, 0)
+        settlement = await self._close("completed", None)
+        return vectors, Usage(job.computed, 0), settlement.price
+
+    async def _close(self, status: str, code: str | None, charge: bool = True) -> Settlement:
+        """Settle for the tokens computed (nothing with ``charge`` False) and resolve ``settled``. Raises
+        LedgerError (``settled`` then holds it)."""
+        computed = self._job.computed
         try:
-            settlement = await svc._close(ctx, spec, "completed", None, spec.cost(usage.prompt_tokens, 0), usage)
+            settlement = await self._service._close(self._ctx, self._spec, status, code,
+                                                    self._spec.cost(computed, 0) if charge else 0, Usage(computed, 0))
         except LedgerError as e:
-            self.settled.set_exception(e)
-            self.settled.exception()  # retrieved: the handler raises it
+            if not self.settled.done():
+                self.settled.set_exception(e)
+                self.settled.exception()  # retrieved: the caller raises it
             raise
         self._resolve(settlement)
-        return vectors, usage, settlement.price
-
-    async def _close(self, status: str, code: str | None) -> Settlement:
-        computed = self._job.computed
-        return await self._service._close(self._ctx, self._spec, status, code, self._spec.cost(computed, 0),
-                                          Usage(computed, 0))
+        return settlement
 
     def settle_at_stop(self) -> None:
         """Blocking (the server is stopping; the job has stopped): settle for what was computed, unless the
