@@ -74,8 +74,7 @@ def reverb(tmp: Path, label: str, threads: int, parallel: int, ctx: int, extra: 
     log = tmp / f"{label}.log"
     cmd = [sys.executable, "-m", "reverb.cli", "serve", "--port", "0", "--ready-file", str(ready),
            "--db", str(tmp / f"{label}.sqlite3"), "--api-key", key, "--threads", str(threads),
-           "--parallel", str(parallel), "--slots-per-key", str(parallel),   # one key, every slot, as llama-server
-           "--ctx", str(ctx), *extra]
+           "--parallel", str(parallel), "--ctx", str(ctx), *extra]
     proc = _start(cmd, log)
     deadline = time.monotonic() + 180
     while not ready.exists():

@@ -89,6 +89,12 @@ class Service:
                 candidates.append(await self._candidate(*self.backend(name), ask))
             except RequestError as e:
                 log.info("request %s: fallback %s left out (%s)", ctx.request_id, name, e.code)
+        most = getattr(backend, "key_slots", None)   # a local model: choices one key may run at once
+        if not _holds(ctx.account):   # the operator's own key: not capped (docs/limits.md)
+            candidates = [replace(c, prompt=replace(c.prompt, capped=False)) for c in candidates]
+        elif most is not None and ask.sampling.n > most:
+            raise InvalidRequest(f"'n' must be at most {most} on this server (one slot per choice, and one key "
+                                 "holds at most this many; see --slots-per-key)", param="n", model=spec.name)
         hold = max(c.hold for c in candidates)
         # The hold also carries what a sweeper needs should this server die: prompt tokens and prices (the
         # model asked for; a fallback runs only before anything reached the client).

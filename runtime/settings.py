@@ -68,9 +68,10 @@ class Settings:
                               "llama.cpp cannot take the server down")
     offline: bool = _opt(False, "never touch the network (also HF_HUB_OFFLINE=1)")
     slots_per_key: int = _opt(0, "slots one API key's running requests may hold (a request of n choices holds n; "
-                              "0: one less than --parallel, so one key never holds every slot; at least 1)")
+                              "0: one less than --parallel, so one key never holds every slot; at least 1). Keys "
+                              "given with --api-key are the operator's and not capped")
     queue_per_key: int = _opt(32, "jobs one API key may have waiting for a slot (one per prompt of "
-                              "/v1/completions) before 503")
+                              "/v1/completions) before 503 (not for keys given with --api-key)")
     embedding_queue: int = _opt(4, "embeddings requests running or waiting per model before 503")
     # HTTP limits
     max_body_bytes: int = _opt(1 << 20, "largest request body in bytes (413 beyond)")

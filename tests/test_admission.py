@@ -131,3 +131,19 @@ def test_a_key_at_its_cap_is_passed_over_but_a_big_job_whose_turn_it_is_is_not_o
         b.take_events()
     assert out["big"] < out["small"]
     assert all(s.state is SlotState.FREE for s in b.slots)
+
+
+def test_the_operators_own_keys_are_not_capped_but_take_their_turn():
+    b = make(slots=4, max_queue=64, slots_per_key=3, queue_per_key=2)
+    op = [Job(prompt=[1, 2], params=SamplingParams(max_tokens=50, logit_bias=NO_EOS, seed=1, n=n), tenant="env:op",
+              capped=False) for n in (4, 1, 1, 1)]
+    b.submit(op, 0)                                  # n = every slot, and more queued than a capped key may
+    b.admit(0)
+    assert holders(b) == ["env:op"] * 4
+    tenant = job("tenant", max_tokens=2)
+    b.submit(tenant, 0)
+    while op[0] in [s.job for s in b.slots]:
+        b.step()
+        b.take_events()
+    b.admit(0)                                       # the operator's job ended: the tenant goes before its next
+    assert "tenant" in holders(b) and tenant not in b.waiting

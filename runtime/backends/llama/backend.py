@@ -119,10 +119,10 @@ class LlamaBackend:
         n_vocab = self.engine.n_vocab
         if any(not 0 <= tok < n_vocab for tok, _ in ask.sampling.logit_bias):
             raise InvalidRequest(f"'logit_bias' token ids must be below {n_vocab}", param="logit_bias")
-        slots = self.thread.batcher.slots_per_key
+        slots = len(self.thread.batcher.slots)
         if ask.sampling.n > slots:
-            raise InvalidRequest(f"'n' must be at most {slots} on this server (one slot per choice, and one key "
-                                 "holds at most this many; see --parallel and --slots-per-key)", param="n")
+            raise InvalidRequest(f"'n' must be at most {slots} on this server (one slot per choice; see --parallel)",
+                                 param="n")
         # Rendering, tokenizing and building a grammar take milliseconds: keep them off the event loop.
         return await asyncio.get_running_loop().run_in_executor(None, self._prepare, ask)
 
@@ -157,10 +157,15 @@ class LlamaBackend:
                tenant: str) -> "_Handle":
         sink = Sink(deliver=on_chunk, loop=asyncio.get_running_loop())
         jobs = [Job(prompt=list(tokens), params=params, tenant=tenant, sink=sink, constraint=prompt.constraint,
-                    first_index=i * params.n)
+                    first_index=i * params.n, capped=prompt.capped)
                 for i, tokens in enumerate(prompt.batch or (prompt.tokens,))]
         self.thread.submit(*jobs)
         return _Handle(jobs, self.thread)
+
+    @property
+    def key_slots(self) -> int:
+        """Slots one capped key's running requests may hold (--slots-per-key)."""
+        return self.thread.batcher.slots_per_key
 
     def embedding_job(self, prompt: Prompt) -> "EmbeddingJob":
         """A place in this model's embeddings queue for ``prompt.batch``. Raises OverloadedError when

@@ -37,6 +37,7 @@ class Job:
     prompt: list[int]
     params: SamplingParams          # max_tokens resolved (an int); ``n`` choices
     tenant: str = ""                # whose request (the API key's name); see Backend.submit
+    capped: bool = True             # the per-key caps apply (False: the operator's own key)
     constraint: Constraint | None = None  # grammar and tool-call parsing (output.py)
     first_index: int = 0            # choice index of the first of this job's n choices
     sink: object = None
@@ -94,12 +95,12 @@ class Batcher:
         wait beyond the free slots, the tenant would have more than ``queue_per_key`` jobs waiting, or a job has
         more choices than one key may hold slots."""
         jobs = [jobs] if isinstance(jobs, Job) else jobs
-        if any(job.params.n > self.slots_per_key for job in jobs):
+        if any(job.params.n > (self.slots_per_key if job.capped else len(self.slots)) for job in jobs):
             raise OverloadedError("a job has more choices than one key may hold slots", retry_after=1)
         if len(self.waiting) + len(jobs) - 1 >= self.free_slots() + self.max_queue:
             raise OverloadedError("all slots are busy and the wait queue is full", retry_after=1)
         if self.queue_per_key is not None:
-            for tenant in {job.tenant for job in jobs}:
+            for tenant in {job.tenant for job in jobs if job.capped}:
                 mine = sum(1 for job in jobs if job.tenant == tenant)
                 if self.waiting.count(tenant) + mine > self.queue_per_key:
                     raise OverloadedError("this key has too many requests waiting for a slot", retry_after=1)
@@ -146,7 +147,7 @@ class Batcher:
         while self.waiting:
             free = [s for s in self.slots if s.state is SlotState.FREE]
             for job in self.waiting.heads():
-                if self.held_by(job.tenant) + job.params.n > self.slots_per_key:
+                if job.capped and self.held_by(job.tenant) + job.params.n > self.slots_per_key:
                     continue
                 if len(free) < job.params.n:
                     return  # its turn: a job of n choices waits for n free slots
