@@ -67,7 +67,7 @@ def test_one_request_of_many_prompts_cannot_starve_another_key(make_server, no_e
         try:
             wait_for(lambda: srv.stats()["waiting"] > 0 and srv.stats()["active"] == 3,
                      what="the attack holding its slots with more waiting")
-            under = [timed(srv, victim_key, small) for _ in range(3)]
+            under = [timed(srv, victim_key, small) for _ in range(5)]
             waiting_after = srv.stats()["waiting"]
         finally:
             thread.join()
@@ -81,7 +81,8 @@ def test_one_request_of_many_prompts_cannot_starve_another_key(make_server, no_e
     quiet_time = max(quiet_before, quiet_after)
     under_time = statistics.median(t for t, _ in under)
     # Strict FIFO made the victim wait for the whole attack (40.8 s against 0.13 s quiet in the issue).
-    assert under_time < 8 * quiet_time, (under_time, quiet_time, result["took"])
+    # Now it shares the batch with the attack's slots: a small multiple on a busy 2-core machine.
+    assert under_time < 10 * quiet_time, (under_time, quiet_time, result["took"])
     assert under_time < result["took"] / 4, (under_time, result["took"])
     assert rss.grew_mb < 128, rss.report()
 
