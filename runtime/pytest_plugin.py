@@ -87,7 +87,8 @@ def start_server(model: str = "", parallel: int = 2, models: str = "", timeout: 
     key = "sk-test-" + secrets.token_hex(12)
     cmd = [sys.executable, "-m", "reverb.cli", "serve", "--host", "127.0.0.1", "--port", "0",
            "--ready-file", str(ready), "--db", str(workdir / "ledger.sqlite3"), "--api-key", key,
-           "--parallel", str(parallel), "--deterministic" if deterministic else "--no-deterministic", *extra]
+           "--parallel", str(parallel), "--slots-per-key", str(parallel),   # one suite: every slot is its own
+           "--deterministic" if deterministic else "--no-deterministic", *extra]
     if model:
         cmd += ["--model", model]
     if models:

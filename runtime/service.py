@@ -12,6 +12,7 @@ the one place a ledger row is built, for served and refused requests alike.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -22,7 +23,7 @@ from .errors import (ContextLengthExceeded, InsufficientCredit, InvalidRequest, 
 from . import upkeep
 from .fallbacks import Attempts, Candidate
 from .generation import Generation, Hooks, Settlement
-from .ledger import Ledger, RequestRecord, bounded_model
+from .ledger import Ledger, RequestRecord, Reservation, bounded_model
 from .models import registry as registry_mod
 from .models.registry import ModelSpec, Registry
 from .request import Account, Ask, RequestContext
@@ -49,6 +50,10 @@ class Service:
         self._tasks: set[asyncio.Task] = set()
         # request id -> (account, row, charge) whose settlement failed; retried on every heartbeat
         self._unsettled: dict[str, tuple[Account | None, RequestRecord, int]] = {}
+        # request id -> (lease epoch of its hold, its Generation or Embedding): the running requests that hold
+        # credit, ended should this server find its lease gone (upkeep.end_lost)
+        self._live: dict[str, tuple[int, object]] = {}
+        self._confirming: asyncio.Future | None = None   # a renewal in flight for streams that wait on it
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -87,10 +92,16 @@ class Service:
                 candidates.append(await self._candidate(*self.backend(name, ctx.account), ask))
             except RequestError as e:
                 log.info("request %s: fallback %s left out (%s)", ctx.request_id, name, e.code)
+        most = getattr(backend, "key_slots", None)   # a local model: choices one key may run at once
+        if not _holds(ctx.account):   # the operator's own key: not capped (docs/limits.md)
+            candidates = [replace(c, prompt=replace(c.prompt, capped=False)) for c in candidates]
+        elif most is not None and ask.sampling.n > most:
+            raise InvalidRequest(f"'n' must be at most {most} on this server (one slot per choice, and one key "
+                                 "holds at most this many; see --slots-per-key)", param="n", model=spec.name)
         hold = max(c.hold for c in candidates)
         # The hold also carries what a sweeper needs should this server die: prompt tokens and prices (the
         # model asked for; a fallback runs only before anything reached the client).
-        limits = await self._reserve(ctx, candidates[0], hold, max(_tokens(c) for c in candidates))
+        reservation = await self._reserve(ctx, candidates[0], hold, max(_tokens(c) for c in candidates))
         gen = Generation(spec.name, ctx.started, self.hooks,
                          on_end=lambda final: self._spawn(self._settle(ctx, final, gen, ask.stream)),
                          on_progress=upkeep.progress_hook(self, ctx) if ask.stream and _holds(ctx.account) else None)
@@ -100,10 +111,12 @@ class Service:
             # Nothing ran: release the hold in the same step that logs the refusal.
             await self._close(ctx, spec, "rejected", e.code, 0)
             raise
-        gen.limits = limits
+        gen.limits = reservation.limits
+        if reservation.epoch is not None:
+            upkeep.track(self, ctx.request_id, reservation.epoch, gen, gate=ask.stream)
         return gen
 
-    async def _reserve(self, ctx: RequestContext, first: Candidate, hold: int, tokens: int) -> dict:
+    async def _reserve(self, ctx: RequestContext, first: Candidate, hold: int, tokens: int) -> Reservation:
         """Hold credit and take the request's place in its limits (``Ledger.reserve``). A credit or budget
         refusal says what the request would hold against what is left, and the max_tokens that would pass."""
         spec = first.spec
@@ -151,7 +164,7 @@ class Service:
         """Check and reserve an embeddings request (``ask.prompt``, billed as prompt tokens). Raises a
         RequestError; from the returned value on, the request owns its ledger row."""
         spec, backend = self.backend(ask.model, ctx.account)
-        if not hasattr(backend, "embed") or backend.info.passthrough:
+        if not hasattr(backend, "embedding_job") or backend.info.passthrough:
             raise InvalidRequest(f"the model '{spec.name}' cannot make embeddings", param="model", model=spec.name)
         prompt = await backend.prepare(ask)
         limit = backend.info.ctx
@@ -159,11 +172,23 @@ class Service:
             if len(tokens) > limit:
                 raise ContextLengthExceeded(f"This model's maximum context length is {limit} tokens; input {i} "
                                             f"uses {len(tokens)}", param="input", model=spec.name)
-        limits = await self.db(self.ledger.reserve, ctx.account, ctx.request_id, spec.cost(prompt.n_tokens, 0),
-                               spec.name, ctx.endpoint, prompt.n_tokens, (spec.price_input, spec.price_output))
-        job = Embedding(self, ctx, spec, backend, prompt)
-        job.limits = limits
-        return job
+        cap = self.settings.max_embedding_tokens
+        if prompt.n_tokens > cap:
+            raise InvalidRequest(f"'input' has {prompt.n_tokens} tokens; one request may embed at most {cap} "
+                                 "(--max-embedding-tokens): split it", param="input", model=spec.name)
+        job = backend.embedding_job(prompt)   # a place in the bounded embeddings queue (503 when it is full)
+        try:
+            reservation = await self.db(self.ledger.reserve, ctx.account, ctx.request_id,
+                                        spec.cost(prompt.n_tokens, 0), spec.name, ctx.endpoint, prompt.n_tokens,
+                                        (spec.price_input, spec.price_output))
+        except BaseException:
+            job.release()
+            raise
+        embedding = Embedding(self, ctx, spec, job)
+        embedding.limits = reservation.limits
+        if reservation.epoch is not None:
+            upkeep.track(self, ctx.request_id, reservation.epoch, embedding)
+        return embedding
 
     async def reject(self, ctx: RequestContext, error: ReverbError, model: str | None = None) -> None:
         """Log a request refused before it ran. Never raises: a full disk must not turn a 4xx into a 500."""
@@ -175,6 +200,7 @@ class Service:
         self.hooks.settled(record, 0)
 
     async def _settle(self, ctx: RequestContext, final: Chunk, gen: Generation, stream: bool) -> None:
+        self._live.pop(ctx.request_id, None)
         spec = self.registry.resolve(gen.model)  # the model that ran: the one asked for, or a fallback
         usage = final.usage or Usage(0, 0)
         err = final.error
@@ -228,6 +254,9 @@ class Service:
     def close(self) -> None:
         for backend in self.backends.values():
             backend.close()
+        for _, live in list(self._live.values()):   # stopped by the backends' close: billed for what they computed
+            if isinstance(live, Embedding):
+                live.settle_at_stop()
         self._db_pool.shutdown(wait=True)
         try:
             upkeep.retry_unsettled(self)
@@ -260,36 +289,80 @@ def _holds(account: Account | None) -> bool:
 
 
 class Embedding:
-    """A reserved embeddings request; ``run`` computes the vectors and settles the ledger whatever happens.
-    Like a Generation, it exposes ``model`` and ``settled`` (the access log reads them)."""
+    """A reserved embeddings request; ``run`` computes the vectors and settles the ledger whatever happens, billed
+    for the tokens computed (all of them, or those read before the client left or the server stopped).
+    Like a Generation, it exposes ``model``, ``settled``, ``cancel`` and ``lose``."""
 
-    def __init__(self, service: Service, ctx: RequestContext, spec: ModelSpec, backend: Backend, prompt):
-        self._service, self._ctx, self._spec, self._backend, self._prompt = service, ctx, spec, backend, prompt
+    def __init__(self, service: Service, ctx: RequestContext, spec: ModelSpec, job):
+        self._service, self._ctx, self._spec, self._job = service, ctx, spec, job
         self.model = spec.name
         self.limits: dict = {}   # the rate-limit header values its reservation returned
+        self.lost: Exception | None = None
         self.settled: asyncio.Future[Settlement] = asyncio.get_running_loop().create_future()
 
+    def cancel(self) -> None:
+        """The client went away: stop within one chunk."""
+        self._job.cancel()
+
+    def lose(self, error: Exception) -> None:
+        """This server lost the hold it runs under: stop, and fail with ``error``."""
+        self.lost = error
+        self._job.cancel()
+
     async def run(self) -> tuple[list[list[float]], Usage, int]:
-        """(vectors, usage, price). Raises what the backend raises (nothing is charged then) or LedgerError."""
-        svc, ctx, spec = self._service, self._ctx, self._spec
+        """(vectors, usage, price). Raises what the backend raises (nothing is charged then), OverloadedError
+        when stopped before the end (the server is stopping; what was computed is charged), or LedgerError."""
+        svc, ctx, job = self._service, self._ctx, self._job
+        work = job.run()
         try:
-            vectors = await self._backend.embed(self._prompt)
+            vectors = await asyncio.shield(work)
         except BaseException as e:
             cancelled = isinstance(e, asyncio.CancelledError)
-            code = None if cancelled else e.code if isinstance(e, ReverbError) else "engine_error"
-            # shielded: a client that leaves mid-request must still leave its row and its refund behind
-            closing = asyncio.ensure_future(svc._close(ctx, spec, "cancelled" if cancelled else "failed", code, 0))
-            self._resolve(await asyncio.shield(closing))
+            code = e.code if isinstance(e, ReverbError) else "engine_error"
+            job.cancel()
+
+            async def close() -> Settlement:
+                if cancelled:   # the request was cut (the drain's end): the thread stops within one chunk
+                    with contextlib.suppress(Exception):
+                        await work
+                    return await self._close("cancelled", None)
+                return await self._close("failed", code, charge=False)
+            # shielded: a request cut mid-way must still leave its row and its refund behind
+            await asyncio.shield(asyncio.ensure_future(close()))
             raise
-        usage = Usage(self._prompt.n_tokens, 0)
+        finally:
+            svc._live.pop(ctx.request_id, None)
+        if vectors is None:   # stopped early: the client left, the server is stopping, or it lost its lease
+            await self._close("failed" if self.lost else "cancelled", self.lost.code if self.lost else None)
+            raise self.lost or OverloadedError("the embeddings request was stopped before its end (the client left "
+                                               "or the server is stopping)", retry_after=5)
+        settlement = await self._close("completed", None)
+        return vectors, Usage(job.computed, 0), settlement.price
+
+    async def _close(self, status: str, code: str | None, charge: bool = True) -> Settlement:
+        """Settle for the tokens computed (nothing with ``charge`` False) and resolve ``settled``. Raises
+        LedgerError (``settled`` then holds it)."""
+        computed = self._job.computed
         try:
-            settlement = await svc._close(ctx, spec, "completed", None, spec.cost(usage.prompt_tokens, 0), usage)
+            settlement = await self._service._close(self._ctx, self._spec, status, code,
+                                                    self._spec.cost(computed, 0) if charge else 0, Usage(computed, 0))
         except LedgerError as e:
-            self.settled.set_exception(e)
-            self.settled.exception()  # retrieved: the handler raises it
+            if not self.settled.done():
+                self.settled.set_exception(e)
+                self.settled.exception()  # retrieved: the caller raises it
             raise
         self._resolve(settlement)
-        return vectors, usage, settlement.price
+        return settlement
+
+    def settle_at_stop(self) -> None:
+        """Blocking (the server is stopping; the job has stopped): settle for what was computed, unless the
+        request settles itself first (the ledger settles a hold once)."""
+        svc, ctx, spec, computed = self._service, self._ctx, self._spec, self._job.computed
+        record = svc._record(ctx, spec.name, "cancelled", None, Usage(computed, 0))
+        try:
+            svc.ledger.settle(ctx.account, record, spec.cost(computed, 0))
+        except LedgerError:
+            pass   # settled already by the request itself, or left to this server's retire (refunded)
 
     def _resolve(self, settlement: Settlement) -> None:
         if not self.settled.done():

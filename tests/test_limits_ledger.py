@@ -96,8 +96,8 @@ def test_window_admits_exactly_when_there_is_room(tmp_path_factory, ops, rpm, tp
                 events[rid] = [clock.t, value]
                 open_.append(rid)
                 window = [e for e in events.values() if e[0] > clock.t - 60_000]
-                assert got["requests"][:2] == (rpm, rpm - len(window))
-                assert got["tokens"][:2] == (tpm, tpm - sum(e[1] for e in window))
+                assert got.limits["requests"][:2] == (rpm, rpm - len(window))
+                assert got.limits["tokens"][:2] == (tpm, tpm - sum(e[1] for e in window))
         assert led.invariant()["ok"]
 
 
@@ -183,7 +183,7 @@ def test_team_limits_credit_and_budget_bind_every_key(ledger):
         ledger.reserve(b, "b2", 10, "m", "chat")
     ledger.reserve(a, "a1", 10, "m", "chat")
     got = ledger.reserve(a, "a2", 10, "m", "chat")
-    assert got["requests"][:2] == (3, 0)                         # the team's window: 3 of 3 used
+    assert got.limits["requests"][:2] == (3, 0)                         # the team's window: 3 of 3 used
     with pytest.raises(RateLimited, match="team 't'"):
         ledger.reserve(a, "a3", 10, "m", "chat")
     ledger.clock.t += 60_000

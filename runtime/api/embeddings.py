@@ -2,7 +2,8 @@
 
 ``input`` is a string or a list of strings; each becomes one unit-length vector (the model's own pooling, or the
 mean of its last hidden states; see Engine.embed). ``encoding_format`` is ``float`` or ``base64`` (little-endian
-float32, what OpenAI's SDK asks for by default). Billed as prompt tokens, held and logged like a chat request.
+float32, what OpenAI's SDK asks for by default). Billed as prompt tokens, held and logged like a chat request;
+bounded in inputs, tokens and queued requests (docs/limits.md).
 """
 
 from __future__ import annotations
@@ -19,10 +20,7 @@ from ..service import Service
 from . import params as P
 from . import surface
 from .body import read_json
-from .stream import keep_body
-
-MAX_INPUTS = 256
-
+from .stream import cancel_on_disconnect, keep_body
 
 def parse(body: dict, settings) -> tuple[Ask, str]:
     """Wire JSON -> (Ask, encoding_format). Raises InvalidRequest naming ``param``."""
@@ -31,8 +29,9 @@ def parse(body: dict, settings) -> tuple[Ask, str]:
     model = P.model(body)
     value = body.get("input")
     items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list) or not items or len(items) > MAX_INPUTS:
-        raise InvalidRequest(f"'input' must be a string or an array of 1 to {MAX_INPUTS} strings", param="input")
+    most = settings.max_embedding_inputs
+    if not isinstance(items, list) or not items or len(items) > most:
+        raise InvalidRequest(f"'input' must be a string or an array of 1 to {most} strings", param="input")
     for i, text in enumerate(items):
         where = "input" if isinstance(value, str) else f"input[{i}]"
         if not isinstance(text, str) or not text:
@@ -60,7 +59,8 @@ async def embeddings(request: Request) -> JSONResponse:
     ctx = keep_body(request, body)
     job = await service.start_embedding(ctx, ask)
     request.state.generation = job  # from here on the request owns its ledger row
-    vectors, usage, price = await job.run()
+    async with cancel_on_disconnect(request.receive, job):   # a client that leaves stops it within one chunk
+        vectors, usage, price = await job.run()
     return JSONResponse({
         "object": "list", "model": job.model,
         "data": [{"object": "embedding", "index": i, "embedding": _encode(v, fmt)} for i, v in enumerate(vectors)],

@@ -10,7 +10,6 @@ from __future__ import annotations
 from ..grammar.tools import MAX_TOOLS
 from ..settings import Settings
 from .completions import MAX_LOGPROBS, MAX_PROMPTS
-from .embeddings import MAX_INPUTS
 from .params import (LOGIT_BIAS_RANGE, MAX_ID_CHARS, MAX_LOGIT_BIAS, MAX_STOP, MAX_STOP_CHARS, MAX_TOOL_CALLS, ROLES,
                      SAMPLING_FIELDS)
 from .surface import MAX_METADATA, MAX_N, MAX_TOP_LOGPROBS
@@ -143,7 +142,8 @@ def schemas(settings: Settings) -> dict:
         "EmbeddingRequest": {
             "type": "object", "required": ["model", "input"],
             "properties": {"model": {"type": "string"},
-                           "input": {"oneOf": [prompt_text, {"type": "array", "minItems": 1, "maxItems": MAX_INPUTS,
+                           "input": {"oneOf": [prompt_text, {"type": "array", "minItems": 1,
+                                                             "maxItems": settings.max_embedding_inputs,
                                                              "items": prompt_text}]},
                            "encoding_format": {"enum": ["float", "base64"]},
                            "user": {"type": "string", "maxLength": MAX_ID_CHARS}},

@@ -24,8 +24,10 @@ import hashlib
 import hmac
 import logging
 import re
+import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import AuthenticationError, ConfigError, InsufficientCredit, LedgerError
 from ..request import Account
@@ -35,6 +37,14 @@ from .periods import stamp
 from .reports import Reports
 from .records import RequestRecord, printable
 from .schema import MIGRATIONS
+
+
+class Reservation(NamedTuple):
+    """What a hold returned: the rate-limit header values, and the lease epoch the hold belongs to (None when
+    nothing is held: an unlimited key)."""
+
+    limits: dict
+    epoch: int | None
 
 log = logging.getLogger("reverb.ledger")
 
@@ -155,18 +165,20 @@ class Ledger(Management, Reports):
     # -- money --------------------------------------------------------------------------------------------
 
     def reserve(self, account: Account, request_id: str, amount: int, model: str, endpoint: str,
-                prompt_tokens: int = 0, prices: tuple[int, int] = (0, 0), tokens: int | None = None) -> dict:
+                prompt_tokens: int = 0, prices: tuple[int, int] = (0, 0), tokens: int | None = None) -> Reservation:
         """Hold ``amount`` of the account's credit (and its team's) for this server's instance, and take the
         request's place in every limit of the key and its team (``tokens``: prompt + max_tokens, for tokens per
-        minute; default ``prompt_tokens``). Returns the rate-limit header values. Raises InsufficientCredit,
+        minute; default ``prompt_tokens``). Returns the rate-limit header values and the lease epoch the hold
+        belongs to (``Reservation``). Raises InsufficientCredit,
         BudgetExceeded, RateLimited or AuthenticationError without changing anything, LedgerError when this
         process holds no live lease."""
         if account.unlimited:
-            return {}
+            return Reservation({}, None)
         if amount > MAX_BALANCE:
             raise InsufficientCredit("not enough credit for this request")
         tokens = prompt_tokens if tokens is None else tokens
         self.lease.require()
+        started = time.monotonic()
 
         def tx(db):
             # The conditional debit takes the key's row lock (then the team's: always in this order), so the
@@ -193,7 +205,7 @@ class Ledger(Management, Reports):
                 now_ms = now_ms or self._now_ms(db)
                 rates = limits.tighter(rates, limits.check(db, team, now_ms, amount, tokens))
                 team_held = amount if team.balance is not None else 0
-            leases.insert_hold(self.lease, db, request_id, account.key_id, amount, model, endpoint,
+            lost = leases.insert_hold(self.lease, db, request_id, account.key_id, amount, model, endpoint,
                                prompt_tokens, prices, now(), team.id if team else None, team_held)
             if key.rated or (team is not None and team.rated):
                 db.execute("DELETE FROM rate_events WHERE key_id = ? AND at_ms <= ?",
@@ -201,8 +213,10 @@ class Ledger(Management, Reports):
                 db.execute("INSERT INTO rate_events (request_id, key_id, team_id, at_ms, tokens) "
                            "VALUES (?, ?, ?, ?, ?)", (request_id, account.key_id, team.id if team else None,
                                                       now_ms, tokens))
-            return rates
-        return self.engine.write(tx)
+            return rates, lost
+        rates, lost = self.engine.write(tx)
+        self.lease.renewed(started, lost)
+        return Reservation(rates, self.lease.epoch)
 
     def progress(self, request_id: str, delivered_tokens: int) -> None:
         """Raise a stream's delivered-token high-water mark (what a sweeper charges if this server dies)."""
