@@ -142,8 +142,8 @@ def reverb_server(request, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def _reverb_keys(reverb_server, request):
-    from .testkit.usage import TestKeys
-    keys = TestKeys(reverb_server.db_path, request.config._reverb_prices)
+    from .testkit.usage import KeyRing
+    keys = KeyRing(reverb_server.db_path, request.config._reverb_prices)
     yield keys
     keys.close()
 

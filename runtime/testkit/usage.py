@@ -60,7 +60,7 @@ def parse_prices(text: str) -> Prices | None:
     return Prices(seen.get("input", Decimal(0)), seen.get("output", Decimal(0)))
 
 
-class TestKeys:
+class KeyRing:
     """Keys for tests in one server's ledger, opened in this process."""
 
     def __init__(self, db_path: Path, prices: Prices | None = None):
