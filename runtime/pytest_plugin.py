@@ -37,7 +37,9 @@ OPTIONS = [
     ("top", "10", "how many of the most expensive tests the terminal summary lists (0: none)"),
 ]
 USAGE = "reverb_usage"   # the report's user property carrying a test's usage (crosses xdist to the controller)
+MISSES = "reverb_replay_misses"
 _CONFIG_USAGE: list[tuple[str, dict]] = []   # (nodeid, usage) of this run's tests, for the terminal summary
+_MISSES: list[tuple[str, list[str]]] = []    # (nodeid, requests not in its cassette)
 
 
 def pytest_addoption(parser) -> None:
@@ -45,6 +47,13 @@ def pytest_addoption(parser) -> None:
     for name, default, help_ in OPTIONS:
         group.addoption(f"--reverb-{name}", default=None, help=help_)
         parser.addini(f"reverb_{name.replace('-', '_')}", help_, default=default)
+    group.addoption("--reverb-record", action="store_true", help="write one cassette per test from what the "
+                    "server answered (run against a real provider: --reverb-models with a source = \"openai\" entry)")
+    group.addoption("--reverb-replay", nargs="?", const="on", default=None, choices=("on", "strict"),
+                    help="answer from each test's cassette; a request not in it is answered by the tiny model and "
+                    "reported as a miss (strict: the test fails)")
+    group.addoption("--reverb-cassettes", default=None, metavar="DIR", help="where cassettes live (default: a "
+                    "cassettes/ folder beside each test file)")
 
 
 def pytest_configure(config) -> None:
@@ -59,6 +68,9 @@ def pytest_configure(config) -> None:
     if budget and not budget.isdigit():
         raise pytest.UsageError(f"--reverb-budget-tokens takes a whole number, not {budget!r}")
     _CONFIG_USAGE.clear()
+    _MISSES.clear()
+    if config.getoption("--reverb-record") and config.getoption("--reverb-replay"):
+        raise pytest.UsageError("--reverb-record and --reverb-replay exclude each other")
 
 
 def _opt(config, name: str) -> str:
@@ -84,6 +96,7 @@ class ReverbTest:
     _keys: object = field(repr=False)
     _control: object = field(repr=False, default=None)
     _client: object = field(repr=False, default=None)
+    cassette: object = field(repr=False, default=None)   # its cassette's path when replaying
 
     base_url = property(lambda self: self.server.base_url)
     model = property(lambda self: self.server.model)
@@ -151,10 +164,23 @@ def _reverb_keys(reverb_server, request):
 @pytest.fixture
 def reverb(request, reverb_server, _reverb_keys):
     """This test's own key on the session's server (see ``ReverbTest``)."""
+    from .testkit import cassettes
     name, raw = _reverb_keys.create(request.node.nodeid)
     test = ReverbTest(server=reverb_server, api_key=raw, key_name=name, _keys=_reverb_keys)
     request.node._reverb_test = test
+    cfg = request.config
+    root = cfg.getoption("--reverb-cassettes")
+    path = cassettes.cassette_path(request.node.path, request.node.name, root and cfg.rootpath / root)
+    if cfg.getoption("--reverb-record"):
+        test.control.record()
+    elif cfg.getoption("--reverb-replay"):
+        test.cassette = path
+        test.control.replay(cassettes.read(path), reverb_server.model)
     yield test
+    if cfg.getoption("--reverb-record"):
+        items = cassettes.interactions(test.requests())
+        if items:
+            cassettes.write(path, request.node.nodeid, items)
     if test._control is not None:
         test._control.reset()
 
@@ -179,15 +205,31 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         report.longrepr = f"{why} ({usage.requests} requests, {usage.prompt_tokens} prompt + " \
                           f"{usage.completion_tokens} completion tokens, cost {usage.cost:.6f})"
+    if getattr(test, "cassette", None) is not None:
+        from .testkit.cassettes import misses
+        missed = misses(test.requests())
+        if missed:
+            report.user_properties.append((MISSES, missed))
+            if item.config.getoption("--reverb-replay") == "strict" and report.passed:
+                report.outcome = "failed"
+                report.longrepr = (f"reverb replay (strict): {len(missed)} request(s) not in {test.cassette}: "
+                                   + ", ".join(missed))
 
 
 def pytest_runtest_logreport(report) -> None:
     for name, value in getattr(report, "user_properties", ()):
         if name == USAGE and report.when == "call":
             _CONFIG_USAGE.append((report.nodeid, value))
+        elif name == MISSES and report.when == "call":
+            _MISSES.append((report.nodeid, value))
 
 
 def pytest_terminal_summary(terminalreporter, config) -> None:
+    if _MISSES:
+        terminalreporter.write_sep("-", f"reverb replay: {len(_MISSES)} test(s) sent requests not in their "
+                                        "cassette (answered by the tiny model; re-record them)")
+        for nodeid, missed in _MISSES:
+            terminalreporter.write_line(f"MISS {nodeid}: {', '.join(missed)}")
     top = int(_opt(config, "top") or 0)
     rows = sorted(_CONFIG_USAGE, key=lambda r: (-r[1]["tokens"], -r[1]["requests"], r[0]))[:top]
     if not rows:

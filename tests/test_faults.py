@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import jsonschema
 import pytest
 from starlette.testclient import TestClient
@@ -147,3 +149,42 @@ def test_prices_and_budgets():
     assert over_budget(u, tokens=15, requests=2, cost=0.5) is None
     assert "16" not in (over_budget(u, tokens=14) or "") and "15 tokens used" in over_budget(u, tokens=14)
     assert "2 requests used" in over_budget(u, requests=1) and "cost" in over_budget(u, cost=0.1)
+
+
+def test_replay_matching_ignores_ids_times_and_whitespace():
+    from reverb.api.replay import Cassette, request_key
+    body = {"model": "m", "user": "u1", "messages": [
+        {"role": "assistant", "tool_calls": [{"id": "call_abc123XYZ", "function": {"name": "f"}}]},
+        {"role": "tool", "tool_call_id": "call_abc123XYZ", "content": "at 2026-12-05T17:40:52Z, id 7f9c2e7b-..."},
+        {"role": "user", "content": " Hello\n  world "}]}
+    same = json.loads(json.dumps(body))
+    same["user"], same["messages"][0]["tool_calls"][0]["id"] = "u2", "call_zzz999QQQ"
+    same["messages"][1].update(tool_call_id="call_zzz999QQQ", content="at 2027-01-01T00:00:00.5+01:00, id 7f9c2e7b-...")
+    same["messages"][2]["content"] = "Hello world"
+    assert request_key("POST", "/v1/chat/completions", body) == request_key("POST", "/v1/chat/completions", same)
+    changed = json.loads(json.dumps(same))
+    changed["messages"][2]["content"] = "Hello there"
+    assert request_key("POST", "/v1/chat/completions", changed) != request_key("POST", "/v1/chat/completions", body)
+    resp = {"status": 200, "headers": {"content-type": "text/event-stream", "x-request-id": "req_1"},
+            "chunks": ["data: 1\n\n", {"base64": "AP8="}]}
+    request = {"method": "POST", "path": "/p", "body": body}
+    c = Cassette([{"request": request, "response": resp}, {"request": request, "response": {**resp, "status": 201}}],
+                 "m")
+    assert [c.match("POST", "/p", same)[1] for _ in range(3)] == [200, 201, 201]   # in order, then the last again
+    assert c.match("POST", "/p", changed) is None and c.match("POST", "/q", same) is None
+    entry = c.match("POST", "/p", same)
+    assert entry[2] == [(b"content-type", b"text/event-stream")] and entry[3] == [b"data: 1\n\n", b"\x00\xff"]
+
+
+def test_a_cassette_replays_through_the_app_and_a_miss_goes_to_the_local_model(http):
+    recorded = {"status": 200, "headers": {"content-type": "application/json"}, "chunks": ['{"answer": ', '"x"}']}
+    body = {**CHAT, "model": "gpt-somewhere"}
+    r = control(http, "cassette", {"key": "k", "model": "smollm2-135m", "interactions": [
+        {"request": {"method": "POST", "path": "/v1/chat/completions", "body": body}, "response": recorded}]})
+    assert r.json() == {"ok": True}
+    assert http.post("/v1/chat/completions", json=body, headers=auth()).json() == {"answer": "x"}
+    miss = http.post("/v1/chat/completions", json={**body, "max_tokens": 3}, headers=auth())
+    assert miss.status_code == 200 and miss.json()["model"] == "smollm2-135m"
+    assert [e["replay"] for e in control(http, "journal", {"key": "k"}).json()["requests"]] == ["hit", "miss"]
+    assert control(http, "cassette", {"key": "k", "interactions": [{"request": {}}]}).status_code == 400
+    assert control(http, "cassette", {"key": "k", "interactions": "no"}).status_code == 400

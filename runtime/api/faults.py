@@ -7,7 +7,10 @@ routes, each a POST with ``X-Reverb-Control: SECRET`` and a JSON body naming the
   adds a fault for the next ``times`` requests of that key (default 1), or for a seeded fraction ``rate`` of them;
 - ``/_reverb/journal`` ``{"key"}`` returns what that key sent: time, method, path, headers (minus credentials),
   body, the status answered and the fault applied;
-- ``/_reverb/reset``   ``{"key"}`` forgets the key's faults and journal.
+- ``/_reverb/record``  ``{"key"}`` keeps each answer (status, headers, body chunks) in the journal, for a cassette;
+- ``/_reverb/cassette`` ``{"key", "interactions", "model"}`` answers the key's matching requests from recorded
+  interactions (api/replay.py); a miss goes to ``model`` (the local one) and is marked in the journal;
+- ``/_reverb/reset``   ``{"key"}`` forgets the key's faults, journal and cassette.
 
 Faults apply to the generating routes (chat, completions, embeddings, the gateway), each in the route's own dialect:
 status kinds answer with that dialect's error body (``429`` carries ``Retry-After``, ``503`` too); ``reset`` cuts
@@ -35,6 +38,7 @@ from starlette.responses import JSONResponse
 from ..errors import (AuthenticationError, ContextLengthExceeded, EngineError, InsufficientCredit, InvalidRequest,
                       NotFound, OverloadedError, ReverbError, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable)
 from .errors import error_response
+from .replay import Cassette, capturing, with_model
 from .routes import endpoint_of
 
 PREFIX = "/_reverb/"
@@ -119,6 +123,8 @@ class Faults:
         self.secret = secret.encode()
         self.rules: dict[bytes, list[Fault]] = {}
         self.journals: collections.OrderedDict[bytes, collections.deque] = collections.OrderedDict()
+        self.cassettes: dict[bytes, Cassette] = {}   # replay: answers recorded for this key
+        self.recording: set[bytes] = set()           # record: keep each answer in the journal
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -129,7 +135,7 @@ class Faults:
         if not raw or not raw.lower().startswith("bearer "):
             return await self.app(scope, receive, send)
         key = _digest(raw[7:].strip())
-        body, receive = await _buffered(receive)
+        body, tail = await _buffered(receive)
         entry = {"t": time.time(), "method": scope["method"], "path": scope["path"],
                  "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
                              if k.lower() not in HIDDEN_HEADERS},
@@ -140,32 +146,42 @@ class Faults:
             fault = next((f for f in self.rules.get(key, ()) if f.take()), None)
         send = _recording(send, entry)
         try:
-            if fault is None:
-                return await self.app(scope, receive, send)
-            entry["fault"] = fault.kind
-            await self.inject(fault, scope, receive, send)
+            if fault is not None:
+                entry["fault"] = fault.kind
+                return await self.inject(fault, scope, receive, _receiver(body, tail, receive), send)
+            cassette = self.cassettes.get(key)
+            if cassette is not None and scope["method"] == "POST":
+                hit = cassette.match(scope["method"], scope["path"], entry["body"])
+                entry["replay"] = "hit" if hit else "miss"
+                if hit:
+                    return await Cassette.replay(hit, send)
+                body = with_model(entry["body"], cassette.model) or body   # the recorded model is not here
+            if key in self.recording:
+                send = capturing(send, entry)
+            await self.app(scope, _receiver(body, tail, receive), send)
         finally:
             entry["t_end"] = time.time()
 
-    async def inject(self, fault: Fault, scope, receive, send) -> None:
+    async def inject(self, fault: Fault, scope, receive, app_receive, send) -> None:
+        """``receive`` is the connection's (to notice the client leaving), ``app_receive`` replays the body."""
         ctx = scope["state"]["ctx"]
         scope["state"]["error_code"] = "injected_" + fault.kind
         if fault.kind in STATUS_KINDS:
-            await error_response(status_error(fault), ctx.dialect, ctx.request_id)(scope, receive, send)
+            await error_response(status_error(fault), ctx.dialect, ctx.request_id)(scope, app_receive, send)
         elif fault.kind == "reset":
             await _cut(scope, receive, reset=True)
         elif fault.kind == "stall" and fault.after == 0:
             await _until_gone(receive, fault.seconds)
-            await self.app(scope, receive, send)
+            await self.app(scope, app_receive, send)
         else:
-            await self.app(scope, receive, _stream_fault(fault, scope, receive, send))
+            await self.app(scope, app_receive, _stream_fault(fault, scope, receive, send))
 
     async def control(self, scope, receive):
         given = _header(scope, b"x-reverb-control") or ""
         if not hmac.compare_digest(given.encode(), self.secret):
             return error_response(AuthenticationError("test control needs X-Reverb-Control"), "openai")
         action = scope["path"][len(PREFIX):]
-        if scope["method"] != "POST" or action not in ("faults", "journal", "reset"):
+        if scope["method"] != "POST" or action not in ("faults", "journal", "reset", "record", "cassette"):
             return error_response(NotFound("Unknown control path"), "openai")
         body, _ = await _buffered(receive)
         try:
@@ -187,8 +203,18 @@ class Faults:
             return JSONResponse({"ok": True})
         if action == "journal":
             return JSONResponse({"requests": list(self.journals.get(key, ()))})
-        self.rules.pop(key, None)
-        self.journals.pop(key, None)
+        if action == "record":
+            self.recording.add(key)
+            return JSONResponse({"ok": True})
+        if action == "cassette":
+            try:
+                self.cassettes[key] = Cassette(data.get("interactions"), str(data.get("model") or ""))
+            except (KeyError, TypeError, ValueError, AttributeError, UnicodeError):
+                return error_response(InvalidRequest("not a cassette", param="interactions"), "openai")
+            return JSONResponse({"ok": True})
+        for table in (self.rules, self.journals, self.cassettes):
+            table.pop(key, None)
+        self.recording.discard(key)
         return JSONResponse({"ok": True})
 
     def _journal(self, key: bytes) -> collections.deque:
@@ -253,27 +279,26 @@ async def _until_gone(receive, seconds: float) -> None:
 
 
 async def _buffered(receive):
-    """Read the whole body (test servers only; at most MAX_BODY kept in the journal) and a ``receive`` that
-    replays it, then passes through (a disconnect still arrives)."""
-    parts, more, size = [], True, 0
+    """Read the whole body (test servers only; at most MAX_BODY kept in the journal). Returns it and whatever
+    arrived instead of its end (a disconnect), for ``_receiver``."""
+    parts, more = [], True
     while more:
         message = await receive()
         if message["type"] != "http.request":
-            replay = [message]
-            break
+            return b"".join(parts), [message]
         parts.append(message.get("body", b""))
-        size += len(parts[-1])
         more = message.get("more_body", False)
-    else:
-        replay = [{"type": "http.request", "body": b"".join(parts), "more_body": False}]
-    body = b"".join(parts)
-    if replay[0]["type"] != "http.request":
-        replay.insert(0, {"type": "http.request", "body": body, "more_body": False})
+    return b"".join(parts), []
+
+
+def _receiver(body: bytes, tail: list, receive):
+    """A ``receive`` that hands the app ``body`` whole, then passes through (a disconnect still arrives)."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}, *tail]
 
     async def replaying():
-        return replay.pop(0) if replay else await receive()
+        return pending.pop(0) if pending else await receive()
 
-    return body, replaying
+    return replaying
 
 
 def _recording(send, entry: dict):

@@ -47,6 +47,14 @@ class Control:
     def reset(self) -> None:
         self._post("reset", {})
 
+    def record(self) -> None:
+        """Keep each answer in the journal (for a cassette)."""
+        self._post("record", {})
+
+    def replay(self, interactions: list[dict], model: str) -> None:
+        """Answer matching requests from ``interactions``; send a miss to ``model``."""
+        self._post("cassette", {"interactions": interactions, "model": model})
+
     # -- verdicts -------------------------------------------------------------------------------------------
 
     def assert_honours_retry_after(self) -> None:
