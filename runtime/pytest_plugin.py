@@ -35,6 +35,8 @@ OPTIONS = [
     ("budget-tokens", "", "fail any test that uses more tokens than this (prompt + completion)"),
     ("prices", "", "cost per 1M tokens for the summary, e.g. input=2.50,output=10 (default: the catalogue's)"),
     ("top", "10", "how many of the most expensive tests the terminal summary lists (0: none)"),
+    ("xdist", "shared", "under pytest-xdist: one server for all workers, started by the controller (shared), or "
+     "one per worker with the cores split between them (per-worker)"),
 ]
 USAGE = "reverb_usage"   # the report's user property carrying a test's usage (crosses xdist to the controller)
 MISSES = "reverb_replay_misses"
@@ -71,6 +73,12 @@ def pytest_configure(config) -> None:
     _MISSES.clear()
     if config.getoption("--reverb-record") and config.getoption("--reverb-replay"):
         raise pytest.UsageError("--reverb-record and --reverb-replay exclude each other")
+    mode = _opt(config, "xdist")
+    if mode not in ("shared", "per-worker"):
+        raise pytest.UsageError(f"--reverb-xdist takes shared or per-worker, not {mode!r}")
+    if mode == "shared" and config.pluginmanager.hasplugin("xdist") and not hasattr(config, "workerinput") \
+            and config.getoption("numprocesses", None):
+        config.pluginmanager.register(_XdistController(config), "reverb-xdist-controller")
 
 
 def _opt(config, name: str) -> str:
@@ -139,16 +147,51 @@ class ReverbTest:
         return self.control.assert_rejects_truncated_stream(**kw)
 
 
+def _start(cfg, workdir, workers: int = 1, shared: bool = False) -> ReverbServer:
+    parallel = int(_opt(cfg, "parallel"))
+    return start_server(model=_opt(cfg, "model"), parallel=max(parallel, workers) if shared else parallel,
+                        models=_opt(cfg, "models"), timeout=float(_opt(cfg, "startup-timeout")), workdir=workdir,
+                        deterministic=_flag(_opt(cfg, "deterministic"), "--reverb-deterministic"),
+                        threads=int(os.environ.get("REVERB_THREADS") or 0) or (
+                            0 if shared else split_threads(workers)))
+
+
+class _XdistController:
+    """With pytest-xdist and ``--reverb-xdist shared``: the controller starts one server, on the first worker's
+    start, and hands it to every worker (``workerinput``); it lives as long as the controller."""
+
+    def __init__(self, config):
+        self.config = config
+        self.server: ReverbServer | None = None
+
+    def pytest_configure_node(self, node) -> None:
+        if self.server is None:
+            import tempfile
+            from pathlib import Path
+            workers = int(self.config.option.numprocesses or 1)   # xdist has resolved "auto" by now
+            self.server = _start(self.config, Path(tempfile.mkdtemp(prefix="reverb-xdist-")), workers, shared=True)
+        s = self.server
+        node.workerinput["reverb_server"] = {
+            "base_url": s.base_url, "api_key": s.api_key, "model": s.model, "startup_seconds": s.startup_seconds,
+            "db_path": str(s.db_path), "control_secret": s.control_secret, "workdir": str(s.workdir)}
+
+    def pytest_unconfigure(self, config) -> None:
+        if self.server is not None:
+            stop_server(self.server)
+
+
 @pytest.fixture(scope="session")
 def reverb_server(request, tmp_path_factory):
-    """The session's real reverb server with the tiny model (one per xdist worker, threads split between them)."""
+    """The session's real reverb server with the tiny model (under xdist: the controller's, or one per worker)."""
     cfg = request.config
+    given = getattr(cfg, "workerinput", {}).get("reverb_server")
+    if given:
+        from pathlib import Path
+        yield ReverbServer(**{**given, "db_path": Path(given["db_path"]), "workdir": Path(given["workdir"])},
+                           process=None)
+        return
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-    server = start_server(model=_opt(cfg, "model"), parallel=int(_opt(cfg, "parallel")),
-                          models=_opt(cfg, "models"), timeout=float(_opt(cfg, "startup-timeout")),
-                          workdir=tmp_path_factory.mktemp("reverb"),
-                          deterministic=_flag(_opt(cfg, "deterministic"), "--reverb-deterministic"),
-                          threads=int(os.environ.get("REVERB_THREADS") or 0) or split_threads(workers))
+    server = _start(cfg, tmp_path_factory.mktemp("reverb"), workers)
     yield server
     stop_server(server)
 

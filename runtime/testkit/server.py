@@ -90,7 +90,10 @@ def start_server(model: str = "", parallel: int = 2, models: str = "", timeout: 
 
 
 def stop_server(server: ReverbServer, timeout: float = 30) -> int:
-    """SIGTERM, wait for the graceful drain, kill if it does not come."""
+    """SIGTERM, wait for the graceful drain, kill if it does not come. A server this process did not start
+    (an xdist worker's view of the controller's) is left alone."""
+    if server.process is None:
+        return 0
     if server.process.poll() is None:
         server.process.send_signal(signal.SIGTERM)
         try:
