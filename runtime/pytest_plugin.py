@@ -61,6 +61,8 @@ def pytest_addoption(parser) -> None:
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "reverb_budget(tokens=None, requests=None, cost=None): fail the test when "
                             "its reverb usage goes over")
+    config.addinivalue_line("markers", "reverb_replay(mode='on'): always answer this test from its cassette "
+                            "('strict': a request not in it fails the test); --reverb-record re-records it")
     from .testkit.usage import parse_prices
     try:
         config._reverb_prices = parse_prices(_opt(config, "prices"))
@@ -105,6 +107,12 @@ class ReverbTest:
     _control: object = field(repr=False, default=None)
     _client: object = field(repr=False, default=None)
     cassette: object = field(repr=False, default=None)   # its cassette's path when replaying
+    replay_mode: str | None = None
+
+    def replay_misses(self) -> list[str]:
+        """Requests of this test that its cassette did not hold (answered by the local model instead)."""
+        from .testkit.cassettes import misses
+        return misses(self.requests()) if self.cassette is not None else []
 
     base_url = property(lambda self: self.server.base_url)
     model = property(lambda self: self.server.model)
@@ -214,9 +222,11 @@ def reverb(request, reverb_server, _reverb_keys):
     cfg = request.config
     root = cfg.getoption("--reverb-cassettes")
     path = cassettes.cassette_path(request.node.path, request.node.name, root and cfg.rootpath / root)
+    marker = request.node.get_closest_marker("reverb_replay")
+    test.replay_mode = cfg.getoption("--reverb-replay") or (marker and (marker.args or ("on",))[0])
     if cfg.getoption("--reverb-record"):
         test.control.record()
-    elif cfg.getoption("--reverb-replay"):
+    elif test.replay_mode:
         test.cassette = path
         test.control.replay(cassettes.read(path), reverb_server.model)
     yield test
@@ -249,11 +259,10 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"{why} ({usage.requests} requests, {usage.prompt_tokens} prompt + " \
                           f"{usage.completion_tokens} completion tokens, cost {usage.cost:.6f})"
     if getattr(test, "cassette", None) is not None:
-        from .testkit.cassettes import misses
-        missed = misses(test.requests())
+        missed = test.replay_misses()
         if missed:
             report.user_properties.append((MISSES, missed))
-            if item.config.getoption("--reverb-replay") == "strict" and report.passed:
+            if test.replay_mode == "strict" and report.passed:
                 report.outcome = "failed"
                 report.longrepr = (f"reverb replay (strict): {len(missed)} request(s) not in {test.cassette}: "
                                    + ", ".join(missed))
