@@ -35,6 +35,7 @@ def app_client(tmp_path, **changes):
 @pytest.fixture
 def http(tmp_path):
     with app_client(tmp_path) as c:
+        control(c, "watch", {"key": "k"})
         yield c
 
 
@@ -105,6 +106,17 @@ def test_the_journal_holds_bodies_and_headers_but_no_key(http):
     assert not any(k in e["headers"] for e in journal for k in ("authorization", "x-reverb-control"))
     control(http, "reset", {"key": "k"})
     assert control(http, "journal", {"key": "k"}).json()["requests"] == []
+    http.post("/v1/chat/completions", json=CHAT, headers=auth())
+    assert len(control(http, "journal", {"key": "k"}).json()["requests"]) == 1   # still registered after reset
+    control(http, "forget", {"key": "k"})
+    http.post("/v1/chat/completions", json=CHAT, headers=auth())
+    assert control(http, "journal", {"key": "k"}).json()["requests"] == []
+
+
+def test_an_unregistered_keys_requests_are_not_read_or_kept(tmp_path):
+    with app_client(tmp_path) as http:
+        http.post("/v1/chat/completions", json=CHAT, headers=auth())
+        assert control(http, "journal", {"key": "k"}).json()["requests"] == []
 
 
 def test_control_needs_its_secret_and_checks_every_field(http):

@@ -33,7 +33,9 @@ def server(tmp_path_factory):
 def test(server, request):
     srv, keys = server
     _, raw = keys.create(request.node.nodeid)
-    return srv, raw, Control(srv.base_url, srv.control_secret, raw)
+    control = Control(srv.base_url, srv.control_secret, raw)
+    control.watch()
+    return srv, raw, control
 
 
 def chat_body(n=8, stream=True):

@@ -31,6 +31,7 @@ export async function startReverb({ timeoutMs = 300_000 } = {}) {
     if (!r.ok) throw new Error(`control ${action}: ${r.status} ${await r.text()}`);
     return r.json();
   };
+  await control("watch", {});   // journal this key's requests (and let tests fault them)
   return {
     baseURL, apiKey,
     fault: (kind, opts = {}) => control("faults", { fault: { kind: String(kind), ...opts } }),

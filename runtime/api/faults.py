@@ -1,8 +1,10 @@
 """Test-only faults and the request journal, scoped to one API key (``--test-control SECRET``; absent otherwise).
 
 A test suite's server (the pytest plugin's) turns this on; a production server never has these routes. Control
-routes, each a POST with ``X-Reverb-Control: SECRET`` and a JSON body naming the test's own key:
+routes, each a POST with ``X-Reverb-Control: SECRET`` and a JSON body naming the test's own key. Any of them
+registers the key: only a registered key's requests are read ahead, journaled and faulted.
 
+- ``/_reverb/watch``   ``{"key"}`` registers the key (its requests are journaled from now on);
 - ``/_reverb/faults``  ``{"key", "fault": {"kind", "times", "rate", "seed", "after", "seconds", "retry_after"}}``
   adds a fault for the next ``times`` requests of that key (default 1), or for a seeded fraction ``rate`` of them;
 - ``/_reverb/journal`` ``{"key"}`` returns what that key sent: time, method, path, headers (minus credentials),
@@ -10,7 +12,8 @@ routes, each a POST with ``X-Reverb-Control: SECRET`` and a JSON body naming the
 - ``/_reverb/record``  ``{"key"}`` keeps each answer (status, headers, body chunks) in the journal, for a cassette;
 - ``/_reverb/cassette`` ``{"key", "interactions", "model"}`` answers the key's matching requests from recorded
   interactions (api/replay.py); a miss goes to ``model`` (the local one) and is marked in the journal;
-- ``/_reverb/reset``   ``{"key"}`` forgets the key's faults, journal and cassette.
+- ``/_reverb/reset``   ``{"key"}`` clears the key's faults, journal, cassette and recording (still registered);
+- ``/_reverb/forget``  ``{"key"}`` unregisters the key.
 
 Faults apply to the generating routes (chat, completions, embeddings, the gateway), each in the route's own dialect:
 status kinds answer with that dialect's error body (``429`` carries ``Retry-After``, ``503`` too); ``reset`` cuts
@@ -46,6 +49,7 @@ FAULTABLE = {"chat.completions", "completions", "embeddings", "gateway"}
 STATUS_KINDS = {"429", "500", "502", "503", "504", "insufficient_quota", "context_length_exceeded"}
 STREAM_KINDS = {"stall", "slow_first_token", "disconnect", "truncate", "corrupt"}
 KINDS = STATUS_KINDS | STREAM_KINDS | {"reset"}
+ACTIONS = ("watch", "faults", "journal", "record", "cassette", "reset", "forget")
 HIDDEN_HEADERS = {b"authorization", b"cookie", b"x-reverb-control", b"api-key", b"x-api-key"}
 MAX_KEYS, MAX_ENTRIES, MAX_RULES, MAX_BODY = 1024, 1000, 64, 256 * 1024
 CORRUPT = b'data: {"choices": [{"index": 0, "delta": {"content": "\xff\x00 not json\n\n'
@@ -135,6 +139,8 @@ class Faults:
         if not raw or not raw.lower().startswith("bearer "):
             return await self.app(scope, receive, send)
         key = _digest(raw[7:].strip())
+        if key not in self.journals:   # only keys a test registered: nobody else's body is read or kept
+            return await self.app(scope, receive, send)
         body, tail = await _buffered(receive)
         entry = {"t": time.time(), "method": scope["method"], "path": scope["path"],
                  "headers": {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
@@ -181,7 +187,7 @@ class Faults:
         if not hmac.compare_digest(given.encode(), self.secret):
             return error_response(AuthenticationError("test control needs X-Reverb-Control"), "openai")
         action = scope["path"][len(PREFIX):]
-        if scope["method"] != "POST" or action not in ("faults", "journal", "reset", "record", "cassette"):
+        if scope["method"] != "POST" or action not in ACTIONS:
             return error_response(NotFound("Unknown control path"), "openai")
         body, _ = await _buffered(receive)
         try:
@@ -191,6 +197,12 @@ class Faults:
         if not isinstance(data, dict) or not isinstance(data.get("key"), str) or not data["key"]:
             return error_response(InvalidRequest("control body needs the test's key", param="key"), "openai")
         key = _digest(data["key"])
+        if action == "forget":
+            for table in (self.rules, self.journals, self.cassettes):
+                table.pop(key, None)
+            self.recording.discard(key)
+            return JSONResponse({"ok": True})
+        self._journal(key)   # any other action registers the key: its requests are journaled from now on
         if action == "faults":
             try:
                 fault = parse_fault(data.get("fault"))
@@ -212,10 +224,12 @@ class Faults:
             except (KeyError, TypeError, ValueError, AttributeError, UnicodeError):
                 return error_response(InvalidRequest("not a cassette", param="interactions"), "openai")
             return JSONResponse({"ok": True})
-        for table in (self.rules, self.journals, self.cassettes):
-            table.pop(key, None)
-        self.recording.discard(key)
-        return JSONResponse({"ok": True})
+        if action == "reset":
+            self.rules.pop(key, None)
+            self.cassettes.pop(key, None)
+            self.recording.discard(key)
+            self.journals[key].clear()
+        return JSONResponse({"ok": True})   # watch: registered above
 
     def _journal(self, key: bytes) -> collections.deque:
         journal = self.journals.get(key)

@@ -44,8 +44,16 @@ class Control:
         credentials), body (parsed JSON), status, fault."""
         return self._post("journal", {})["requests"]
 
+    def watch(self) -> None:
+        """Register this key: its requests are journaled (and can be faulted) from now on."""
+        self._post("watch", {})
+
     def reset(self) -> None:
+        """Clear this key's faults, journal and cassette; it stays registered."""
         self._post("reset", {})
+
+    def forget(self) -> None:
+        self._post("forget", {})
 
     def record(self) -> None:
         """Keep each answer in the journal (for a cassette)."""
