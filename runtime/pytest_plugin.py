@@ -35,8 +35,8 @@ OPTIONS = [
     ("budget-tokens", "", "fail any test that uses more tokens than this (prompt + completion)"),
     ("prices", "", "cost per 1M tokens for the summary, e.g. input=2.50,output=10 (default: the catalogue's)"),
     ("top", "10", "how many of the most expensive tests the terminal summary lists (0: none)"),
-    ("xdist", "shared", "under pytest-xdist: one server for all workers, started by the controller (shared), or "
-     "one per worker with the cores split between them (per-worker)"),
+    ("xdist", "per-worker", "under pytest-xdist: one server per worker with the cores split between them "
+     "(per-worker), or one for all workers, started by the controller (shared: one copy of the model in memory)"),
 ]
 USAGE = "reverb_usage"   # the report's user property carrying a test's usage (crosses xdist to the controller)
 MISSES = "reverb_replay_misses"

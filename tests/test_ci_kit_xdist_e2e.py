@@ -58,5 +58,5 @@ def test_same_bytes_alone_under_xdist_and_reversed(tmp_path):
     alone = run("alone", *ids)
     assert len(alone) == 8 and all(alone.values())
     assert run("reversed", *reversed(ids)) == alone
-    assert run("xdist-shared", "-n", "4", *ids) == alone
+    assert run("xdist-shared", "-n", "4", "--reverb-xdist", "shared", *ids) == alone
     assert run("xdist-per-worker", "-n", "2", "--reverb-xdist", "per-worker", *ids) == alone
