@@ -1,8 +1,8 @@
-"""pytest plugin: test your LLM-calling code against a real model, offline, in CI.
+"""pytest plugin: test your LLM-calling code against a real model, offline, in CI (docs/testing-in-ci.md).
 
 Registered through the ``pytest11`` entry point, so installing reverb-runtime is enough. One ``reverb serve`` per
-session (per xdist worker) with the tiny model and a fresh ledger; each test that asks for the ``reverb`` fixture
-gets a ``ReverbTest`` with its own API key, so its usage, faults and journal are its own:
+session (per xdist worker, or one shared) with the tiny model and a fresh ledger; each test that asks for the
+``reverb`` fixture gets a ``ReverbTest`` with its own API key, so its usage, faults and journal are its own:
 
     def test_summary(reverb):
         r = reverb.client.chat.completions.create(model=reverb.model, temperature=0, max_tokens=20,
@@ -13,8 +13,10 @@ gets a ``ReverbTest`` with its own API key, so its usage, faults and journal are
 line, or ini keys): ``--reverb-model``, ``--reverb-parallel``, ``--reverb-models`` (a models.toml),
 ``--reverb-startup-timeout``, ``--reverb-deterministic`` (default true), ``--reverb-budget-tokens`` (every test's
 token budget), ``--reverb-prices input=X,output=Y`` (cost per 1M tokens in the summary), ``--reverb-top N`` (the
-summary's length). ``@pytest.mark.reverb_budget(tokens=..., requests=..., cost=...)`` sets one test's budget.
-Heavy imports happen only when the fixture is used, so the plugin costs nothing in other test suites.
+summary's length), ``--reverb-xdist per-worker|shared``; ``--reverb-record``, ``--reverb-replay[=strict]``,
+``--reverb-cassettes DIR`` (command line only). Markers: ``reverb_budget(tokens=, requests=, cost=)``,
+``reverb_replay(mode)``. Heavy imports happen only when a fixture is used, so the plugin costs nothing in other
+test suites.
 """
 
 from __future__ import annotations

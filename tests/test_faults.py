@@ -200,3 +200,12 @@ def test_a_cassette_replays_through_the_app_and_a_miss_goes_to_the_local_model(h
     assert [e["replay"] for e in control(http, "journal", {"key": "k"}).json()["requests"]] == ["hit", "miss"]
     assert control(http, "cassette", {"key": "k", "interactions": [{"request": {}}]}).status_code == 400
     assert control(http, "cassette", {"key": "k", "interactions": "no"}).status_code == 400
+
+
+def test_the_journal_keeps_a_hostile_body_as_text(http):
+    for raw in (b'{"a": NaN}', b"[" * 100_000, b"\xff\xfe{"):
+        r = http.post("/v1/chat/completions", content=raw, headers={**auth(), "Content-Type": "application/json"})
+        assert r.status_code == 400
+    journal = control(http, "journal", {"key": "k"})
+    assert journal.status_code == 200
+    assert [type(e["body"]) for e in journal.json()["requests"]] == [str, str, str]

@@ -208,3 +208,16 @@ def test_verdicts_catch_a_client_that_does_not_behave(test):
     with pytest.raises(AssertionError, match="accepted a truncated stream"):
         with ctl.assert_rejects_truncated_stream(after=3):
             naive_stream(chat_body())
+
+
+def test_a_blocking_answer_cut_in_half(test):
+    srv, key, ctl = test
+    ctl.fault("truncate")
+    raw = read_all(raw_post(srv.base_url, key, "/v1/chat/completions", chat_body(n=4, stream=False)))
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and body and not body.endswith(b"0\r\n\r\n")
+    client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key=key, max_retries=0)
+    ctl.fault("truncate")
+    with pytest.raises(openai.APIError):
+        client.chat.completions.create(**chat_body(n=4, stream=False))
+    assert srv.process.poll() is None and "Traceback" not in srv.log()

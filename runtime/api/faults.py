@@ -55,6 +55,10 @@ MAX_KEYS, MAX_ENTRIES, MAX_RULES, MAX_BODY = 1024, 1000, 64, 256 * 1024
 CORRUPT = b'data: {"choices": [{"index": 0, "delta": {"content": "\xff\x00 not json\n\n'
 
 
+class Cut(OSError):
+    """Raised to the app when it writes to a connection a fault has cut (the stream writer stops on OSError)."""
+
+
 @dataclass
 class Fault:
     kind: str
@@ -180,7 +184,10 @@ class Faults:
             await _until_gone(receive, fault.seconds)
             await self.app(scope, app_receive, send)
         else:
-            await self.app(scope, app_receive, _stream_fault(fault, scope, receive, send))
+            try:
+                await self.app(scope, app_receive, _stream_fault(fault, scope, receive, send))
+            except Cut:
+                pass   # the app wrote past the cut of a response that was not a stream (e.g. one JSON body)
 
     async def control(self, scope, receive):
         given = _header(scope, b"x-reverb-control") or ""
@@ -209,6 +216,7 @@ class Faults:
             except InvalidRequest as e:
                 return error_response(e, "openai")
             rules = self.rules.setdefault(key, [])
+            rules[:] = [f for f in rules if f.times is None or f.times > 0]   # spent faults make room
             if len(rules) >= MAX_RULES:
                 return error_response(InvalidRequest(f"at most {MAX_RULES} faults per key"), "openai")
             rules.append(fault)
@@ -249,7 +257,7 @@ def _stream_fault(fault: Fault, scope, receive, send):
     async def faulty(message):
         nonlocal seen, done
         if done:
-            raise OSError("the connection was cut by a test fault")
+            raise Cut("the connection was cut by a test fault")
         if message["type"] != "http.response.body" or not message.get("body"):
             return await send(message)
         index, seen = seen, seen + 1
@@ -267,7 +275,7 @@ def _stream_fault(fault: Fault, scope, receive, send):
         elif fault.kind == "truncate":
             await send({**message, "body": message["body"][: max(1, len(message["body"]) // 2)], "more_body": True})
         await _cut(scope, receive, reset=False)
-        raise OSError("the connection was cut by a test fault")
+        raise Cut("the connection was cut by a test fault")
 
     return faulty
 
@@ -326,11 +334,16 @@ def _recording(send, entry: dict):
 
 
 def _decode(body: bytes):
+    """The body as JSON when it is (NaN and too-deep nesting stay text: the journal must serialise), else text."""
     text = body[:MAX_BODY].decode("utf-8", "replace")
     try:
-        return json.loads(text)
-    except ValueError:
+        return json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError):
         return text
+
+
+def _no_constant(name: str):
+    raise ValueError(name)
 
 
 def _digest(raw: str) -> bytes:
