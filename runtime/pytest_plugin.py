@@ -240,34 +240,42 @@ def reverb(request, reverb_server, _reverb_keys):
     test.control.forget()
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """After a test body that passed: its budget and (strict replay) its cassette misses fail it, as an exception
+    of the call itself, so pytest's own machinery (xfail, reports, xdist) treats it like any failure."""
+    result = yield
     test = getattr(item, "_reverb_test", None)
-    if call.when != "call" or test is None:
-        return
-    report = outcome.get_result()
+    if test is None:
+        return result
     from .testkit.usage import over_budget
     usage = test.usage()
-    report.user_properties.append((USAGE, usage.as_dict()))
     marker = item.get_closest_marker("reverb_budget")
     budget = dict(marker.kwargs) if marker else {}
     default = _opt(item.config, "budget-tokens")
     if "tokens" not in budget and str(default).strip():
         budget["tokens"] = int(default)
     why = over_budget(usage, **budget)
-    if why and report.passed:
-        report.outcome = "failed"
-        report.longrepr = f"{why} ({usage.requests} requests, {usage.prompt_tokens} prompt + " \
-                          f"{usage.completion_tokens} completion tokens, cost {usage.cost:.6f})"
-    if getattr(test, "cassette", None) is not None:
-        missed = test.replay_misses()
-        if missed:
-            report.user_properties.append((MISSES, missed))
-            if test.replay_mode == "strict" and report.passed:
-                report.outcome = "failed"
-                report.longrepr = (f"reverb replay (strict): {len(missed)} request(s) not in {test.cassette}: "
-                                   + ", ".join(missed))
+    if why:
+        pytest.fail(f"{why} ({usage.requests} requests, {usage.prompt_tokens} prompt + {usage.completion_tokens} "
+                    f"completion tokens, cost {usage.cost:.6f})", pytrace=False)
+    if test.replay_mode == "strict" and (missed := test.replay_misses()):
+        pytest.fail(f"reverb replay (strict): {len(missed)} request(s) not in {test.cassette}: "
+                    + ", ".join(missed), pytrace=False)
+    return result
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each test's usage and replay misses travel with its report (to the summary, across xdist)."""
+    outcome = yield
+    test = getattr(item, "_reverb_test", None)
+    if call.when != "call" or test is None:
+        return
+    report = outcome.get_result()
+    report.user_properties.append((USAGE, test.usage().as_dict()))
+    if test.cassette is not None and (missed := test.replay_misses()):
+        report.user_properties.append((MISSES, missed))
 
 
 def pytest_runtest_logreport(report) -> None:

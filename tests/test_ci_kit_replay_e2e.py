@@ -74,8 +74,9 @@ def test_record_then_replay(project):
     stream = json.loads(files[1].read_text())["interactions"][0]["response"]
     assert stream["headers"]["content-type"].startswith("text/event-stream") and len(stream["chunks"]) >= 6
 
-    # Replay: the tiny model's server gives the upstream's answers, chunk for chunk; whitespace does not matter.
-    r, replayed = run(project, "--reverb-replay", prompt="  alpha beta\n gamma   delta ")
+    # Replay: the tiny model's server gives the upstream's answers, chunk for chunk; whitespace does not matter;
+    # under pytest-xdist each worker reads its tests' own files.
+    r, replayed = run(project, "--reverb-replay", "-n", "2", prompt="  alpha beta\n gamma   delta ")
     assert "2 passed" in r.stdout and "MISS" not in r.stdout, r.stdout + r.stderr
     assert replayed == recorded
 

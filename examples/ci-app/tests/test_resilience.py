@@ -80,3 +80,21 @@ def test_a_disconnect_mid_stream_is_an_error_not_a_short_answer(reverb):
     with pytest.raises(StreamBroken, match="connection broke|without data"):
         stream_text(reverb.base_url, reverb.api_key, reverb.model, TEXT)
     assert stream_text(reverb.base_url, reverb.api_key, reverb.model, TEXT) == whole
+
+
+@pytest.mark.xfail(strict=True, reason="shows a budget failing: one summary costs more than 10 tokens")
+@pytest.mark.reverb_budget(tokens=10)
+def test_a_budget_that_is_too_small_fails_the_test(reverb):
+    summarize(reverb.client, reverb.model, TEXT, max_tokens=20)
+
+
+@pytest.mark.parametrize("kind,error", [(429, openai.RateLimitError), (500, openai.InternalServerError),
+                                        (502, openai.InternalServerError), (503, openai.InternalServerError),
+                                        (504, openai.InternalServerError),
+                                        ("insufficient_quota", openai.RateLimitError),
+                                        ("context_length_exceeded", openai.BadRequestError)])
+def test_each_status_fault_reaches_the_app_as_the_sdks_error(reverb, kind, error):
+    reverb.fault(kind)
+    with pytest.raises(error):
+        summarize(reverb.client, reverb.model, TEXT)
+    assert reverb.requests()[0]["fault"] == str(kind)
