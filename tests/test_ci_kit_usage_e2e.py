@@ -53,8 +53,9 @@ def run(tmp_path_factory):
 
 
 @pytest.mark.model
-def test_usage_budgets_and_the_summary(run):
-    r = run()
+@pytest.mark.parametrize("xdist", [(), ("-n", "2", "--reverb-xdist", "shared")], ids=["alone", "xdist-shared"])
+def test_usage_budgets_and_the_summary(run, xdist):
+    r = run(*xdist)
     out = r.stdout
     assert "2 failed, 3 passed" in out, out + r.stderr
     assert "FAILED test_usage.py::test_over_its_token_budget" in out

@@ -50,7 +50,7 @@ STATUS_KINDS = {"429", "500", "502", "503", "504", "insufficient_quota", "contex
 STREAM_KINDS = {"stall", "slow_first_token", "disconnect", "truncate", "corrupt"}
 KINDS = STATUS_KINDS | STREAM_KINDS | {"reset"}
 ACTIONS = ("watch", "faults", "journal", "record", "cassette", "reset", "forget")
-HIDDEN_HEADERS = {b"authorization", b"cookie", b"x-reverb-control", b"api-key", b"x-api-key"}
+HIDDEN_HEADERS = {b"authorization", b"proxy-authorization", b"cookie", b"x-reverb-control", b"api-key", b"x-api-key"}
 MAX_KEYS, MAX_ENTRIES, MAX_RULES, MAX_BODY = 1024, 1000, 64, 256 * 1024
 CORRUPT = b'data: {"choices": [{"index": 0, "delta": {"content": "\xff\x00 not json\n\n'
 
@@ -191,7 +191,7 @@ class Faults:
 
     async def control(self, scope, receive):
         given = _header(scope, b"x-reverb-control") or ""
-        if not hmac.compare_digest(given.encode(), self.secret):
+        if not hmac.compare_digest(given.encode("latin-1"), self.secret):
             return error_response(AuthenticationError("test control needs X-Reverb-Control"), "openai")
         action = scope["path"][len(PREFIX):]
         if scope["method"] != "POST" or action not in ACTIONS:
