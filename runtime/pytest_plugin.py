@@ -227,6 +227,8 @@ def reverb(request, reverb_server, _reverb_keys):
     test.control.watch()   # one loopback POST: the journal starts with the test
     marker = request.node.get_closest_marker("reverb_replay")
     test.replay_mode = cfg.getoption("--reverb-replay") or (marker and (marker.args or ("on",))[0])
+    if test.replay_mode not in (None, "on", "strict"):
+        pytest.fail(f"reverb_replay takes 'on' or 'strict', not {test.replay_mode!r}", pytrace=False)
     if cfg.getoption("--reverb-record"):
         test.control.record()
     elif test.replay_mode:
