@@ -106,6 +106,12 @@ class Settings:
     metrics_public: bool = _opt(False, "serve /metrics without a key to clients on a loopback address (a local "
                                 "scraper); otherwise it needs an operator key (admin, or given with --api-key)")
     log_format: str = _opt("console", "access log format", choices=("console", "json"))
+    exit_with_parent: bool = _opt(False, "drain and exit (as on SIGTERM) when the process that started this server "
+                                  "dies, so a test run killed by CI leaves no server behind")
+    test_control: str = _opt("", "serve the test-only control routes under /_reverb/ (faults, request journal) to "
+                             "callers sending this secret as X-Reverb-Control; empty: the routes do not exist. For "
+                             "servers started by a test suite only (prefer the environment variable)",
+                             metavar="SECRET")
 
     @property
     def catalogue_path(self) -> Path:

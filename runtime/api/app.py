@@ -17,6 +17,7 @@ from ..errors import InvalidRequest, MethodNotAllowed, NotFound, ReverbError, qu
 from ..settings import Settings
 from .accesslog import AccessLog
 from .auth import BearerAuth, Context
+from .faults import Faults
 from .guard import Cors, HostGuard
 from .metrics import Metrics
 from .overload import Overload
@@ -72,6 +73,7 @@ def create_app(settings: Settings, service=None, build=None) -> Starlette:
                     Middleware(Overload, limit=settings.max_connections),
                     Middleware(HostGuard, bind_host=settings.host, extra=settings.allowed_hosts),
                     Middleware(Cors, origins=settings.cors_origins),
+                    *([Middleware(Faults, secret=settings.test_control)] if settings.test_control else []),
                     Middleware(BearerAuth, loopback_public=public)],
         exception_handlers={ReverbError: _reverb_error, HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,
