@@ -1,6 +1,7 @@
 """A server without a lease stops spending (issue 20, item 6), on real servers with the real model: a server frozen
 (SIGSTOP) past its lease while a second server on the same ledger settles its holds sends no more of its stream once
-resumed (SIGCONT): the stream ends with an error, the sweeper's row is the bill, and the server serves on."""
+resumed (SIGCONT): the stream ends with an error, the sweeper's row is the bill, and the server serves on. On
+SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -63,8 +64,8 @@ def state(pid: int) -> str:
         return f.read().rsplit(")", 1)[1].split()[0]
 
 
-def test_a_server_frozen_past_its_lease_streams_nothing_more_once_resumed(make_server, tmp_path, no_eos):
-    db = str(tmp_path / "shared" / "ledger.sqlite3")
+def test_a_server_frozen_past_its_lease_streams_nothing_more_once_resumed(make_server, db_target, no_eos):
+    db = db_target                 # a SQLite file, or PostgreSQL
     a = make_server("--lease-seconds", LEASE, *ONE, db=db, start=False)
     with Ledger(db) as ledger:
         key = ledger.create_key("streamer", credit=10**9)
