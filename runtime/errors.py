@@ -18,7 +18,10 @@ file path from the server, a raw key or an exception's repr.
     │   │   ├── ContextLengthExceeded   400 context_length_exceeded
     │   │   └── TemplateError           400, the chat template refused the conversation
     │   ├── AuthenticationError     401
+    │   ├── PermissionDenied        403, a valid key that may not use this route (/metrics needs an operator)
     │   ├── InsufficientCredit      402 (gateway) / 429 insufficient_quota (OpenAI)
+    │   │   └── BudgetExceeded      the same, for a period budget (names it and when it resets)
+    │   ├── RateLimited             429 rate_limit_exceeded, Retry-After when the capacity asked for is free
     │   ├── ModelNotFound           404
     │   ├── NotFound                404, no such path
     │   ├── MethodNotAllowed        405
@@ -37,16 +40,40 @@ file path from the server, a raw key or an exception's repr.
 
 from __future__ import annotations
 
+import re
+
+QUOTE_CHARS = 64   # the most of one client value an error message (or its param) quotes
+_SEGMENT = re.compile(r"[^.\[\]]{%d,}" % (QUOTE_CHARS + 1))
+
+
+def quote(value: object) -> str:
+    """A client's value as an error may show it: its first 64 characters, then '...' when there were more;
+    characters that are not printable (control characters, lone surrogates) shown as escapes. Every message
+    that repeats something a client sent goes through here, so a 500 KB model name is never echoed whole."""
+    text = value if isinstance(value, str) else repr(value)
+    cut = "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                  for c in text[:QUOTE_CHARS])
+    return cut + ("..." if len(text) > QUOTE_CHARS else "")
+
+
+def quote_path(path: str) -> str:
+    """A param path (``response_format.json_schema.schema.properties.<name>``) with each segment quoted."""
+    if len(path) <= QUOTE_CHARS and path.isprintable():
+        return path
+    path = _SEGMENT.sub(lambda m: quote(m.group()), "".join(c if c.isprintable() else quote(c) for c in path))
+    return path if len(path) <= 4 * QUOTE_CHARS else path[:4 * QUOTE_CHARS] + "..."
+
 
 class ReverbError(Exception):
-    """Base of every error reverb-runtime raises on purpose."""
+    """Base of every error reverb-runtime raises on purpose. ``param`` is bounded by ``quote_path``: a path may
+    hold a client's field names."""
 
     code = "internal_error"
 
     def __init__(self, message: str, *, param: str | None = None, model: str | None = None):
         super().__init__(message)
         self.message = message
-        self.param = param
+        self.param = quote_path(param) if isinstance(param, str) else param
         self.model = model
 
 
@@ -114,8 +141,42 @@ class AuthenticationError(RequestError):
     code = "invalid_api_key"
 
 
+class PermissionDenied(RequestError):
+    code = "permission_denied"
+
+
 class InsufficientCredit(RequestError):
+    """Not enough credit (or budget) for the request's worst case. ``needed`` and ``left`` (micro-units) let the
+    service say what the request would hold against what is left."""
+
     code = "insufficient_credit"
+
+    def __init__(self, message: str, *, needed: int | None = None, left: int | None = None,
+                 model: str | None = None):
+        super().__init__(message, model=model)
+        self.needed = needed
+        self.left = left
+
+
+class BudgetExceeded(InsufficientCredit):
+    """A key's or team's period budget would be passed; the message names the budget and when it resets."""
+
+    code = "budget_exceeded"
+
+
+class RateLimited(RequestError):
+    """A requests-, tokens-per-minute or concurrency limit. ``retry_after``: seconds until the capacity asked for
+    is free (None: never, the request alone is larger than the limit). ``limits``: the rate-limit header values.
+    ``type``: which limit, as OpenAI's error type says it: ``requests`` or ``tokens``."""
+
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, limits: dict | None = None,
+                 type: str = "requests"):  # noqa: A002
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.limits = limits
+        self.type = type
 
 
 class ModelNotFound(RequestError):
@@ -143,7 +204,8 @@ class UnsupportedMediaType(RequestError):
 
 
 # Retry-After (seconds) says when trying again can first succeed, by what refused the request; every value sent is
-# one of these, or an upstream's own Retry-After passed on as it sent it.
+# one of these, a rate limit's own wait (RateLimited: when the window has the capacity asked for, rounded up to a
+# second), or an upstream's own Retry-After passed on as it sent it (clamped, backends/upstream).
 RETRY_BUSY = 1          # a limit reached this instant (connections, slots, the wait queue): a slot frees in a step
 RETRY_WAITED = 2        # the request waited its whole queue timeout: the model is saturated, back off more
 RETRY_GOING_AWAY = 5    # the server is shutting down or its ledger is unavailable: another server, or later

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, replace
+from typing import Awaitable, Callable
 
 from .ledger import RequestRecord
 from .types import Chunk, FinishReason, Usage
@@ -49,6 +49,11 @@ class Generation:
         self._queue: asyncio.Queue[Chunk] = asyncio.Queue()
         self.final: Chunk | None = None
         self.handle = None                          # the backend's Handle, once submitted
+        self.limits: dict = {}                      # the rate-limit header values its reservation returned
+        # Awaited before output is handed out (the service's lease check for a stream that holds credit); it may
+        # end the generation (``lose``), after which no more output is handed out.
+        self.gate: Callable[[], Awaitable[None]] | None = None
+        self.lost: Exception | None = None
         # Resolved with a Settlement once the ledger has the request's row (LedgerError if it could not).
         self.settled: asyncio.Future[Settlement] = asyncio.get_running_loop().create_future()
 
@@ -69,21 +74,39 @@ class Generation:
         if chunk.finish_reason is not None:
             self._ends.append(chunk)
             if len(self._ends) == self.streams:
-                self.final = merge(self._ends)
+                final = merge(self._ends)
+                if self.lost is not None:
+                    final = replace(final, finish_reason=FinishReason.ERROR, error=self.lost)
+                self.final = final
                 self._on_end(self.final)
 
     def __aiter__(self):
         return self
 
     async def __anext__(self) -> Chunk:
-        if self.final is not None and self._queue.empty():
-            raise StopAsyncIteration
-        return await self._queue.get()
+        while True:
+            if self.final is not None and self._queue.empty():
+                raise StopAsyncIteration
+            chunk = await self._queue.get()
+            output = bool(chunk.text or chunk.tool_calls or chunk.passthrough is not None or chunk.logprobs)
+            if output and self.gate is not None and self.lost is None:
+                await self.gate()
+            if self.lost is None:
+                return chunk
+            if chunk.finish_reason is not None:   # ended: its end still comes, with nothing more to show
+                return replace(chunk, text="", tool_calls=(), passthrough=None, logprobs=(), error=self.lost)
 
     def cancel(self) -> None:
         """The client went away: stop generating within one step (no-op once the job has ended)."""
         if self.handle is not None and self.final is None:
             self.handle.cancel()
+
+    def lose(self, error: Exception) -> None:
+        """End it now, handing out nothing more (this server lost the hold it ran under): its settlement then
+        fails closed, and the client sees ``error``'s kind of failure instead of a finish."""
+        if self.lost is None:
+            self.lost = error
+            self.cancel()
 
     async def collect(self) -> tuple[str, Chunk]:
         """Fold the stream into (text of every choice, the merged final chunk)."""

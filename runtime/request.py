@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from fnmatch import fnmatchcase
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -19,11 +20,26 @@ from .types import Message, ResponseFormat, SamplingParams, Tools
 
 @dataclass(frozen=True)
 class Account:
-    """Who is calling. ``key_id`` is None for unlimited dev keys from the command line."""
+    """Who is calling. ``key_id`` is None for unlimited dev keys from the command line. ``admin``: a key made for
+    operating the server (team-gateway's admin keys)."""
 
     name: str
     key_id: int | None
     unlimited: bool = False
+    admin: bool = False
+    # The allowlists the model must pass, the key's and its team's (names or fnmatch patterns; () allows all).
+    allowlists: tuple[tuple[str, ...], ...] = ()
+    team: str | None = None
+    rated: bool = False          # the key or its team has a per-minute limit (responses carry x-ratelimit-*)
+
+    @property
+    def operator(self) -> bool:
+        """May read what concerns every tenant (/metrics): an admin key, or a dev key from --api-key."""
+        return self.unlimited or self.admin
+
+    def may_use(self, model: str) -> bool:
+        """Whether every allowlist names ``model`` (an empty list allows nothing, ``*`` everything)."""
+        return all(any(fnmatchcase(model, pattern) for pattern in allow) for allow in self.allowlists)
 
 
 def new_request_id() -> str:

@@ -12,18 +12,19 @@ the one place a ledger row is built, for served and refused requests alike.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Callable
 
 from .backends import Backend, Embedder
-from .errors import (ContextLengthExceeded, InvalidRequest, LedgerError, ModelLoadError, ModelNotFound,
-                     OverloadedError, RequestError, ReverbError)
+from .errors import (RETRY_GOING_AWAY, ContextLengthExceeded, InsufficientCredit, InvalidRequest, LedgerError,
+                     ModelLoadError, ModelNotFound, OverloadedError, RequestError, ReverbError)
 from . import upkeep
 from .fallbacks import Attempts, Candidate
 from .generation import Generation, Hooks, Settlement
-from .ledger import Ledger
+from .ledger import Ledger, Reservation
 from .models import registry as registry_mod
 from .models.registry import ModelSpec, Registry
 from .request import Account, Ask, RequestContext
@@ -48,6 +49,7 @@ class Service:
         self.hooks = hooks or Hooks()  # what the service reports as it works: the HTTP layer's metrics
         self.settlement = Settler(ledger, registry, self.hooks, self.db)   # every request's end: settlement.py
         self._tasks: set[asyncio.Task] = set()
+        self.renewal: asyncio.Future | None = None   # a lease renewal in flight that streams wait on (upkeep.py)
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -61,9 +63,12 @@ class Service:
     async def authenticate(self, raw_key: str) -> Account | None:
         return await self.db(self.ledger.authenticate, raw_key)
 
-    def backend(self, name: str | None) -> tuple[ModelSpec, Backend]:
-        """The catalogue entry and loaded backend called ``name``. Raises ModelNotFound, never falls back."""
+    def backend(self, name: str | None, account: Account | None = None) -> tuple[ModelSpec, Backend]:
+        """The catalogue entry and loaded backend called ``name``. Raises ModelNotFound, never falls back; a
+        model outside the account's allowlists is refused exactly as one that does not exist."""
         spec = self.registry.resolve(name)
+        if account is not None and not account.may_use(spec.name):
+            raise ModelNotFound(f"The model '{spec.name}' does not exist", param="model", model=None)
         backend = self.backends.get(spec.name)
         if backend is None:
             raise ModelNotFound(f"The model '{spec.name}' is in the catalogue but not loaded on this server "
@@ -76,18 +81,23 @@ class Service:
         The model asked for is checked as before; its ``fallbacks`` that cannot serve the request (not loaded,
         context too small, fields only an upstream serves) are left out. The hold covers the largest worst case.
         """
-        spec, backend = self.backend(ask.model)
+        spec, backend = self.backend(ask.model, ctx.account)
         candidates = [await self._candidate(spec, backend, ask)]
         for name in spec.fallbacks:
             try:
-                candidates.append(await self._candidate(*self.backend(name), ask))
+                candidates.append(await self._candidate(*self.backend(name, ctx.account), ask))
             except RequestError as e:
                 log.info("request %s: fallback %s left out (%s)", ctx.request_id, name, e.code)
+        most = getattr(backend, "key_slots", None)   # a local model: choices one key may run at once
+        if not _holds(ctx.account):   # the operator's own key: not capped (docs/limits.md)
+            candidates = [replace(c, prompt=replace(c.prompt, capped=False)) for c in candidates]
+        elif most is not None and ask.sampling.n > most:
+            raise InvalidRequest(f"'n' must be at most {most} on this server (one slot per choice, and one key "
+                                 "holds at most this many; see --slots-per-key)", param="n", model=spec.name)
         hold = max(c.hold for c in candidates)
         # The hold also carries what a sweeper needs should this server die: prompt tokens and prices (the
         # model asked for; a fallback runs only before anything reached the client).
-        await self.db(self.ledger.reserve, ctx.account, ctx.request_id, hold, spec.name, ctx.endpoint,
-                      candidates[0].prompt.n_tokens, (spec.price_input, spec.price_output))
+        reservation = await self._reserve(ctx, candidates[0], hold, max(_tokens(c) for c in candidates))
         gen = Generation(spec.name, ctx.started, self.hooks,
                          on_end=lambda final: self._spawn(self.settlement.settle(ctx, final, gen, ask.stream)),
                          on_progress=upkeep.progress_hook(self, ctx) if ask.stream and _holds(ctx.account) else None)
@@ -97,7 +107,28 @@ class Service:
             # Nothing ran: release the hold in the same step that logs the refusal.
             await self.settlement.close(ctx, spec, "rejected", e.code, 0)
             raise
+        gen.limits = reservation.limits
+        if reservation.epoch is not None:
+            upkeep.track(self, ctx.request_id, reservation.epoch, gen, gate=ask.stream)
         return gen
+
+    async def _reserve(self, ctx: RequestContext, first: Candidate, hold: int, tokens: int) -> Reservation:
+        """Hold credit and take the request's place in its limits (``Ledger.reserve``). A credit or budget
+        refusal says what the request would hold against what is left, and the max_tokens that would pass."""
+        spec = first.spec
+        try:
+            return await self.db(self.ledger.reserve, ctx.account, ctx.request_id, hold, spec.name, ctx.endpoint,
+                                 first.prompt.n_tokens, (spec.price_input, spec.price_output), tokens)
+        except InsufficientCredit as e:
+            if e.left is not None and first.params.max_tokens:
+                prompt, choices = first.prompt.hold_tokens or first.prompt.n_tokens, first.prompt.choices
+                left = e.left
+                fits = _most_tokens(lambda m: spec.cost(prompt, m * choices) <= left, first.params.max_tokens)
+                e.message += (f" (prompt of {prompt} tokens + max_tokens {first.params.max_tokens}"
+                              f"{f' x {choices} choices' if choices > 1 else ''} at the model's prices); "
+                              + (f"a max_tokens of at most {fits} would pass" if fits else
+                                 "even max_tokens 1 would not pass"))
+            raise
 
     async def _candidate(self, spec: ModelSpec, backend: Backend, ask: Ask) -> Candidate:
         """The request prepared for one model: prompt, context check, max_tokens, worst-case cost."""
@@ -128,7 +159,7 @@ class Service:
     async def start_embedding(self, ctx: RequestContext, ask: Ask) -> "Embedding":
         """Check and reserve an embeddings request (``ask.prompt``, billed as prompt tokens). Raises a
         RequestError; from the returned value on, the request owns its ledger row."""
-        spec, backend = self.backend(ask.model)
+        spec, backend = self.backend(ask.model, ctx.account)
         if not isinstance(backend, Embedder) or backend.info.passthrough:
             raise InvalidRequest(f"the model '{spec.name}' cannot make embeddings", param="model", model=spec.name)
         prompt = await backend.prepare(ask)
@@ -137,13 +168,39 @@ class Service:
             if len(tokens) > limit:
                 raise ContextLengthExceeded(f"This model's maximum context length is {limit} tokens; input {i} "
                                             f"uses {len(tokens)}", param="input", model=spec.name)
-        await self.db(self.ledger.reserve, ctx.account, ctx.request_id, spec.cost(prompt.n_tokens, 0),
-                      spec.name, ctx.endpoint, prompt.n_tokens, (spec.price_input, spec.price_output))
-        return Embedding(self, ctx, spec, backend, prompt)
+        cap = self.settings.max_embedding_tokens
+        if prompt.n_tokens > cap:
+            raise InvalidRequest(f"'input' has {prompt.n_tokens} tokens; one request may embed at most {cap} "
+                                 "(--max-embedding-tokens): split it", param="input", model=spec.name)
+        job = backend.embedding_job(prompt)   # a place in the bounded embeddings queue (503 when it is full)
+        try:
+            reservation = await self.db(self.ledger.reserve, ctx.account, ctx.request_id,
+                                        spec.cost(prompt.n_tokens, 0), spec.name, ctx.endpoint, prompt.n_tokens,
+                                        (spec.price_input, spec.price_output))
+        except BaseException:
+            job.release()
+            raise
+        embedding = Embedding(self, ctx, spec, job)
+        embedding.limits = reservation.limits
+        if reservation.epoch is not None:
+            upkeep.track(self, ctx.request_id, reservation.epoch, embedding)
+        return embedding
 
     async def reject(self, ctx: RequestContext, error: ReverbError, model: str | None = None) -> None:
         """Log a request refused before it ran (settlement.py). Never raises."""
         await self.settlement.reject(ctx, error, model)
+
+    async def finish_settlements(self, timeout: float = 5.0) -> None:
+        """At shutdown, before ``close``: let jobs cancelled by the drain timeout end and write their rows (as
+        cancelled), for at most ``timeout`` seconds; what is left is settled by ``close`` (the lease rule)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._tasks or any(b.stats().active for b in self.backends.values()):
+            if asyncio.get_running_loop().time() > deadline:
+                return
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), timeout=0.05)
+            else:
+                await asyncio.sleep(0.02)
 
     async def keep_lease(self) -> None:
         """While serving (the app's lifespan runs it): see ``upkeep.keep_lease``."""
@@ -152,6 +209,10 @@ class Service:
     def close(self) -> None:
         for backend in self.backends.values():
             backend.close()
+        # stopped by the backends' close: billed for what they computed
+        for _, live in list(self.settlement.live.values()):
+            if isinstance(live, Embedding):
+                live.settle_at_stop()
         self._db_pool.shutdown(wait=True)
         try:
             self.settlement.retry()
@@ -161,43 +222,104 @@ class Service:
         self.ledger.close()
 
 
+def _tokens(c: Candidate) -> int:
+    """What a request reserves of a tokens-per-minute limit: its prompt and every choice's max_tokens."""
+    return (c.prompt.hold_tokens or c.prompt.n_tokens) + (c.params.max_tokens or 0) * c.prompt.choices
+
+
+def _most_tokens(fits, most: int) -> int:
+    """The largest m in [0, most] with fits(m) (fits is monotone); 0 when none does."""
+    lo, hi = 0, most
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo if lo and fits(lo) else 0
+
+
 def _holds(account: Account | None) -> bool:
     """Whether requests of this account put credit on hold (dev keys from the command line do not)."""
     return account is not None and not account.unlimited
 
 
 class Embedding:
-    """A reserved embeddings request; ``run`` computes the vectors and settles the ledger whatever happens.
-    Like a Generation, it exposes ``model`` and ``settled`` (the access log reads them)."""
+    """A reserved embeddings request; ``run`` computes the vectors and settles the ledger whatever happens, billed
+    for the tokens computed (all of them, or those read before the client left or the server stopped).
+    Like a Generation, it exposes ``model``, ``settled``, ``cancel`` and ``lose``."""
 
-    def __init__(self, service: Service, ctx: RequestContext, spec: ModelSpec, backend: Backend, prompt):
-        self._service, self._ctx, self._spec, self._backend, self._prompt = service, ctx, spec, backend, prompt
+    def __init__(self, service: Service, ctx: RequestContext, spec: ModelSpec, job):
+        self._service, self._ctx, self._spec, self._job = service, ctx, spec, job
         self.model = spec.name
+        self.limits: dict = {}   # the rate-limit header values its reservation returned
+        self.lost: Exception | None = None
         self.settled: asyncio.Future[Settlement] = asyncio.get_running_loop().create_future()
 
+    def cancel(self) -> None:
+        """The client went away: stop within one chunk."""
+        self._job.cancel()
+
+    def lose(self, error: Exception) -> None:
+        """This server lost the hold it runs under: stop, and fail with ``error``."""
+        self.lost = error
+        self._job.cancel()
+
     async def run(self) -> tuple[list[list[float]], Usage, int]:
-        """(vectors, usage, price). Raises what the backend raises (nothing is charged then) or LedgerError."""
-        svc, ctx, spec = self._service, self._ctx, self._spec
+        """(vectors, usage, price). Raises what the backend raises (nothing is charged then), OverloadedError
+        when stopped before the end (the server is stopping; what was computed is charged), or LedgerError."""
+        svc, ctx, job = self._service, self._ctx, self._job
+        work = job.run()
         try:
-            vectors = await self._backend.embed(self._prompt)
+            vectors = await asyncio.shield(work)
         except BaseException as e:
             cancelled = isinstance(e, asyncio.CancelledError)
-            code = None if cancelled else e.code if isinstance(e, ReverbError) else "engine_error"
-            # shielded: a client that leaves mid-request must still leave its row and its refund behind
-            closing = asyncio.ensure_future(svc.settlement.close(ctx, spec, "cancelled" if cancelled else "failed",
-                                                                 code, 0))
-            self._resolve(await asyncio.shield(closing))
+            code = e.code if isinstance(e, ReverbError) else "engine_error"
+            job.cancel()
+
+            async def close() -> Settlement:
+                if cancelled:   # the request was cut (the drain's end): the thread stops within one chunk
+                    with contextlib.suppress(Exception):
+                        await work
+                    return await self._close("cancelled", None)
+                return await self._close("failed", code, charge=False)
+            # shielded: a request cut mid-way must still leave its row and its refund behind
+            await asyncio.shield(asyncio.ensure_future(close()))
             raise
-        usage = Usage(self._prompt.n_tokens, 0)
+        finally:
+            svc.settlement.live.pop(ctx.request_id, None)
+        if vectors is None:   # stopped early: the client left, the server is stopping, or it lost its lease
+            await self._close("failed" if self.lost else "cancelled", self.lost.code if self.lost else None)
+            raise self.lost or OverloadedError("the embeddings request was stopped before its end (the client left "
+                                               "or the server is stopping)", retry_after=RETRY_GOING_AWAY)
+        settlement = await self._close("completed", None)
+        return vectors, Usage(job.computed, 0), settlement.price
+
+    async def _close(self, status: str, code: str | None, charge: bool = True) -> Settlement:
+        """Settle for the tokens computed (nothing with ``charge`` False) and resolve ``settled``. Raises
+        LedgerError (``settled`` then holds it)."""
+        computed = self._job.computed
         try:
-            settlement = await svc.settlement.close(ctx, spec, "completed", None, spec.cost(usage.prompt_tokens, 0),
-                                                    usage)
+            settlement = await self._service.settlement.close(self._ctx, self._spec, status, code,
+                                                              self._spec.cost(computed, 0) if charge else 0,
+                                                              Usage(computed, 0))
         except LedgerError as e:
-            self.settled.set_exception(e)
-            self.settled.exception()  # retrieved: the handler raises it
+            if not self.settled.done():
+                self.settled.set_exception(e)
+                self.settled.exception()  # retrieved: the caller raises it
             raise
         self._resolve(settlement)
-        return vectors, usage, settlement.price
+        return settlement
+
+    def settle_at_stop(self) -> None:
+        """Blocking (the server is stopping; the job has stopped): settle for what was computed, unless the
+        request settles itself first (the ledger settles a hold once)."""
+        svc, ctx, spec, computed = self._service, self._ctx, self._spec, self._job.computed
+        record = svc.settlement.record(ctx, spec.name, "cancelled", None, Usage(computed, 0))
+        try:
+            svc.ledger.settle(ctx.account, record, spec.cost(computed, 0))
+        except LedgerError:
+            pass   # settled already by the request itself, or left to this server's retire (refunded)
 
     def _resolve(self, settlement: Settlement) -> None:
         if not self.settled.done():

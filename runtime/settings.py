@@ -67,6 +67,12 @@ class Settings:
     probe_models: bool = _opt(True, "trial-load each model in a child process first, so a file that crashes "
                               "llama.cpp cannot take the server down")
     offline: bool = _opt(False, "never touch the network (also HF_HUB_OFFLINE=1)")
+    slots_per_key: int = _opt(0, "slots one API key's running requests may hold (a request of n choices holds n; "
+                              "0: one less than --parallel, so one key never holds every slot; at least 1). Keys "
+                              "given with --api-key are the operator's and not capped")
+    queue_per_key: int = _opt(32, "jobs one API key may have waiting for a slot (one per prompt of "
+                              "/v1/completions) before 503 (not for keys given with --api-key)")
+    embedding_queue: int = _opt(4, "embeddings requests running or waiting per model before 503")
     # HTTP limits
     max_body_bytes: int = _opt(1 << 20, "largest request body in bytes (413 beyond)")
     max_messages: int = _opt(256, "most messages in one request")
@@ -92,11 +98,20 @@ class Settings:
                             "90%% of it, and past it requests fail closed")
     lease_seconds: float = _opt(30.0, "this server's lease on the ledger, renewed every third of it; once a "
                                 "server's lease has expired, any server of the ledger settles its holds")
+    max_embedding_inputs: int = _opt(256, "most inputs in one /v1/embeddings request")
+    max_embedding_tokens: int = _opt(16384, "most tokens, all inputs together, in one /v1/embeddings request")
     # operations
     ready_file: Path | None = _opt(None, "write the base URL here once the server accepts requests (removed on "
                                    "exit)", metavar="PATH")
-    metrics_public: bool = _opt(False, "serve /metrics without a key")
+    metrics_public: bool = _opt(False, "serve /metrics without a key to clients on a loopback address (a local "
+                                "scraper); otherwise it needs an operator key (admin, or given with --api-key)")
     log_format: str = _opt("console", "access log format", choices=("console", "json"))
+    exit_with_parent: bool = _opt(False, "drain and exit (as on SIGTERM) when the process that started this server "
+                                  "dies, so a test run killed by CI leaves no server behind")
+    test_control: str = _opt("", "serve the test-only control routes under /_reverb/ (faults, request journal) to "
+                             "callers sending this secret as X-Reverb-Control; empty: the routes do not exist. For "
+                             "servers started by a test suite only (prefer the environment variable)",
+                             metavar="SECRET")
 
     @property
     def catalogue_path(self) -> Path:
@@ -110,6 +125,11 @@ class Settings:
     def db_target(self) -> str:
         """The ledger: --db as given (a path or a URL), else the default SQLite file."""
         return str(self.db) if self.db is not None else str(default_data_dir() / "ledger.sqlite3")
+
+    @property
+    def key_slots(self) -> int:
+        """Slots one key may hold: --slots-per-key, or one less than --parallel (at least 1)."""
+        return min(self.parallel, self.slots_per_key or max(1, self.parallel - 1))
 
     @property
     def n_threads(self) -> int:
@@ -148,6 +168,9 @@ class Settings:
             "port": 0 <= self.port <= 65535, "log_format": self.log_format in ("console", "json"),
             "queue_timeout": self.queue_timeout > 0, "lease_seconds": 0 < self.lease_seconds <= 86400,
             "db_max_mb": self.db_max_mb >= 0, "prompt_cache_mb": self.prompt_cache_mb >= 0,
+            "slots_per_key": self.slots_per_key >= 0, "queue_per_key": self.queue_per_key >= 1,
+            "embedding_queue": self.embedding_queue >= 1, "max_embedding_inputs": self.max_embedding_inputs >= 1,
+            "max_embedding_tokens": self.max_embedding_tokens >= 1,
         }
         for name, ok in checks.items():
             if not ok:

@@ -30,6 +30,9 @@ class Settler:
         self.ledger, self.registry, self.hooks, self.db = ledger, registry, hooks, db
         # request id -> (account, row, charge) whose settlement failed; retried on every heartbeat
         self._unsettled: dict[str, tuple[Account | None, RequestRecord, int]] = {}
+        # request id -> (lease epoch of its hold, its Generation or Embedding): the running requests that hold
+        # credit, ended should this server find its lease gone (upkeep.end_lost); each leaves as it settles
+        self.live: dict[str, tuple[int, object]] = {}
 
     def record(self, ctx: RequestContext, model: str | None, status: str, code: str | None,
                usage: Usage) -> RequestRecord:
@@ -57,6 +60,7 @@ class Settler:
 
     async def settle(self, ctx: RequestContext, final: Chunk, gen: Generation, stream: bool) -> None:
         """A generation's end: its row and charge, resolving ``gen.settled`` (a LedgerError when it failed)."""
+        self.live.pop(ctx.request_id, None)
         spec = self.registry.resolve(gen.model)  # the model that ran: the one asked for, or a fallback
         usage = final.usage or Usage(0, 0)
         err = final.error

@@ -89,7 +89,7 @@ class Server:
         ready.unlink(missing_ok=True)
         self._log = open(self.log_path, "ab")
         cmd = [sys.executable, "-m", "reverb.cli", "serve", "--port", "0", "--ready-file", str(ready),
-               "--db", str(self.db), "--api-key", KEY, *self.args]
+               "--db", str(self.db), "--api-key", KEY, "--exit-with-parent", *self.args]
         self.proc = spawn(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
         deadline = time.monotonic() + timeout
         while not ready.exists():

@@ -110,8 +110,18 @@ class FakeEngine:
         return TokenLogprob(chr(token) if token < 256 else "", self.piece(token), -1.0,
                             tuple((chr(97 + i), bytes([97 + i]), -1.0 - i) for i in range(top)))
 
-    def embed(self, tokens):
+    embed_chunk = 4  # tokens per embeddings chunk, as the real engine reads long inputs in pieces
+
+    def embed(self, tokens, stop=None, progress=None):
         import numpy as np
+        for start in range(0, len(tokens), self.embed_chunk):
+            if stop is not None and stop():
+                return None
+            if self.delay:
+                import time
+                time.sleep(self.delay)
+            if progress is not None:
+                progress(len(tokens[start:start + self.embed_chunk]))
         v = np.bincount(np.array(tokens) % 8, minlength=8).astype(float) + 1.0
         return v / np.linalg.norm(v)
 

@@ -12,7 +12,18 @@
 - ``cut``: two events, then drops the connection mid-stream; ``garbage``: a first event that is not JSON;
   ``garbage-mid``: two events, then one that is not JSON; ``error-event``: one event, then an error event;
   ``not-sse``: 200 with an HTML page;
-- ``hang``: one event, then waits until the client closes the connection, and records it in ``disconnected``.
+- ``hang``: one event, then waits until the client closes the connection, and records it in ``disconnected``;
+- ``leaky``: an echo whose events repeat the caller's key (taken from its Authorization header) in every field:
+  ids, model, fingerprint, content, a tool call's name and arguments, logprobs, unknown fields, object keys;
+  ``leaky-code-NNN``: HTTP NNN whose error has the key as its ``code``, ``type`` and ``param``; ``leaky-error``:
+  one event, then an error event made of the key; ``leaky-header``: a response whose malformed header line holds
+  the key (HTTP libraries quote such a line in their error);
+- ``flood``: ignores max_tokens and streams words until the client closes the connection (at most FLOOD events);
+  ``flood-big``: the same, 64 KiB of text per event;
+- ``usage-zero`` / ``usage-huge``: an echo that reports usage 0 + 0 / 10^9 + 10^9;
+- ``keepalive``: one event, then an SSE comment every KEEPALIVE seconds, never finishing, until the client
+  closes (recorded in ``disconnected``); ``keepalive-first``: the comments before any event;
+- ``status-429-long`` / ``status-429-date``: 429 with ``Retry-After: 99999`` / an HTTP date in 2100.
 
 Every request is recorded (path, headers, JSON body, the client's port) in ``requests``. Nothing here sleeps:
 the slow behaviours wait on events the test sets (``close`` sets them all).
@@ -26,6 +37,8 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 WAIT = 300  # seconds a slow behaviour waits for `release` at most, so a forgotten test cannot hang forever
+FLOOD = 200_000     # events a flood sends at most
+KEEPALIVE = 0.05    # seconds between keep-alive comments (the upstream's pace, not a test's ordering)
 
 
 class _Quiet(ThreadingHTTPServer):
@@ -71,15 +84,27 @@ class Upstream:
         self.requests.append({"path": h.path, "headers": {k.lower(): v for k, v in h.headers.items()}, "body": body,
                               "port": h.client_address[1]})
         model = str(body.get("model"))
+        key = h.headers.get("authorization", "").removeprefix("Bearer ")
         if model.startswith("status-"):
-            return self._error(h, int(model[7:]))
+            return self._error(h, int(model[7:10]), model[10:])
+        if model == "leaky-header":
+            h.wfile.write(f"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nX-Echo {key}\r\n\r\n".encode())
+            h.close_connection = True
+            return
+        if model.startswith("leaky-code-"):
+            return self._error(h, int(model[11:]), leak=key)
+        if model in ("flood", "flood-big", "keepalive", "keepalive-first"):
+            return self._endless(h, model)
         if model == "not-sse":
             return self._plain(h, 200, "text/html", b"<html>a proxy's login page</html>")
         if model == "slow":
             self.release.wait(WAIT)
         self._start_stream(h)
         events = self._events(model, body)
-        keep = {"garbage": 0, "error-event": 1, "hang": 1, "cut": 2, "garbage-mid": 2, "slow-mid": 2}
+        if model == "leaky":
+            events = [self._leak(ev, key) for ev in events]
+        keep = {"garbage": 0, "error-event": 1, "hang": 1, "cut": 2, "garbage-mid": 2, "slow-mid": 2,
+                "leaky-error": 1}
         events = events[:keep.get(model, len(events))]
         for ev in events:
             self._send(h, "data: " + json.dumps(ev) + "\n\n")
@@ -104,6 +129,9 @@ class Upstream:
             self._send(h, "data: {not json\n\n")
         elif model == "error-event":
             self._send(h, 'data: {"error": {"message": "the engine fell over", "type": "server_error"}}\n\n')
+        elif model == "leaky-error":
+            self._send(h, "data: " + json.dumps({"error": {"message": key, "type": key, "code": key, "param": key,
+                                                           key: key}}) + "\n\n")
         else:
             self._send(h, "data: [DONE]\n\n")
         self._send(h, "")
@@ -117,6 +145,7 @@ class Upstream:
         messages = body.get("messages") or [{}]
         prompt = sum(len(str(m.get("content") or "").split()) for m in messages) + 7
         usage_wanted = (body.get("stream_options") or {}).get("include_usage") and model != "no-usage"
+        reported = {"usage-zero": (0, 0), "usage-huge": (10 ** 9, 10 ** 9)}
         if model == "tools":
             call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather",
                                                                                "arguments": ""}}
@@ -133,9 +162,44 @@ class Upstream:
             out += [ev({"content": (" " if i else "") + w}) for i, w in enumerate(words[:sent])]
             out.append(ev({}, "length" if sent < len(words) else "stop"))
         if usage_wanted:
+            prompt, sent = reported.get(model, (prompt, sent))
             out.append({**ev({}), "choices": [],
                         "usage": {"prompt_tokens": prompt, "completion_tokens": sent, "total_tokens": prompt + sent}})
         return out
+
+    @staticmethod
+    def _leak(ev: dict, key: str) -> dict:
+        """The event with the key in every field a careless upstream might put it."""
+        ev = json.loads(json.dumps(ev))
+        ev.update(id=key, model=key, system_fingerprint=key, x_debug={"authorization": key, key: [key]})
+        if not ev["choices"]:
+            return ev
+        choice = ev["choices"][0]
+        delta = choice["delta"]
+        if "content" in delta and delta["content"]:
+            delta["content"] += f" ({key})"
+            delta["tool_calls"] = [{"index": 0, "id": key, "type": "function",
+                                    "function": {"name": key, "arguments": key}}]
+        choice["logprobs"] = {"content": [{"token": key, "logprob": -0.1, "bytes": [1], "top_logprobs": []}]}
+        return ev
+
+    def _endless(self, h, model: str) -> None:
+        """flood / flood-big / keepalive / keepalive-first: never finishes; stops when the client closes."""
+        self._start_stream(h)
+        piece = ("word " * (64 << 8)) if model == "flood-big" else "word "
+        try:
+            if model != "keepalive-first":
+                for _ in range(FLOOD if model.startswith("flood") else 1):
+                    ev = {"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": model,
+                          "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                    self._send(h, "data: " + json.dumps(ev) + "\n\n")
+            if model.startswith("keepalive"):
+                while not self.release.wait(KEEPALIVE):
+                    self._send(h, ": keep-alive\n\n")
+        except OSError:
+            pass
+        self.disconnected.set()
+        h.close_connection = True
 
     # -- wire -----------------------------------------------------------------------------------------------
 
@@ -152,14 +216,17 @@ class Upstream:
         h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         h.wfile.flush()
 
-    def _error(self, h, status: int) -> None:
+    def _error(self, h, status: int, variant: str = "", leak: str | None = None) -> None:
         auth = h.headers.get("authorization", "")
         err = {"message": f"upstream refuses this request (sent with {auth})", "type": "invalid_request_error",
                "param": "temperature", "code": "rate_limit_exceeded" if status == 429 else "bad_value"}
+        if leak is not None:
+            err.update(type=leak, code=leak, param=leak)
         data = json.dumps({"error": err}).encode()
         h.send_response(status)
         if status == 429:
-            h.send_header("Retry-After", "7")
+            retry = {"-long": "99999", "-date": "Fri, 01 Jan 2100 00:00:00 GMT"}.get(variant, "7")
+            h.send_header("Retry-After", retry)
         h.send_header("Content-Type", "application/json")
         h.send_header("Content-Length", str(len(data)))
         h.end_headers()

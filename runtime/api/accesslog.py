@@ -3,15 +3,22 @@
 The line is written when the response ends, by which time a generation's ledger row exists, so tokens and price
 are the charged ones. Keys never appear: only the key's name (or ``env:<digest prefix>`` for command-line keys).
 Paths are logged by their route table name, never as the raw text a client sent.
+
+A request still running when the drain timeout ends is cancelled by uvicorn at shutdown: it is logged here as
+``cancelled`` (error code ``shutdown``), answered 503 in its dialect if nothing was sent yet, and does not reach
+uvicorn as an exception (which would log a traceback and answer a bare 500).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 
+from ..errors import RETRY_GOING_AWAY, OverloadedError
 from ..money import credits
+from .errors import error_response, openai_body
 from .metrics import Metrics
 
 access = logging.getLogger("reverb.access")
@@ -26,14 +33,37 @@ class AccessLog:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         status = [500]
+        started = [False]
+        events = [False]     # the response is an event stream (it can end with an error event)
 
         async def send_wrapped(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                started[0] = True
+                events[0] = any(k.lower() == b"content-type" and v.startswith(b"text/event-stream")
+                                for k, v in message.get("headers", []))
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapped)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            state = scope.setdefault("state", {})
+            state["error_code"], state["outcome"] = "shutdown", "cancelled"
+            ctx = state.get("ctx")
+            err = OverloadedError("The server is shutting down", retry_after=RETRY_GOING_AWAY)
+            try:
+                if not started[0]:
+                    status[0] = 503
+                    await error_response(err, ctx.dialect if ctx else "openai",
+                                         ctx.request_id if ctx else None)(scope, receive, send)
+                elif events[0]:  # a started stream ends as any stream that fails: one error event, no [DONE]
+                    await send({"type": "http.response.body", "more_body": False,
+                                "body": b"data: " + json.dumps(openai_body(err)[1]).encode() + b"\n\n"})
+            except OSError:
+                pass  # the client is gone already
         finally:
             self._log(scope, status[0])
 
@@ -54,7 +84,8 @@ class AccessLog:
             "key": ctx.account.name if ctx.account else None, "model": model,
             "prompt_tokens": record.prompt_tokens if record else 0,
             "completion_tokens": record.completion_tokens if record else 0,
-            "price": credits(price), "outcome": record.status if record else ("ok" if status < 400 else "rejected"),
+            "price": credits(price), "outcome": state.get("outcome") or (record.status if record else
+                                                                          ("ok" if status < 400 else "rejected")),
             "error_code": state.get("error_code"), "latency_ms": round(latency * 1000, 1),
         }
         if service is not None and isinstance(service.hooks, Metrics):

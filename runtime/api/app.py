@@ -13,10 +13,11 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.routing import Route
 
-from ..errors import InvalidRequest, MethodNotAllowed, NotFound, ReverbError
+from ..errors import InvalidRequest, MethodNotAllowed, NotFound, ReverbError, quote
 from ..settings import Settings
 from .accesslog import AccessLog
 from .auth import BearerAuth, Context
+from .faults import Faults
 from .guard import Cors, HostGuard
 from .metrics import Metrics
 from .overload import Overload
@@ -34,9 +35,9 @@ async def _http_error(request: Request, exc: HTTPException):
     if exc.status_code == 404:
         err: ReverbError = NotFound("Unknown path")
     elif exc.status_code == 405:
-        err = MethodNotAllowed(f"Method {request.method} is not allowed here")
+        err = MethodNotAllowed(f"Method {quote(request.method)} is not allowed here")
     else:
-        err = InvalidRequest(str(exc.detail or "bad request"))
+        err = InvalidRequest(quote(str(exc.detail or "bad request")))
     return await refuse(request.scope, err)
 
 
@@ -64,16 +65,18 @@ def create_app(settings: Settings, service=None) -> Starlette:
             lease.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lease
+            await svc.finish_settlements()
             await asyncio.to_thread(svc.close)
 
-    public = {"/metrics"} if settings.metrics_public else set()
+    public = {"/metrics"} if settings.metrics_public else set()   # to loopback clients only
     app = Starlette(
         routes=[Route(r.path, r.handler, methods=list(r.methods)) for r in ROUTES],
         middleware=[Middleware(Context), Middleware(AccessLog, json_format=settings.log_format == "json"),
                     Middleware(Overload, limit=settings.max_connections),
                     Middleware(HostGuard, bind_host=settings.host, extra=settings.allowed_hosts),
                     Middleware(Cors, origins=settings.cors_origins),
-                    Middleware(BearerAuth, public_paths=public)],
+                    *([Middleware(Faults, secret=settings.test_control)] if settings.test_control else []),
+                    Middleware(BearerAuth, loopback_public=public)],
         exception_handlers={ReverbError: _reverb_error, HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,
     )

@@ -9,7 +9,7 @@ import time
 
 from starlette.requests import Request
 
-from ..errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from ..errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType, quote_path
 from ..settings import Settings
 
 JSON_TYPES = ("application/json",)
@@ -59,7 +59,7 @@ async def read_json(request: Request, settings: Settings) -> dict:
         raise InvalidRequest(f"the JSON body is nested deeper than {max_depth} levels")
     bad = unencodable(body)
     if bad is not None:
-        raise InvalidRequest(f"'{bad}' is not valid Unicode text (it holds a lone surrogate escape such as "
+        raise InvalidRequest(f"'{quote_path(bad)}' is not valid Unicode text (it holds a lone surrogate escape such as "
                              "\\ud800)", param=bad)
     return body
 

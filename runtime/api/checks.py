@@ -235,16 +235,17 @@ class StreamOptions(Check):
 @dataclass(frozen=True)
 class Texts(Check):
     """Raw texts: a string or an array of 1 to ``most`` strings (token arrays are refused: they could spell
-    control tokens). ``nonempty`` refuses an empty string."""
-    most: int
+    control tokens); ``most`` may be a setting. ``nonempty`` refuses an empty string."""
+    most: Bound
     nonempty: bool = False
     required = True
 
     def __call__(self, value, where, site):
         limit = site.settings.max_message_chars
+        most = _bound(self.most, site.settings)
         items = [value] if isinstance(value, str) else value
-        if not isinstance(items, list) or not items or len(items) > self.most:
-            raise InvalidRequest(f"'{where}' must be a string or an array of 1 to {self.most} strings", param=where)
+        if not isinstance(items, list) or not items or len(items) > most:
+            raise InvalidRequest(f"'{where}' must be a string or an array of 1 to {most} strings", param=where)
         for i, text in enumerate(items):
             at = where if isinstance(value, str) else f"{where}[{i}]"
             if not isinstance(text, str) or (self.nonempty and not text):
@@ -256,7 +257,8 @@ class Texts(Check):
 
     def schema(self, settings):
         text = {"type": "string", "minLength": 1, "maxLength": settings.max_message_chars}
-        return {"oneOf": [text, {"type": "array", "minItems": 1, "maxItems": self.most, "items": text}]}
+        return {"oneOf": [text, {"type": "array", "minItems": 1, "maxItems": _bound(self.most, settings),
+                                 "items": text}]}
 
 
 class ResponseFormatCheck(Check):

@@ -6,12 +6,15 @@ Gateway dialect body: ``{"status": 0, "error": {"code", "message"}}``.
 
 from __future__ import annotations
 
+import math
+
 from starlette.responses import JSONResponse
 
-from ..errors import (RETRY_GOING_AWAY, AuthenticationError, ContextLengthExceeded, EngineError, InsufficientCredit,
-                      InvalidRequest, LedgerError, MethodNotAllowed, ModelNotFound, NotFound, OverloadedError,
-                      PayloadTooLarge, RequestTimeout, ReverbError, TemplateError, UnsupportedMediaType, UpstreamError,
-                      UpstreamRejected, UpstreamTimeout, UpstreamUnavailable)
+from ..errors import (RETRY_GOING_AWAY, AuthenticationError, BudgetExceeded, ContextLengthExceeded, EngineError,
+                      InsufficientCredit, InvalidRequest, LedgerError, MethodNotAllowed, ModelNotFound, NotFound,
+                      OverloadedError, PayloadTooLarge, PermissionDenied, RateLimited, RequestTimeout, ReverbError,
+                      TemplateError, UnsupportedMediaType, UpstreamError, UpstreamRejected, UpstreamTimeout,
+                      UpstreamUnavailable)
 
 # class: (status, openai type, openai code, openai status override, gateway code)
 TABLE: dict[type[ReverbError], tuple[int, str, str | None, int | None, str | None]] = {
@@ -19,8 +22,12 @@ TABLE: dict[type[ReverbError], tuple[int, str, str | None, int | None, str | Non
     TemplateError: (400, "invalid_request_error", None, None, None),
     InvalidRequest: (400, "invalid_request_error", None, None, None),
     AuthenticationError: (401, "authentication_error", "invalid_api_key", None, None),
+    # A valid key without the right (not 401: the key is fine, and clients must not drop it as revoked).
+    PermissionDenied: (403, "permission_error", "permission_denied", None, None),
     # OpenAI answers an exhausted budget with 429 insufficient_quota and its SDKs do not retry that.
+    BudgetExceeded: (402, "insufficient_quota", "insufficient_quota", 429, "budget_exceeded"),
     InsufficientCredit: (402, "insufficient_quota", "insufficient_quota", 429, "insufficient_credit"),
+    RateLimited: (429, "requests", "rate_limit_exceeded", None, "rate_limit_exceeded"),
     ModelNotFound: (404, "invalid_request_error", "model_not_found", None, None),
     NotFound: (404, "invalid_request_error", "not_found", None, None),
     MethodNotAllowed: (405, "invalid_request_error", "method_not_allowed", None, None),
@@ -62,8 +69,11 @@ def _headers(exc: BaseException, status: int) -> dict[str, str]:
         headers["Retry-After"] = str(exc.retry_after)
     elif isinstance(exc, LedgerError):
         headers["Retry-After"] = str(RETRY_GOING_AWAY)
-    if isinstance(exc, InsufficientCredit):
+    if isinstance(exc, InsufficientCredit) or (isinstance(exc, RateLimited) and exc.retry_after is None):
         headers["x-should-retry"] = "false"
+    if isinstance(exc, RateLimited) and exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        headers["retry-after-ms"] = str(max(1, math.ceil(exc.retry_after * 1000)))
     if isinstance(exc, UpstreamRejected) and exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
     return headers
@@ -81,7 +91,7 @@ def openai_body(exc: BaseException) -> tuple[int, dict, dict[str, str]]:
     else:
         status, etype, code, override, _ = row
         status = _status(exc, override or status)
-        etype = (exc.type if isinstance(exc, UpstreamRejected) else None) or etype
+        etype = (exc.type if isinstance(exc, (UpstreamRejected, RateLimited)) else None) or etype
         code = code or getattr(exc, "code", None) or "invalid_request"
     param = exc.param if isinstance(exc, ReverbError) else None
     body = {"error": {"message": _public_message(exc), "type": etype, "param": param, "code": code}}

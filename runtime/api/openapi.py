@@ -169,7 +169,9 @@ def document(settings: Settings) -> dict:
                     **_errors("GatewayError", (400, 401, 402, 404, 413, 415, 503))}}},
             "/health": {"get": {"summary": "liveness, no key needed", "security": [],
                                 "responses": {"200": {"description": "ok"}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics (an operator key: admin, or given with --api-key)",
+                                 "responses": {"200": {"description": "text"},
+                                               **_errors("OpenAIError", (401, 403))}}},
             "/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "json"}}}},
         },
     }

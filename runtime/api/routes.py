@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from . import completions, embeddings, gateway, openai, ops
+from . import admin, completions, embeddings, gateway, openai, ops, orgusage
 from .handler import endpoint
 
 OPENAI, GATEWAY = "openai", "gateway"
@@ -27,6 +27,7 @@ class Route:
     dialect: str
     handler: Callable
     public: bool = False          # answered without a key
+    operator: bool = False        # only for operator keys (Account.operator: admin or dev keys)
 
 
 ROUTES: tuple[Route, ...] = (
@@ -42,8 +43,21 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/v1/models/{model}", ("GET",), "models", OPENAI, openai.get_model),
     Route("/api/endpoint", ("POST",), "gateway", GATEWAY, endpoint(gateway.GATEWAY)),
     Route("/health", ("GET",), "health", OPENAI, ops.health, public=True),
-    Route("/metrics", ("GET",), "metrics", OPENAI, ops.metrics),
+    Route("/metrics", ("GET",), "metrics", OPENAI, ops.metrics, operator=True),
     Route("/openapi.json", ("GET",), "openapi", OPENAI, ops.openapi),
+    # issue 25: a key's own standing; admin-only management and OpenAI-shaped organization usage (api/admin.py)
+    Route("/v1/me", ("GET",), "me", OPENAI, admin.me),
+    Route("/v1/admin/keys", ("GET",), "admin", OPENAI, admin.list_keys),
+    Route("/v1/admin/keys", ("POST",), "admin", OPENAI, admin.create_key),
+    Route("/v1/admin/keys/{name}", ("GET", "POST", "PATCH", "DELETE"), "admin", OPENAI, admin.key),
+    Route("/v1/admin/teams", ("GET",), "admin", OPENAI, admin.list_teams),
+    Route("/v1/admin/teams", ("POST",), "admin", OPENAI, admin.create_team),
+    Route("/v1/admin/teams/{name}", ("GET", "POST", "PATCH"), "admin", OPENAI, admin.team),
+    Route("/v1/admin/topup", ("POST",), "admin", OPENAI, admin.topup),
+    Route("/v1/admin/rotate", ("POST",), "admin", OPENAI, admin.rotate),
+    Route("/v1/admin/log", ("GET",), "admin", OPENAI, admin.admin_log),
+    Route("/v1/organization/usage/completions", ("GET",), "organization", OPENAI, orgusage.usage_completions),
+    Route("/v1/organization/costs", ("GET",), "organization", OPENAI, orgusage.costs),
 )
 _BY_PATH = {r.path: r for r in ROUTES if "{" not in r.path}
 _BY_PREFIX = {r.path[:r.path.index("{")]: r for r in ROUTES if "{" in r.path}  # "/v1/models/" -> its route

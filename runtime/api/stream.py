@@ -32,6 +32,9 @@ async def cancel_on_disconnect(receive, gen: Generation):
     task = asyncio.create_task(watch())
     try:
         yield
+    except BaseException:  # the handler itself was cancelled (shutdown) or failed: the job must not outlive it
+        gen.cancel()
+        raise
     finally:
         task.cancel()
 

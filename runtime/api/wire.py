@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Callable, Mapping
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, quote
 from ..request import Ask
 from ..settings import Settings
 from ..types import SamplingParams
@@ -36,12 +36,15 @@ MAX_N = 128                     # the backend refuses n above its slots
 MAX_TOP_LOGPROBS = 20
 MAX_COMPLETION_LOGPROBS = 5     # OpenAI's limit for the legacy endpoint
 MAX_PROMPTS = 32                # /v1/completions: one queued job each
-MAX_INPUTS = 256                # /v1/embeddings
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default for the legacy endpoint
 
 
 def _cap(settings: Settings) -> int:
     return settings.max_tokens_cap
+
+
+def _inputs(settings: Settings) -> int:
+    return settings.max_embedding_inputs
 
 
 @dataclass(frozen=True)
@@ -125,9 +128,11 @@ FIELDS: tuple[Field, ...] = (
           "`function_call` is 400", fallback=True, relay=RelayMessages(), top=True),
     Field("prompt", Texts(MAX_PROMPTS), "prompt", _d(COMPLETIONS), "a string or up to 32 strings, no chat template "
           "(choices of prompt *p* are indexed *p*·n + *i*); token arrays are 400"),
-    Field("input", Texts(MAX_INPUTS, nonempty=True), "prompt", _d(EMBEDDINGS),
-          "a string or up to 256 non-empty strings, one unit-length vector each; token arrays are 400"),
-    Field("n", Integer(1, MAX_N), "sampling.n", GENERATE, "choices per prompt, up to `--parallel` (400 beyond): the "
+    Field("input", Texts(_inputs, nonempty=True), "prompt", _d(EMBEDDINGS),
+          "a string or up to `--max-embedding-inputs` (256) non-empty strings, one unit-length vector each; token "
+          "arrays are 400; the tokens of one request are bounded too (docs/limits.md)"),
+    Field("n", Integer(1, MAX_N), "sampling.n", GENERATE, "choices per prompt, up to `--parallel` (for a key of "
+          "the ledger, up to `--slots-per-key`: by default `--parallel` - 1; see docs/limits.md; 400 beyond): the "
           "prompt is read once and its KV copied to each choice; choice *i* samples with `seed + i`. The gateway "
           "answers one", only={GATEWAY: (1,)}, refused="'{p}' must be 1", fallback=True, relay=True),
     Field("best_of", Integer(1, MAX_N), None, _d(COMPLETIONS), "accepted only equal to `n` (every choice is "
@@ -332,7 +337,8 @@ def _options(body: dict, errors: dict) -> dict:
         raise _first(errors, InvalidRequest("'options' must be an object", param="options"))
     unknown = sorted(k for k in options if k not in _NAMES[GATEWAY])
     if unknown:
-        raise _first(errors, InvalidRequest(f"unknown option 'options.{unknown[0]}'", param=f"options.{unknown[0]}"))
+        raise _first(errors, InvalidRequest(f"unknown option 'options.{quote(unknown[0])}'",
+                                            param=f"options.{unknown[0]}"))
     return options
 
 

@@ -34,6 +34,7 @@ class Prompt:
     batch: tuple[tuple[int, ...], ...] = ()
     streams: int = 1
     constraint: object = None
+    capped: bool = True   # a local model's per-key caps apply (the service clears it for the operator's own keys)
 
     @property
     def longest(self) -> int:
@@ -78,7 +79,8 @@ class Backend(Protocol):
         """Start a job of ``params.n`` choices per prompt; ``on_chunk`` is called on the calling event loop, in
         order, each choice ending with one chunk that has a finish_reason (choices of prompt p are indexed
         p * n + i). ``tenant`` names whose request it is (the API key): cached state may be reused only within
-        one tenant. Must be called on that loop. Raises OverloadedError when it cannot take more work."""
+        one tenant, and a local model shares its slots fairly between tenants (``Prompt.capped``). Must be called
+        on that loop. Raises OverloadedError when it cannot take more work."""
 
     def stats(self) -> Stats: ...
 
@@ -89,6 +91,7 @@ class Backend(Protocol):
 class Embedder(Protocol):
     """A backend that also makes embeddings (the llama.cpp one); an upstream does not."""
 
-    async def embed(self, prompt: Prompt) -> list[list[float]]:
-        """One unit-length embedding per prompt of ``prompt.batch``. Raises InvalidRequest when the model cannot
-        embed."""
+    def embedding_job(self, prompt: Prompt):
+        """A place in this model's bounded embeddings queue for ``prompt.batch`` (OverloadedError when full): an
+        EmbeddingJob (backends/llama/backend.py) that computes one unit-length vector per prompt in chunks, can be
+        stopped, and counts its tokens."""

@@ -18,6 +18,8 @@ Idle keep-alive connections close after ``keep_alive_timeout`` (uvicorn's own ti
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import time
 
 import uvicorn
@@ -75,6 +77,17 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm()
         super().on_headers_complete()
+        # ASGI cannot close a connection on purpose; test-only faults (api/faults.py) need to.
+        self.scope.setdefault("extensions", {})["reverb.cut"] = self.cut
+
+    def cut(self, reset: bool) -> None:
+        """Close this connection now, unflushed; ``reset``: with a TCP RST (SO_LINGER 0) instead of a FIN."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        sock = self.transport.get_extra_info("socket")
+        if reset and sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

@@ -24,6 +24,9 @@ def run(args) -> int:
     from .http_server import run as run_http
 
     settings = settings_from(args)
+    if settings.exit_with_parent:   # before the model loads: a runner killed during start-up leaves nothing either
+        from .parent import exit_with_parent
+        exit_with_parent()
     if not settings.api_keys and not _ledger_has_keys(settings):
         key = "rk-" + secrets.token_urlsafe(24)
         settings = settings.with_(api_keys=(key,))

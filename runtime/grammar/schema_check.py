@@ -6,7 +6,7 @@ values (ANNOTATIONS), or refused with a InvalidRequest naming it - never silentl
 from dataclasses import dataclass, field
 from urllib.parse import unquote
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, quote
 from .numeric import LIMIT
 from .pattern import pattern_to_gbnf
 
@@ -78,7 +78,7 @@ class _Checker:
                 name = unquote(ref[len(prefix):]).replace("~1", "/").replace("~0", "~")
                 target = self.root.get(box, {}).get(name) if isinstance(self.root.get(box), dict) else None
                 if target is None:
-                    self.fail(f"$ref target {ref!r} not found", path)
+                    self.fail(f"$ref target '{quote(ref)}' not found", path)
                 return target, f"{self.base}.{box}.{name}"
         self.fail("only local references '#', '#/$defs/NAME' and '#/definitions/NAME' are supported", path)
 
@@ -95,14 +95,14 @@ class _Checker:
             self.fail("a schema must be a JSON object" + why, path)
         for key in node:
             if key not in ENFORCED and key not in ANNOTATIONS:
-                self.fail(f"JSON Schema keyword {key!r} is not supported", f"{path}.{key}")
+                self.fail(f"JSON Schema keyword '{quote(key)}' is not supported", f"{path}.{key}")
         if "$id" in node and depth > 0:
             self.fail("'$id' is only supported on the root schema", f"{path}.$id")
         combos = [k for k in COMBINATORS if k in node]
         if combos:  # siblings of a combinator would need schema intersection, which the grammar cannot express
             extra = [k for k in node if k not in ANNOTATIONS and k not in CONTAINERS and k != combos[0]]
             if extra:
-                self.fail(f"{combos[0]!r} combined with {extra[0]!r} is not supported", f"{path}.{extra[0]}")
+                self.fail(f"{combos[0]!r} combined with '{quote(extra[0])}' is not supported", f"{path}.{extra[0]}")
             key = combos[0]
             if key == "$ref":
                 target, tpath = self.resolve(node["$ref"], f"{path}.$ref")
@@ -144,7 +144,7 @@ class _Checker:
     def check_literals(self, node, path):
         extra = [k for k in node if k not in ANNOTATIONS and k not in CONTAINERS and k not in ("enum", "const", "type")]
         if extra:
-            self.fail(f"'enum'/'const' combined with {extra[0]!r} is not supported", f"{path}.{extra[0]}")
+            self.fail(f"'enum'/'const' combined with '{quote(extra[0])}' is not supported", f"{path}.{extra[0]}")
         if "enum" in node and (not isinstance(node["enum"], list) or not node["enum"] or len(node["enum"]) > MAX_ENUM):
             self.fail(f"'enum' must be a non-empty array of at most {MAX_ENUM} values", f"{path}.enum")
 
@@ -159,7 +159,7 @@ class _Checker:
             self.fail("'required' must be an array of unique strings", f"{path}.required")
         for r in req:
             if r not in props:  # the grammar only generates declared properties
-                self.fail(f"required property {r!r} is not declared in 'properties'", f"{path}.required")
+                self.fail(f"required property '{quote(r)}' is not declared in 'properties'", f"{path}.required")
         ap = node.get("additionalProperties", True)
         if not isinstance(ap, bool):
             self.walk(ap, f"{path}.additionalProperties", depth + 1)
@@ -205,7 +205,7 @@ class _Checker:
             other = kinds[1] if len(kinds) > 1 else lengths[0]
             self.fail(f"{kinds[0]!r} combined with {other!r} is not supported", f"{path}.{other}")
         if "format" in node and node["format"] not in FORMATS:
-            self.fail(f"string format {node['format']!r} is not supported (supported: {sorted(FORMATS)})",
+            self.fail(f"string format '{quote(node['format'])}' is not supported (supported: {sorted(FORMATS)})",
                       f"{path}.format")
         if "pattern" in node:  # translate now so regex errors are reported before any grammar is built
             pattern_to_gbnf(node["pattern"], f"{path}.pattern")

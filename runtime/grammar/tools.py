@@ -9,7 +9,7 @@ Wire format (native Hermes/Qwen2.5 templates and our fallback alike), one block 
 import json
 import re
 
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, quote
 from ..types import ResponseFormat, Tool, Tools
 from .jsonschema_gbnf import GrammarBuilder, literal
 from .response_format import GrammarSpec, add_schema, finish, schema_rule
@@ -57,7 +57,7 @@ def _parse(tools, tool_choice, parallel_tool_calls) -> Tools:
         names = [t.name for t in parsed]
         dup = next((n for n in names if names.count(n) > 1), None)
         if dup:
-            raise InvalidRequest(f"duplicate function name {dup!r}", param="tools")
+            raise InvalidRequest(f"duplicate function name '{quote(dup)}'", param="tools")
     forced = None
     if tool_choice is None:
         choice = "auto" if parsed else "none"
@@ -67,7 +67,8 @@ def _parse(tools, tool_choice, parallel_tool_calls) -> Tools:
         fn = tool_choice.get("function")
         name = fn.get("name") if isinstance(fn, dict) else None
         if name not in {t.name for t in parsed}:
-            raise InvalidRequest(f"tool_choice names unknown function {name!r}", param="tool_choice.function.name")
+            raise InvalidRequest(f"tool_choice names unknown function '{quote(name)}'",
+                                 param="tool_choice.function.name")
         choice, forced = "required", name
     else:
         raise InvalidRequest("'tool_choice' must be 'none', 'auto', 'required' or "

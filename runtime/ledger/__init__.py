@@ -5,7 +5,7 @@ default) or PostgreSQL (a ``postgresql://`` URL, for several servers). ``core.py
 from __future__ import annotations
 
 from ..money import MAX_BALANCE
-from .core import Ledger, digest
+from .core import Ledger, Reservation, digest
 from .records import RequestRecord, bounded_model
 
-__all__ = ["Ledger", "MAX_BALANCE", "RequestRecord", "bounded_model", "digest"]
+__all__ = ["Ledger", "MAX_BALANCE", "Reservation", "RequestRecord", "bounded_model", "digest"]

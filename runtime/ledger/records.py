@@ -56,10 +56,22 @@ def now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def insert_request(db, account: Account | None, r: RequestRecord, price: int) -> None:
+def insert_request(db, account: Account | None, r: RequestRecord, price: int, team_id: int | None = None,
+                   team_price: int = 0, created_at: str | None = None) -> None:
     db.execute(
         "INSERT INTO requests (request_id, key_id, key_name, model, endpoint, prompt_tokens, completion_tokens, "
-        "price, status, error_code, latency_ms, created_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "price, status, error_code, latency_ms, created_at, body, team_id, team_price) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (r.request_id, account.key_id if account else None, account.name if account else None, r.model,
-         r.endpoint, r.prompt_tokens, r.completion_tokens, price, r.status, r.error_code, r.latency_ms, now(),
-         r.body))
+         r.endpoint, r.prompt_tokens, r.completion_tokens, price, r.status, r.error_code, r.latency_ms,
+         created_at or now(), r.body, team_id, team_price))
+
+
+def settle_window(db, request_id: str, record: RequestRecord) -> None:
+    """The request's tokens-per-minute reservation becomes what it used (never more than it reserved); a request
+    refused after its hold (it never ran) leaves the window altogether."""
+    if record.status == "rejected":
+        db.execute("DELETE FROM rate_events WHERE request_id = ?", (request_id,))
+        return
+    used = record.prompt_tokens + record.completion_tokens
+    db.execute("UPDATE rate_events SET tokens = ? WHERE request_id = ? AND tokens > ?", (used, request_id, used))

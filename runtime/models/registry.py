@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..errors import ConfigError, ModelNotFound
+from ..errors import ConfigError, ModelNotFound, quote
 from ..money import cost, format_money, parse_money  # noqa: F401  (re-exported: cli/keys.py and tests use them)
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -46,6 +46,7 @@ class ModelSpec:
     fallbacks: tuple[str, ...] = ()  # catalogue names tried in order when this one fails before its first byte
     headers: tuple[tuple[str, str], ...] = ()   # extra request headers for the upstream
     provider: str = ""               # shown in /v1/models and `reverb models`; default: base_url's host
+    deadline: float = 600.0          # seconds one upstream request may take in all (keep-alives do not extend it)
 
     @property
     def upstream(self) -> bool:
@@ -79,6 +80,7 @@ _FIELDS: dict[str, tuple[type | tuple[type, ...], tuple[str, ...], tuple[str, ..
     "fallbacks": (list, (), UPSTREAM),
     "headers": (dict, (), UPSTREAM),
     "provider": (str, (), UPSTREAM),
+    "deadline": ((int, float), (), UPSTREAM),
 }
 
 
@@ -93,7 +95,7 @@ class Registry:
         key = self.default if name is None else name
         spec = self.specs.get(key) if isinstance(key, str) else None
         if spec is None:
-            raise ModelNotFound(f"The model '{key}' does not exist", param="model", model=str(key))
+            raise ModelNotFound(f"The model '{quote(key)}' does not exist", param="model", model=str(key))
         return spec
 
 

@@ -36,6 +36,9 @@ def upstream_fields(where: str, name: str, table: dict) -> dict:
     timeout = table.get("timeout", 120.0)
     if not (math.isfinite(timeout) and 0 < timeout <= 3600):
         raise fail("timeout", "must be a number of seconds above 0 and at most 3600")
+    deadline = table.get("deadline", 600.0)
+    if not (math.isfinite(deadline) and 0 < deadline <= 86400):
+        raise fail("deadline", "must be a number of seconds above 0 and at most 86400")
     fallbacks = table.get("fallbacks", [])
     if (len(fallbacks) > MAX_FALLBACKS or len(set(map(str, fallbacks))) != len(fallbacks)
             or not all(isinstance(f, str) and NAME_RE.match(f) for f in fallbacks)):
@@ -51,7 +54,8 @@ def upstream_fields(where: str, name: str, table: dict) -> dict:
     if not 0 < len(provider) <= 64 or not provider.isprintable():
         raise fail("provider", "must be 1 to 64 printable characters")
     return dict(base_url=base_url, upstream_model=model, api_key_env=key_env, timeout=float(timeout),
-                fallbacks=tuple(fallbacks), headers=tuple(headers), provider=provider)
+                fallbacks=tuple(fallbacks), headers=tuple(headers), provider=provider,
+                deadline=float(deadline))
 
 
 def _base_url(value: str, fail) -> tuple[str, str]:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from ... import grammar
-from ...errors import InvalidRequest, TemplateError
+from ...errors import RETRY_BUSY, InvalidRequest, OverloadedError, TemplateError
 from ...models.registry import ModelSpec
 from ...models.templates import CHATML, ChatTemplate
 from ...request import Ask
@@ -38,6 +39,9 @@ class LlamaBackend:
         # parser speak; otherwise the documented fallback is used.
         self.native_tools = grammar.use_native_tools(template.source)
         self._embed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"reverb-embed-{spec.name}")
+        self._embed_jobs: set[EmbeddingJob] = set()   # running or waiting, at most ``embedding_queue``
+        self._embed_lock = threading.Lock()
+        self.embedding_queue = 4
 
     @classmethod
     def load(cls, spec: ModelSpec, path, settings: Settings, engine_factory=None) -> "LlamaBackend":
@@ -65,8 +69,11 @@ class LlamaBackend:
         cache = PromptCache(int(settings.prompt_cache_mb * 2**20), share=settings.share_prompt_cache)
         batcher = Batcher(engine, slots=settings.parallel, ctx_per_slot=ctx, prefill_chunk=settings.prefill_chunk,
                           max_queue=settings.max_queue, queue_timeout=settings.queue_timeout,
-                          deterministic=settings.deterministic, prompt_cache=cache)
-        return cls(spec, engine, template, ModelThread(batcher, name=spec.name), ctx)
+                          deterministic=settings.deterministic, prompt_cache=cache,
+                          slots_per_key=settings.key_slots, queue_per_key=settings.queue_per_key)
+        backend = cls(spec, engine, template, ModelThread(batcher, name=spec.name), ctx)
+        backend.embedding_queue = settings.embedding_queue
+        return backend
 
     def tokenize_chat(self, messages: tuple[Message, ...] | list[Message], tools: Tools | None = None) -> list[int]:
         """Render the template and tokenize it: template text with control tokens, user text without.
@@ -150,16 +157,30 @@ class LlamaBackend:
                tenant: str) -> "_Handle":
         sink = Sink(deliver=on_chunk, loop=asyncio.get_running_loop())
         jobs = [Job(prompt=list(tokens), params=params, tenant=tenant, sink=sink, constraint=prompt.constraint,
-                    first_index=i * params.n)
+                    first_index=i * params.n, capped=prompt.capped)
                 for i, tokens in enumerate(prompt.batch or (prompt.tokens,))]
         self.thread.submit(*jobs)
         return _Handle(jobs, self.thread)
 
-    async def embed(self, prompt: Prompt) -> list[list[float]]:
-        """Embeddings on their own thread and llama.cpp context (see Engine.embed), one input at a time."""
-        def run() -> list[list[float]]:
-            return [self.engine.embed(list(tokens)).tolist() for tokens in prompt.batch]
-        return await asyncio.get_running_loop().run_in_executor(self._embed_pool, run)
+    @property
+    def key_slots(self) -> int:
+        """Slots one capped key's running requests may hold (--slots-per-key)."""
+        return self.thread.batcher.slots_per_key
+
+    def embedding_job(self, prompt: Prompt) -> "EmbeddingJob":
+        """A place in this model's embeddings queue for ``prompt.batch``. Raises OverloadedError when
+        ``embedding_queue`` requests are already running or waiting."""
+        with self._embed_lock:
+            if len(self._embed_jobs) >= self.embedding_queue:
+                raise OverloadedError("too many embeddings requests are running or waiting; try again shortly",
+                                      retry_after=RETRY_BUSY, model=self.spec.name)
+            job = EmbeddingJob(self, prompt.batch)
+            self._embed_jobs.add(job)
+        return job
+
+    def _embedded(self, job: "EmbeddingJob") -> None:
+        with self._embed_lock:
+            self._embed_jobs.discard(job)
 
     def stats(self) -> Stats:
         b = self.thread.batcher
@@ -167,6 +188,9 @@ class LlamaBackend:
                      cached_prompts=len(b.prompt_cache), cached_prompt_bytes=b.prompt_cache.bytes)
 
     def close(self) -> None:
+        with self._embed_lock:
+            for job in self._embed_jobs:
+                job.cancel()   # each stops within one chunk; what it computed is still billed
         self._embed_pool.shutdown(wait=True)
         self.thread.stop()
         self.engine.close()
@@ -181,3 +205,43 @@ class _Handle:
         for job in self._jobs:
             job.cancelled.set()
         self._thread.wake()
+
+
+class EmbeddingJob:
+    """One embeddings request on the model's embeddings thread (its own llama.cpp context, see Engine.embed),
+    one input at a time in chunks: ``cancel`` stops it within one chunk, and ``computed`` says how many tokens
+    were read, for the bill."""
+
+    def __init__(self, backend: LlamaBackend, batch: tuple[tuple[int, ...], ...]):
+        self._backend, self._batch = backend, batch
+        self._stop = threading.Event()
+        self.computed = 0
+        self._future: asyncio.Future | None = None
+
+    def cancel(self) -> None:
+        self._stop.set()
+
+    def release(self) -> None:
+        """Give up a job that will not run (its request was refused)."""
+        self._backend._embedded(self)
+
+    def run(self) -> asyncio.Future:
+        """Start (once) and return the future of the vectors, or of None when stopped early."""
+        if self._future is None:
+            self._future = asyncio.get_running_loop().run_in_executor(self._backend._embed_pool, self._compute)
+        return self._future
+
+    def _compute(self) -> list[list[float]] | None:
+        try:
+            vectors = []
+            for tokens in self._batch:
+                vec = self._backend.engine.embed(list(tokens), stop=self._stop.is_set, progress=self._add)
+                if vec is None:
+                    return None
+                vectors.append(vec.tolist())
+            return vectors
+        finally:
+            self._backend._embedded(self)
+
+    def _add(self, n: int) -> None:
+        self.computed += n

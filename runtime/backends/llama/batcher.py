@@ -1,8 +1,9 @@
 """Continuous batching without threads: admission into slots, prefix reuse, the batch plan, sampling, retirement.
 
-``Batcher`` is driven by its owner (``bridge.ModelThread``): ``admit`` moves waiting jobs into free slots (reusing
-a cached prefix; a job of ``n`` choices takes ``n`` slots at once: one reads the prompt, the others follow and get a
-copy of its KV when it is done, so the prompt is computed once), ``step`` runs one decode call with a row for every
+``Batcher`` is driven by its owner (``bridge.ModelThread``): ``admit`` moves waiting jobs into free slots, taking
+keys in turn within per-key caps (admission.py) and reusing a cached prefix (a job of ``n`` choices takes ``n``
+slots at once: one reads the prompt, the others follow and get a copy of its KV when it is done, so the prompt is
+computed once), ``step`` runs one decode call with a row for every
 generating slot plus bounded prefill calls for slots still reading their prompt, and samples. What clients must see
 comes out of ``take_events`` as (job, chunk) pairs. Nothing here knows about threads or event loops, so the unit
 tests drive it directly.
@@ -14,7 +15,6 @@ placement.py's.
 
 from __future__ import annotations
 
-import collections
 import enum
 import secrets
 import threading
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from ...errors import RETRY_BUSY, RETRY_WAITED, OverloadedError, ReverbError
 from ...types import Chunk, FinishReason, SamplingParams, Usage
 from . import shapes
+from .admission import FairQueue
 from .output import ChoiceOutput, Constraint
 from .placement import Placement
 from .promptcache import PromptCache
@@ -36,6 +37,7 @@ class Job:
     prompt: list[int]
     params: SamplingParams          # max_tokens resolved (an int); ``n`` choices
     tenant: str = ""                # whose request (the API key's name); see Backend.submit
+    capped: bool = True             # the per-key caps apply (False: the operator's own key)
     constraint: Constraint | None = None  # grammar and tool-call parsing (output.py)
     first_index: int = 0            # choice index of the first of this job's n choices
     sink: object = None
@@ -69,7 +71,8 @@ class Slot:
 
 class Batcher:
     def __init__(self, engine, *, slots: int, ctx_per_slot: int, prefill_chunk: int, max_queue: int,
-                 queue_timeout: float, deterministic: bool = False, prompt_cache: PromptCache | None = None):
+                 queue_timeout: float, deterministic: bool = False, prompt_cache: PromptCache | None = None,
+                 slots_per_key: int | None = None, queue_per_key: int | None = None):
         self.engine = engine
         self.deterministic = deterministic
         self.prompt_cache = prompt_cache if prompt_cache is not None else PromptCache(0)
@@ -79,26 +82,38 @@ class Batcher:
         self.max_queue = max_queue
         self.queue_timeout = queue_timeout
         self.slots = [Slot(seq=i) for i in range(slots)]
-        self.waiting: collections.deque[Job] = collections.deque()
+        self.slots_per_key = min(slots, slots_per_key or slots)   # busy slots one key may hold (None: all)
+        self.queue_per_key = queue_per_key                        # jobs one key may have waiting (None: no cap)
+        self.waiting = FairQueue()
         self.reused_tokens = 0
         self._events: list[tuple[Job, Chunk]] = []
 
     # -- queue ----------------------------------------------------------------------------------------------
 
     def submit(self, jobs: Job | list[Job], now: float) -> None:
-        """Queue jobs, all or none. Raises OverloadedError when more than ``max_queue`` jobs would wait beyond the
-        free slots, or a job has more choices than there are slots."""
+        """Queue jobs (of one tenant), all or none. Raises OverloadedError when more than ``max_queue`` jobs would
+        wait beyond the free slots, the tenant would have more than ``queue_per_key`` jobs waiting, or a job has
+        more choices than one key may hold slots."""
         jobs = [jobs] if isinstance(jobs, Job) else jobs
-        if any(job.params.n > len(self.slots) for job in jobs):
-            raise OverloadedError("a job has more choices than this model has slots", retry_after=RETRY_BUSY)
+        if any(job.params.n > (self.slots_per_key if job.capped else len(self.slots)) for job in jobs):
+            raise OverloadedError("a job has more choices than one key may hold slots", retry_after=RETRY_BUSY)
         if len(self.waiting) + len(jobs) - 1 >= self.free_slots() + self.max_queue:
             raise OverloadedError("all slots are busy and the wait queue is full", retry_after=RETRY_BUSY)
+        if self.queue_per_key is not None:
+            for tenant in {job.tenant for job in jobs if job.capped}:
+                mine = sum(1 for job in jobs if job.tenant == tenant)
+                if self.waiting.count(tenant) + mine > self.queue_per_key:
+                    raise OverloadedError("this key has too many requests waiting for a slot", retry_after=RETRY_BUSY)
         for job in jobs:
             job.enqueued_at = now
-            self.waiting.append(job)
+            self.waiting.push(job)
 
     def free_slots(self) -> int:
         return sum(1 for s in self.slots if s.state is SlotState.FREE)
+
+    def held_by(self, tenant: str) -> int:
+        """Slots the tenant's running jobs hold."""
+        return sum(1 for s in self.slots if s.job is not None and s.job.tenant == tenant)
 
     def active(self) -> int:
         return len(self.slots) - self.free_slots()
@@ -116,7 +131,11 @@ class Batcher:
     # -- admission ------------------------------------------------------------------------------------------
 
     def admit(self, now: float) -> None:
-        """Drop cancelled and timed-out waiting jobs, then start waiting jobs in free slots, in order."""
+        """Drop cancelled and timed-out waiting jobs, then start waiting jobs in free slots, keys in turn.
+
+        Each key's oldest job in turn order: a key at its slot cap is passed over (it waits on its own jobs);
+        the first other one starts if there are ``n`` free slots for it, else admission stops there, so a job of
+        many choices is not overtaken for ever by smaller ones."""
         for job in list(self.waiting):
             if job.cancelled.is_set():
                 self.waiting.remove(job)
@@ -127,14 +146,21 @@ class Batcher:
                                     OverloadedError("timed out waiting for a free slot", retry_after=RETRY_WAITED))
         while self.waiting:
             free = [s for s in self.slots if s.state is SlotState.FREE]
-            if len(free) < self.waiting[0].params.n:
-                return  # first come, first served: a job of n choices waits for n free slots
-            self._start(self.waiting.popleft(), free)
+            for job in self.waiting.heads():
+                if job.capped and self.held_by(job.tenant) + job.params.n > self.slots_per_key:
+                    continue
+                if len(free) < job.params.n:
+                    return  # its turn: a job of n choices waits for n free slots
+                self.waiting.take(job)
+                self._start(job, free)
+                break
+            else:
+                return  # every waiting key is at its cap
 
     def cancel_waiting(self) -> None:
         """Stopping: every waiting job ends cancelled, having used nothing."""
-        while self.waiting:
-            self._end_unstarted(self.waiting.popleft(), FinishReason.CANCELLED)
+        for job in self.waiting.pop_all():
+            self._end_unstarted(job, FinishReason.CANCELLED)
 
     def _end_unstarted(self, job: Job, reason: FinishReason, error: Exception | None = None) -> None:
         for i in range(job.params.n):

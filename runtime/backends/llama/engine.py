@@ -341,13 +341,12 @@ class Engine:
         C.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
         C.llama_memory_seq_rm(self._mem, dst, n, -1)
 
-    def embed(self, tokens: list[int]) -> np.ndarray:
-        """A unit-length embedding of ``tokens``: the model's own pooling when the GGUF names one, else the mean
-        of the last hidden states. Runs in a second, embeddings-only llama.cpp context (made on first use, same
-        weights; its own thread, never the owner thread's context). Raises EngineError."""
+    def embed(self, tokens: list[int], stop=None, progress=None) -> np.ndarray | None:
+        """A unit-length embedding (the GGUF's pooling, else the mean of the last hidden states) in a second context
+        (same weights, own thread). None once ``stop()``, asked per chunk, says so; ``progress(n)`` per chunk."""
         if self._embedder is None:
             self._embedder = _Embedder(self)
-        return self._embedder.embed(tokens)
+        return self._embedder.embed(tokens, stop or (lambda: False), progress or (lambda n: None))
     def seq_save(self, seq: int) -> bytearray:
         """A sequence's KV cells (positions and tensors) as host bytes, for ``seq_load`` later."""
         size = C.llama_state_seq_get_size_ext(self._ctx, seq, 0)
@@ -390,11 +389,9 @@ class _Embedder:
         cparams = C.llama_context_default_params()
         cparams.n_ctx = cfg.n_ctx
         cparams.n_batch = cparams.n_ubatch = cfg.n_ctx if self.pooled else min(self.CHUNK, cfg.n_ctx)
-        cparams.n_seq_max = 1
         cparams.n_threads = cparams.n_threads_batch = cfg.n_threads_batch
-        cparams.embeddings = True
         cparams.pooling_type = C.LLAMA_POOLING_TYPE_UNSPECIFIED if self.pooled else C.LLAMA_POOLING_TYPE_NONE
-        cparams.no_perf = True
+        cparams.n_seq_max, cparams.embeddings, cparams.no_perf = 1, True, True
         self._ctx = C.llama_init_from_model(engine._model, cparams)
         if not self._ctx:
             raise EngineError("llama.cpp could not create an embeddings context (out of memory?)")
@@ -404,13 +401,15 @@ class _Embedder:
         self._batch = C.llama_batch_init(self._step, 0, 1)
         self.n_ctx = cfg.n_ctx
 
-    def embed(self, tokens: list[int]) -> np.ndarray:
+    def embed(self, tokens: list[int], stop, progress) -> np.ndarray | None:
         if not 0 < len(tokens) <= self.n_ctx:
             raise EngineError("input does not fit the embeddings context")
         C.llama_memory_clear(self._mem, True)
         total = np.zeros(self._n_embd)
         b = self._batch
         for start in range(0, len(tokens), self._step):
+            if stop():
+                return None
             part = tokens[start:start + self._step]
             for i, tok in enumerate(part):
                 b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0], b.logits[i] = tok, start + i, 1, 0, True
@@ -422,6 +421,7 @@ class _Embedder:
                 raise EngineError("no embeddings from llama.cpp")
             rows = 1 if self.pooled else len(part)
             total += np.ctypeslib.as_array(ptr, shape=(rows, self._n_embd)).sum(axis=0, dtype=np.float64)
+            progress(len(part))
         vec = total if self.pooled else total / len(tokens)
         return vec / (np.linalg.norm(vec) or 1.0)
 

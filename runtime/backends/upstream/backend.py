@@ -12,19 +12,22 @@ before the first event reports zero usage, so its hold is refunded in full.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from ...errors import ConfigError, ReverbError, UpstreamError
+from ...errors import ConfigError, InvalidRequest, ReverbError, UpstreamError, UpstreamTimeout
 from ...models.registry import ModelSpec
 from ...request import Ask
 from ...types import Chunk, FinishReason, SamplingParams, Usage
 from .. import Info, Prompt, Stats
 from . import wire
 from .client import DONE, UpstreamClient
+from .relay import Relay
 
 log = logging.getLogger("reverb.upstream")
 MAX_CHOICES = 128
@@ -67,6 +70,8 @@ class UpstreamBackend:
         return cls(spec, key)
 
     async def prepare(self, ask: Ask) -> UpstreamPrompt:
+        if not ask.extra:
+            _refuse_unrelayed(self.spec.name, ask)
         estimate, bound = wire.estimate_prompt(ask)
         n = ask.extra.get("n", 1) if ask.extra else 1
         choices = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_CHOICES else 1
@@ -76,7 +81,7 @@ class UpstreamBackend:
                tenant: str) -> "_Job":
         assert isinstance(prompt, UpstreamPrompt) and prompt.ask is not None
         body = wire.request_body(self.spec.upstream_model, prompt.ask, params)
-        job = _Job(self, prompt, (params.max_tokens or 0) * prompt.choices, on_chunk)
+        job = _Job(self, prompt, params.max_tokens or 0, on_chunk)
         job.task = asyncio.get_running_loop().create_task(job.run(body))
         return job
 
@@ -87,28 +92,38 @@ class UpstreamBackend:
         self.client.close()
 
 
+def _refuse_unrelayed(name: str, ask: Ask) -> None:
+    """A request in reverb's own terms (the gateway dialect) reaches an upstream as messages and sampling only:
+    what would be dropped on the way is refused, naming it, never silently ignored."""
+    param = ("response_format" if ask.response_format is not None
+             else "tools" if ask.tools is not None and ask.tools.choice != "none"
+             else "logprobs" if ask.sampling.logprobs else None)
+    if param is not None:
+        raise InvalidRequest(f"'{param}' is not relayed to the upstream that serves model '{name}'; send this "
+                             "request to /v1/chat/completions, which passes it through", param=param, model=name)
+
+
 class _Job:
     """One upstream request; it is its own Handle (``cancel`` closes the upstream connection)."""
 
-    def __init__(self, backend: UpstreamBackend, prompt: Prompt, max_completion: int,
+    def __init__(self, backend: UpstreamBackend, prompt: UpstreamPrompt, max_tokens: int,
                  on_chunk: Callable[[Chunk], None]):
         self.backend = backend
         self.prompt = prompt
-        self.max_completion = max_completion
+        spec = backend.spec
+        self.relay = Relay(spec.name, backend._key, prompt.choices, max_tokens, prompt.n_tokens,
+                           wire.prompt_floor(prompt.ask), prompt.hold_tokens or prompt.n_tokens)
         self.on_chunk = on_chunk
         self.task: asyncio.Task | None = None
         self.delivered = False
-        self.completion_estimate = 0
 
     def cancel(self) -> None:
         if self.task is not None:
             self.task.cancel()
 
     def _estimate(self) -> Usage:
-        """What was delivered, estimated: zero before the first event (the hold is refunded in full)."""
-        if not self.delivered:
-            return Usage(0, 0)
-        return Usage(self.prompt.n_tokens, min(self.completion_estimate, self.max_completion))
+        """What was delivered, counted locally: zero before the first event (the hold is refunded in full)."""
+        return self.relay.local() if self.delivered else Usage(0, 0)
 
     async def run(self, body: dict) -> None:
         self.backend.jobs.add(self)
@@ -117,7 +132,10 @@ class _Job:
         except asyncio.CancelledError:  # the client went away: the connection is closed, the upstream stops
             final = Chunk(finish_reason=FinishReason.CANCELLED, usage=self._estimate())
         except Exception:  # a bug here must still end the job, or its hold would stay open
-            log.exception("upstream job for %s failed", self.backend.spec.name)
+            # the traceback may quote what the upstream sent: never its key
+            trace = traceback.format_exc()
+            log.error("upstream job for %s failed:\n%s", self.backend.spec.name,
+                      trace.replace(self.backend._key, "***") if self.backend._key else trace)
             final = Chunk(finish_reason=FinishReason.ERROR, usage=self._estimate(),
                           error=UpstreamError("The upstream request failed", model=self.backend.spec.name))
         finally:
@@ -125,39 +143,45 @@ class _Job:
         self.on_chunk(final)
 
     async def _stream(self, body: dict) -> Chunk:
-        name, key = self.backend.spec.name, self.backend._key
+        spec, key = self.backend.spec, self.backend._key
+        name = spec.name
         usage: Usage | None = None
         finish: object = None
         done = False
         try:
-            async for event in self.backend.client.events(body):
-                if event is DONE:
-                    done = True
-                    break
-                error = wire.event_error(event, name, key)
-                if error is not None:
-                    raise error
-                usage = wire.usage_of(event) or usage
-                choices = event.get("choices")
-                if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
-                    raise UpstreamError(f"The upstream for model '{name}' sent a malformed event", model=name,
-                                        code="upstream_bad_response")
-                if not choices:
-                    continue  # the usage event (or a keep-alive): nothing for the client
-                text = ""
-                for choice in choices:
-                    piece, tokens = wire.delta_pieces(choice)
-                    self.completion_estimate += tokens
-                    if choice.get("index", 0) == 0:
-                        text += piece
-                        finish = choice.get("finish_reason") or finish
-                self.delivered = True
-                self.on_chunk(Chunk(text=text, passthrough=event))
+            # One deadline for the whole request: bytes (SSE keep-alive comments included) only reset the
+            # between-bytes timeout, never this.
+            async with asyncio.timeout(spec.deadline), \
+                    contextlib.aclosing(self.backend.client.events(body, self.relay.event_limit)) as events:
+                async for item in events:
+                    if item is DONE:
+                        done = True
+                        break
+                    raw, size = item
+                    error = wire.event_error(raw, name, key)
+                    if error is not None:
+                        raise error
+                    usage = wire.usage_of(raw) or usage
+                    event = self.relay.admit(raw, size)
+                    if event is not None and event["choices"]:
+                        text = ""
+                        for choice in event["choices"]:
+                            if choice.get("index", 0) == 0:
+                                text += wire.delta_pieces(choice)[0]
+                                finish = choice.get("finish_reason") or finish
+                        self.delivered = True
+                        self.on_chunk(Chunk(text=text, passthrough=event))
+                    if self.relay.cut:
+                        break  # the upstream ignored max_tokens: stop reading (its connection is closed)
+        except TimeoutError:
+            log.warning("upstream %s: no complete answer within its deadline of %g s", name, spec.deadline)
+            return Chunk(finish_reason=FinishReason.ERROR, usage=self._estimate(), error=UpstreamTimeout(
+                f"The upstream for model '{name}' did not finish within {spec.deadline:g} s", model=name))
         except ReverbError as e:
             return Chunk(finish_reason=FinishReason.ERROR, usage=self._estimate(), error=e)
+        if self.relay.cut:
+            return Chunk(finish_reason=FinishReason.LENGTH, usage=self.relay.usage(None))
         if not done and finish is None:
             return Chunk(finish_reason=FinishReason.ERROR, usage=self._estimate(), error=UpstreamError(
                 f"The upstream's answer for model '{name}' ended early", model=name, code="upstream_cut"))
-        if usage is None:  # the documented estimate: the prompt's, and the text and tool calls delivered
-            usage = Usage(self.prompt.n_tokens, min(self.completion_estimate, self.max_completion))
-        return Chunk(finish_reason=wire.finish_of(finish), usage=usage)
+        return Chunk(finish_reason=wire.finish_of(finish), usage=self.relay.usage(usage))

@@ -54,8 +54,9 @@ class UpstreamClient:
                                            follow_redirects=False, trust_env=False)
         return self._http
 
-    async def events(self, body: dict) -> AsyncIterator[object]:
-        """The upstream's events as parsed JSON objects, then ``DONE`` if it sent ``[DONE]``.
+    async def events(self, body: dict, max_event: int = MAX_EVENT) -> AsyncIterator[object]:
+        """The upstream's events as (parsed JSON object, its size), then ``DONE`` if it sent ``[DONE]``. An event
+        over ``max_event`` bytes (at most MAX_EVENT) is refused before it is buffered whole.
 
         Raises UpstreamUnavailable (no connection), UpstreamTimeout, UpstreamRejected (its 4xx), UpstreamError
         (5xx, a cut or a body that is not an event stream) or OverloadedError (every pooled connection busy).
@@ -73,7 +74,7 @@ class UpstreamClient:
                 if not r.headers.get("content-type", "").startswith("text/event-stream"):
                     raise UpstreamError(f"The upstream for model '{name}' did not answer with an event stream",
                                         model=name, code="upstream_bad_response")
-                events = _sse_data(r.aiter_bytes())
+                events = _sse_data(r.aiter_bytes(), min(max_event, MAX_EVENT))
                 async for data in events:
                     if data == "[DONE]":
                         await _drain(events)
@@ -81,13 +82,13 @@ class UpstreamClient:
                         return
                     try:
                         event = json.loads(data)
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         event = None
                     if not isinstance(event, dict):
                         log.warning("upstream %s sent an event that is not a JSON object", name)
                         raise UpstreamError(f"The upstream for model '{name}' sent a malformed event", model=name,
                                             code="upstream_bad_response")
-                    yield event
+                    yield event, len(data)
         except httpx.PoolTimeout:
             raise OverloadedError(f"Every connection to the upstream for model '{name}' is busy", model=name)
         except httpx.TimeoutException as e:
@@ -95,16 +96,16 @@ class UpstreamClient:
             raise UpstreamTimeout(f"The upstream for model '{name}' did not answer within {self.spec.timeout:g} s",
                                   model=name) from None
         except (httpx.ConnectError, httpx.UnsupportedProtocol) as e:
-            log.warning("upstream %s is unreachable: %s", name, e)
+            log.warning("upstream %s is unreachable: %s", name, wire.scrub(str(e), self._key))
             raise UpstreamUnavailable(f"The upstream for model '{name}' is unavailable", model=name) from None
         except httpx.TransportError as e:
-            log.warning("upstream %s: %s: %s", name, type(e).__name__, e)
+            log.warning("upstream %s: %s: %s", name, type(e).__name__, wire.scrub(str(e), self._key))
             if not started:  # the connection broke before any answer: as good as unreachable
                 raise UpstreamUnavailable(f"The upstream for model '{name}' is unavailable", model=name) from None
             raise UpstreamError(f"The upstream's answer for model '{name}' was cut off", model=name,
                                 code="upstream_cut") from None
         except httpx.HTTPError as e:
-            log.warning("upstream %s: %s: %s", name, type(e).__name__, e)
+            log.warning("upstream %s: %s: %s", name, type(e).__name__, wire.scrub(str(e), self._key))
             raise UpstreamError(f"The upstream for model '{name}' sent a malformed answer", model=name,
                                 code="upstream_bad_response") from None
 
@@ -147,9 +148,9 @@ async def _read_some(r: httpx.Response, limit: int) -> bytes:
     return data[:limit]
 
 
-async def _sse_data(parts: AsyncIterator[bytes]) -> AsyncIterator[str]:
+async def _sse_data(parts: AsyncIterator[bytes], limit: int = MAX_EVENT) -> AsyncIterator[str]:
     """The ``data`` of each Server-Sent Event (multi-line data joined with newlines); comments and other fields
-    are skipped. Raises UpstreamError for an event over MAX_EVENT bytes or that is not UTF-8."""
+    are skipped. Raises UpstreamError for an event over ``limit`` bytes or that is not UTF-8."""
     buf = b""
     data: list[bytes] = []
     size = 0
@@ -169,9 +170,9 @@ async def _sse_data(parts: AsyncIterator[bytes]) -> AsyncIterator[str]:
             if field == b"data":
                 data.append(value[1:] if value.startswith(b" ") else value)
                 size += len(value)
-            if size > MAX_EVENT:
+            if size > limit:
                 break
-        if size > MAX_EVENT or len(buf) > MAX_EVENT:
+        if size > limit or len(buf) > limit:
             raise UpstreamError("The upstream sent an event larger than reverb accepts", code="upstream_bad_response")
     if data:
         yield _text(data)

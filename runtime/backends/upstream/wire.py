@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from email.utils import parsedate_to_datetime
 from typing import Any, Mapping
 
 from ...errors import UpstreamError, UpstreamRejected, UpstreamTimeout
@@ -31,6 +33,8 @@ LENGTH_ALIASES = ("max_tokens", "n_predict", "max_new_tokens")
 SAFE_WORD = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_MESSAGE = 2000
 DEFAULTS = SamplingParams()
+RETRY_AFTER_MAX = 60    # seconds: an upstream's Retry-After is passed on clamped to 0..60 (see error_for)
+MAX_TOKEN_BYTES = 16    # no common tokenizer's tokens average more UTF-8 bytes than this over an answer
 
 
 def estimate_text(text: str) -> int:
@@ -59,6 +63,14 @@ def estimate_prompt(ask: Ask) -> tuple[int, int]:
     size = lambda s: len(s.encode("utf-8", "replace"))  # noqa: E731
     bound = BOUND_TEMPLATE + sum(BOUND_PER_MESSAGE + sum(map(size, m)) for m in messages) + sum(map(size, fields))
     return estimate, max(bound, estimate)
+
+
+def prompt_floor(ask: Ask) -> int:
+    """The fewest tokens the prompt can be: its UTF-8 bytes / MAX_TOKEN_BYTES, rounded up (at least 1)."""
+    messages, fields = _pieces(ask)
+    size = sum(len(p.encode("utf-8", "replace")) for m in messages for p in m)
+    size += sum(len(f.encode("utf-8", "replace")) for f in fields)
+    return max(1, -(-size // MAX_TOKEN_BYTES))
 
 
 def _json(value: Any) -> str:
@@ -128,11 +140,62 @@ def scrub(message: object, secret: str | None) -> str:
     return text[:MAX_MESSAGE]
 
 
-def _word(value: object) -> str | None:
-    return value if isinstance(value, str) and SAFE_WORD.match(value) else None
+MAX_DEPTH = 64
 
 
-def error_for(status: int, body: bytes, model: str, secret: str | None, retry_after: str | None) -> Exception:
+def holds(value: Any, secret: str, depth: int = 0) -> bool:
+    """Whether any string in ``value`` (parsed JSON, object keys included) contains ``secret``. Raises
+    UpstreamError for JSON nested deeper than MAX_DEPTH (no OpenAI event is)."""
+    if isinstance(value, str):
+        return secret in value
+    if depth > MAX_DEPTH:
+        raise UpstreamError("The upstream sent an event nested too deeply", code="upstream_bad_response")
+    if isinstance(value, dict):
+        return any(secret in k or holds(v, secret, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return any(holds(v, secret, depth + 1) for v in value)
+    return False
+
+
+def scrub_all(value: Any, secret: str | None) -> Any:
+    """``value`` (parsed JSON) with the upstream key replaced by ``***`` in every string, object keys included;
+    the value itself when nothing holds the key."""
+    if not secret or not holds(value, secret):
+        return value
+    if isinstance(value, str):
+        return value.replace(secret, "***")
+    if isinstance(value, dict):
+        return {scrub_all(k, secret): scrub_all(v, secret) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub_all(v, secret) for v in value]
+    return value
+
+
+def _word(value: object, secret: str | None) -> str | None:
+    """A code or type passed on only when it is a plain word that does not hold the upstream key."""
+    if not isinstance(value, str) or not SAFE_WORD.match(value) or (secret and secret in value):
+        return None
+    return value
+
+
+def retry_after(value: str | None, now: float | None = None) -> int | None:
+    """An upstream's Retry-After, clamped: seconds (or an HTTP date, as seconds from now) within
+    0..RETRY_AFTER_MAX; None when it is neither, so a hostile or confused upstream cannot tell clients to stay
+    away for a day."""
+    if not value or len(value) > 64:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(int(value), RETRY_AFTER_MAX)
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return max(0, min(RETRY_AFTER_MAX, int(when - (time.time() if now is None else now) + 0.999)))
+
+
+def error_for(status: int, body: bytes, model: str, secret: str | None,
+              retry_after_header: str | None) -> Exception:
     """The error for an upstream's HTTP error status.
 
     4xx is the request's fault there: passed on with the upstream's message, except 401/403/407 (the upstream
@@ -153,7 +216,7 @@ def error_for(status: int, body: bytes, model: str, secret: str | None, retry_af
     try:
         doc = json.loads(body)
         err = doc.get("error", doc) if isinstance(doc, dict) else None
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     if isinstance(err, str):
         err = {"message": err}
@@ -162,9 +225,9 @@ def error_for(status: int, body: bytes, model: str, secret: str | None, retry_af
     message = scrub(err.get("message") or err.get("detail"), secret) or f"The upstream refused the request " \
                                                                          f"(HTTP {status})"
     param = err.get("param") if isinstance(err.get("param"), str) else None
-    wait = int(retry_after) if retry_after and retry_after.isdigit() and len(retry_after) < 6 else None
-    return UpstreamRejected(message, status=status, model=model, param=scrub(param, secret) or None,
-                            code=_word(err.get("code")), type=_word(err.get("type")), retry_after=wait)
+    return UpstreamRejected(message, status=status, model=model, param=scrub(param, secret)[:64] or None,
+                            code=_word(err.get("code"), secret), type=_word(err.get("type"), secret),
+                            retry_after=retry_after(retry_after_header))
 
 
 def event_error(event: Mapping, model: str, secret: str | None) -> Exception | None:
