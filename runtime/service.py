@@ -5,8 +5,8 @@ metrics and the access log are the same for each. ``fallbacks.py`` moves a reque
 while nothing has reached the client.
 
 The job's end, not the HTTP response, drives settlement: when the backend delivers a job's final chunk the
-service settles the hold with the real usage, whether the client is still reading or long gone. ``_record`` is
-the one place a ledger row is built, for served and refused requests alike.
+service settles the hold with the real usage, whether the client is still reading or long gone; settlement.py
+builds every ledger row, for served and refused requests alike.
 """
 
 from __future__ import annotations
