@@ -166,7 +166,7 @@ def document(settings: Settings) -> dict:
                                 "content": {"application/json": {"schema": _ref("GatewayRequest")}}},
                 "responses": {"200": {"description": "result", "content": {
                     "application/json": {"schema": _ref("GatewaySuccess")}, "text/plain": {}}},
-                    **_errors("GatewayError", (400, 401, 402, 404, 413, 415, 503))}}},
+                    **_errors("GatewayError", (400, 401, 402, 404, 413, 415, 429, 503))}}},
             "/health": {"get": {"summary": "liveness, no key needed", "security": [],
                                 "responses": {"200": {"description": "ok"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics (an operator key: admin, or given with --api-key)",
