@@ -118,6 +118,12 @@ class InsufficientCredit(RequestError):
     code = "insufficient_credit"
 
 
+class PermissionDenied(RequestError):
+    """The key is valid but may not use this route (an operator's route asked with a client's key)."""
+
+    code = "permission_denied"
+
+
 class ModelNotFound(RequestError):
     code = "model_not_found"
 

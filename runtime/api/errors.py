@@ -9,9 +9,9 @@ from __future__ import annotations
 from starlette.responses import JSONResponse
 
 from ..errors import (AuthenticationError, ContextLengthExceeded, EngineError, InsufficientCredit, InvalidRequest,
-                      LedgerError, MethodNotAllowed, ModelNotFound, NotFound, OverloadedError, PayloadTooLarge,
-                      RequestTimeout, ReverbError, TemplateError, UnsupportedMediaType, UpstreamError,
-                      UpstreamRejected, UpstreamTimeout, UpstreamUnavailable)
+                      LedgerError, MethodNotAllowed, ModelLoadError, ModelNotFound, NotFound, OverloadedError,
+                      PayloadTooLarge, PermissionDenied, RequestTimeout, ReverbError, TemplateError,
+                      UnsupportedMediaType, UpstreamError, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable)
 
 # class: (status, openai type, openai code, openai status override, gateway code)
 TABLE: dict[type[ReverbError], tuple[int, str, str | None, int | None, str | None]] = {
@@ -21,6 +21,7 @@ TABLE: dict[type[ReverbError], tuple[int, str, str | None, int | None, str | Non
     AuthenticationError: (401, "authentication_error", "invalid_api_key", None, None),
     # OpenAI answers an exhausted budget with 429 insufficient_quota and its SDKs do not retry that.
     InsufficientCredit: (402, "insufficient_quota", "insufficient_quota", 429, "insufficient_credit"),
+    PermissionDenied: (403, "invalid_request_error", "permission_denied", None, None),
     ModelNotFound: (404, "invalid_request_error", "model_not_found", None, None),
     NotFound: (404, "invalid_request_error", "not_found", None, None),
     MethodNotAllowed: (405, "invalid_request_error", "method_not_allowed", None, None),
@@ -30,6 +31,8 @@ TABLE: dict[type[ReverbError], tuple[int, str, str | None, int | None, str | Non
     OverloadedError: (503, "server_error", "overloaded", None, None),
     LedgerError: (503, "server_error", "ledger_unavailable", None, None),
     EngineError: (500, "server_error", "engine_error", None, None),
+    # a model loaded on demand (--on-demand) that failed to load: the server is fine, that model is not
+    ModelLoadError: (503, "server_error", "model_load_error", None, None),
     # An upstream's own 4xx keeps its status (UpstreamRejected.status), type and code where it gave them.
     UpstreamRejected: (400, "invalid_request_error", None, None, None),
     UpstreamUnavailable: (502, "server_error", "upstream_unavailable", None, None),

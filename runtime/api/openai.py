@@ -46,7 +46,8 @@ def parse(body: dict, settings) -> tuple[Ask, bool]:
         include_usage = P.boolean(opts, "include_usage", False, param="stream_options.include_usage")
         P.boolean(opts, "include_obfuscation", True, param="stream_options.include_obfuscation")
     return Ask(model=model, messages=tuple(messages), sampling=sampling, stream=stream,
-               response_format=surface.response_format(body), tools=surface.tools(body)), include_usage
+               response_format=surface.response_format(body), tools=surface.tools(body),
+               keep_alive=P.keep_alive(body)), include_usage
 
 
 def usage_json(usage) -> dict:

@@ -41,6 +41,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/health", ("GET",), "health", OPENAI, ops.health, public=True),
     Route("/metrics", ("GET",), "metrics", OPENAI, ops.metrics),
     Route("/openapi.json", ("GET",), "openapi", OPENAI, ops.openapi),
+    Route("/api/ps", ("GET",), "ps", OPENAI, ops.ps),
 )
 _BY_PATH = {r.path: r for r in ROUTES if "{" not in r.path}
 _BY_PREFIX = {r.path[:r.path.index("{")]: r for r in ROUTES if "{" in r.path}  # "/v1/models/" -> its route

@@ -243,14 +243,29 @@ def run(backend, params: SamplingParams, max_tokens: int, system: str | None = N
 
 def add_parsers(sub, common) -> None:
     c = sub.add_parser("chat", help="chat with a model in the terminal", parents=common)
-    c.add_argument("--model", dest="chat_model", help="model name (default: the catalogue's default)")
+    c.add_argument("--model", dest="chat_model", help="a catalogue name, a .gguf file or hf.co/OWNER/REPO[:QUANT] "
+                   "(default: the catalogue's default)")
+    _chat_flags(c)
+    c.set_defaults(run=main)
+    r = sub.add_parser("run", help="pull a model if needed, then chat with it", parents=common)
+    r.add_argument("chat_model", metavar="MODEL", help="a catalogue name, a .gguf file or hf.co/OWNER/REPO[:QUANT]")
+    _chat_flags(r)
+    r.set_defaults(run=run_model)
+
+
+def run_model(args) -> int:
+    """``reverb run MODEL``: ``chat`` with downloads allowed."""
+    args.pull = True
+    return main(args)
+
+
+def _chat_flags(c) -> None:
     c.add_argument("--url", help="talk to a running server instead of loading the model here")
     c.add_argument("--api-key", dest="chat_key", help="key for --url (default: REVERB_API_KEY)")
     c.add_argument("--max-tokens", type=int, default=512, help="longest answer in tokens (default 512)")
     c.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default 0.7)")
     c.add_argument("--seed", type=int, help="sampling seed, for repeatable answers")
     c.add_argument("--system", help="a system message to start the conversation with")
-    c.set_defaults(run=main)
 
 
 def main(args) -> int:

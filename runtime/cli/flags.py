@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import fields
 from pathlib import Path
 
 from ..settings import Settings, env_name, field_type
+
+OLD = "__old_flag"   # dest suffix of a setting's deprecated flag
 
 
 def _shown(value) -> str:
@@ -38,6 +41,8 @@ def add_settings(parser: argparse.ArgumentParser, scope: str) -> None:
             elif "metavar" in meta:
                 kw["metavar"] = meta["metavar"]
         parser.add_argument(flag, **kw)
+        if meta.get("old_flag"):
+            parser.add_argument(meta["old_flag"], **{**kw, "dest": f.name + OLD, "help": f"deprecated: use {flag}"})
 
 
 def settings_from(args: argparse.Namespace, **extra) -> Settings:
@@ -45,6 +50,9 @@ def settings_from(args: argparse.Namespace, **extra) -> Settings:
     given = {}
     for f in fields(Settings):
         value = getattr(args, f.name, None)
+        if value is None and getattr(args, f.name + OLD, None) is not None:
+            value = getattr(args, f.name + OLD)
+            print(f"reverb: note: {f.metadata['old_flag']} is deprecated; use {f.metadata['flag']}", file=sys.stderr)
         if value is not None:
             given[f.name] = tuple(value) if isinstance(value, list) else value
     return Settings.build(**{**given, **extra})

@@ -13,6 +13,8 @@ from .flags import add_settings, settings_from
 def add_parsers(sub, common) -> None:
     s = sub.add_parser("serve", help="serve models over HTTP", description="Serve models over HTTP: the OpenAI "
                        "dialect under /v1 and the gateway dialect at /api/endpoint.", parents=common)
+    s.add_argument("model_refs", nargs="*", metavar="MODEL", help="models to serve: catalogue names, .gguf files or "
+                   "hf.co/OWNER/REPO[:QUANT] (pulled if needed); same as --model")
     add_settings(s, "serve")
     s.set_defaults(run=run)
 
@@ -22,7 +24,8 @@ def run(args) -> int:
     from ..service import build
     from .http_server import run as run_http
 
-    settings = settings_from(args)
+    named = tuple(args.model_refs) + tuple(args.models or ())
+    settings = settings_from(args, models=named or None)
     if not settings.api_keys and not _ledger_has_keys(settings):
         key = "rk-" + secrets.token_urlsafe(24)
         settings = settings.with_(api_keys=(key,))
