@@ -49,7 +49,8 @@ class Settings:
     # engine
     threads: int = _opt(0, "llama.cpp threads for decoding (0: the number of CPU cores)")
     threads_batch: int = _opt(0, "llama.cpp threads for prompt prefill (0: same as --threads)")
-    ctx: int = _opt(0, "context tokens per slot (0: the model's ctx in models.toml)")
+    ctx: int = _opt(0, "context tokens per slot (0: the catalogue entry's ctx; for a model named on the command line, "
+                    "the file's, at most 8192)")
     parallel: int = _opt(4, "slots decoded together in one batch")
     batch: int = _opt(2048, "llama.cpp logical batch: most tokens in one decode step")
     ubatch: int = _opt(512, "llama.cpp physical batch: most tokens in one compute pass")

@@ -10,6 +10,7 @@ import gguf
 
 def split(src: Path, dst: Path, max_tensors: int) -> list[Path]:
     """Write ``dst`` (a name ending in .gguf) as parts of at most ``max_tensors`` tensors; returns the parts."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
     reader = gguf.GGUFReader(src)
     arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
     writer = gguf.GGUFWriter(dst, arch, split_max_tensors=max_tensors)

@@ -92,7 +92,7 @@ def test_hub_quant_picked_from_the_file_list_and_multi_part_pulled(tmp_path, mod
     n = len(hub.requests)
     offline = {**env, "HF_HUB_OFFLINE": "1"}
     run = subprocess.run([sys.executable, "-m", "reverb.cli", "run", "hf.co/reverb-test/split-GGUF:Q4_1",
-                          "--max-tokens", "4", "--temperature", "0", "--db", str(tmp_path / "chat.db")],
+                          "--max-tokens", "4", "--temperature", "0"],
                          input="Say hello\n", capture_output=True, text=True, cwd=ROOT, timeout=600,
                          env={**__import__("os").environ, **offline, "REVERB_CTX": "256"})
     assert run.returncode == 0, run.stderr

@@ -20,15 +20,28 @@ def _shown(value) -> str:
     return "none" if value is None else str(value)
 
 
+# The help groups serve's flags by concern: a group starts at the first of these fields (in Settings' order) and
+# holds the fields after it until the next, so a setting added at the end of its group lands in it.
+GROUPS = {"models_path": "catalogue and ledger", "models": "models", "host": "network and keys",
+          "threads": "engine (llama.cpp)", "pull": "model files", "on_demand": "models on demand",
+          "max_body_bytes": "HTTP limits", "ready_file": "operations"}
+
+
 def add_settings(parser: argparse.ArgumentParser, scope: str) -> None:
-    """Add a flag for every setting whose metadata names ``scope`` ("serve" or "common")."""
+    """Add a flag for every setting whose metadata names ``scope`` ("serve" or "common"), in argument groups by
+    concern. Each help line names one default: the help's own "(default: ...)" when it explains it, else the value."""
+    target = parser.add_argument_group("catalogue and ledger") if scope == "common" else parser
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for f in fields(Settings):
         meta = f.metadata
+        if f.name in GROUPS and scope == "serve" and f.name != "models_path":
+            target = groups.setdefault(GROUPS[f.name], parser.add_argument_group(GROUPS[f.name]))
         if meta.get("cli") != scope:
             continue
         kind = field_type(f.name)
         flag = meta.get("flag") or "--" + f.name.replace("_", "-")
-        help_ = f"{meta['help']} (default: {_shown(f.default)}; env {env_name(f.name)})"
+        shown = "" if "default:" in meta["help"] else f"default: {_shown(f.default)}; "
+        help_ = f"{meta['help']} ({shown}env {env_name(f.name)})"
         kw: dict = {"dest": f.name, "default": None, "help": help_}
         if kind is bool:
             kw["action"] = argparse.BooleanOptionalAction
@@ -40,9 +53,9 @@ def add_settings(parser: argparse.ArgumentParser, scope: str) -> None:
                 kw["choices"] = meta["choices"]
             elif "metavar" in meta:
                 kw["metavar"] = meta["metavar"]
-        parser.add_argument(flag, **kw)
+        target.add_argument(flag, **kw)
         if meta.get("old_flag"):
-            parser.add_argument(meta["old_flag"], **{**kw, "dest": f.name + OLD, "help": f"deprecated: use {flag}"})
+            target.add_argument(meta["old_flag"], **{**kw, "dest": f.name + OLD, "help": f"deprecated: use {flag}"})
 
 
 def settings_from(args: argparse.Namespace, **extra) -> Settings:

@@ -180,14 +180,35 @@ def quantize(args) -> int:
     if not args.input.is_file():
         raise ConfigError(f"{args.input}: not a file")
     tmp = args.output.with_name(args.output.name + ".tmp")
+    bar = _Progress(f"quantizing to {args.type}")
     try:
-        engine.quantize(args.input, tmp, args.type)
+        engine.quantize(args.input, tmp, args.type, progress=bar.update)
         tmp.replace(args.output)  # atomic: a failed quantization never leaves a half file under the real name
     except ModelLoadError:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        bar.close()
     print(f"{args.output}: {args.output.stat().st_size / 1e6:.1f} MB ({args.type})", file=sys.stdout)
     return 0
+
+
+class _Progress:
+    """A tensor-count progress bar on stderr (tqdm, as huggingface_hub's downloads show theirs)."""
+
+    def __init__(self, what: str):
+        self.what, self.bar = what, None
+
+    def update(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=self.what, unit="tensor", file=sys.stderr, leave=True)
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def evaluate(args) -> int:

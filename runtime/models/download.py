@@ -19,6 +19,7 @@ from pathlib import Path
 from dataclasses import replace
 
 from huggingface_hub import HfApi, constants, hf_hub_download, try_to_load_from_cache
+from huggingface_hub.utils import logging as hf_logging
 from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                     OfflineModeIsEnabled, RemoteEntryNotFoundError, RepositoryNotFoundError,
                                     RevisionNotFoundError)
@@ -26,6 +27,9 @@ from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTT
 from ..errors import ChecksumMismatch, ConfigError, DownloadError, OfflineError, RemoteFileMissing, ReverbError
 from . import refs
 from .registry import ModelSpec
+
+# huggingface_hub prints through a handler of its own; propagating too printed each of its warnings twice.
+hf_logging.disable_propagation()
 
 
 def cache_root() -> Path:
