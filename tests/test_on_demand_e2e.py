@@ -76,3 +76,29 @@ def test_without_on_demand_only_the_models_given_are_served(two_models, make_ser
     with srv.client() as http:
         assert http.get("/api/ps").status_code == 200
         assert http.get("/api/ps", headers={"Authorization": "Bearer not-a-key"}).status_code == 401
+
+
+def test_any_host_prints_a_reachable_url_and_the_allowed_host_hint(two_models, make_server):
+    srv = make_server("--catalogue", two_models, "--on-demand", "--host", "0.0.0.0")
+    assert srv.base_url.startswith("http://127.0.0.1:")       # the ready file too: an address one can open
+    log = srv.log()
+    assert f"at {srv.base_url}" in log and "--allowed-host" in log and "Ctrl-C to stop" in log
+    assert "on demand: a, b" in log
+    with srv.client() as http:
+        assert http.get("/health").status_code == 200
+
+
+def test_a_stream_the_client_leaves_is_logged_as_cancelled(server, no_eos):
+    import httpx
+    body = {"model": "smollm2-135m", "stream": True, "max_tokens": 400, "logit_bias": no_eos,
+            "messages": [{"role": "user", "content": "Count to a thousand"}]}
+    with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {server.key}"},
+                      timeout=300) as http:
+        with http.stream("POST", "/v1/chat/completions", json=body) as r:
+            rid = r.headers["x-request-id"]
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    break
+    line = wait_for(lambda: next((x for x in server.log().splitlines() if rid in x and "access" in x), None),
+                    what="the access line of the stream")
+    assert " 200 cancelled " in line, line
