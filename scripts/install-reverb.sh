@@ -41,6 +41,15 @@ cmake_args() {
     echo "$args"
 }
 
+if [ "${REVERB_INSTALL_PRINT_FLAGS:-}" = 1 ]; then   # what the build would use, and nothing else
+    cmake_args
+    exit 0
+fi
+
+# A new virtual environment has the pip its Python shipped with, which may be too old for some requirement forms
+# (pip 23.2 refuses "name @ git+file:///..."): bring it up to date first.
+"$PY" -m pip install --quiet --upgrade pip
+
 if [ -n "${REVERB_LLAMA_WHEEL:-}" ]; then
     echo "reverb-install: llama-cpp-python from $REVERB_LLAMA_WHEEL"
     "$PY" -m pip install --quiet "$REVERB_LLAMA_WHEEL"
