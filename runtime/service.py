@@ -116,14 +116,13 @@ class Service:
             gen = Generation(spec.name, ctx.started, self.hooks, on_end=on_end,
                              on_progress=upkeep.progress_hook(self, ctx) if ask.stream and _holds(ctx.account)
                              else None)
-            pinned = False   # from here the job's end releases it
             try:
                 Attempts(candidates, gen, ctx.account.name if ctx.account else "", ctx.request_id).start()
             except OverloadedError as e:
                 # Nothing ran: release the hold in the same step that logs the refusal.
-                self.models.release(spec.name, ask.keep_alive)
                 await self._close(ctx, spec, "rejected", e.code, 0)
                 raise
+            pinned = False   # the job runs: its end releases the model (on_end)
             return gen
         finally:
             if pinned:
