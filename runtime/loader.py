@@ -70,6 +70,8 @@ class Models:
         self.loaded: dict[str, Loaded] = {}
         self._loading: dict[str, asyncio.Future] = {}
         self.hooks = None   # the service's Hooks (metrics), set by the service
+        # (model, event, seconds, memory, reason) for the ledger; called on the event loop (the service sets it)
+        self.on_event = None
         self.loads = 0
         self._load_lock = asyncio.Lock()
 
@@ -174,11 +176,14 @@ class Models:
         async with self._load_lock:   # one load at a time: each sees the room the previous one took
             need = await asyncio.to_thread(self._estimate, spec)
             self._make_room(spec, need)
+            started = time.monotonic()
             try:
                 entry = await asyncio.to_thread(self._make, spec)
-            except ReverbError:   # the detail (paths, llama.cpp's words) is in the server log, not for clients
+            except ReverbError as e:   # the detail (paths, llama.cpp's words) is in the server log, not for clients
+                self._event(spec.name, "failed", time.monotonic() - started, 0, e.code)
                 raise ModelLoadError(f"the model '{spec.name}' could not be loaded; the server log says why",
                                      model=spec.name) from None
+            self._event(spec.name, "loaded", entry.load_seconds, entry.memory, "on demand")
             entry.keep_alive = _seconds(self.settings.keep_alive)
             self.loaded[spec.name] = entry
             self._arm(spec.name, entry, entry.keep_alive)   # a model loaded and never used goes too
@@ -266,6 +271,14 @@ class Models:
             entry.timer.cancel()
         entry.backend.close()
         log.info("model %s: unloaded (%s)", name, why)
+        self._event(name, "unloaded", None, entry.memory, why)
+
+    def _event(self, *event) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(*event)
+            except Exception:   # the ledger's record of a load must never break serving
+                log.exception("could not record a model event")
 
     def _not_served(self, spec: ModelSpec) -> ModelNotFound:
         return ModelNotFound(f"The model '{spec.name}' is in the catalogue but not loaded on this server (start it "

@@ -219,6 +219,15 @@ class Service:
                              error_code=code, prompt_tokens=usage.prompt_tokens,
                              completion_tokens=usage.completion_tokens, latency_ms=ctx.elapsed_ms(), body=ctx.body)
 
+    def model_event(self, model: str, event: str, seconds: float | None, memory: int, reason: str | None) -> None:
+        """Record a load or unload in the ledger, off the event loop (a failure is logged, never raised)."""
+        async def write():
+            try:
+                await self.db(self.ledger.model_event, model, event, seconds, memory, reason)
+            except LedgerError as e:
+                log.error("could not record that model %s was %s: %s", model, event, e.message)
+        self._spawn(write())
+
     async def keep_lease(self) -> None:
         """While serving (the app's lifespan runs it): see ``upkeep.keep_lease``."""
         await upkeep.keep_lease(self)
@@ -300,8 +309,14 @@ def build(settings: Settings, backend_factory=None, *, serve: bool = True) -> Se
         if serve:  # after loading, so a slow load cannot outlive a short lease before its first heartbeat
             ledger.lease.register(settings.lease_seconds)
             ledger.lease.sweep()
+            for name, entry in models.loaded.items():
+                if not reg.specs[name].upstream:
+                    ledger.model_event(name, "loaded", entry.load_seconds, entry.memory, "at start")
     except BaseException:
         models.close()
         ledger.close()
         raise
-    return Service(settings, reg, ledger, models)
+    service = Service(settings, reg, ledger, models)
+    if serve:
+        models.on_event = service.model_event
+    return service

@@ -66,11 +66,17 @@ def test_load_on_first_request_evict_lru_and_keep_alive(two_models, make_server)
     assert "model b: unloaded (idle for 1 s)" in srv.log()
     assert ask(srv, "a", keep_alive="often").json()["error"]["param"] == "keep_alive"
     assert ask(srv, "nope").json()["error"]["code"] == "model_not_found"
+    with srv.ledger() as ledger:   # the ledger saw every load and unload, with why
+        events = [(e["model"], e["event"], e["reason"]) for e in ledger.model_events()]
+    assert events == [("a", "loaded", "on demand"), ("a", "unloaded", "to make room for b"),
+                      ("b", "loaded", "on demand"), ("b", "unloaded", "idle for 1 s")]
 
 
 def test_without_on_demand_only_the_models_given_are_served(two_models, make_server):
     srv = make_server("--catalogue", two_models, "--parallel", "1")
     assert ps(srv) == ["a"]                               # loaded at start, as before
+    with srv.ledger() as ledger:
+        assert [(e["model"], e["event"], e["reason"]) for e in ledger.model_events()] == [("a", "loaded", "at start")]
     r = ask(srv, "b")
     assert r.status_code == 404 and "--on-demand" in r.json()["error"]["message"]
     with srv.client() as http:
