@@ -145,3 +145,11 @@ def test_chat_set_show_save_load(tmp_path, monkeypatch, capsys):
     assert "temperature: 0.2" in out and "seed: 7" in out and "not a number" in out
     assert (tmp_path / "reverb" / "chats" / "first.json").is_file()
     assert "a name of letters" in out   # /load ../etc never leaves the chats folder
+
+
+def test_quantize_shows_one_progress_bar_not_llama_cpp_lines(tmp_path, model_path):
+    out = reverb("quantize", str(model_path), str(tmp_path / "q8.gguf"), "--type", "Q8_0")
+    assert out.returncode == 0, out.stderr
+    assert "(Q8_0)" in out.stdout
+    assert "quantizing to Q8_0" in out.stderr and "272/272" in out.stderr
+    assert "llama.cpp:" not in out.stderr and len(out.stderr.splitlines()) <= 2

@@ -257,5 +257,8 @@ def document(settings: Settings) -> dict:
                                 "responses": {"200": {"description": "ok"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text"}}}},
             "/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "json"}}}},
+            "/api/ps": {"get": {"summary": "loaded models: memory, slots, running requests, idle time (`reverb ps`; "
+                                "operator keys only)", "responses": {"200": {"description": "json"},
+                                                                     "403": {"description": "not an operator key"}}}},
         },
     }

@@ -7,7 +7,10 @@ A model is named as everywhere on the command line: a catalogue name, a GGUF fil
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
+import re
 import sys
 from importlib import resources
 from pathlib import Path
@@ -182,22 +185,34 @@ def quantize(args) -> int:
     tmp = args.output.with_name(args.output.name + ".tmp")
     bar = _Progress(f"quantizing to {args.type}")
     try:
-        engine.quantize(args.input, tmp, args.type, progress=bar.update)
+        with bar.capturing(logging.getLogger("reverb.engine")):
+            engine.quantize(args.input, tmp, args.type)
         tmp.replace(args.output)  # atomic: a failed quantization never leaves a half file under the real name
     except ModelLoadError:
         tmp.unlink(missing_ok=True)
         raise
-    finally:
-        bar.close()
     print(f"{args.output}: {args.output.stat().st_size / 1e6:.1f} MB ({args.type})", file=sys.stdout)
     return 0
 
 
-class _Progress:
-    """A tensor-count progress bar on stderr (tqdm, as huggingface_hub's downloads show theirs)."""
+class _Progress(logging.Handler):
+    """llama.cpp's quantize lines ("[  12/ 272] name - ...", logged by the engine at DEBUG) as one tensor-count
+    progress bar on stderr (tqdm, as huggingface_hub's downloads show theirs); its other lines are dropped, except
+    errors."""
+
+    LINE = re.compile(r"^llama\.cpp: \[\s*(\d+)/\s*(\d+)\]")
 
     def __init__(self, what: str):
+        super().__init__(logging.DEBUG)
         self.what, self.bar = what, None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        m = self.LINE.match(message)
+        if m:
+            self.update(int(m.group(1)), int(m.group(2)))
+        elif record.levelno >= logging.ERROR:
+            print(f"reverb: {message}", file=sys.stderr)
 
     def update(self, done: int, total: int) -> None:
         if self.bar is None:
@@ -206,9 +221,20 @@ class _Progress:
         self.bar.n = done
         self.bar.refresh()
 
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+    @contextlib.contextmanager
+    def capturing(self, logger: logging.Logger):
+        level, propagate = logger.level, logger.propagate
+        logger.addHandler(self)
+        logger.setLevel(logging.DEBUG)
+        logger.propagate = False
+        try:
+            yield self
+        finally:
+            logger.removeHandler(self)
+            logger.setLevel(level)
+            logger.propagate = propagate
+            if self.bar is not None:
+                self.bar.close()
 
 
 def evaluate(args) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,22 +25,11 @@ log = logging.getLogger("reverb.engine")
 
 _backend_lock = threading.Lock()
 _backend_ready = False
-_LEVELS = {3: logging.WARNING, 4: logging.ERROR}  # ggml_log_level: 2 INFO, 3 WARN, 4 ERROR
-
-
-_QUANT_LINE = re.compile(rb"^\[\s*(\d+)/\s*(\d+)\]")
-_quantize_progress = None   # during quantize(): called with (done, total) per tensor; its lines are not logged
+_LEVELS = {2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}  # ggml_log_level: 2 INFO, 3 WARN, 4 ERROR
 
 
 @C.llama_log_callback
-def _log_callback(level, text, _user):  # llama.cpp is chatty at INFO; keep only warnings and errors
-    progress = _quantize_progress
-    if progress is not None:   # quantize's per-tensor lines (and fallback-type warnings) become one progress bar
-        m = _QUANT_LINE.match(text or b"")
-        if m:
-            progress(int(m.group(1)), int(m.group(2)))
-        if level != 4:
-            return
+def _log_callback(level, text, _user):  # llama.cpp is chatty at INFO: that is DEBUG here (quantize's progress)
     lvl = _LEVELS.get(level)
     if lvl is not None and text:
         log.log(lvl, "llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
@@ -449,19 +437,13 @@ QUANT_TYPES = {"Q4_0": C.LLAMA_FTYPE_MOSTLY_Q4_0, "Q8_0": C.LLAMA_FTYPE_MOSTLY_Q
                "Q6_K": C.LLAMA_FTYPE_MOSTLY_Q6_K, "F16": C.LLAMA_FTYPE_MOSTLY_F16, "F32": C.LLAMA_FTYPE_ALL_F32}
 
 
-def quantize(src: Path, dst: Path, qtype: str, threads: int = 0, progress=None) -> None:
-    """Quantize a GGUF with llama.cpp's quantizer. Raises ModelLoadError when llama.cpp refuses. ``progress(done,
-    total)`` is told each tensor; while it is set, llama.cpp's own lines (but errors) are not logged."""
-    global _quantize_progress
+def quantize(src: Path, dst: Path, qtype: str, threads: int = 0) -> None:
+    """Quantize a GGUF with llama.cpp's quantizer. Raises ModelLoadError when llama.cpp refuses."""
     _init_backend()
     params = C.llama_model_quantize_default_params()
     params.ftype = QUANT_TYPES[qtype]
     params.nthread = threads
     params.allow_requantize = True  # an already-quantized input is allowed (e.g. the bundled Q4_1 -> F32)
-    _quantize_progress = progress
-    try:
-        rc = C.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
-    finally:
-        _quantize_progress = None
+    rc = C.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
     if rc != 0:
         raise ModelLoadError(f"llama.cpp could not quantize the model ({rc})")
