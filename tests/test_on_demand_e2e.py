@@ -52,6 +52,9 @@ def test_load_on_first_request_evict_lru_and_keep_alive(two_models, make_server)
     srv = make_server("--catalogue", two_models, "--on-demand", "--max-loaded-models", "1", "--parallel", "1",
                       "--keep-alive", "-1")
     assert ps(srv) == []                                  # nothing loaded before the first request
+    with srv.client() as http:                            # yet both are listed: a client may ask for either
+        assert sorted(m["id"] for m in http.get("/v1/models").json()["data"]) == ["a", "b"]
+        assert http.get("/v1/models/b").json()["id"] == "b"
     # two requests at once for a model that is not loaded: both wait for the one load
     with ThreadPoolExecutor(2) as pool:
         answers = list(pool.map(lambda _: ask(srv, "a"), range(2)))

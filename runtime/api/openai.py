@@ -138,9 +138,16 @@ def _model_json(name: str, backend) -> dict:
             "owned_by": info.provider if info.passthrough else "reverb", "provider": info.provider}
 
 
+def _unloaded_json(name: str) -> dict:
+    # a model served on demand (--on-demand) that is not loaded right now: loaded by its first request
+    return {"id": name, "object": "model", "created": 0, "owned_by": "reverb", "provider": "llama.cpp"}
+
+
 async def list_models(request: Request) -> JSONResponse:
     service: Service = request.state.service
-    return JSONResponse({"object": "list", "data": [_model_json(n, b) for n, b in service.backends.items()]})
+    loaded = service.backends
+    return JSONResponse({"object": "list", "data": [_model_json(n, b) for n, b in loaded.items()]
+                         + [_unloaded_json(n) for n in service.models.servable if n not in loaded]})
 
 
 async def get_model(request: Request) -> JSONResponse:
@@ -148,6 +155,8 @@ async def get_model(request: Request) -> JSONResponse:
     service: Service = request.state.service
     name = request.path_params["model"]
     backend = service.backends.get(name)
+    if backend is None and name in service.models.servable:
+        return JSONResponse(_unloaded_json(name))
     if backend is None:
         raise ModelNotFound(f"The model '{name}' does not exist or is not loaded on this server", param="model",
                             model=None)
