@@ -89,6 +89,9 @@ def test_hub_quant_picked_from_the_file_list_and_multi_part_pulled(tmp_path, mod
     out = reverb("models", "pull", "hf.co/reverb-test/split-GGUF:Q4_1", env=env)
     assert out.returncode == 0, out.stderr
     assert "2 parts" in out.stdout and "-00001-of-00002.gguf" in out.stdout
+    listing = reverb("models", "list", env=env).stdout.split("pulled from the hub")[1]
+    assert f"hf.co/{REPO}:Q4_1 " in listing and "hf.co/reverb-test/split-GGUF:Q4_1 " in listing
+    assert "(2 parts)" in listing
     # offline from here: served from the cache, chatted with through `reverb run`
     n = len(hub.requests)
     offline = {**env, "HF_HUB_OFFLINE": "1"}

@@ -111,6 +111,14 @@ def models(args) -> int:
         prices = f"{registry.format_money(spec.price_input):>8} {registry.format_money(spec.price_output):>8}"
         print(f"{spec.name:<16} {spec.source:<8} {provider[:12]:<12} {spec.quant or '-':<8} {spec.ctx:>7} {prices}  "
               f"{present:<12} {where}")
+    from ..models import download, refs
+    pulled = [(name, file, size) for name, file, size in download.cached_models()
+              if not any(s.repo and s.file == file and name.startswith(f"hf.co/{s.repo}") for s in reg.specs.values())]
+    if pulled:
+        print("\npulled from the hub (serve or chat with the name on the left):")
+        for name, file, size in pulled:
+            parts = len(refs.split_parts(file))
+            print(f"{name:<60} {size / 1e6:>8.0f} MB" + (f" ({parts} parts)" if parts > 1 else ""))
     return 0
 
 

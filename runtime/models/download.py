@@ -89,21 +89,49 @@ def resolve(spec: ModelSpec, *, offline: bool = False) -> ModelSpec:
     return _picked(spec, refs.pick(files, spec.quant or None, where))
 
 
+def cached_models() -> list[tuple[str, str, int]]:
+    """Hub GGUFs in the local cache, whoever pulled them: (hf.co/owner/repo:QUANT, file, bytes of every part).
+    No network."""
+    out = []
+    for folder in sorted(cache_root().glob("models--*--*")):
+        repo = folder.name.removeprefix("models--").replace("--", "/", 1)
+        spec = ModelSpec(name=repo, source="hf", repo=repo, revision="main")
+        files = _cached_files(spec)
+        for f in sorted(files):
+            if not f.lower().endswith(".gguf") or "mmproj" in f.lower():
+                continue
+            parts = refs.split_parts(f)
+            if parts[0] != f or not all(p in files for p in parts):
+                continue
+            snapshot = _snapshot(spec)
+            size = sum((snapshot / p).stat().st_size for p in parts)
+            quant = refs.quant_of(f)
+            out.append((f"hf.co/{repo}" + (f":{quant}" if quant else ""), f, size))
+    return out
+
+
 def _picked(spec: ModelSpec, file: str) -> ModelSpec:
     return replace(spec, file=file, quant=refs.quant_of(file) or spec.quant)
 
 
 def _cached_files(spec: ModelSpec) -> list[str]:
     """The files of the cached snapshot of ``spec.revision``, relative to it (no network)."""
+    snapshot = _snapshot(spec)
+    if snapshot is None:
+        return []
+    return [p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()]
+
+
+def _snapshot(spec: ModelSpec) -> Path | None:
     folder = cache_root() / f"models--{spec.repo.replace('/', '--')}"
     try:
         commit = (folder / "refs" / (spec.revision or "main")).read_text().strip()
     except OSError:
-        return []
+        return None
     snapshot = folder / "snapshots" / commit
     if not snapshot.is_dir() or not snapshot.resolve().is_relative_to(cache_root()):
-        return []
-    return [p.relative_to(snapshot).as_posix() for p in snapshot.rglob("*") if p.is_file()]
+        return None
+    return snapshot
 
 
 def pull(spec: ModelSpec, *, offline: bool = False, progress: bool = True) -> Path:
