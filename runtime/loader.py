@@ -96,6 +96,13 @@ class Models:
             self.close()
             raise
 
+    def serving(self) -> None:
+        """On the event loop, once serving: the keep-alive of models loaded at start counts from now."""
+        for name, entry in self.loaded.items():
+            if entry.keep_alive is not None and entry.timer is None and not entry.pins:
+                entry.last_used = time.monotonic()
+                self._arm(name, entry, entry.keep_alive)
+
     def close(self) -> None:
         for entry in self.loaded.values():
             if entry.timer is not None:

@@ -230,6 +230,7 @@ class Service:
 
     async def keep_lease(self) -> None:
         """While serving (the app's lifespan runs it): see ``upkeep.keep_lease``."""
+        self.models.serving()
         await upkeep.keep_lease(self)
 
     def close(self) -> None:
