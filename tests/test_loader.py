@@ -144,3 +144,16 @@ def test_without_on_demand_only_the_named_models_are_served(reg):
         assert models.status()[0]["unloads_in_seconds"] is None
     asyncio.run(main())
     models.close()
+
+
+def test_models_loaded_at_start_count_their_keep_alive_from_serving(reg):
+    models, made = pool(reg, keep_alive=0.05)
+    models.load_now(["a"])
+
+    async def main():
+        assert "a" in models.loaded
+        models.serving()
+        await until(lambda: "a" not in models.loaded)
+    asyncio.run(main())
+    assert made[0].closed
+    models.close()
