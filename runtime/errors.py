@@ -114,14 +114,12 @@ class AuthenticationError(RequestError):
     code = "invalid_api_key"
 
 
+class PermissionDenied(RequestError):
+    code = "permission_denied"
+
+
 class InsufficientCredit(RequestError):
     code = "insufficient_credit"
-
-
-class PermissionDenied(RequestError):
-    """The key is valid but may not use this route (an operator's route asked with a client's key)."""
-
-    code = "permission_denied"
 
 
 class ModelNotFound(RequestError):

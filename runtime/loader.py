@@ -112,18 +112,26 @@ class Models:
 
     # ---- requests ------------------------------------------------------------------------------------------------
 
-    def peek(self, name: str) -> tuple[ModelSpec, Backend]:
+    def peek(self, name: str, allowed=None) -> tuple[ModelSpec, Backend]:
         """A loaded model, without loading or pinning it. Raises ModelNotFound."""
-        spec = self.registry.resolve(name)
+        spec = self._resolve(name, allowed)
         entry = self.loaded.get(spec.name)
         if entry is None:
             raise self._not_served(spec)
         return spec, entry.backend
 
-    async def acquire(self, name: str | None) -> tuple[ModelSpec, Backend]:
+    def _resolve(self, name: str | None, allowed) -> ModelSpec:
+        """``allowed(name)``: the caller's allowlists; a model outside them is refused exactly as one that does not
+        exist (and never loaded for that caller)."""
+        spec = self.registry.resolve(name)
+        if allowed is not None and not allowed(spec.name):
+            raise ModelNotFound(f"The model '{spec.name}' does not exist", param="model", model=None)
+        return spec
+
+    async def acquire(self, name: str | None, allowed=None) -> tuple[ModelSpec, Backend]:
         """The model called ``name``, loaded (waiting for its load) and pinned until ``release``. Raises
         ModelNotFound, OverloadedError (no room, or its load takes longer than --load-timeout) or ModelLoadError."""
-        spec = self.registry.resolve(name)
+        spec = self._resolve(name, allowed)
         if spec.name not in self.servable:
             raise self._not_served(spec)
         while True:

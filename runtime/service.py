@@ -82,10 +82,11 @@ class Service:
         """The models loaded now, by name."""
         return self.models.backends
 
-    def backend(self, name: str | None) -> tuple[ModelSpec, Backend]:
+    def backend(self, name: str | None, account: Account | None = None) -> tuple[ModelSpec, Backend]:
         """The catalogue entry and loaded backend called ``name`` (not loaded here, not pinned). Raises
-        ModelNotFound, never falls back."""
-        return self.models.peek(name)
+        ModelNotFound, never falls back; a model outside the account's allowlists (where accounts have them) is
+        refused exactly as one that does not exist."""
+        return self.models.peek(name, _allowed(account))
 
     async def start(self, ctx: RequestContext, ask: Ask) -> Generation:
         """Check everything, reserve credit and start the job. Raises a RequestError or OverloadedError.
@@ -94,13 +95,13 @@ class Service:
         context too small, fields only an upstream serves) are left out. The hold covers the largest worst case.
         """
         # The model stays pinned (never unloaded) from here until the request settles.
-        spec, backend = await self.models.acquire(ask.model)
+        spec, backend = await self.models.acquire(ask.model, _allowed(ctx.account))
         pinned = True
         try:
             candidates = [await self._candidate(spec, backend, ask)]
             for name in spec.fallbacks:
                 try:
-                    candidates.append(await self._candidate(*self.backend(name), ask))
+                    candidates.append(await self._candidate(*self.backend(name, ctx.account), ask))
                 except RequestError as e:
                     log.info("request %s: fallback %s left out (%s)", ctx.request_id, name, e.code)
             hold = max(c.hold for c in candidates)
@@ -157,7 +158,7 @@ class Service:
     async def start_embedding(self, ctx: RequestContext, ask: Ask) -> "Embedding":
         """Check and reserve an embeddings request (``ask.prompt``, billed as prompt tokens). Raises a
         RequestError; from the returned value on, the request owns its ledger row."""
-        spec, backend = await self.models.acquire(ask.model)
+        spec, backend = await self.models.acquire(ask.model, _allowed(ctx.account))
         try:
             if not hasattr(backend, "embed") or backend.info.passthrough:
                 raise InvalidRequest(f"the model '{spec.name}' cannot make embeddings", param="model",
@@ -242,6 +243,11 @@ class Service:
         except LedgerError as e:
             log.error("could not settle this server's holds at stop (its lease will expire): %s", e.message)
         self.ledger.close()
+
+
+def _allowed(account: Account | None):
+    """The account's model check (``Account.may_use`` where accounts carry allowlists), or None."""
+    return getattr(account, "may_use", None)
 
 
 def _holds(account: Account | None) -> bool:

@@ -157,3 +157,15 @@ def test_models_loaded_at_start_count_their_keep_alive_from_serving(reg):
     asyncio.run(main())
     assert made[0].closed
     models.close()
+
+
+def test_a_model_outside_the_callers_allowlist_is_never_loaded_for_it(reg):
+    async def main():
+        models, made = pool(reg)
+        with pytest.raises(ModelNotFound) as e:
+            await models.acquire("b", allowed=lambda name: name == "a")
+        assert e.value.message == "The model 'b' does not exist" and not made
+        await models.acquire("a", allowed=lambda name: name == "a")
+        assert [b.info.name for b in made] == ["a"]
+        models.close()
+    asyncio.run(main())

@@ -19,9 +19,10 @@ TABLE: dict[type[ReverbError], tuple[int, str, str | None, int | None, str | Non
     TemplateError: (400, "invalid_request_error", None, None, None),
     InvalidRequest: (400, "invalid_request_error", None, None, None),
     AuthenticationError: (401, "authentication_error", "invalid_api_key", None, None),
+    # A valid key without the right (not 401: the key is fine, and clients must not drop it as revoked).
+    PermissionDenied: (403, "permission_error", "permission_denied", None, None),
     # OpenAI answers an exhausted budget with 429 insufficient_quota and its SDKs do not retry that.
     InsufficientCredit: (402, "insufficient_quota", "insufficient_quota", 429, "insufficient_credit"),
-    PermissionDenied: (403, "invalid_request_error", "permission_denied", None, None),
     ModelNotFound: (404, "invalid_request_error", "model_not_found", None, None),
     NotFound: (404, "invalid_request_error", "not_found", None, None),
     MethodNotAllowed: (405, "invalid_request_error", "method_not_allowed", None, None),
