@@ -26,7 +26,10 @@ def test_build_flags_follow_this_cpu_and_never_native():
     assert out.returncode == 0, out.stderr
     flags = out.stdout.split()
     assert "-DGGML_NATIVE=OFF" in flags and "-DGGML_AMX_INT8=OFF" in flags and "-DGGML_AMX_TILE=OFF" in flags
-    cpu = Path("/proc/cpuinfo").read_text().split("\nflags", 1)[1].split("\n", 1)[0].split()
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if "\nflags" not in "\n" + info:
+        pytest.skip("no x86 CPU flags in /proc/cpuinfo here")
+    cpu = ("\n" + info).split("\nflags", 1)[1].split("\n", 1)[0].split()
     assert ("-DGGML_AVX2=ON" in flags) == ("avx2" in cpu)
     assert ("-DGGML_AVX512=ON" in flags) == ("avx512f" in cpu)
 
