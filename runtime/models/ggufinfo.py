@@ -3,6 +3,8 @@ with the ``gguf`` package's reader after the bounded pre-check (``ggufcheck``): 
 
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +34,20 @@ class GgufInfo:
 
 def read(path: Path) -> GgufInfo:
     """Read the metadata of ``path`` (the first part of a multi-part file reads every part's tensors).
-    Raises UnsafeModelFile for a file that is not a well-formed GGUF."""
+    Raises UnsafeModelFile for a file that is not a well-formed GGUF. Remembered per file, size and mtime: the
+    reader builds an array per vocabulary string, seconds for a large vocabulary, and a load asks twice."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise UnsafeModelFile("model file not found") from None
+    return _read(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _read(name: str, size: int, mtime: int) -> GgufInfo:
     import gguf   # numpy-heavy; only commands that look inside a file pay for it
+
+    path = Path(name)
 
     parts = [Path(p) for p in refs.split_parts(str(path))]
     for i, part in enumerate(parts):
