@@ -81,6 +81,8 @@ def test_hub_quant_picked_from_the_file_list_and_multi_part_pulled(tmp_path, mod
     assert out.returncode == 0, out.stderr
     assert "tiny.Q4_1.gguf" in out.stdout
     assert " INFO " not in out.stderr          # other libraries' info lines only with --verbose
+    verbose = reverb("pull", f"hf.co/{REPO}", "--verbose", env=env)
+    assert verbose.returncode == 0 and "INFO httpx" in verbose.stderr and "HTTP Request" in verbose.stderr
     assert not any("Q8_0" in path or "mmproj" in path for _, path, _ in hub.requests)
     # a multi-part GGUF in a folder: every part pulled, the first one named
     parts = split(model_path, tmp_path / "split" / "tiny-split.gguf", 150)
