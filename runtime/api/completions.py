@@ -69,7 +69,8 @@ def parse(body: dict, settings) -> tuple[Ask, bool]:
         if not isinstance(opts, dict):
             raise InvalidRequest("'stream_options' must be an object", param="stream_options")
         include_usage = P.boolean(opts, "include_usage", False, param="stream_options.include_usage")
-    return Ask(model=model, messages=(), sampling=sampling, stream=stream, prompt=texts), include_usage
+    return Ask(model=model, messages=(), sampling=sampling, stream=stream, prompt=texts,
+               keep_alive=P.keep_alive(body)), include_usage
 
 
 async def completions(request: Request) -> object:

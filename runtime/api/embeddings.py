@@ -43,7 +43,7 @@ def parse(body: dict, settings) -> tuple[Ask, str]:
     fmt = body.get("encoding_format") or "float"
     if fmt not in ("float", "base64"):
         raise InvalidRequest("'encoding_format' must be 'float' or 'base64'", param="encoding_format")
-    return Ask(model=model, messages=(), prompt=tuple(items)), fmt
+    return Ask(model=model, messages=(), prompt=tuple(items), keep_alive=P.keep_alive(body)), fmt
 
 
 def _encode(vector: list[float], fmt: str):

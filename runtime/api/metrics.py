@@ -31,6 +31,10 @@ class Metrics(Hooks):
                              buckets=GAP_BUCKETS, registry=r)
         self.latency = Histogram("reverb_request_duration_seconds", "Request duration", ["route"],
                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.loads = Counter("reverb_model_loads", "Model loads (at start and on demand)", ["model", "outcome"],
+                             registry=r)
+        self.load_time = Histogram("reverb_model_load_seconds", "Time to load a model", ["model"],
+                                   buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600), registry=r)
         r.register(_SchedulerCollector(service))
         self._models = set(service.registry.specs)
 
@@ -49,6 +53,12 @@ class Metrics(Hooks):
 
     def token_gap(self, model: str, seconds: float) -> None:
         self.itl.labels(model).observe(seconds)
+
+    def model_loaded(self, model: str, seconds: float, ok: bool) -> None:
+        label = self.model_label(model)
+        self.loads.labels(label, "loaded" if ok else "failed").inc()
+        if ok:
+            self.load_time.labels(label).observe(seconds)
 
     def settled(self, record: RequestRecord, price: int) -> None:
         model = self.model_label(record.model)

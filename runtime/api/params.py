@@ -7,6 +7,7 @@ out-of-range values with InvalidRequest, before anything reaches the engine.
 from __future__ import annotations
 
 import math
+import re
 
 from ..settings import Settings
 from ..errors import InvalidRequest
@@ -180,6 +181,31 @@ SAMPLING_FIELDS: tuple[tuple[str, str, float, float, object], ...] = (
 )
 MAX_STOP, MAX_STOP_CHARS = 4, 256
 MAX_LOGIT_BIAS, LOGIT_BIAS_RANGE = 1024, (-100.0, 100.0)
+
+
+KEEP_ALIVE_RE = re.compile(r"^(-?\d+(?:\.\d+)?)(ms|s|m|h)?$")
+KEEP_ALIVE_MAX = 30 * 86400.0
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def keep_alive(body: dict) -> float | None:
+    """Ollama's ``keep_alive``: seconds as a number, or a duration ("10m", "1h", "30s"); 0 unloads the model right
+    after the request, a negative value keeps it loaded. None when not given."""
+    value = body.get("keep_alive")
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and KEEP_ALIVE_RE.match(value.strip()):
+        number, unit = KEEP_ALIVE_RE.match(value.strip()).groups()
+        seconds = float(number) * _UNIT[unit]
+    else:
+        raise InvalidRequest("'keep_alive' must be seconds or a duration such as \"10m\" (negative: keep loaded)",
+                             param="keep_alive")
+    if seconds != seconds or seconds > KEEP_ALIVE_MAX:
+        raise InvalidRequest(f"'keep_alive' must be at most {KEEP_ALIVE_MAX:.0f} seconds (negative: keep loaded)",
+                             param="keep_alive")
+    return -1.0 if seconds < 0 else seconds
 
 
 def model(body: dict) -> str:

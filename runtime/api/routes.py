@@ -55,6 +55,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/v1/admin/log", ("GET",), "admin", OPENAI, admin.admin_log),
     Route("/v1/organization/usage/completions", ("GET",), "organization", OPENAI, orgusage.usage_completions),
     Route("/v1/organization/costs", ("GET",), "organization", OPENAI, orgusage.costs),
+    Route("/api/ps", ("GET",), "ps", OPENAI, ops.ps, operator=True),
 )
 _BY_PATH = {r.path: r for r in ROUTES if "{" not in r.path}
 _BY_PREFIX = {r.path[:r.path.index("{")]: r for r in ROUTES if "{" in r.path}  # "/v1/models/" -> its route

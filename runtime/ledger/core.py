@@ -51,6 +51,7 @@ log = logging.getLogger("reverb.ledger")
 MAX_BALANCE = 10**15          # micro-units (one billion credits): far from 64-bit overflow on either engine
 DETAIL_ROWS_PER_MINUTE = 5    # per client, route and code: refusals without a key beyond this are only counted
 CLIENT_CHARS = 64
+MODEL_EVENT_CHARS = 256   # an hf.co/owner/repo:QUANT name is longer than a catalogue name
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
@@ -282,6 +283,23 @@ class Ledger(Management, Reports):
                 log.warning("the ledger is nearly full (--db-max-mb): refusals are no longer recorded (%d so far)",
                             self._skipped_refusals)
         return written
+
+    # -- models ------------------------------------------------------------------------------------------
+
+    def model_event(self, model: str, event: str, seconds: float | None = None, memory: int = 0,
+                    reason: str | None = None) -> None:
+        """Record a model load ("loaded", "failed") or "unloaded", with this server's instance."""
+        self.engine.write(lambda db: db.execute(
+            "INSERT INTO model_events (instance_id, model, event, seconds, memory_bytes, reason, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (self.lease.instance_id, printable(model[:MODEL_EVENT_CHARS]), event, seconds, int(memory),
+             None if reason is None else printable(reason[:200]), now())))
+
+    def model_events(self, since: str | None = None) -> list[dict]:
+        rows = self.engine.read("SELECT instance_id, model, event, seconds, memory_bytes, reason, created_at "
+                                "FROM model_events WHERE created_at >= ? ORDER BY id", (since or "",))
+        cols = ("instance_id", "model", "event", "seconds", "memory_bytes", "reason", "created_at")
+        return [dict(zip(cols, r, strict=True)) for r in rows]
 
     # -- reports ------------------------------------------------------------------------------------------
 

@@ -25,11 +25,11 @@ log = logging.getLogger("reverb.engine")
 
 _backend_lock = threading.Lock()
 _backend_ready = False
-_LEVELS = {3: logging.WARNING, 4: logging.ERROR}  # ggml_log_level: 2 INFO, 3 WARN, 4 ERROR
+_LEVELS = {2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}  # ggml_log_level: 2 INFO, 3 WARN, 4 ERROR
 
 
 @C.llama_log_callback
-def _log_callback(level, text, _user):  # llama.cpp is chatty at INFO; keep only warnings and errors
+def _log_callback(level, text, _user):  # llama.cpp is chatty at INFO: that is DEBUG here (quantize's progress)
     lvl = _LEVELS.get(level)
     if lvl is not None and text:
         log.log(lvl, "llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
