@@ -97,6 +97,8 @@ class Settings:
                                    "exit)", metavar="PATH")
     metrics_public: bool = _opt(False, "serve /metrics without a key")
     log_format: str = _opt("console", "access log format", choices=("console", "json"))
+    ui: bool = _opt(True, "serve the web page at /ui: chat for any key, spend and activity for admin keys (its "
+                    "files are public, its data needs a key)")
 
     @property
     def catalogue_path(self) -> Path:

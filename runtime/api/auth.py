@@ -13,7 +13,7 @@ from dataclasses import replace
 from ..errors import AuthenticationError
 from ..request import RequestContext
 from .refuse import refuse
-from .routes import ROUTES, dialect_of, endpoint_of
+from .routes import ROUTES, dialect_of, endpoint_of, lookup
 
 
 class Context:
@@ -42,12 +42,17 @@ class Context:
 
 
 class BearerAuth:
-    def __init__(self, app, public_paths: set[str] | None = None):
+    def __init__(self, app, public_paths: set[str] | None = None, routes=ROUTES):
         self.app = app
-        self.public = {r.path for r in ROUTES if r.public} | (public_paths or set())
+        self.public = {r.path for r in routes if r.public} | (public_paths or set())
+
+    def _public(self, path: str) -> bool:
+        """A public path, or a path of a public route with a parameter (``/ui/{file}``)."""
+        route = lookup(path)
+        return path in self.public or (route is not None and route.path in self.public)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in self.public:
+        if scope["type"] != "http" or self._public(scope["path"]):
             return await self.app(scope, receive, send)
         state = scope["state"]
         raw = _bearer(scope)

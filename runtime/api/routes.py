@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from . import completions, embeddings, gateway, openai, ops
+from . import completions, embeddings, gateway, openai, ops, ui
 
 OPENAI, GATEWAY = "openai", "gateway"
 
@@ -41,6 +41,11 @@ ROUTES: tuple[Route, ...] = (
     Route("/health", ("GET",), "health", OPENAI, ops.health, public=True),
     Route("/metrics", ("GET",), "metrics", OPENAI, ops.metrics),
     Route("/openapi.json", ("GET",), "openapi", OPENAI, ops.openapi),
+    # the web page (api/ui.py): its files are public, its data comes from the routes above with the user's key;
+    # not served with --no-ui
+    Route("/", ("GET",), "ui", OPENAI, ui.root, public=True),
+    Route("/ui", ("GET",), "ui", OPENAI, ui.index, public=True),
+    Route("/ui/{file}", ("GET",), "ui", OPENAI, ui.asset, public=True),
 )
 _BY_PATH = {r.path: r for r in ROUTES if "{" not in r.path}
 _BY_PREFIX = {r.path[:r.path.index("{")]: r for r in ROUTES if "{" in r.path}  # "/v1/models/" -> its route

@@ -35,6 +35,8 @@ def run(args) -> int:
 
     def announce(url: str) -> None:
         print(f"reverb: serving {', '.join(app.state.model_names)} at {url}", flush=True)
+        if settings.ui:
+            print(f"reverb: web page at {url}/ui", flush=True)
         if settings.ready_file:
             tmp = Path(str(settings.ready_file) + ".tmp")
             tmp.write_text(url + "\n")
