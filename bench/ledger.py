@@ -1,7 +1,9 @@
 """`make bench-ledger`: reserve+settle latency on each ledger engine. Run by hand; never a timed test.
 
 For each engine: ``--pairs`` sequential reserve+settle pairs from one process (p50 / p99 of the pair), then the same
-work from two ledgers on one database (two "servers") with ``--threads`` threads each, as pairs per second. SQLite
+work from two ledgers on one database (two "servers") with ``--threads`` threads each, as pairs per second; once
+with a plain key and once (``limits``) with a key in a team where both have requests- and tokens-per-minute limits,
+a concurrency limit and a monthly budget (none of them reached), so every check runs. SQLite
 runs on a file in a temp dir (WAL, synchronous=FULL); PostgreSQL on a throwaway local server with fsync on
 (``--pg URL`` uses an existing database instead). Results go to stdout and bench/results/ledger-latest.json.
 """
@@ -31,11 +33,18 @@ def pair(ledger: Ledger, account, rid: str) -> float:
     return time.perf_counter() - t0
 
 
-def measure(target: str, pairs: int, threads: int) -> dict:
+BIG = 10**9
+LIMITS = dict(rpm=BIG, tpm=BIG, max_parallel=BIG, budget=10**14, period="month")
+
+
+def measure(target: str, pairs: int, threads: int, limits: bool = False) -> dict:
     with Ledger(target) as a, Ledger(target) as b:
         for led in (a, b):
             led.lease.register(60)
-        account = a.authenticate(a.create_key(f"bench-{time.time_ns()}", 10**12))
+        name = f"bench-{time.time_ns()}"
+        if limits:
+            a.create_team(name, 10**12, **LIMITS)
+        account = a.authenticate(a.create_key(name, 10**12, **(dict(LIMITS, team=name) if limits else {})))
         for i in range(20):   # warm up connections and caches
             pair(a, account, f"warm-{i}-{time.time_ns()}")
         lat = sorted(pair(a, account, f"seq-{i}-{time.time_ns()}") for i in range(pairs))
@@ -60,7 +69,9 @@ def main() -> int:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         results["sqlite"] = measure(str(Path(tmp) / "bench.sqlite3"), args.pairs, args.threads)
-    print("sqlite    ", results["sqlite"], flush=True)
+        print("sqlite    ", results["sqlite"], flush=True)
+        results["sqlite_limits"] = measure(str(Path(tmp) / "bench.sqlite3"), args.pairs, args.threads, True)
+        print("sqlite     limits", results["sqlite_limits"], flush=True)
     server = None
     try:
         url = args.pg
@@ -75,6 +86,8 @@ def main() -> int:
         if url:
             results["postgresql"] = measure(url, args.pairs, args.threads)
             print("postgresql", results["postgresql"], flush=True)
+            results["postgresql_limits"] = measure(url, args.pairs, args.threads, True)
+            print("postgresql limits", results["postgresql_limits"], flush=True)
     finally:
         if server is not None:
             server.stop()

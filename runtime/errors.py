@@ -19,6 +19,9 @@ file path from the server, a raw key or an exception's repr.
     │   │   └── TemplateError           400, the chat template refused the conversation
     │   ├── AuthenticationError     401
     │   ├── InsufficientCredit      402 (gateway) / 429 insufficient_quota (OpenAI)
+    │   │   └── BudgetExceeded      the same, for a period budget (names it and when it resets)
+    │   ├── RateLimited             429 rate_limit_exceeded, Retry-After when the capacity asked for is free
+    │   ├── PermissionDenied        403, an admin route asked with a key that is not an admin's
     │   ├── ModelNotFound           404
     │   ├── NotFound                404, no such path
     │   ├── MethodNotAllowed        405
@@ -115,7 +118,38 @@ class AuthenticationError(RequestError):
 
 
 class InsufficientCredit(RequestError):
+    """Not enough credit (or budget) for the request's worst case. ``needed`` and ``left`` (micro-units) let the
+    service say what the request would hold against what is left."""
+
     code = "insufficient_credit"
+
+    def __init__(self, message: str, *, needed: int | None = None, left: int | None = None,
+                 model: str | None = None):
+        super().__init__(message, model=model)
+        self.needed = needed
+        self.left = left
+
+
+class BudgetExceeded(InsufficientCredit):
+    """A key's or team's period budget would be passed; the message names the budget and when it resets."""
+
+    code = "budget_exceeded"
+
+
+class RateLimited(RequestError):
+    """A requests-, tokens-per-minute or concurrency limit. ``retry_after``: seconds until the capacity asked for
+    is free (None: never, the request alone is larger than the limit). ``limits``: the rate-limit header values."""
+
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, limits: dict | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.limits = limits
+
+
+class PermissionDenied(RequestError):
+    code = "permission_denied"
 
 
 class ModelNotFound(RequestError):

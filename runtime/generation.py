@@ -49,6 +49,7 @@ class Generation:
         self._queue: asyncio.Queue[Chunk] = asyncio.Queue()
         self.final: Chunk | None = None
         self.handle = None                          # the backend's Handle, once submitted
+        self.limits: dict = {}                      # the rate-limit header values its reservation returned
         # Resolved with a Settlement once the ledger has the request's row (LedgerError if it could not).
         self.settled: asyncio.Future[Settlement] = asyncio.get_running_loop().create_future()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from fnmatch import fnmatchcase
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -24,6 +25,19 @@ class Account:
     name: str
     key_id: int | None
     unlimited: bool = False
+    admin: bool = False
+    # The allowlists the model must pass, the key's and its team's (names or fnmatch patterns; () allows all).
+    allowlists: tuple[tuple[str, ...], ...] = ()
+    team: str | None = None
+    rated: bool = False          # the key or its team has a per-minute limit (responses carry x-ratelimit-*)
+
+    @property
+    def operator(self) -> bool:
+        return self.unlimited or self.admin
+
+    def may_use(self, model: str) -> bool:
+        """Whether every allowlist names ``model`` (an empty list allows nothing, ``*`` everything)."""
+        return all(any(fnmatchcase(model, pattern) for pattern in allow) for allow in self.allowlists)
 
 
 def new_request_id() -> str:

@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from .backends import Backend
-from .errors import (ContextLengthExceeded, InvalidRequest, LedgerError, ModelLoadError, ModelNotFound,
-                     OverloadedError, RequestError, ReverbError)
+from .errors import (ContextLengthExceeded, InsufficientCredit, InvalidRequest, LedgerError, ModelLoadError,
+                     ModelNotFound, OverloadedError, RequestError, ReverbError)
 from . import upkeep
 from .fallbacks import Attempts, Candidate
 from .generation import Generation, Hooks, Settlement
@@ -62,9 +62,12 @@ class Service:
     async def authenticate(self, raw_key: str) -> Account | None:
         return await self.db(self.ledger.authenticate, raw_key)
 
-    def backend(self, name: str | None) -> tuple[ModelSpec, Backend]:
-        """The catalogue entry and loaded backend called ``name``. Raises ModelNotFound, never falls back."""
+    def backend(self, name: str | None, account: Account | None = None) -> tuple[ModelSpec, Backend]:
+        """The catalogue entry and loaded backend called ``name``. Raises ModelNotFound, never falls back; a
+        model outside the account's allowlists is refused exactly as one that does not exist."""
         spec = self.registry.resolve(name)
+        if account is not None and not account.may_use(spec.name):
+            raise ModelNotFound(f"The model '{spec.name}' does not exist", param="model", model=None)
         backend = self.backends.get(spec.name)
         if backend is None:
             raise ModelNotFound(f"The model '{spec.name}' is in the catalogue but not loaded on this server "
@@ -77,18 +80,17 @@ class Service:
         The model asked for is checked as before; its ``fallbacks`` that cannot serve the request (not loaded,
         context too small, fields only an upstream serves) are left out. The hold covers the largest worst case.
         """
-        spec, backend = self.backend(ask.model)
+        spec, backend = self.backend(ask.model, ctx.account)
         candidates = [await self._candidate(spec, backend, ask)]
         for name in spec.fallbacks:
             try:
-                candidates.append(await self._candidate(*self.backend(name), ask))
+                candidates.append(await self._candidate(*self.backend(name, ctx.account), ask))
             except RequestError as e:
                 log.info("request %s: fallback %s left out (%s)", ctx.request_id, name, e.code)
         hold = max(c.hold for c in candidates)
         # The hold also carries what a sweeper needs should this server die: prompt tokens and prices (the
         # model asked for; a fallback runs only before anything reached the client).
-        await self.db(self.ledger.reserve, ctx.account, ctx.request_id, hold, spec.name, ctx.endpoint,
-                      candidates[0].prompt.n_tokens, (spec.price_input, spec.price_output))
+        limits = await self._reserve(ctx, candidates[0], hold, max(_tokens(c) for c in candidates))
         gen = Generation(spec.name, ctx.started, self.hooks,
                          on_end=lambda final: self._spawn(self._settle(ctx, final, gen, ask.stream)),
                          on_progress=upkeep.progress_hook(self, ctx) if ask.stream and _holds(ctx.account) else None)
@@ -98,7 +100,26 @@ class Service:
             # Nothing ran: release the hold in the same step that logs the refusal.
             await self._close(ctx, spec, "rejected", e.code, 0)
             raise
+        gen.limits = limits
         return gen
+
+    async def _reserve(self, ctx: RequestContext, first: Candidate, hold: int, tokens: int) -> dict:
+        """Hold credit and take the request's place in its limits (``Ledger.reserve``). A credit or budget
+        refusal says what the request would hold against what is left, and the max_tokens that would pass."""
+        spec = first.spec
+        try:
+            return await self.db(self.ledger.reserve, ctx.account, ctx.request_id, hold, spec.name, ctx.endpoint,
+                                 first.prompt.n_tokens, (spec.price_input, spec.price_output), tokens)
+        except InsufficientCredit as e:
+            if e.left is not None and first.params.max_tokens:
+                prompt, choices = first.prompt.hold_tokens or first.prompt.n_tokens, first.prompt.choices
+                left = e.left
+                fits = _most_tokens(lambda m: spec.cost(prompt, m * choices) <= left, first.params.max_tokens)
+                e.message += (f" (prompt of {prompt} tokens + max_tokens {first.params.max_tokens}"
+                              f"{f' x {choices} choices' if choices > 1 else ''} at the model's prices); "
+                              + (f"a max_tokens of at most {fits} would pass" if fits else
+                                 "even max_tokens 1 would not pass"))
+            raise
 
     async def _candidate(self, spec: ModelSpec, backend: Backend, ask: Ask) -> Candidate:
         """The request prepared for one model: prompt, context check, max_tokens, worst-case cost."""
@@ -129,7 +150,7 @@ class Service:
     async def start_embedding(self, ctx: RequestContext, ask: Ask) -> "Embedding":
         """Check and reserve an embeddings request (``ask.prompt``, billed as prompt tokens). Raises a
         RequestError; from the returned value on, the request owns its ledger row."""
-        spec, backend = self.backend(ask.model)
+        spec, backend = self.backend(ask.model, ctx.account)
         if not hasattr(backend, "embed") or backend.info.passthrough:
             raise InvalidRequest(f"the model '{spec.name}' cannot make embeddings", param="model", model=spec.name)
         prompt = await backend.prepare(ask)
@@ -138,9 +159,11 @@ class Service:
             if len(tokens) > limit:
                 raise ContextLengthExceeded(f"This model's maximum context length is {limit} tokens; input {i} "
                                             f"uses {len(tokens)}", param="input", model=spec.name)
-        await self.db(self.ledger.reserve, ctx.account, ctx.request_id, spec.cost(prompt.n_tokens, 0),
-                      spec.name, ctx.endpoint, prompt.n_tokens, (spec.price_input, spec.price_output))
-        return Embedding(self, ctx, spec, backend, prompt)
+        limits = await self.db(self.ledger.reserve, ctx.account, ctx.request_id, spec.cost(prompt.n_tokens, 0),
+                               spec.name, ctx.endpoint, prompt.n_tokens, (spec.price_input, spec.price_output))
+        job = Embedding(self, ctx, spec, backend, prompt)
+        job.limits = limits
+        return job
 
     async def reject(self, ctx: RequestContext, error: ReverbError, model: str | None = None) -> None:
         """Log a request refused before it ran. Never raises: a full disk must not turn a 4xx into a 500."""
@@ -202,6 +225,23 @@ class Service:
         self.ledger.close()
 
 
+def _tokens(c: Candidate) -> int:
+    """What a request reserves of a tokens-per-minute limit: its prompt and every choice's max_tokens."""
+    return (c.prompt.hold_tokens or c.prompt.n_tokens) + (c.params.max_tokens or 0) * c.prompt.choices
+
+
+def _most_tokens(fits, most: int) -> int:
+    """The largest m in [0, most] with fits(m) (fits is monotone); 0 when none does."""
+    lo, hi = 0, most
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo if lo and fits(lo) else 0
+
+
 def _holds(account: Account | None) -> bool:
     """Whether requests of this account put credit on hold (dev keys from the command line do not)."""
     return account is not None and not account.unlimited
@@ -214,6 +254,7 @@ class Embedding:
     def __init__(self, service: Service, ctx: RequestContext, spec: ModelSpec, backend: Backend, prompt):
         self._service, self._ctx, self._spec, self._backend, self._prompt = service, ctx, spec, backend, prompt
         self.model = spec.name
+        self.limits: dict = {}   # the rate-limit header values its reservation returned
         self.settled: asyncio.Future[Settlement] = asyncio.get_running_loop().create_future()
 
     async def run(self) -> tuple[list[list[float]], Usage, int]:

@@ -9,7 +9,7 @@ import sqlite3
 
 import pytest
 
-from reverb.errors import ConfigError, InsufficientCredit, LedgerError
+from reverb.errors import AuthenticationError, ConfigError, InsufficientCredit, LedgerError
 from reverb.ledger import MAX_BALANCE, Ledger, RequestRecord
 from reverb.ledger.core import DETAIL_ROWS_PER_MINUTE
 from reverb.ledger.schema import MIGRATIONS, statements
@@ -70,8 +70,10 @@ def test_version_1_sqlite_ledger_migrates_forward_without_losing_data(tmp_path):
     db.close()
     with Ledger(path, create=False) as led:   # a read-only open migrates the schema but settles nothing
         assert led.schema_version == len(MIGRATIONS)
-        assert led.list_keys()[0] | {"created_at": None} == dict(name="old", balance=700, created_at=None,
-                                                                  revoked_at=None, held=200)
+        old = led.list_keys()[0]
+        assert {k: old[k] for k in ("name", "balance", "revoked_at", "held")} == dict(
+            name="old", balance=700, revoked_at=None, held=200)
+        assert old["models"] == ["*"] and old["rpm"] is None and old["team"] is None   # migration 3
         assert led.request("r-done")["price"] == 100 and led.invariant()["ok"]
         assert [h["request_id"] for h in led.holds()] == ["r-held"]
     with Ledger(path) as led:   # a server: a hold with no instance is a crash leftover, refunded in full
@@ -210,10 +212,12 @@ def test_topup_and_revoke(ledger):
     assert ledger.topup("a", 500) == 1500
     ledger.revoke("a")
     assert ledger.authenticate(key) is None
-    with pytest.raises(InsufficientCredit):
+    with pytest.raises(AuthenticationError):   # revoked between authentication and the hold: 401
         ledger.reserve(Account("a", acct.key_id), "r", 1, "m", "gateway")
     with pytest.raises(ConfigError):
         ledger.topup("nobody", 1)
+    with pytest.raises(ConfigError, match="revoked"):
+        ledger.topup("a", 1)
 
 
 def test_amounts_are_bounded_and_balances_stay_integers(ledger):

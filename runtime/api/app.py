@@ -65,7 +65,7 @@ def create_app(settings: Settings, service=None, build=None) -> Starlette:
             await asyncio.to_thread(svc.close)
 
     public = {"/metrics"} if settings.metrics_public else set()
-    served = [r for r in ROUTES if settings.ui or r.endpoint != "ui"]
+    served = [r for r in ROUTES if settings.ui or r.endpoint not in ("ui", "ui.data")]
     app = Starlette(
         routes=[Route(r.path, r.handler, methods=list(r.methods)) for r in served],
         middleware=[Middleware(Context), Middleware(AccessLog, json_format=settings.log_format == "json"),

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ..errors import AuthenticationError
+from ..errors import AuthenticationError, LedgerError
 from ..request import RequestContext
+from .ratelimit import headers as ratelimit_headers
 from .refuse import refuse
 from .routes import ROUTES, dialect_of, endpoint_of, lookup
 
@@ -35,10 +36,24 @@ class Context:
                 headers = list(message.get("headers", []))
                 if not any(k.lower() == b"x-request-id" for k, _ in headers):
                     headers.append((b"x-request-id", rid))
+                headers += ratelimit_headers(await _limits(state))
                 message = {**message, "headers": headers}
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+async def _limits(state) -> dict | None:
+    """The rate-limit header values for this response: the reservation's (or the refusal's), else, for a key
+    with a per-minute limit, the window as it stands (never failing the response over it)."""
+    limits = state.get("ratelimit") or getattr(state.get("generation"), "limits", None)
+    account = state["ctx"].account
+    if limits or account is None or not account.rated or "service" not in state:
+        return limits
+    try:
+        return await state["service"].db(state["service"].ledger.window, account.key_id)
+    except LedgerError:
+        return None
 
 
 class BearerAuth:
@@ -56,7 +71,10 @@ class BearerAuth:
             return await self.app(scope, receive, send)
         state = scope["state"]
         raw = _bearer(scope)
-        account = await state["service"].authenticate(raw) if raw else None
+        try:
+            account = await state["service"].authenticate(raw) if raw else None
+        except AuthenticationError as e:   # a known key that can no longer be used (expired)
+            return await (await refuse(scope, e))(scope, receive, send)
         if account is None:
             err = AuthenticationError("Incorrect API key provided" if raw else
                                       "Missing API key: send 'Authorization: Bearer <key>'")

@@ -6,12 +6,14 @@ Gateway dialect body: ``{"status": 0, "error": {"code", "message"}}``.
 
 from __future__ import annotations
 
+import math
+
 from starlette.responses import JSONResponse
 
-from ..errors import (AuthenticationError, ContextLengthExceeded, EngineError, InsufficientCredit, InvalidRequest,
-                      LedgerError, MethodNotAllowed, ModelNotFound, NotFound, OverloadedError, PayloadTooLarge,
-                      RequestTimeout, ReverbError, TemplateError, UnsupportedMediaType, UpstreamError,
-                      UpstreamRejected, UpstreamTimeout, UpstreamUnavailable)
+from ..errors import (AuthenticationError, BudgetExceeded, ContextLengthExceeded, EngineError, InsufficientCredit,
+                      InvalidRequest, LedgerError, MethodNotAllowed, ModelNotFound, NotFound, OverloadedError,
+                      PayloadTooLarge, PermissionDenied, RateLimited, RequestTimeout, ReverbError, TemplateError,
+                      UnsupportedMediaType, UpstreamError, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable)
 
 # class: (status, openai type, openai code, openai status override, gateway code)
 TABLE: dict[type[ReverbError], tuple[int, str, str | None, int | None, str | None]] = {
@@ -20,7 +22,10 @@ TABLE: dict[type[ReverbError], tuple[int, str, str | None, int | None, str | Non
     InvalidRequest: (400, "invalid_request_error", None, None, None),
     AuthenticationError: (401, "authentication_error", "invalid_api_key", None, None),
     # OpenAI answers an exhausted budget with 429 insufficient_quota and its SDKs do not retry that.
+    BudgetExceeded: (402, "insufficient_quota", "insufficient_quota", 429, "budget_exceeded"),
     InsufficientCredit: (402, "insufficient_quota", "insufficient_quota", 429, "insufficient_credit"),
+    RateLimited: (429, "requests", "rate_limit_exceeded", None, "rate_limit_exceeded"),
+    PermissionDenied: (403, "invalid_request_error", "permission_denied", None, None),
     ModelNotFound: (404, "invalid_request_error", "model_not_found", None, None),
     NotFound: (404, "invalid_request_error", "not_found", None, None),
     MethodNotAllowed: (405, "invalid_request_error", "method_not_allowed", None, None),
@@ -62,8 +67,11 @@ def _headers(exc: BaseException, status: int) -> dict[str, str]:
         headers["Retry-After"] = str(exc.retry_after)
     elif isinstance(exc, LedgerError):
         headers["Retry-After"] = "5"
-    if isinstance(exc, InsufficientCredit):
+    if isinstance(exc, InsufficientCredit) or (isinstance(exc, RateLimited) and exc.retry_after is None):
         headers["x-should-retry"] = "false"
+    if isinstance(exc, RateLimited) and exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        headers["retry-after-ms"] = str(max(1, math.ceil(exc.retry_after * 1000)))
     if isinstance(exc, UpstreamRejected) and exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
     return headers

@@ -138,8 +138,11 @@ def _model_json(name: str, backend) -> dict:
 
 
 async def list_models(request: Request) -> JSONResponse:
+    """The loaded models this key (and its team) may use."""
     service: Service = request.state.service
-    return JSONResponse({"object": "list", "data": [_model_json(n, b) for n, b in service.backends.items()]})
+    account = request.state.ctx.account
+    return JSONResponse({"object": "list", "data": [_model_json(n, b) for n, b in service.backends.items()
+                                                    if account is None or account.may_use(n)]})
 
 
 async def get_model(request: Request) -> JSONResponse:
@@ -147,7 +150,8 @@ async def get_model(request: Request) -> JSONResponse:
     service: Service = request.state.service
     name = request.path_params["model"]
     backend = service.backends.get(name)
-    if backend is None:
+    account = request.state.ctx.account
+    if backend is None or (account is not None and not account.may_use(name)):
         raise ModelNotFound(f"The model '{name}' does not exist or is not loaded on this server", param="model",
                             model=None)
     return JSONResponse(_model_json(name, backend))

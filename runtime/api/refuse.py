@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from starlette.responses import Response
 
-from ..errors import ReverbError
+from ..errors import RateLimited, ReverbError
 from .errors import error_response
 
 
@@ -15,6 +15,8 @@ async def refuse(scope, err: BaseException) -> Response:
     ctx = state["ctx"]
     code = err.code if isinstance(err, ReverbError) else "internal_error"
     state["error_code"] = code
+    if isinstance(err, RateLimited):
+        state["ratelimit"] = err.limits
     service = state.get("service")
     if service is not None and state.get("generation") is None:
         await service.reject(ctx, err if isinstance(err, ReverbError) else ReverbError("internal error"))

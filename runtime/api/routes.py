@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from . import completions, embeddings, gateway, openai, ops, ui
+from . import admin, completions, embeddings, gateway, openai, ops, orgusage, ui, uidata
 
 OPENAI, GATEWAY = "openai", "gateway"
 
@@ -41,11 +41,28 @@ ROUTES: tuple[Route, ...] = (
     Route("/health", ("GET",), "health", OPENAI, ops.health, public=True),
     Route("/metrics", ("GET",), "metrics", OPENAI, ops.metrics),
     Route("/openapi.json", ("GET",), "openapi", OPENAI, ops.openapi),
-    # the web page (api/ui.py): its files are public, its data comes from the routes above with the user's key;
-    # not served with --no-ui
+    # issue 25: a key's own standing; admin-only management and OpenAI-shaped organization usage (api/admin.py)
+    Route("/v1/me", ("GET",), "me", OPENAI, admin.me),
+    Route("/v1/admin/keys", ("GET",), "admin", OPENAI, admin.list_keys),
+    Route("/v1/admin/keys", ("POST",), "admin", OPENAI, admin.create_key),
+    Route("/v1/admin/keys/{name}", ("GET", "POST", "PATCH", "DELETE"), "admin", OPENAI, admin.key),
+    Route("/v1/admin/teams", ("GET",), "admin", OPENAI, admin.list_teams),
+    Route("/v1/admin/teams", ("POST",), "admin", OPENAI, admin.create_team),
+    Route("/v1/admin/teams/{name}", ("GET", "POST", "PATCH"), "admin", OPENAI, admin.team),
+    Route("/v1/admin/topup", ("POST",), "admin", OPENAI, admin.topup),
+    Route("/v1/admin/rotate", ("POST",), "admin", OPENAI, admin.rotate),
+    Route("/v1/admin/log", ("GET",), "admin", OPENAI, admin.admin_log),
+    Route("/v1/organization/usage/completions", ("GET",), "organization", OPENAI, orgusage.usage_completions),
+    Route("/v1/organization/costs", ("GET",), "organization", OPENAI, orgusage.costs),
+    # the web page (api/ui.py): its files are public; its data comes from the routes above and its own reads
+    # (api/uidata.py), with the user's key. None of these is served with --no-ui
     Route("/", ("GET",), "ui", OPENAI, ui.root, public=True),
     Route("/ui", ("GET",), "ui", OPENAI, ui.index, public=True),
     Route("/ui/{file}", ("GET",), "ui", OPENAI, ui.asset, public=True),
+    Route("/ui/api/requests/{request_id}", ("GET",), "ui.data", OPENAI, uidata.request_price),
+    Route("/ui/api/usage", ("GET",), "ui.data", OPENAI, uidata.usage),
+    Route("/ui/api/last-use", ("GET",), "ui.data", OPENAI, uidata.last_use),
+    Route("/ui/api/refusals", ("GET",), "ui.data", OPENAI, uidata.refusals),
 )
 _BY_PATH = {r.path: r for r in ROUTES if "{" not in r.path}
 _BY_PREFIX = {r.path[:r.path.index("{")]: r for r in ROUTES if "{" in r.path}  # "/v1/models/" -> its route

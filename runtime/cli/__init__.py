@@ -11,7 +11,7 @@ import logging
 import sys
 
 from ..errors import ReverbError
-from . import chat, keys, models, serve
+from . import chat, keys, models, serve, usage
 from .flags import add_settings
 
 
@@ -32,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)
     add_settings(common, "common")
-    for module in (serve, keys, models, chat):
+    for module in (serve, keys, usage, models, chat):
         module.add_parsers(sub, [common])
     return ap
 

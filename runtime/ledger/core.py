@@ -8,6 +8,10 @@ refunded, in the transaction that writes the usage row. The invariant, checked b
 
     sum(grants) == sum(balances) + sum(open holds) + sum(charges), and no balance below zero.
 
+The same transaction checks and takes the key's and its team's limits, budget and the team's own credit
+(``limits.py``; a team's money obeys the same invariant over ``team_grants``). Keys and teams are managed in
+``manage.py``, grouped usage and ``/v1/me`` are ``reports.py``.
+
 Each hold belongs to the server instance that made it; ``leases.py`` holds the crash rule. The SQL here is
 written once, with ``?`` placeholders, for both engines (``sqlite.py``, ``postgres.py``); ``open_engine`` picks
 one from ``--db``: a file path, or a ``postgresql://`` URL. Keys given on the command line (``--api-key``) are not
@@ -20,14 +24,16 @@ import hashlib
 import hmac
 import logging
 import re
-import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import ConfigError, InsufficientCredit, LedgerError
+from ..errors import AuthenticationError, ConfigError, InsufficientCredit, LedgerError
 from ..request import Account
-from . import leases
-from .records import RequestRecord, check_key_name, printable
+from . import leases, limits
+from .manage import _TEAM_SELECT, Management, key_owner, models_of, team_owner
+from .periods import stamp
+from .reports import Reports
+from .records import RequestRecord, printable
 from .schema import MIGRATIONS
 
 log = logging.getLogger("reverb.ledger")
@@ -64,9 +70,12 @@ def open_engine(target: str | Path, *, create: bool = True, busy_timeout: float 
     return PostgresEngine(text, busy_timeout=busy_timeout)
 
 
-class Ledger:
+class Ledger(Management, Reports):
     """The ledger on one engine. Every method is synchronous and thread-safe; the server calls them off the
-    event loop. ``create=False``: a read-only caller, which never creates a SQLite file or directory."""
+    event loop. ``create=False``: a read-only caller, which never creates a SQLite file or directory.
+    ``clock``: None (the database's clock) or a function returning milliseconds (tests' fake clock)."""
+
+    clock = None
 
     def __init__(self, target: str | Path, dev_keys: tuple[str, ...] = (), busy_timeout: float = 10.0,
                  max_mb: float = 0, create: bool = True):
@@ -79,6 +88,12 @@ class Ledger:
         self._dev = [(digest(k), "env:" + digest(k).hex()[:8]) for k in dev_keys]
         self.lease = leases.Lease(self.engine)
         self._skipped_refusals = 0
+
+    def _now_ms(self, db) -> int:
+        """Now, in milliseconds, on the database's clock (the same for every server of the ledger)."""
+        if self.clock is not None:
+            return int(self.clock())
+        return int(db.execute(f"SELECT {self.engine.now_ms}").fetchone()[0])
 
     @property
     def schema_version(self) -> int:
@@ -93,59 +108,7 @@ class Ledger:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # -- keys ---------------------------------------------------------------------------------------------
-
-    def create_key(self, name: str, credit: int = 0) -> str:
-        """Create a key and return the raw key (shown once, never stored). Raises ConfigError on a bad or taken
-        name or an amount out of range."""
-        problem = check_key_name(name)
-        if problem:
-            raise ConfigError(problem)
-        _check_amount(credit, allow_zero=True)
-        raw = "rk-" + secrets.token_urlsafe(32)
-
-        def tx(db):
-            if db.execute("SELECT 1 FROM keys WHERE name = ?", (name,)).fetchone():
-                raise ConfigError(f"a key named {name!r} already exists")
-            key_id = db.execute("INSERT INTO keys (name, digest, balance, created_at) VALUES (?, ?, 0, ?) "
-                                "RETURNING id", (name, digest(raw), now())).fetchone()[0]
-            if credit > 0:
-                _grant(db, key_id, credit)
-        self.engine.write(tx)
-        return raw
-
-    def topup(self, name: str, amount: int) -> int:
-        """Add credit; returns the new balance. Raises ConfigError for an unknown key, a bad amount, or a
-        balance that would pass MAX_BALANCE."""
-        _check_amount(amount, allow_zero=False)
-
-        def tx(db):
-            row = db.execute("SELECT id, balance FROM keys WHERE name = ?", (name,)).fetchone()
-            if not row:
-                raise ConfigError(f"no key named {printable(name)!r}")
-            if row[1] + amount > MAX_BALANCE:
-                raise ConfigError(f"that would take the balance past the most a key may hold "
-                                  f"({MAX_BALANCE // 1_000_000:,} credit)")
-            _grant(db, row[0], amount)
-            return db.execute("SELECT balance FROM keys WHERE id = ?", (row[0],)).fetchone()[0]
-        return self.engine.write(tx)
-
-    def revoke(self, name: str) -> None:
-        def tx(db):
-            cur = db.execute("UPDATE keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (now(), name))
-            if cur.rowcount == 0:
-                raise ConfigError(f"no active key named {printable(name)!r}")
-        self.engine.write(tx)
-
-    def list_keys(self) -> list[dict]:
-        rows = self.engine.read(
-            "SELECT k.name, k.balance, k.created_at, k.revoked_at, COALESCE(SUM(h.amount), 0) "
-            "FROM keys k LEFT JOIN holds h ON h.key_id = k.id "
-            "GROUP BY k.id, k.name, k.balance, k.created_at, k.revoked_at ORDER BY k.id")
-        return [dict(name=r[0], balance=int(r[1]), created_at=r[2], revoked_at=r[3], held=int(r[4])) for r in rows]
-
-    def has_active_keys(self) -> bool:
-        return bool(self.engine.read("SELECT 1 FROM keys WHERE revoked_at IS NULL LIMIT 1"))
+    # -- keys (creating and managing them: manage.py) ------------------------------------------------------
 
     def authenticate(self, raw_key: str) -> Account | None:
         """The account for a raw key, or None. Compared as SHA-256 digests in constant time."""
@@ -156,33 +119,90 @@ class Ledger:
                 found = Account(name=name, key_id=None, unlimited=True)
         if found:
             return found
-        rows = self.engine.read("SELECT id, name, digest FROM keys WHERE digest = ? AND revoked_at IS NULL", (d,))
-        for key_id, name, stored in rows:
+        rows = self.engine.read("SELECT k.id, k.name, k.digest, k.model_scope, k.expires_at, k.admin, t.name, "
+                                "t.models, COALESCE(k.rate_limit_rpm, k.tpm, t.rpm, t.tpm) FROM keys k "
+                                "LEFT JOIN teams t ON t.id = k.team_id WHERE k.digest = ? AND k.revoked_at IS NULL",
+                                (d,))
+        for key_id, name, stored, scope, expires, admin, team, team_models, rated in rows:
             if hmac.compare_digest(bytes(stored), d):
-                return Account(name=name, key_id=int(key_id))
+                if expires is not None and expires <= now():
+                    raise AuthenticationError(f"This API key expired at {expires[:19]}Z")
+                allow = (models_of(scope),) + ((models_of(team_models),) if team is not None else ())
+                return Account(name=name, key_id=int(key_id), admin=bool(admin), allowlists=allow, team=team,
+                               rated=rated is not None)
         return None
+
+    def window(self, key_id: int) -> dict:
+        """The rate-limit header values of a key now (its or its team's, the tighter), taking nothing: for
+        responses to requests that reserved nothing (/v1/models, /v1/me, refusals before the hold)."""
+        read = self.engine.read
+        now_ms = int(self.clock()) if self.clock else int(read(f"SELECT {self.engine.now_ms}")[0][0])
+        rows = read(f"SELECT {_KEY_RETURNING.replace('balance + ?', 'balance')} FROM keys WHERE id = ?", (key_id,))
+        if not rows:
+            return {}
+        owners = [key_owner(rows[0])]
+        if rows[0][15] is not None:
+            owners.append(team_owner(read(f"SELECT {_TEAM_SELECT} FROM teams WHERE id = ?", (rows[0][15],))[0]))
+        out: dict = {}
+        for owner in owners:
+            if owner.rated:
+                events = read(f"SELECT at_ms, tokens FROM rate_events WHERE {owner.column} = ? AND at_ms > ? "
+                              f"ORDER BY at_ms", (owner.id, now_ms - limits.WINDOW_MS))
+                out = limits.tighter(out, limits.headers(owner, [(int(a), int(t)) for a, t in events], now_ms,
+                                                         0, 0))
+        return out
 
     # -- money --------------------------------------------------------------------------------------------
 
     def reserve(self, account: Account, request_id: str, amount: int, model: str, endpoint: str,
-                prompt_tokens: int = 0, prices: tuple[int, int] = (0, 0)) -> None:
-        """Hold ``amount`` of the account's credit for this server's instance. Raises InsufficientCredit without
-        changing anything, LedgerError when this process holds no live lease."""
+                prompt_tokens: int = 0, prices: tuple[int, int] = (0, 0), tokens: int | None = None) -> dict:
+        """Hold ``amount`` of the account's credit (and its team's) for this server's instance, and take the
+        request's place in every limit of the key and its team (``tokens``: prompt + max_tokens, for tokens per
+        minute; default ``prompt_tokens``). Returns the rate-limit header values. Raises InsufficientCredit,
+        BudgetExceeded, RateLimited or AuthenticationError without changing anything, LedgerError when this
+        process holds no live lease."""
         if account.unlimited:
-            return
+            return {}
         if amount > MAX_BALANCE:
             raise InsufficientCredit("not enough credit for this request")
+        tokens = prompt_tokens if tokens is None else tokens
         self.lease.require()
 
         def tx(db):
-            cur = db.execute("UPDATE keys SET balance = balance - ? "
-                             "WHERE id = ? AND balance >= ? AND revoked_at IS NULL",
-                             (amount, account.key_id, amount))
-            if cur.rowcount != 1:
-                raise InsufficientCredit("not enough credit for this request")
+            # The conditional debit takes the key's row lock (then the team's: always in this order), so the
+            # checks below are exact; any refusal raises and rolls the debit back.
+            row = db.execute(f"UPDATE keys SET balance = balance - ? WHERE id = ? AND balance >= ? "
+                             f"RETURNING {_KEY_RETURNING}", (amount, account.key_id, amount, amount)).fetchone()
+            if row is None:
+                _refuse_key(db, account.key_id, amount, self._now_ms(db))
+            if row[4] is not None:
+                raise AuthenticationError("This API key has been revoked")
+            now_ms = self._now_ms(db) if _timed(row) else 0
+            if row[12] is not None and row[12] <= stamp(now_ms):
+                raise AuthenticationError(f"This API key expired at {row[12][:19]}Z")
+            key = key_owner(row)
+            rates = limits.check(db, key, now_ms, amount, tokens)
+            team, team_held = None, 0
+            if row[15] is not None:
+                team_row = db.execute(f"UPDATE teams SET balance = balance - ? WHERE id = ? AND (balance IS NULL "
+                                      f"OR balance >= ?) RETURNING {_TEAM_RETURNING}",
+                                      (amount, row[15], amount, amount)).fetchone()
+                if team_row is None:   # the team's own credit is short
+                    team_row = db.execute(f"SELECT {_TEAM_SELECT} FROM teams WHERE id = ?", (row[15],)).fetchone()
+                team = team_owner(team_row)
+                now_ms = now_ms or self._now_ms(db)
+                rates = limits.tighter(rates, limits.check(db, team, now_ms, amount, tokens))
+                team_held = amount if team.balance is not None else 0
             leases.insert_hold(self.lease, db, request_id, account.key_id, amount, model, endpoint,
-                               prompt_tokens, prices, now())
-        self.engine.write(tx)
+                               prompt_tokens, prices, now(), team.id if team else None, team_held)
+            if key.rated or (team is not None and team.rated):
+                db.execute("DELETE FROM rate_events WHERE key_id = ? AND at_ms <= ?",
+                           (account.key_id, now_ms - limits.WINDOW_MS))
+                db.execute("INSERT INTO rate_events (request_id, key_id, team_id, at_ms, tokens) "
+                           "VALUES (?, ?, ?, ?, ?)", (request_id, account.key_id, team.id if team else None,
+                                                      now_ms, tokens))
+            return rates
+        return self.engine.write(tx)
 
     def progress(self, request_id: str, delivered_tokens: int) -> None:
         """Raise a stream's delivered-token high-water mark (what a sweeper charges if this server dies)."""
@@ -198,19 +218,25 @@ class Ledger:
         settled it after this server's lease expired).
         """
         def tx(db):
-            kept = charge
+            kept, team_id, team_price = charge, None, 0
+            created = stamp(self._now_ms(db))
             if not account.unlimited:
-                rows = db.execute("DELETE FROM holds WHERE request_id = ? RETURNING amount",
+                rows = db.execute("DELETE FROM holds WHERE request_id = ? RETURNING amount, team_id, team_held",
                                   (record.request_id,)).fetchall()
                 if not rows:
                     log.error("the hold of %s was already settled (this server's lease had expired)",
                               record.request_id)
                     raise LedgerError("The ledger could not record this request")
-                held = int(rows[0][0])
+                held, team_id, team_held = int(rows[0][0]), rows[0][1], int(rows[0][2])
                 kept = max(0, min(charge, held))
                 if held - kept:
                     db.execute("UPDATE keys SET balance = balance + ? WHERE id = ?", (held - kept, account.key_id))
-            insert_request(db, account, record, kept)
+                team_price = min(kept, team_held)
+                if team_held - team_price:
+                    db.execute("UPDATE teams SET balance = balance + ? WHERE id = ?", (team_held - team_price,
+                                                                                       team_id))
+                settle_window(db, record.request_id, record)
+            insert_request(db, account, record, kept, team_id, team_price, created)
             return kept
         return self.engine.write(tx)
 
@@ -293,13 +319,41 @@ class Ledger:
         return [dict(zip(cols, r, strict=True)) for r in rows]
 
     def invariant(self) -> dict:
-        """The money totals; ``ok`` is True when grants == balances + holds + charges and no balance < 0."""
-        g, b, h, c, neg = (int(v) for v in self.engine.read(
+        """The money totals; ``ok`` is True when grants == balances + holds + charges and no balance < 0, for
+        keys and (inside ``ok``) for teams' own credit alike."""
+        g, b, h, c, neg, tg, tb, th, tc = (int(v) for v in self.engine.read(
             "SELECT (SELECT COALESCE(SUM(amount), 0) FROM grants), (SELECT COALESCE(SUM(balance), 0) FROM keys), "
             "(SELECT COALESCE(SUM(amount), 0) FROM holds), "
             "(SELECT COALESCE(SUM(price), 0) FROM requests WHERE key_id IS NOT NULL), "
-            "(SELECT COUNT(*) FROM keys WHERE balance < 0)")[0])
-        return dict(grants=g, balances=b, holds=h, charges=c, ok=(g == b + h + c and neg == 0))
+            "(SELECT COUNT(*) FROM keys WHERE balance < 0) + (SELECT COUNT(*) FROM teams WHERE balance < 0), "
+            "(SELECT COALESCE(SUM(amount), 0) FROM team_grants), (SELECT COALESCE(SUM(balance), 0) FROM teams), "
+            "(SELECT COALESCE(SUM(team_held), 0) FROM holds), (SELECT COALESCE(SUM(team_price), 0) FROM requests)"
+        )[0])
+        return dict(grants=g, balances=b, holds=h, charges=c, ok=(g == b + h + c and neg == 0 and
+                                                                 tg == tb + th + tc))
+
+
+# What the debit returns: a key's row in _KEY_SELECT order (no team name; the balance before the debit).
+_KEY_RETURNING = ("id, name, balance + ?, created_at, revoked_at, rate_limit_rpm, tpm, max_parallel, model_scope, "
+                  "budget, period, tz, expires_at, NULL, admin, team_id, 0")
+_TEAM_RETURNING = ("id, name, CASE WHEN balance IS NULL THEN NULL ELSE balance + ? END, created_at, rpm, tpm, "
+                   "max_parallel, models, budget, period, tz")
+
+
+def _timed(row) -> bool:
+    """Whether a key's checks need the clock: an expiry, a budget, a rate limit (or a team's, checked later)."""
+    return any(row[i] is not None for i in (5, 6, 9, 12))
+
+
+def _refuse_key(db, key_id: int, amount: int, now_ms: int) -> None:
+    """The debit found no row: say why (revoked, expired, or short of credit). Always raises."""
+    row = db.execute("SELECT balance, revoked_at, expires_at, name FROM keys WHERE id = ?", (key_id,)).fetchone()
+    if row is None or row[1] is not None:
+        raise AuthenticationError("This API key has been revoked")
+    if row[2] is not None and row[2] <= stamp(now_ms):
+        raise AuthenticationError(f"This API key expired at {row[2][:19]}Z")
+    raise InsufficientCredit(f"this request would hold {limits.money(amount)} credit but the key '{row[3]}' has "
+                             f"{limits.money(int(row[0]))} left", needed=amount, left=int(row[0]))
 
 
 def _check_amount(amount: int, *, allow_zero: bool) -> None:
@@ -314,10 +368,22 @@ def _grant(db, key_id: int, amount: int) -> None:
     db.execute("UPDATE keys SET balance = balance + ? WHERE id = ?", (amount, key_id))
 
 
-def insert_request(db, account: Account | None, r: RequestRecord, price: int) -> None:
+def settle_window(db, request_id: str, record: RequestRecord) -> None:
+    """The request's tokens-per-minute reservation becomes what it used (never more than it reserved); a request
+    refused after its hold (it never ran) leaves the window altogether."""
+    if record.status == "rejected":
+        db.execute("DELETE FROM rate_events WHERE request_id = ?", (request_id,))
+        return
+    used = record.prompt_tokens + record.completion_tokens
+    db.execute("UPDATE rate_events SET tokens = ? WHERE request_id = ? AND tokens > ?", (used, request_id, used))
+
+
+def insert_request(db, account: Account | None, r: RequestRecord, price: int, team_id: int | None = None,
+                   team_price: int = 0, created_at: str | None = None) -> None:
     db.execute(
         "INSERT INTO requests (request_id, key_id, key_name, model, endpoint, prompt_tokens, completion_tokens, "
-        "price, status, error_code, latency_ms, created_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "price, status, error_code, latency_ms, created_at, body, team_id, team_price) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (r.request_id, account.key_id if account else None, account.name if account else None, r.model,
-         r.endpoint, r.prompt_tokens, r.completion_tokens, price, r.status, r.error_code, r.latency_ms, now(),
-         r.body))
+         r.endpoint, r.prompt_tokens, r.completion_tokens, price, r.status, r.error_code, r.latency_ms,
+         created_at or now(), r.body, team_id, team_price))

@@ -89,18 +89,22 @@ class Lease:
         return self.engine.write(self._sweep, dead.replace("h.instance_id", "holds.instance_id"))
 
     def _sweep(self, db, dead: str) -> int:
-        from .core import insert_request   # core imports this module
+        from .core import insert_request, settle_window   # core imports this module
         holds = db.execute(f"DELETE FROM holds WHERE {dead} RETURNING request_id, key_id, amount, model, "
-                           f"endpoint, prompt_tokens, delivered_tokens, price_input, price_output").fetchall()
-        for request_id, key_id, amount, model, endpoint, prompt, delivered, p_in, p_out in holds:
-            amount, prompt, delivered = int(amount), int(prompt), int(delivered)
+                           f"endpoint, prompt_tokens, delivered_tokens, price_input, price_output, team_id, "
+                           f"team_held").fetchall()
+        for request_id, key_id, amount, model, endpoint, prompt, delivered, p_in, p_out, team, t_held in holds:
+            amount, prompt, delivered, t_held = int(amount), int(prompt), int(delivered), int(t_held)
             charge = min(amount, -(-(prompt * int(p_in) + delivered * int(p_out)) // 1_000_000)) if delivered else 0
             if amount - charge:
                 db.execute("UPDATE keys SET balance = balance + ? WHERE id = ?", (amount - charge, key_id))
-            name = db.execute("SELECT name FROM keys WHERE id = ?", (key_id,)).fetchone()[0]
-            insert_request(db, Account(name, int(key_id)), RequestRecord(
-                request_id=request_id, endpoint=endpoint, model=model, status="failed", error_code="interrupted",
-                prompt_tokens=prompt, completion_tokens=delivered), charge)
+            if t_held - min(charge, t_held):   # the team's share of the hold, refunded alike
+                db.execute("UPDATE teams SET balance = balance + ? WHERE id = ?", (t_held - min(charge, t_held), team))
+            name = db.execute("SELECT name FROM keys WHERE id = ?", (key_id,)).fetchone()[0].split("\x1f")[0]
+            record = RequestRecord(request_id=request_id, endpoint=endpoint, model=model, status="failed",
+                                   error_code="interrupted", prompt_tokens=prompt, completion_tokens=delivered)
+            settle_window(db, request_id, record)
+            insert_request(db, Account(name, int(key_id)), record, charge, team, min(charge, t_held))
         db.execute(f"DELETE FROM instances WHERE lease_until < {self.engine.now_ms}")
         if holds:
             log.warning("settled %d hold(s) of server(s) whose lease expired (crash rule)", len(holds))
@@ -122,7 +126,8 @@ class Lease:
 
 
 def insert_hold(lease: Lease, db, request_id: str, key_id: int, amount: int, model: str, endpoint: str,
-                prompt_tokens: int, prices: tuple[int, int], created_at: str) -> None:
+                prompt_tokens: int, prices: tuple[int, int], created_at: str, team_id: int | None = None,
+                team_held: int = 0) -> None:
     """Write a hold for this server's instance, renewing its lease in the same transaction (registering it again
     if a sweeper removed it), so no sweeper can take a hold for the holds of a dead server."""
     renewed = db.execute(f"UPDATE instances SET lease_until = {lease.engine.now_ms} + ? WHERE id = ?",
@@ -131,6 +136,6 @@ def insert_hold(lease: Lease, db, request_id: str, key_id: int, amount: int, mod
         log.error("this server's lease had expired and its holds were settled by another server")
         lease._insert(db)
     db.execute("INSERT INTO holds (request_id, key_id, amount, model, endpoint, created_at, instance_id, "
-               "prompt_tokens, price_input, price_output) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-               (request_id, key_id, amount, model, endpoint, created_at, lease.instance_id, prompt_tokens,
-                prices[0], prices[1]))
+               "prompt_tokens, price_input, price_output, team_id, team_held) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+               "?, ?)", (request_id, key_id, amount, model, endpoint, created_at, lease.instance_id, prompt_tokens,
+                         prices[0], prices[1], team_id, team_held))

@@ -3,7 +3,7 @@ use, and refusals by code. Portable SQL on either engine; nothing here writes.""
 
 from __future__ import annotations
 
-from .records import printable
+from .manage import shown
 
 
 def request_of(ledger, request_id: str, key_id: int | None, key_name: str) -> dict | None:
@@ -30,8 +30,7 @@ def last_use(ledger) -> list[dict]:
         "GROUP BY k.id, k.name, k.revoked_at")
     latest: dict[tuple[str, bool], str] = {}
     for name, revoked_at, when in rows:
-        shown = (printable(name).split("\\", 1)[0] if revoked_at else name) if name else ""
-        key = (shown, revoked_at is not None)
+        key = (shown(name), revoked_at is not None)
         if when and (key not in latest or when > latest[key]):
             latest[key] = when
     return [{"name": n, "revoked": r, "last_used": w} for (n, r), w in sorted(latest.items())]

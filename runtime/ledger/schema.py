@@ -13,7 +13,7 @@ integer). Times are ISO-8601 UTC text, except lease deadlines, which are millise
 from __future__ import annotations
 
 MIGRATIONS: list[str] = [
-    # 1: keys, grants, holds, requests. rate_limit_rpm and model_scope are reserved for later issues.
+    # 1: keys, grants, holds, requests. rate_limit_rpm and model_scope were reserved for later (see 3).
     """
     CREATE TABLE keys (
         id {id},
@@ -84,6 +84,68 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (minute, client, endpoint, error_code)
     );
     CREATE INDEX refusals_by_minute ON refusals(minute);
+    """,
+    # 3: what a team shares a gateway with (docs/gateway.md). Keys get limits (rate_limit_rpm is the requests per
+    # minute; model_scope the allowlist, a JSON array of names or patterns: existing keys get ["*"]), a period
+    # budget, an expiry, a team and an admin role. Teams have their own credit (NULL: none of their own), limits,
+    # budget and allowlist. Holds and rows say which team they drew on and what they held or charged there.
+    # rate_events is the sliding window: one row per admitted request of a key or team with a rate limit.
+    # admin_log records every management action with the admin key (or "cli") that did it.
+    """
+    CREATE TABLE teams (
+        id {id},
+        name TEXT NOT NULL UNIQUE,
+        balance BIGINT CHECK (balance >= 0),
+        created_at TEXT NOT NULL,
+        rpm BIGINT,
+        tpm BIGINT,
+        max_parallel BIGINT,
+        models TEXT NOT NULL DEFAULT '["*"]',
+        budget BIGINT,
+        period TEXT,
+        tz TEXT
+    );
+    CREATE TABLE team_grants (
+        id {id},
+        team_id BIGINT NOT NULL REFERENCES teams(id),
+        amount BIGINT NOT NULL CHECK (amount > 0),
+        created_at TEXT NOT NULL
+    );
+    UPDATE keys SET model_scope = '["*"]' WHERE model_scope IS NULL;
+    ALTER TABLE keys ADD COLUMN tpm BIGINT;
+    ALTER TABLE keys ADD COLUMN max_parallel BIGINT;
+    ALTER TABLE keys ADD COLUMN budget BIGINT;
+    ALTER TABLE keys ADD COLUMN period TEXT;
+    ALTER TABLE keys ADD COLUMN tz TEXT;
+    ALTER TABLE keys ADD COLUMN expires_at TEXT;
+    ALTER TABLE keys ADD COLUMN team_id BIGINT REFERENCES teams(id);
+    ALTER TABLE keys ADD COLUMN admin BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE holds ADD COLUMN team_id BIGINT;
+    ALTER TABLE holds ADD COLUMN team_held BIGINT NOT NULL DEFAULT 0;
+    CREATE INDEX holds_by_key ON holds(key_id);
+    CREATE INDEX holds_by_team ON holds(team_id);
+    ALTER TABLE requests ADD COLUMN team_id BIGINT;
+    ALTER TABLE requests ADD COLUMN team_price BIGINT NOT NULL DEFAULT 0;
+    CREATE INDEX requests_by_team_time ON requests(team_id, created_at);
+    CREATE TABLE rate_events (
+        request_id TEXT PRIMARY KEY,
+        key_id BIGINT NOT NULL,
+        team_id BIGINT,
+        at_ms BIGINT NOT NULL,
+        tokens BIGINT NOT NULL CHECK (tokens >= 0)
+    );
+    CREATE INDEX rate_events_by_key ON rate_events(key_id, at_ms);
+    CREATE INDEX rate_events_by_team ON rate_events(team_id, at_ms);
+    CREATE INDEX rate_events_by_time ON rate_events(at_ms);
+    CREATE TABLE admin_log (
+        id {id},
+        created_at TEXT NOT NULL,
+        admin_key_id BIGINT,
+        admin_name TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT
+    )
     """,
 ]
 
