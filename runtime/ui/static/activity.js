@@ -57,7 +57,7 @@ async function tick() {
     }
     for (const [name, m] of models) if (!m.slots) models.delete(name); // "unknown" and "-" labels: not a model
     const cards = [...models].map(([name, m]) => {
-      const before = previous && previous.tokens.get(name);
+      const before = previous ? previous.tokens.get(name) : undefined;
       const rate = before !== undefined ? Math.max(0, m.completion - before) / ((at - previous.at) / 1000) : null;
       return h("div", { class: "card model", "data-model": name }, h("strong", null, name), h("dl", null,
         h("dt", null, "running"), h("dd", { class: "running" }, String(m.running)),
