@@ -111,7 +111,8 @@ def test_usage_rows_are_reverb_usage_rows(app):
         r = c.post("/v1/chat/completions", headers=bearer(key), json={
             "model": "smollm2-135m", "max_tokens": 3, "messages": [{"role": "user", "content": "x y"}]})
         assert r.status_code == 200, r.text
-    c.post("/v1/chat/completions", headers=bearer(key), json={"model": "<b>no</b>", "messages": [{"role": "user", "content": "x"}]})
+    c.post("/v1/chat/completions", headers=bearer(key),
+           json={"model": "<b>no</b>", "messages": [{"role": "user", "content": "x"}]})
     today = datetime.now(timezone.utc).date()
     got = c.get(f"/ui/api/usage?since={today}&until={today}", headers=bearer("dev")).json()
     start = datetime(today.year, today.month, today.day, tzinfo=timezone.utc)
@@ -132,7 +133,8 @@ def test_usage_rows_are_reverb_usage_rows(app):
 def test_refusals_by_code_and_last_use(app):
     c, svc = app
     key = svc.ledger.create_key("refused-ui", 10 * MICRO)
-    c.post("/v1/chat/completions", headers=bearer(key), json={"model": "nope", "messages": [{"role": "user", "content": "x"}]})
+    c.post("/v1/chat/completions", headers=bearer(key),
+           json={"model": "nope", "messages": [{"role": "user", "content": "x"}]})
     c.get("/v1/models", headers=bearer("wrong-key"))
     rows = {r["code"]: r for r in c.get("/ui/api/refusals?hours=1", headers=bearer("dev")).json()["data"]}
     assert rows["model_not_found"]["with_key"] >= 1
