@@ -1,5 +1,5 @@
-// Activity (admin keys): what /metrics counts now (requests running and waiting, slots, tokens per second, read
-// every 2 s) and recent refusals by code from the ledger.
+// Activity (admin keys): what /metrics counts now (requests running and waiting, slots, tokens per second over
+// the last 2 s) and recent refusals by code from the ledger.
 import { api } from "./api.js";
 import { $, h, table } from "./dom.js";
 
@@ -53,7 +53,10 @@ async function tick() {
       if (r.name === "reverb_active_slots") of(model).running = r.value;
       else if (r.name === "reverb_queue_depth") of(model).waiting = r.value;
       else if (r.name === "reverb_slots") of(model).slots = r.value;
-      else if (r.name === "reverb_tokens_total" && r.labels.kind === "completion") of(model).completion = r.value;
+      // Tokens as they are generated: each request's first token and every gap after it (reverb_tokens_total
+      // grows only when a request ends).
+      else if (r.name === "reverb_time_to_first_token_seconds_count" ||
+               r.name === "reverb_inter_token_latency_seconds_count") of(model).completion += r.value;
     }
     for (const [name, m] of models) if (!m.slots) models.delete(name); // "unknown" and "-" labels: not a model
     const cards = [...models].map(([name, m]) => {

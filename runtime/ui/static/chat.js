@@ -131,6 +131,7 @@ function statsView(st) {
   if (st.ttft !== undefined) el.dataset.ttft = String(st.ttft);
   if (st.tokens !== undefined) el.dataset.tokens = String(st.tokens);
   if (st.stopped) el.dataset.stopped = "true";
+  if (st.pieces !== undefined) el.dataset.pieces = String(st.pieces);
   if (st.request_id) el.dataset.requestId = st.request_id;
   return el;
 }
@@ -242,6 +243,7 @@ async function generate(c) {
     $("stop").hidden = true;
   }
   st.tokens = usage ? usage.completion_tokens : pieces;
+  st.pieces = pieces;
   if (first !== null) st.ttft = first - t0;
   if (first !== null && last > first && st.tokens > 1) st.tps = (st.tokens - 1) / ((last - first) / 1000);
   if (priceHeader !== null) st.price = creditText(priceHeader);
