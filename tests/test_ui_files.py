@@ -102,6 +102,10 @@ def test_a_request_price_is_shown_only_to_its_key(app):
         assert c.get(f"/ui/api/requests/{rid}", headers=bearer(key)).json() == {
             "request_id": rid, "pending": True, "price": None}
     assert c.get("/ui/api/requests/" + "x" * 65, headers=bearer(mine)).status_code == 400
+    dev = c.post("/v1/chat/completions", headers=bearer("dev"), json={
+        "model": "smollm2-135m", "max_tokens": 2, "messages": [{"role": "user", "content": "a"}]})
+    own = c.get(f"/ui/api/requests/{dev.headers['x-request-id']}", headers=bearer("dev")).json()
+    assert (own["pending"], own["price_micro"]) == (False, int(dev.headers["x-reverb-price"]))   # a dev key's own
 
 
 def test_usage_rows_are_reverb_usage_rows(app):

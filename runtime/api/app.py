@@ -65,14 +65,13 @@ def create_app(settings: Settings, service=None, build=None) -> Starlette:
             await asyncio.to_thread(svc.close)
 
     public = {"/metrics"} if settings.metrics_public else set()
-    served = [r for r in ROUTES if settings.ui or r.endpoint not in ("ui", "ui.data")]
     app = Starlette(
-        routes=[Route(r.path, r.handler, methods=list(r.methods)) for r in served],
+        routes=[Route(r.path, r.handler, methods=list(r.methods)) for r in ROUTES],
         middleware=[Middleware(Context), Middleware(AccessLog, json_format=settings.log_format == "json"),
                     Middleware(Overload, limit=settings.max_connections),
                     Middleware(HostGuard, bind_host=settings.host, extra=settings.allowed_hosts),
                     Middleware(Cors, origins=settings.cors_origins),
-                    Middleware(BearerAuth, public_paths=public, routes=served)],
+                    Middleware(BearerAuth, public_paths=public)],
         exception_handlers={ReverbError: _reverb_error, HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,
     )

@@ -14,7 +14,7 @@ from ..errors import AuthenticationError, LedgerError
 from ..request import RequestContext
 from .ratelimit import headers as ratelimit_headers
 from .refuse import refuse
-from .routes import ROUTES, dialect_of, endpoint_of, lookup
+from .routes import ROUTES, dialect_of, endpoint_of
 
 
 class Context:
@@ -57,17 +57,12 @@ async def _limits(state) -> dict | None:
 
 
 class BearerAuth:
-    def __init__(self, app, public_paths: set[str] | None = None, routes=ROUTES):
+    def __init__(self, app, public_paths: set[str] | None = None):
         self.app = app
-        self.public = {r.path for r in routes if r.public} | (public_paths or set())
-
-    def _public(self, path: str) -> bool:
-        """A public path, or a path of a public route with a parameter (``/ui/{file}``)."""
-        route = lookup(path)
-        return path in self.public or (route is not None and route.path in self.public)
+        self.public = {r.path for r in ROUTES if r.public} | (public_paths or set())
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or self._public(scope["path"]):
+        if scope["type"] != "http" or scope["path"] in self.public:
             return await self.app(scope, receive, send)
         state = scope["state"]
         raw = _bearer(scope)

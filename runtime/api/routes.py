@@ -55,10 +55,10 @@ ROUTES: tuple[Route, ...] = (
     Route("/v1/organization/usage/completions", ("GET",), "organization", OPENAI, orgusage.usage_completions),
     Route("/v1/organization/costs", ("GET",), "organization", OPENAI, orgusage.costs),
     # the web page (api/ui.py): its files are public; its data comes from the routes above and its own reads
-    # (api/uidata.py), with the user's key. None of these is served with --no-ui
+    # (api/uidata.py), with the user's key. All answer 404 with --no-ui
     Route("/", ("GET",), "ui", OPENAI, ui.root, public=True),
     Route("/ui", ("GET",), "ui", OPENAI, ui.index, public=True),
-    Route("/ui/{file}", ("GET",), "ui", OPENAI, ui.asset, public=True),
+    *(Route(f"/ui/{name}", ("GET",), "ui", OPENAI, ui.asset, public=True) for name in ui.files()),
     Route("/ui/api/requests/{request_id}", ("GET",), "ui.data", OPENAI, uidata.request_price),
     Route("/ui/api/usage", ("GET",), "ui.data", OPENAI, uidata.usage),
     Route("/ui/api/last-use", ("GET",), "ui.data", OPENAI, uidata.last_use),

@@ -2,8 +2,9 @@
 Content-Security-Policy.
 
 The page is plain ES modules and CSS under ``runtime/ui/static/`` (no build step). Its files hold no data: every
-figure it shows comes from the API with the key the user typed, sent as a Bearer header to this origin. Only the
-files in that directory are served, by exact name; a name not in it is 404, so no path can leave the directory.
+figure it shows comes from the API with the key the user typed, sent as a Bearer header to this origin. Each file
+in that directory is a route of its own (routes.py), so no other path is ever read from disk. With ``--no-ui``
+these routes, and the page's data routes (uidata.py), answer 404.
 """
 
 from __future__ import annotations
@@ -43,7 +44,14 @@ def files() -> dict[str, tuple[bytes, str, str]]:
     return out
 
 
+def enabled(request: Request) -> None:
+    """Raises NotFound when the page is off (--no-ui): its routes answer as if they did not exist."""
+    if not request.state.service.settings.ui:
+        raise NotFound("Unknown path")
+
+
 def _send(request: Request, name: str) -> Response:
+    enabled(request)
     found = files().get(name)
     if found is None:
         raise NotFound("Unknown path")
@@ -59,9 +67,10 @@ async def index(request: Request) -> Response:
 
 
 async def asset(request: Request) -> Response:
-    return _send(request, request.path_params["file"])
+    return _send(request, request.url.path.rsplit("/", 1)[-1])
 
 
 async def root(request: Request) -> Response:
     """``/``: the page lives at /ui."""
+    enabled(request)
     return RedirectResponse("/ui", status_code=307, headers={"cache-control": "no-cache"})

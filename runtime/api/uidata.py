@@ -20,6 +20,7 @@ from ..errors import InvalidRequest
 from ..ledger import lookups
 from ..models.registry import format_money
 from .admin import admin_of
+from .ui import enabled
 
 USAGE_GROUPS = ["day", "key", "model", "team"]
 MAX_DAYS = 366
@@ -40,6 +41,7 @@ def _day(request: Request, name: str) -> date:
 
 
 async def request_price(request: Request) -> JSONResponse:
+    enabled(request)
     account = request.state.ctx.account
     request_id = request.path_params["request_id"]
     if len(request_id) > 64:
@@ -52,6 +54,7 @@ async def request_price(request: Request) -> JSONResponse:
 
 
 async def usage(request: Request) -> JSONResponse:
+    enabled(request)
     admin_of(request)
     since, until = _day(request, "since"), _day(request, "until")
     if until < since:
@@ -68,12 +71,14 @@ async def usage(request: Request) -> JSONResponse:
 
 
 async def last_use(request: Request) -> JSONResponse:
+    enabled(request)
     admin_of(request)
     service = request.state.service
     return JSONResponse({"object": "list", "data": await service.db(lookups.last_use, service.ledger)})
 
 
 async def refusals(request: Request) -> JSONResponse:
+    enabled(request)
     admin_of(request)
     text = request.query_params.get("hours", "24")
     if not text.isdigit() or not 1 <= int(text) <= 744:
