@@ -18,10 +18,10 @@ file path from the server, a raw key or an exception's repr.
     │   │   ├── ContextLengthExceeded   400 context_length_exceeded
     │   │   └── TemplateError           400, the chat template refused the conversation
     │   ├── AuthenticationError     401
+    │   ├── PermissionDenied        403, a valid key that may not use this route (/metrics needs an operator)
     │   ├── InsufficientCredit      402 (gateway) / 429 insufficient_quota (OpenAI)
     │   │   └── BudgetExceeded      the same, for a period budget (names it and when it resets)
     │   ├── RateLimited             429 rate_limit_exceeded, Retry-After when the capacity asked for is free
-    │   ├── PermissionDenied        403, an admin route asked with a key that is not an admin's
     │   ├── ModelNotFound           404
     │   ├── NotFound                404, no such path
     │   ├── MethodNotAllowed        405
@@ -117,6 +117,10 @@ class AuthenticationError(RequestError):
     code = "invalid_api_key"
 
 
+class PermissionDenied(RequestError):
+    code = "permission_denied"
+
+
 class InsufficientCredit(RequestError):
     """Not enough credit (or budget) for the request's worst case. ``needed`` and ``left`` (micro-units) let the
     service say what the request would hold against what is left."""
@@ -138,18 +142,17 @@ class BudgetExceeded(InsufficientCredit):
 
 class RateLimited(RequestError):
     """A requests-, tokens-per-minute or concurrency limit. ``retry_after``: seconds until the capacity asked for
-    is free (None: never, the request alone is larger than the limit). ``limits``: the rate-limit header values."""
+    is free (None: never, the request alone is larger than the limit). ``limits``: the rate-limit header values.
+    ``type``: which limit, as OpenAI's error type says it: ``requests`` or ``tokens``."""
 
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, retry_after: float | None = None, limits: dict | None = None):
+    def __init__(self, message: str, *, retry_after: float | None = None, limits: dict | None = None,
+                 type: str = "requests"):  # noqa: A002
         super().__init__(message)
         self.retry_after = retry_after
         self.limits = limits
-
-
-class PermissionDenied(RequestError):
-    code = "permission_denied"
+        self.type = type
 
 
 class ModelNotFound(RequestError):

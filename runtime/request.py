@@ -20,7 +20,8 @@ from .types import Message, SamplingParams, Tools
 
 @dataclass(frozen=True)
 class Account:
-    """Who is calling. ``key_id`` is None for unlimited dev keys from the command line."""
+    """Who is calling. ``key_id`` is None for unlimited dev keys from the command line. ``admin``: a key made for
+    operating the server (team-gateway's admin keys)."""
 
     name: str
     key_id: int | None
@@ -33,6 +34,7 @@ class Account:
 
     @property
     def operator(self) -> bool:
+        """May read what concerns every tenant (/metrics): an admin key, or a dev key from --api-key."""
         return self.unlimited or self.admin
 
     def may_use(self, model: str) -> bool:

@@ -71,6 +71,7 @@ def test_keys_and_teams_over_http(app):
     assert int(ok.headers["x-ratelimit-remaining-tokens"]) <= 100 - 3
     big = c.post("/v1/chat/completions", headers=as_key(raw), json={**body, "max_tokens": 64})
     assert big.status_code == 429 and big.json()["error"]["code"] == "rate_limit_exceeded"
+    assert big.json()["error"]["type"] == "tokens"
     assert "retry-after" not in big.headers and big.headers["x-should-retry"] == "false"   # can never fit
     assert "max_tokens" in big.json()["error"]["message"]
     assert c.post("/v1/admin/rotate", json={"key": "k2"}).status_code == 200
@@ -110,7 +111,7 @@ FIELDS = st.sampled_from(["name", "credit", "rpm", "tpm", "max_parallel", "model
                           "expires", "team", "admin", "key", "amount"])
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(path=st.sampled_from(["/v1/admin/keys", "/v1/admin/teams", "/v1/admin/topup", "/v1/admin/rotate",
                              "/v1/admin/keys/plain-1", "/v1/admin/teams/t2"]),
        body=st.dictionaries(FIELDS, JSON, max_size=5))

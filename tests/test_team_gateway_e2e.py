@@ -154,7 +154,7 @@ def test_admin_routes_keys_teams_allowlists_headers_and_usage(make_server, engin
 
 # -- 20 concurrent requests over two servers on one ledger, for each limit ------------------------------------
 
-@pytest.mark.parametrize("limit", ["rpm", "tpm", "budget", "max_parallel"])
+@pytest.mark.parametrize("limit", ["rpm", "tpm", "budget", "max_parallel", "team"])
 def test_twenty_concurrent_requests_over_two_servers(make_server, db_target, engine, no_eos, limit):
     a = make_server("--parallel", "4", *ONE, db=db_target)
     b = make_server("--parallel", "4", *ONE, db=db_target)
@@ -164,11 +164,15 @@ def test_twenty_concurrent_requests_over_two_servers(make_server, db_target, eng
     hold = SPEC.cost(tokens - body["max_tokens"], body["max_tokens"])
     flags = {"rpm": ["--rpm", "5"], "tpm": ["--tpm", str(5 * tokens + tokens - 1)],
              "budget": ["--budget", registry.format_money(5 * hold), "--period", "day"],
-             "max_parallel": ["--max-parallel", "2"]}[limit]
-    key = new_key(db_target, "racer", "--credit", "100", *flags)
+             "max_parallel": ["--max-parallel", "2"], "team": ["--team", "crew"]}[limit]
+    if limit == "team":   # two keys of one team, each over both servers: the team's 5 requests per minute
+        out = reverb("teams", "create", "crew", "--rpm", "5", "--db", str(db_target))
+        assert out.returncode == 0, out.stderr
+    keys = [new_key(db_target, name, "--credit", "100", *flags)
+            for name in (("racer", "mate") if limit == "team" else ("racer",))]
 
     def call(i):
-        with (a if i % 2 else b).client(key, timeout=600) as http:
+        with (a if i % 2 else b).client(keys[(i // 2) % len(keys)], timeout=600) as http:
             if not long:
                 return http.post("/v1/chat/completions", json=body).status_code
             with http.stream("POST", "/v1/chat/completions", json=body) as r:
@@ -180,6 +184,6 @@ def test_twenty_concurrent_requests_over_two_servers(make_server, db_target, eng
     admitted = 2 if long else 5
     assert sorted(codes) == [200] * admitted + [429] * (20 - admitted), codes
     with Ledger(db_target, create=False) as ledger:
-        usage = ledger.usage(key="racer")
+        usage = ledger.usage_by(["key"])
         assert [sum(u[k] for u in usage) for k in ("completed", "rejected")] == [admitted, 20 - admitted]
         assert ledger.invariant()["ok"]

@@ -21,11 +21,11 @@ TABLE: dict[type[ReverbError], tuple[int, str, str | None, int | None, str | Non
     TemplateError: (400, "invalid_request_error", None, None, None),
     InvalidRequest: (400, "invalid_request_error", None, None, None),
     AuthenticationError: (401, "authentication_error", "invalid_api_key", None, None),
+    PermissionDenied: (403, "permission_error", "permission_denied", None, None),
     # OpenAI answers an exhausted budget with 429 insufficient_quota and its SDKs do not retry that.
     BudgetExceeded: (402, "insufficient_quota", "insufficient_quota", 429, "budget_exceeded"),
     InsufficientCredit: (402, "insufficient_quota", "insufficient_quota", 429, "insufficient_credit"),
     RateLimited: (429, "requests", "rate_limit_exceeded", None, "rate_limit_exceeded"),
-    PermissionDenied: (403, "invalid_request_error", "permission_denied", None, None),
     ModelNotFound: (404, "invalid_request_error", "model_not_found", None, None),
     NotFound: (404, "invalid_request_error", "not_found", None, None),
     MethodNotAllowed: (405, "invalid_request_error", "method_not_allowed", None, None),
@@ -89,7 +89,7 @@ def openai_body(exc: BaseException) -> tuple[int, dict, dict[str, str]]:
     else:
         status, etype, code, override, _ = row
         status = _status(exc, override or status)
-        etype = (exc.type if isinstance(exc, UpstreamRejected) else None) or etype
+        etype = (exc.type if isinstance(exc, (UpstreamRejected, RateLimited)) else None) or etype
         code = code or getattr(exc, "code", None) or "invalid_request"
     param = exc.param if isinstance(exc, ReverbError) else None
     body = {"error": {"message": _public_message(exc), "type": etype, "param": param, "code": code}}

@@ -94,7 +94,8 @@ def check(db, owner: Owner, now_ms: int, amount: int, tokens: int) -> dict:
     if reasons:
         retry = None if any(w is None for w in waits) else max(waits)
         raise RateLimited(f"rate limit of the {owner.label()} reached: " + "; ".join(reasons),
-                          retry_after=retry, limits=headers(owner, events, now_ms, 0, 0))
+                          retry_after=retry, limits=headers(owner, events, now_ms, 0, 0),
+                          type="requests" if any("requests" in r for r in reasons) else "tokens")
     return headers(owner, events, now_ms, 1, tokens)
 
 

@@ -287,6 +287,8 @@ def _team(db, name: str) -> int:
 def _team_id(db, settings: dict) -> dict:
     if settings.get("team") is None:
         return settings
+    if not isinstance(settings["team"], str):
+        raise ConfigError("team must be a team's name (or none)")
     return {**settings, "team": _team(db, settings["team"])}
 
 
