@@ -59,7 +59,7 @@ def browser():
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     work = tmp_path_factory.mktemp("ui-browser")
-    srv = Server(work, "--parallel", "2")
+    srv = Server(work, "--parallel", "2", "--log-bodies")   # bodies: what the page sent, read from the ledger
     with srv.ledger() as ledger:
         keys = {"ann": ledger.create_key("ann", 5 * MICRO), "boss": ledger.create_key("boss", MICRO, admin=True),
                 XSS_KEY: ledger.create_key(XSS_KEY, MICRO)}
@@ -138,7 +138,7 @@ class Page:
         return path
 
     def close(self) -> None:
-        assert not [e for e in self.errors if "Content Security Policy" in e or "Refused" in e], self.errors
+        assert not self.errors, self.errors    # no script error, no CSP violation
         assert not self.dialogs, f"script from a hostile text ran: {self.dialogs}"
         self.context.close()
 
@@ -161,8 +161,13 @@ def test_chat_streams_prices_stops_edits_and_keeps_conversations(browser, site):
     assert p.eval_on_selector_all("#model option", "os => os.map(o => o.value)") == ["smollm2-135m"]
     assert p.is_hidden("#nav a[data-view=spend]") and p.is_hidden("#nav a[data-view=keys]")
     ui.setting("max_tokens", "16")
+    ui.setting("system", "Answer in one line.")
     first = ui.ask("Name three colors.")
     got = row(srv, first["requestId"])
+    sent = json.loads(got["body"])
+    assert sent["messages"] == [{"role": "system", "content": "Answer in one line."},
+                                {"role": "user", "content": "Name three colors."}]
+    assert (sent["max_tokens"], sent["temperature"], sent["stream"]) == (16, 0.7, True)
     assert got["status"] in ("completed", "cancelled") and got["key"] == "ann"
     assert first["price"] == format_money(got["price"]) and int(first["tokens"]) == got["completion_tokens"]
     assert int(first["pieces"]) == got["completion_tokens"] > 1      # streamed: one event per token
@@ -247,6 +252,8 @@ def test_hostile_text_from_a_model_a_key_or_a_model_name_renders_as_text(browser
     # Trusted Types: the page cannot turn a string into markup at all.
     assert p.evaluate("() => { try { document.body.innerHTML = '<b>x</b>'; return 'assigned' }"
                       " catch (e) { return e.name } }") == "TypeError"
+    assert len(ui.errors) == 1 and "TrustedHTML" in ui.errors[0], ui.errors   # the browser reports the block
+    ui.errors.clear()
     ui.close()
 
     admin = Page(browser, srv, keys["boss"])
