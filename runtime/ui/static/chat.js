@@ -193,17 +193,19 @@ async function generate(c) {
   $("send").hidden = true;
   $("stop").hidden = false;
 
-  let frame = 0;
-  const paint = () => {
-    frame = 0;
-    bodyEl.replaceChildren(renderMarkdown(answer.content));
-    $("messages").scrollTop = $("messages").scrollHeight;
-  };
   const st = answer.stats;
   const t0 = performance.now();
   let first = null;
   let last = null;
   let pieces = 0;
+  let frame = 0;
+  const paint = () => { // at most once per frame: the answer so far, and its rate so far
+    frame = 0;
+    bodyEl.replaceChildren(renderMarkdown(answer.content));
+    const rate = pieces > 1 && last > first ? ` · ${((pieces - 1) / ((last - first) / 1000)).toFixed(1)} tokens/s` : "";
+    el.querySelector(".stats").textContent = `${st.model} · ${pieces} tokens${rate} · first token ${Math.round(first - t0)} ms`;
+    $("messages").scrollTop = $("messages").scrollHeight;
+  };
   let usage = null;
   let priceHeader = null;
   try {
