@@ -7,16 +7,21 @@ let timer = null;
 let previous = null; // {at, completion tokens per model}
 let ready = false;
 
-export function showActivity() {
+// ``admin``: what /v1/me says of this key. /metrics is the server's (operators only); the page does not even ask
+// for it with another key. The refusals are asked for either way: the server answers 403 to other keys.
+export function showActivity(admin) {
   if (!ready) {
     ready = true;
     $("refusals-since").addEventListener("change", refusals);
   }
   hideActivity();
   previous = null;
-  tick();
+  $("live").replaceChildren();
+  if (admin) {
+    tick();
+    timer = setInterval(tick, 2000);
+  }
   refusals();
-  timer = setInterval(tick, 2000);
 }
 
 export function hideActivity() {

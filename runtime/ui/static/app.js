@@ -51,7 +51,7 @@ function route() {
     // The server decides: a key without the admin role gets 403 from every route these views read.
     if (view === "spend") showSpend();
     if (view === "keys") showKeys();
-    if (view === "activity") showActivity();
+    if (view === "activity") showActivity(session.admin);
   }
 }
 
