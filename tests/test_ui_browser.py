@@ -94,7 +94,10 @@ class Page:
         p.on("console", lambda m: m.type == "error" and not m.text.startswith("Failed to load resource")
              and self.errors.append(m.text))
         p.on("dialog", self._dialog)
+        self.requests: list[tuple[str, dict]] = []
+        p.on("request", lambda r: self.requests.append((r.url, r.headers)))
         self.base = srv.base_url
+        self.key = key
         p.goto(self.base + "/ui")
         p.fill("#key-input", key)
         p.click("#login-form button[type=submit]")
@@ -139,6 +142,13 @@ class Page:
 
     def close(self) -> None:
         assert not self.errors, self.errors    # no script error, no CSP violation
+        # Offline and same-origin: every request goes to this server (a download is a blob: URL); the key travels
+        # only as a Bearer header, and no cookie is ever sent.
+        assert all(url.startswith((self.base + "/", "blob:")) for url, _ in self.requests), self.requests
+        assert not any("cookie" in headers for _, headers in self.requests)
+        assert all(h.get("authorization", "Bearer ").startswith("Bearer ") for _, h in self.requests)
+        assert any("authorization" in h for _, h in self.requests)
+        assert not any(self.key in url for url, _ in self.requests)
         assert not self.dialogs, f"script from a hostile text ran: {self.dialogs}"
         self.context.close()
 
