@@ -13,6 +13,7 @@ let conversations = [];
 let current = null;
 let models = [];
 let running = null; // {controller, conversation} while an answer is being written
+let template = DEFAULTS; // the settings a new chat starts with: those of the chat open before it
 
 export async function initChat(me) {
   conversations = loadConversations();
@@ -38,7 +39,7 @@ export async function initChat(me) {
 
 function conv() {
   if (!current) {
-    current = newConversation(DEFAULTS);
+    current = newConversation(template);
     current.model = $("model").value;
     conversations.unshift(current);
   }
@@ -46,6 +47,7 @@ function conv() {
 }
 
 function select(c) {
+  if (current) template = current.settings;
   current = c;
   render();
 }
@@ -72,7 +74,7 @@ function readSettings() {
 
 function render() {
   const c = current;
-  const s = c ? c.settings : DEFAULTS;
+  const s = c ? c.settings : template;
   $("system").value = s.system;
   for (const f of ["temperature", "top_p", "max_tokens", "seed"]) $(f).value = s[f];
   $("stream").checked = s.stream;
@@ -120,8 +122,8 @@ function statsView(st) {
   if (st.stopped) parts.push("stopped");
   else if (st.finish) parts.push(st.finish === "length" ? "cut at max tokens" : st.finish);
   if (st.tokens !== undefined) parts.push(`${st.tokens} tokens`);
-  if (st.tps) parts.push(`${st.tps.toFixed(1)} tokens/s`);
-  if (st.ttft !== undefined) parts.push(`first token ${Math.round(st.ttft)} ms`);
+  if (st.tps) parts.push(`${Number(st.tps).toFixed(1)} tokens/s`);
+  if (st.ttft !== undefined) parts.push(`first token ${Math.round(Number(st.ttft))} ms`);
   if (st.price !== undefined) parts.push(`price ${st.price} credit`);
   else if (st.request_id && !st.error) parts.push("price …");
   const el = h("div", { class: "stats" }, parts.join(" · "));
@@ -263,7 +265,13 @@ async function fetchPrice(c, st) {
       const row = await api(`/ui/api/requests/${encodeURIComponent(st.request_id)}`);
       if (row.price !== null && row.price !== undefined) {
         st.price = row.price;
-        if (row.completion_tokens !== undefined && st.stopped) st.tokens = row.completion_tokens;
+        if (st.stopped) { // what the server counted: the tokens it sent before it saw the stop
+          st.tokens = row.completion_tokens;
+          if (row.status === "completed") {
+            st.stopped = false;
+            st.finish = "ended before the stop";
+          }
+        }
         persist();
         updateStats(c, st);
         return;
