@@ -61,7 +61,9 @@ def site(tmp_path_factory):
     work = tmp_path_factory.mktemp("ui-browser")
     srv = Server(work, "--parallel", "2", "--log-bodies")   # bodies: what the page sent, read from the ledger
     with srv.ledger() as ledger:
-        keys = {"ann": ledger.create_key("ann", 5 * MICRO), "boss": ledger.create_key("boss", MICRO, admin=True),
+        ledger.create_team("eng", 10 * MICRO)
+        keys = {"ann": ledger.create_key("ann", 5 * MICRO, team="eng"),
+                "boss": ledger.create_key("boss", MICRO, admin=True),
                 XSS_KEY: ledger.create_key(XSS_KEY, MICRO)}
     srv.start()
     try:
@@ -314,13 +316,24 @@ def test_admin_views_show_the_ledger_and_manage_keys(browser, site):
     ann = [r for r in csv.DictReader(io.StringIO(downloaded)) if r["key"] == "ann" and r["model"] == "smollm2-135m"]
     assert int(ann[0]["completed"]) + int(ann[0]["cancelled"]) >= 3
     assert p.locator("#chart svg rect[data-series]").count() >= 2
+    assert {r["team"] for r in csv.DictReader(io.StringIO(downloaded))
+            if r["key"] == "ann" and r["model"] == "smollm2-135m"} == {"eng"}     # the team's requests that ran
+    for by, name in (("model", "smollm2-135m"), ("team", "eng"), ("key", "ann")):
+        p.select_option("#spend-by", by)
+        assert name in p.locator("#chart .legend").all_text_contents()[0]
+        assert p.locator(f"#chart svg rect[data-series='{name}']").count() == 1    # one day, one bar part
+    p.select_option("#measure", "tokens")
+    tokens = sum(int(r["prompt_tokens"]) + int(r["completion_tokens"]) for r in csv.DictReader(io.StringIO(downloaded)))
+    bars = p.eval_on_selector_all("#chart svg rect[data-series]", "rs => rs.map(r => Number(r.dataset.value))")
+    assert sum(bars) == tokens
     assert p.locator("#usage-table tbody tr").count() == len(rows)   # the rows and a total
     ui.shot(shots, "spend")
 
     p.click("#nav a[data-view=keys]")
     p.wait_for_selector("body[data-keys-loaded]")
     ann_row = p.locator("#keys-table tbody tr", has=p.locator(".key-name", has_text="ann"))
-    assert balance(srv, "ann") in ann_row.text_content()
+    assert balance(srv, "ann") in ann_row.text_content() and "eng" in ann_row.text_content()
+    assert "eng" in p.locator("#teams-table").text_content()
     assert today.isoformat() in ann_row.locator("td").nth(8).text_content()    # last use
     p.fill("#nk-name", "carol")
     p.fill("#nk-credit", "2")
