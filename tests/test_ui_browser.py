@@ -77,6 +77,9 @@ def site(tmp_path_factory):
         yield srv, keys, shots
     finally:
         srv.stop()
+    with srv.ledger() as ledger:
+        inv = ledger.invariant()
+    assert inv["ok"], inv
 
 
 def chat(content: str, **kw) -> dict:

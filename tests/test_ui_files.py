@@ -179,3 +179,25 @@ def test_the_page_is_small_offline_and_builds_no_html_from_strings():
                          "localStorage.setItem(\"reverb.key", "document.cookie"):
                 assert sink not in text, (p.name, sink)
     assert "sessionStorage" in (STATIC / "api.js").read_text()
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_the_page_reads_on_both_ledger_engines(engine, tmp_path, request):
+    from reverb.ledger import Ledger, RequestRecord, lookups
+    target = request.getfixturevalue("pg_url") if engine == "postgresql" else tmp_path / "ledger.sqlite3"
+    with Ledger(target) as ledger:
+        a, b = ledger.authenticate(ledger.create_key("a", MICRO)), ledger.authenticate(ledger.create_key("b", MICRO))
+        ledger.log_rejected(a, RequestRecord("req_1", "chat.completions", "m", "rejected",
+                                             error_code="model_not_found"))
+        ledger.log_rejected(None, RequestRecord("req_2", "models", None, "rejected", error_code="invalid_api_key"),
+                            client="10.0.0.1")
+        rows = {r["code"]: r for r in lookups.refusals_by_code(ledger, "2000-01-01T00:00:00.000000Z")}
+        assert (rows["model_not_found"]["with_key"], rows["model_not_found"]["without_key"]) == (1, 0)
+        assert (rows["invalid_api_key"]["with_key"], rows["invalid_api_key"]["without_key"]) == (0, 1)
+        assert lookups.refusals_by_code(ledger, "2999-01-01T00:00:00.000000Z") == []
+        assert lookups.request_of(ledger, "req_1", a.key_id, a.name)["error_code"] == "model_not_found"
+        assert lookups.request_of(ledger, "req_1", b.key_id, b.name) is None
+        assert lookups.request_of(ledger, "req_2", None, "") is None      # a keyless row is nobody's
+        assert [(u["name"], u["revoked"]) for u in lookups.last_use(ledger)] == [("a", False)]
+        ledger.revoke("a")
+        assert [(u["name"], u["revoked"]) for u in lookups.last_use(ledger)] == [("a", True)]
