@@ -35,7 +35,9 @@ HEADERS = {"content-security-policy": CSP, "x-frame-options": "DENY", "x-content
 @lru_cache(maxsize=1)
 def files() -> dict[str, tuple[bytes, str, str]]:
     """name -> (bytes, content type, ETag) for every servable file, read once."""
-    out = {}
+    out: dict[str, tuple[bytes, str, str]] = {}
+    if not STATIC.is_dir():   # an install without the page's files: no page, and the API serves on
+        return out
     for path in sorted(STATIC.iterdir()):
         kind = TYPES.get(path.suffix)
         if kind is not None and path.is_file() and not path.is_symlink():
