@@ -125,6 +125,8 @@ class Settings:
                              "callers sending this secret as X-Reverb-Control; empty: the routes do not exist. For "
                              "servers started by a test suite only (prefer the environment variable)",
                              metavar="SECRET")
+    ui: bool = _opt(True, "serve the web page at /ui: chat for any key, spend and activity for admin keys (its "
+                    "files are public, its data needs a key)")
 
     @property
     def catalogue_path(self) -> Path:

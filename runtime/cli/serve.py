@@ -54,6 +54,8 @@ def run(args) -> int:
             print(f"reverb: listening on every interface: other machines reach it as http://"
                   f"{socket.gethostname()}:{port} (or this machine's address); give each name they use with "
                   "--allowed-host NAME, or requests naming it are refused", flush=True)
+        if settings.ui:
+            print(f"reverb: web page at {url}/ui", flush=True)
         if settings.ready_file:
             tmp = Path(str(settings.ready_file) + ".tmp")
             tmp.write_text(url + "\n")
