@@ -46,7 +46,8 @@ class Settings:
                                      "comma-separated)", flag="--api-key", metavar="KEY")
     log_bodies: bool = _opt(False, "store request bodies in the ledger")
     # engine
-    threads: int = _opt(0, "llama.cpp threads for decoding (0: the number of CPU cores)")
+    threads: int = _opt(0, "llama.cpp threads for decoding (0: the cores this process may use, fewer while other "
+                        "work takes some of them; N: always N)")
     threads_batch: int = _opt(0, "llama.cpp threads for prompt prefill (0: same as --threads)")
     ctx: int = _opt(0, "context tokens per slot (0: the model's ctx in models.toml)")
     parallel: int = _opt(4, "slots decoded together in one batch")
@@ -110,14 +111,6 @@ class Settings:
     def db_target(self) -> str:
         """The ledger: --db as given (a path or a URL), else the default SQLite file."""
         return str(self.db) if self.db is not None else str(default_data_dir() / "ledger.sqlite3")
-
-    @property
-    def n_threads(self) -> int:
-        return self.threads or max(1, os.cpu_count() or 1)
-
-    @property
-    def n_threads_batch(self) -> int:
-        return self.threads_batch or self.n_threads
 
     @classmethod
     def build(cls, environ: os._Environ | dict | None = None, **overrides) -> "Settings":

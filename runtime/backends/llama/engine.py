@@ -276,15 +276,15 @@ class Engine:
         if n > self.config.n_batch:
             raise EngineError("batch larger than n_batch")
         for i, (tok, pos, seq, want) in enumerate(items):
-            b.token[i] = tok
-            b.pos[i] = pos
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = seq
-            b.logits[i] = want
+            b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0], b.logits[i] = tok, pos, 1, seq, want
         b.n_tokens = n
         rc = C.llama_decode(self._ctx, b)
         if rc != 0:
             raise EngineError(f"llama_decode failed ({rc})")
+
+    def set_threads(self, n_threads: int, n_threads_batch: int) -> None:
+        """Threads for the next calls: llama.cpp runs a call of one row on n_threads, any other on the batch count."""
+        C.llama_set_n_threads(self._ctx, n_threads, n_threads_batch)
 
     def sampler(self, params: SamplingParams, seed: int, grammar=None) -> Sampler:
         return Sampler(self, params, seed, grammar)
