@@ -147,7 +147,7 @@ class EngineThreads:
         ran, runnable = self._clock.read()
         before = self.control.count
         if self.control.observe(runnable - started[1], ran - started[0], time.monotonic()) != before:
-            log.info("threads: %d -> %d (%d threads had %.2f cores)", before, self.control.count, before,
+            log.info("decode threads %d -> %d: %d threads got %.2f cores", before, self.control.count, before,
                      self.control.last_cores)
             self.engine.set_threads(*self.counts())
 

@@ -1,0 +1,68 @@
+"""A server with the default thread count beside a busy loop: decode keeps a share of its speed instead of
+collapsing (backends/llama/threads.py). One server, its decode rate quiet and then with a busy loop on one of its
+two cores, compared as a ratio within the test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from .conftest import kill_group, spawn
+
+BUSY_LOOP = "import os, sys\nos.sched_setaffinity(0, {%d})\nprint('spinning', flush=True)\nwhile True:\n    pass\n"
+
+
+def stream_times(server, no_eos: dict, tokens: int) -> list[float]:
+    """When each content event of one stream arrived."""
+    times = []
+    body = {"model": "smollm2-135m", "messages": [{"role": "user", "content": "Tell me about the sea."}],
+            "max_tokens": tokens, "temperature": 0, "stream": True, "logit_bias": no_eos}
+    with server.client() as http, http.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: {") and '"content":"' in line:
+                times.append(time.monotonic())
+    assert len(times) >= tokens // 2, times
+    return times
+
+
+def rate(times: list[float]) -> float:
+    """Tokens per second over the second half of a stream (the first half leaves the thread count time to move)."""
+    half = times[len(times) // 2:]
+    return (len(half) - 1) / (half[-1] - half[0])
+
+
+def threads_gauge(server) -> float:
+    with server.client() as http:
+        for line in http.get("/metrics").text.splitlines():
+            if line.startswith("reverb_threads{"):
+                return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("no reverb_threads gauge")
+
+
+def test_a_busy_loop_on_one_of_two_cores_costs_a_share_not_a_collapse(make_server, no_eos):
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("needs two cores")
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, set(cores[:2]))  # the server inherits two cores, whatever the machine has
+    try:
+        srv = make_server("--parallel", "1", env={"REVERB_THREADS": "0", "REVERB_THREADS_BATCH": "0"})
+    finally:
+        os.sched_setaffinity(0, mine)
+    assert threads_gauge(srv) in (1, 2)  # at most the cores it may use, not the machine's count
+    stream_times(srv, no_eos, 4)  # warm up
+    quiet = rate(stream_times(srv, no_eos, 96))
+    busy = spawn([sys.executable, "-c", BUSY_LOOP % cores[1]], stdout=subprocess.PIPE, text=True)
+    try:
+        assert busy.stdout.readline().strip() == "spinning"
+        loaded = rate(stream_times(srv, no_eos, 96))
+    finally:
+        kill_group(busy)
+    # One thread on the core left keeps about half the speed of two; two threads waiting for each other at
+    # llama.cpp's barriers kept 2-8% of it. A wide margin, since both rates come from a shared machine.
+    assert loaded > 0.2 * quiet, (quiet, loaded, srv.log()[-2000:])
