@@ -3,6 +3,7 @@ from CPU affinity and cgroup quotas. Fast: no model, no clock (the simulation's 
 
 from __future__ import annotations
 
+import math
 import os
 import time
 
@@ -97,6 +98,22 @@ def test_many_cores_settle_on_the_cores_left():
     machine.busy = 0
     run(ctl, machine, 20)
     assert ctl.count == 16
+
+
+def test_a_fractional_quota_does_not_make_the_count_flap():
+    """About 1.5 cores of quota, wavering (cgroup throttling stops every thread at once, so nothing collapses): the
+    count settles instead of moving every second between 1 and 2."""
+
+    class Quota(Machine):
+        def call(self, n, work=STEP * 2):
+            share = min(1.0, (1.5 + 0.1 * math.sin(self.now)) / n)
+            wall = work / n / share
+            self.now += wall
+            return wall, wall * share, self.now
+
+    ctl = ThreadControl(most=2)
+    run(ctl, Quota(2), 120)
+    assert ctl.changes < 20, ctl.changes
 
 
 def test_one_preempted_call_does_not_move_the_count():

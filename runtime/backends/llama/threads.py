@@ -11,8 +11,8 @@ waiting in the run queue (Linux's ``/proc/thread-self/schedstat``; elsewhere its
 threads that each get a share ``s`` have ``n * s`` cores between them. It needs no quiet reference (so it does
 not depend on the batch shape, the context length or the machine), and waits that are not for a CPU (the GIL,
 I/O) do not count. When the threads have lost half a core or more, the count drops to the cores they got; while
-they get all their cores, a count below the maximum tries one more thread, keeps it if that thread gets its core
-too, and otherwise goes back and waits twice as long before the next try.
+they get all their cores, a count below the maximum tries one more thread, keeps it if that thread gets (nearly)
+its core too, and otherwise goes back and waits twice as long before the next try.
 
 ``ThreadControl`` is pure (no threads, no clock of its own): it is fed each step's times. ``EngineThreads`` reads
 the clock and applies the count to the engine. ``usable_cores`` reads the CPU affinity and the cgroup quota.
@@ -37,7 +37,8 @@ class ThreadControl:
     ``observe(runnable, ran, now)`` takes the seconds the owner thread was runnable during one step and the
     seconds of that it ran on a CPU, and the time (any monotonic clock, seconds); it returns the count to use."""
 
-    LOST = 0.5          # cores the threads may lose before the count drops (and a probe must not lose)
+    LOST = 0.5          # cores the threads may lose before the count drops ...
+    PROBE_LOST = 0.3    # ... and fewer than this for a probe to keep its thread (no flapping at the boundary)
     SPAN = 0.2          # seconds of steps a decision needs (so one preemption does not move the count) ...
     MIN_CALLS = 2       # ... and at least this many steps
     PROBE_FIRST = 1.0   # seconds at a lower count before trying one more thread
@@ -69,7 +70,7 @@ class ThreadControl:
         self.last_cores = cores
         if self._probing:
             self._probing = False
-            if cores >= self.count - self.LOST:
+            if cores > self.count - self.PROBE_LOST:
                 self._wait = self.PROBE_FIRST  # the extra thread got its core: keep it, try another soon
                 self._move(self.count, now)
             else:
