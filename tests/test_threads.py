@@ -1,5 +1,5 @@
 """The thread-count controller (backends/llama/threads.py) against a simulated machine, and the usable-core count
-from CPU affinity and cgroup quotas. Fast: no model, no clock (the simulation's time is the sum of its calls)."""
+from CPU affinity and cgroup quotas. Fast: no model, no clock (the simulation's time is the sum of its steps)."""
 
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ class Machine:
     def __init__(self, cores: int, busy: int = 0):
         self.cores, self.busy, self.now = cores, busy, 0.0
 
-    def call(self, n: int, work: float = STEP * 2) -> tuple[float, float, float]:
+    def call(self, n: int, work: float = STEP * 2) -> tuple[float, float]:
         share = min(1.0, self.cores / (n + self.busy))
         wall = work / n if share >= 1 else work / n / share * (20 if n > 1 else 1)
         self.now += wall
-        return wall, wall * share, self.now
+        return wall, wall * share
 
 
 def run(ctl: ThreadControl, machine: Machine, seconds: float) -> dict[int, float]:
@@ -36,9 +36,9 @@ def run(ctl: ThreadControl, machine: Machine, seconds: float) -> dict[int, float
     end = machine.now + seconds
     while machine.now < end:
         n = ctl.count
-        wall, cpu, now = machine.call(n)
+        wall, cpu = machine.call(n)
         spent[n] = spent.get(n, 0.0) + wall
-        ctl.observe(wall, cpu, now)
+        ctl.observe(wall, cpu)
     return spent
 
 
@@ -50,7 +50,7 @@ def test_quiet_keeps_every_core_and_never_moves():
 
 def test_one_busy_loop_on_two_cores_drops_to_one_thread_and_stays_there_mostly():
     ctl, machine = ThreadControl(most=2), Machine(2, busy=1)
-    first = run(ctl, machine, 1.0)  # two collapsed calls (0.2 s each) decide
+    first = run(ctl, machine, 0.5)  # two collapsed steps (0.2 s each) decide
     assert ctl.count == 1, first
     spent = run(ctl, machine, 300)
     # Probes of a second thread back off to one every PROBE_MOST seconds: a few percent of the time.
@@ -61,12 +61,14 @@ def test_one_busy_loop_on_two_cores_drops_to_one_thread_and_stays_there_mostly()
 def test_probing_backs_off_while_contention_lasts():
     ctl, machine = ThreadControl(most=2), Machine(2, busy=1)
     run(ctl, machine, 2)
-    tries = []
+    tries, probe_steps = [], 0
     while machine.now < 200:
         before = ctl.count
-        wall, cpu, now = machine.call(ctl.count)
-        if ctl.observe(wall, cpu, now) > before:
-            tries.append(now)
+        probe_steps += before == 2
+        wall, cpu = machine.call(ctl.count)
+        if ctl.observe(wall, cpu) > before:
+            tries.append(machine.now)
+    assert probe_steps == len(tries)  # a failed try costs one (collapsed) step
     gaps = [b - a for a, b in zip(tries, tries[1:], strict=False)]
     assert len(tries) >= 4 and all(b >= a - 0.01 for a, b in zip(gaps, gaps[1:], strict=False)), gaps
     assert gaps[1] > 1.5 * gaps[0]                              # each failed try doubles the wait...
@@ -109,7 +111,7 @@ def test_a_fractional_quota_does_not_make_the_count_flap():
             share = min(1.0, (1.5 + 0.1 * math.sin(self.now)) / n)
             wall = work / n / share
             self.now += wall
-            return wall, wall * share, self.now
+            return wall, wall * share
 
     ctl = ThreadControl(most=2)
     run(ctl, Quota(2), 120)
@@ -119,7 +121,7 @@ def test_a_fractional_quota_does_not_make_the_count_flap():
 def test_one_preempted_call_does_not_move_the_count():
     ctl, machine = ThreadControl(most=2), Machine(2)
     run(ctl, machine, 1)
-    ctl.observe(0.030, 0.010, machine.now + 0.03)  # one slow call among quiet ones: 20 ms off the CPU
+    ctl.observe(0.030, 0.010)  # one slow step among quiet ones: 20 ms off the CPU
     run(ctl, machine, 1)
     assert ctl.changes == 0
 
@@ -130,7 +132,7 @@ def test_bounds():
     run(ctl, Machine(1, busy=3), 30)
     assert ctl.count == 1 and ctl.changes == 0
     ctl = ThreadControl(most=2)
-    assert ctl.observe(0.0, 0.0, 1.0) == 2  # a call that took no measurable time says nothing
+    assert ctl.observe(0.0, 0.0) == 2  # a step that took no measurable time says nothing
 
 
 def test_explicit_counts_are_fixed_and_zero_adapts():

@@ -34,14 +34,15 @@ log = logging.getLogger("reverb.threads")
 class ThreadControl:
     """Picks the thread count for the next step from the times of the previous ones.
 
-    ``observe(runnable, ran, now)`` takes the seconds the owner thread was runnable during one step and the
-    seconds of that it ran on a CPU, and the time (any monotonic clock, seconds); it returns the count to use."""
+    ``observe(runnable, ran)`` takes the seconds the owner thread was runnable during one step and the seconds of
+    that it ran on a CPU; it returns the count to use. Its only clock is the steps' own time, so an idle server
+    neither decides nor probes (a request after a pause does not start with a probe)."""
 
     LOST = 0.5          # cores the threads may lose before the count drops ...
-    PROBE_LOST = 0.3    # ... and fewer than this for a probe to keep its thread (no flapping at the boundary)
-    SPAN = 0.2          # seconds of steps a decision needs (so one preemption does not move the count) ...
-    MIN_CALLS = 2       # ... and at least this many steps
-    PROBE_FIRST = 1.0   # seconds at a lower count before trying one more thread
+    PROBE_LOST = 0.3    # ... and less than this for a probe to keep its thread (no flapping at the boundary)
+    SPAN = 0.1          # seconds of steps a decision needs, so one preemption does not move the count ...
+    MIN_STEPS = 2       # ... and this many steps to drop (one for a probe: its first collapsed step is plain)
+    PROBE_FIRST = 1.0   # seconds of steps at a lower count before trying one more thread
     PROBE_MOST = 20.0   # the longest wait between tries (each failed try doubles the wait)
 
     def __init__(self, most: int, least: int = 1):
@@ -53,18 +54,17 @@ class ThreadControl:
         self._window: deque[tuple[float, float]] = deque()
         self._probing = False                  # the current count is a probe, one above the last good one
         self._wait = self.PROBE_FIRST
-        self._since: float | None = None       # when the count last changed (or the first call)
+        self._spent = 0.0                      # seconds of steps since the count last changed
 
-    def observe(self, runnable: float, ran: float, now: float) -> int:
-        if self._since is None:
-            self._since = now
+    def observe(self, runnable: float, ran: float) -> int:
         if runnable <= 0:
             return self.count
+        self._spent += runnable
         self._window.append((runnable, min(ran, runnable)))
-        while len(self._window) > self.MIN_CALLS and sum(w for w, _ in self._window) - self._window[0][0] >= self.SPAN:
+        while len(self._window) > self.MIN_STEPS and sum(w for w, _ in self._window) - self._window[0][0] >= self.SPAN:
             self._window.popleft()  # keep the newest steps that still make a decision's worth
         total = sum(w for w, _ in self._window)
-        if total < self.SPAN or len(self._window) < self.MIN_CALLS:
+        if total < self.SPAN or len(self._window) < (1 if self._probing else self.MIN_STEPS):
             return self.count
         cores = self.count * sum(c for _, c in self._window) / total
         self.last_cores = cores
@@ -72,23 +72,23 @@ class ThreadControl:
             self._probing = False
             if cores > self.count - self.PROBE_LOST:
                 self._wait = self.PROBE_FIRST  # the extra thread got its core: keep it, try another soon
-                self._move(self.count, now)
+                self._move(self.count)
             else:
                 self._wait = min(self._wait * 2, self.PROBE_MOST)
-                self._move(self.count - 1, now)
+                self._move(self.count - 1)
         elif cores <= self.count - self.LOST and self.count > self.least:
             self._wait = self.PROBE_FIRST
-            self._move(max(self.least, min(self.count - 1, math.floor(cores + 0.5))), now)
-        elif self.count < self.most and cores > self.count - self.LOST / 2 and now - self._since >= self._wait:
+            self._move(max(self.least, min(self.count - 1, math.floor(cores + 0.5))))
+        elif self.count < self.most and cores > self.count - self.LOST / 2 and self._spent >= self._wait:
             self._probing = True
-            self._move(self.count + 1, now)
+            self._move(self.count + 1)
         return self.count
 
-    def _move(self, count: int, now: float) -> None:
+    def _move(self, count: int) -> None:
         if count != self.count:
             self.changes += 1
         self.count = count
-        self._since = now
+        self._spent = 0.0
         self._window.clear()
 
 
@@ -147,7 +147,7 @@ class EngineThreads:
     def stop(self, started: tuple[float, float]) -> None:
         ran, runnable = self._clock.read()
         before = self.control.count
-        if self.control.observe(runnable - started[1], ran - started[0], time.monotonic()) != before:
+        if self.control.observe(runnable - started[1], ran - started[0]) != before:
             log.info("decode threads %d -> %d: %d threads got %.2f cores", before, self.control.count, before,
                      self.control.last_cores)
             self.engine.set_threads(*self.counts())
