@@ -67,3 +67,29 @@ def test_a_busy_loop_on_one_of_two_cores_costs_a_share_not_a_collapse(make_serve
     # One thread on the core left keeps about half the speed of two; two threads waiting for each other at
     # llama.cpp's barriers kept 2-8% of it. A wide margin, since both rates come from a shared machine.
     assert loaded > 0.2 * quiet, (quiet, loaded, srv.log()[-2000:])
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_the_thread_count_does_not_change_the_logits(model_path, deterministic):
+    """The count moves between steps; --deterministic's promise (same tokens whatever runs beside) must hold."""
+    import numpy as np
+
+    from reverb.backends.llama.engine import Engine, EngineConfig
+    eng = Engine(model_path, EngineConfig(n_ctx=256, n_seq=1, n_threads=2, n_threads_batch=2,
+                                          deterministic=deterministic))
+    try:
+        prompt = eng.tokenize("<|im_start|>user\nTell me about the sea.<|im_end|>\n<|im_start|>assistant\n",
+                              special=True)
+        runs = []
+        for n in (1, 2):
+            eng.set_threads(n, n)
+            eng.seq_remove(0)
+            eng.decode([(t, i, 0, i == len(prompt) - 1) for i, t in enumerate(prompt)])
+            rows = [eng.logits(-1)]
+            for pos in range(len(prompt), len(prompt) + 4):
+                eng.decode([(int(np.argmax(rows[-1])), pos, 0, True)])
+                rows.append(eng.logits(-1))
+            runs.append(np.stack(rows))
+        assert np.array_equal(runs[0], runs[1])
+    finally:
+        eng.close()
