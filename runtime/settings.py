@@ -137,7 +137,8 @@ class Settings:
         checks = {
             "parallel": self.parallel >= 1, "batch": self.batch >= 2, "ubatch": self.ubatch >= 2,
             "max_queue": self.max_queue >= 0,
-            "prefill_chunk": self.prefill_chunk >= 2, "threads": self.threads >= 0, "ctx": self.ctx >= 0,
+            "prefill_chunk": self.prefill_chunk >= 2, "threads": self.threads >= 0,
+            "threads_batch": self.threads_batch >= 0, "ctx": self.ctx >= 0,
             "port": 0 <= self.port <= 65535, "log_format": self.log_format in ("console", "json"),
             "queue_timeout": self.queue_timeout > 0, "lease_seconds": 0 < self.lease_seconds <= 86400,
             "db_max_mb": self.db_max_mb >= 0, "prompt_cache_mb": self.prompt_cache_mb >= 0,

@@ -242,3 +242,12 @@ def test_affinity_caps_the_count_and_garbage_is_ignored(tmp_path):
     assert cgroup_quota(proc, root) is None
     assert cgroup_quota(tmp_path / "nowhere", root) is None
     assert usable_cores(proc, root) == len(os.sched_getaffinity(0))
+
+
+def test_negative_thread_counts_are_refused():
+    from reverb.errors import ConfigError
+    from reverb.settings import Settings
+    for kw in ({"threads": -1}, {"threads_batch": -1}):
+        with pytest.raises(ConfigError) as err:
+            Settings.build({}, **kw)
+        assert err.value.param == next(iter(kw))
