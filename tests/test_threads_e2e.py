@@ -69,27 +69,32 @@ def test_a_busy_loop_on_one_of_two_cores_costs_a_share_not_a_collapse(make_serve
     assert loaded > 0.2 * quiet, (quiet, loaded, srv.log()[-2000:])
 
 
-@pytest.mark.parametrize("deterministic", [True, False])
-def test_the_thread_count_does_not_change_the_logits(model_path, deterministic):
-    """The count moves between steps; --deterministic's promise (same tokens whatever runs beside) must hold."""
+@pytest.mark.parametrize("deterministic,repeat", [(True, 1), (True, 50), (False, 1)])
+def test_the_thread_count_does_not_change_the_logits(model_path, deterministic, repeat):
+    """The count moves between steps; --deterministic's promise (the same tokens whatever runs beside) must hold:
+    before position 256 no path depends on the count; from 256 on a lone row takes flash attention's KV-split
+    path, which splits by thread count, so deterministic mode keeps the configured count there."""
     import numpy as np
 
     from reverb.backends.llama.engine import Engine, EngineConfig
-    eng = Engine(model_path, EngineConfig(n_ctx=256, n_seq=1, n_threads=2, n_threads_batch=2,
+    eng = Engine(model_path, EngineConfig(n_ctx=1024, n_seq=1, n_threads=2, n_threads_batch=2,
                                           deterministic=deterministic))
     try:
-        prompt = eng.tokenize("<|im_start|>user\nTell me about the sea.<|im_end|>\n<|im_start|>assistant\n",
-                              special=True)
+        prompt = eng.tokenize("<|im_start|>user\n" + "Tell me about the sea. " * repeat
+                              + "<|im_end|>\n<|im_start|>assistant\n", special=True)
         runs = []
         for n in (1, 2):
             eng.set_threads(n, n)
             eng.seq_remove(0)
-            eng.decode([(t, i, 0, i == len(prompt) - 1) for i, t in enumerate(prompt)])
+            for start in range(0, len(prompt), 64):  # prompt pieces, as deterministic mode cuts them
+                piece = prompt[start:start + 64]
+                eng.decode([(t, start + i, 0, start + i == len(prompt) - 1) for i, t in enumerate(piece)])
             rows = [eng.logits(-1)]
             for pos in range(len(prompt), len(prompt) + 4):
                 eng.decode([(int(np.argmax(rows[-1])), pos, 0, True)])
                 rows.append(eng.logits(-1))
             runs.append(np.stack(rows))
+        assert (len(prompt) > 256) == (repeat > 1)
         assert np.array_equal(runs[0], runs[1])
     finally:
         eng.close()
