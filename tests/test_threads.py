@@ -149,7 +149,7 @@ class ScriptedClock:
         self.share = 1.0
 
     def read(self):
-        return self.ran, self.runnable
+        return "scripted", self.ran, self.runnable
 
     def step(self, seconds: float):
         self.runnable += seconds
@@ -182,13 +182,27 @@ def test_engine_threads_applies_the_count_to_the_adapting_side_only():
 
 def test_thread_clock_measures_this_thread():
     clock = ThreadClock()
-    ran0, runnable0 = clock.read()
+    kind, ran0, runnable0 = clock.read()
     end = time.perf_counter() + 0.05
     while time.perf_counter() < end:
         pass
-    ran1, runnable1 = clock.read()
-    clock.close()
+    _, ran1, runnable1 = clock.read()
     assert ran1 > ran0 and runnable1 - runnable0 >= ran1 - ran0 - 0.01
+    assert kind == ("schedstat" if os.path.exists("/proc/thread-self/schedstat") else "cpu/wall")
+    clock.close()  # as when the file stops reading: the fallback takes over
+    assert clock.read()[0] == "cpu/wall"
+
+
+def test_a_step_across_a_clock_change_is_not_observed():
+    engine, clock = Recorder(), ScriptedClock()
+    follow = EngineThreads(engine, ThreadPlan(2, 2, True, True))
+    follow._clock = clock
+    clock.share = 0.1
+    for _ in range(4):
+        started = ("other", *follow.start()[1:])
+        clock.step(0.15)
+        follow.stop(started)
+    assert engine.set == [] and follow.control.changes == 0
 
 
 # -- usable cores ---------------------------------------------------------------------------------------------

@@ -103,12 +103,15 @@ class ThreadClock:
         except (OSError, ValueError, IndexError):
             self._fd = None  # not Linux, or no scheduler statistics: CPU time and wall time
 
-    def read(self) -> tuple[float, float]:
-        """(ran, runnable) in seconds."""
-        if self._fd is None:
-            return time.thread_time(), time.perf_counter()
-        ran, waited = os.pread(self._fd, 64, 0).split()[:2]
-        return int(ran) / 1e9, (int(ran) + int(waited)) / 1e9
+    def read(self) -> tuple[str, float, float]:
+        """(which clock, ran, runnable), seconds. A file that stops reading well turns the fallback on."""
+        if self._fd is not None:
+            try:
+                ran, waited = os.pread(self._fd, 64, 0).split()[:2]
+                return "schedstat", int(ran) / 1e9, (int(ran) + int(waited)) / 1e9
+            except (OSError, ValueError):
+                self.close()
+        return "cpu/wall", time.thread_time(), time.perf_counter()
 
     def close(self) -> None:
         if self._fd is not None:
@@ -139,15 +142,17 @@ class EngineThreads:
         self.control = ThreadControl(plan.n_threads)
         self._clock: ThreadClock | None = None
 
-    def start(self) -> tuple[float, float]:
+    def start(self) -> tuple[str, float, float]:
         if self._clock is None:  # made on the owner thread: the clock measures the thread that opens it
             self._clock = ThreadClock()
         return self._clock.read()
 
-    def stop(self, started: tuple[float, float]) -> None:
-        ran, runnable = self._clock.read()
+    def stop(self, started: tuple[str, float, float]) -> None:
+        kind, ran, runnable = self._clock.read()
+        if kind != started[0]:  # the clock changed during the step: nothing to compare
+            return
         before = self.control.count
-        if self.control.observe(runnable - started[1], ran - started[0]) != before:
+        if self.control.observe(runnable - started[2], ran - started[1]) != before:
             log.info("decode threads %d -> %d: %d threads got %.2f cores", before, self.control.count, before,
                      self.control.last_cores)
             self.engine.set_threads(*self.counts())
