@@ -47,7 +47,8 @@ class Settings:
                                      "comma-separated)", flag="--api-key", metavar="KEY")
     log_bodies: bool = _opt(False, "store request bodies in the ledger")
     # engine
-    threads: int = _opt(0, "llama.cpp threads for decoding (0: the number of CPU cores)")
+    threads: int = _opt(0, "llama.cpp threads for decoding (0: the cores this process may use, fewer while other "
+                        "work takes some of them; N: always N)")
     threads_batch: int = _opt(0, "llama.cpp threads for prompt prefill (0: same as --threads)")
     ctx: int = _opt(0, "context tokens per slot (0: the catalogue entry's ctx; for a model named on the command line, "
                     "the file's, at most 8192)")
@@ -146,14 +147,6 @@ class Settings:
         """Slots one key may hold: --slots-per-key, or one less than --parallel (at least 1)."""
         return min(self.parallel, self.slots_per_key or max(1, self.parallel - 1))
 
-    @property
-    def n_threads(self) -> int:
-        return self.threads or max(1, os.cpu_count() or 1)
-
-    @property
-    def n_threads_batch(self) -> int:
-        return self.threads_batch or self.n_threads
-
     @classmethod
     def build(cls, environ: os._Environ | dict | None = None, **overrides) -> "Settings":
         """Defaults, then REVERB_* environment variables, then explicit overrides (CLI flags; None = not given).
@@ -184,7 +177,8 @@ class Settings:
         checks = {
             "parallel": self.parallel >= 1, "batch": self.batch >= 2, "ubatch": self.ubatch >= 2,
             "max_queue": self.max_queue >= 0,
-            "prefill_chunk": self.prefill_chunk >= 2, "threads": self.threads >= 0, "ctx": self.ctx >= 0,
+            "prefill_chunk": self.prefill_chunk >= 2, "threads": self.threads >= 0,
+            "threads_batch": self.threads_batch >= 0, "ctx": self.ctx >= 0,
             "port": 0 <= self.port <= 65535, "log_format": self.log_format in ("console", "json"),
             "queue_timeout": self.queue_timeout > 0, "lease_seconds": 0 < self.lease_seconds <= 86400,
             "db_max_mb": self.db_max_mb >= 0, "prompt_cache_mb": self.prompt_cache_mb >= 0,

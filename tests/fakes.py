@@ -142,6 +142,9 @@ class FakeEngine:
         self.loaded.append(seq)
         self.kv[seq] = {int(p): t for p, t in json.loads(bytes(data)).items()}
 
+    def set_threads(self, n_threads: int, n_threads_batch: int) -> None:
+        self.threads = (n_threads, n_threads_batch)
+
     def close(self) -> None:
         pass
 

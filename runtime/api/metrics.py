@@ -88,6 +88,8 @@ class _SchedulerCollector:
                                    labels=["model"])
         entries = GaugeMetricFamily("reverb_prompt_cache_entries", "Prompt prefixes cached in host memory",
                                     labels=["model"])
+        threads = GaugeMetricFamily("reverb_threads", "llama.cpp threads decoding now (they follow the CPU the "
+                                    "process gets unless --threads is given)", labels=["model"])
         for name, backend in self.service.backends.items():
             st = backend.stats()
             queue.add_metric([name], st.waiting)
@@ -97,4 +99,6 @@ class _SchedulerCollector:
             reused.add_metric([name], st.reused_tokens)
             cached.add_metric([name], st.cached_prompt_bytes)
             entries.add_metric([name], st.cached_prompts)
-        return [queue, active, slots, ctx, reused, cached, entries]
+            if st.threads:
+                threads.add_metric([name], st.threads)
+        return [queue, active, slots, ctx, reused, cached, entries, threads]

@@ -22,6 +22,7 @@ from ...request import Ask
 from ...settings import Settings
 from ...types import Chunk, Message, SamplingParams, Tools
 from .. import Info, Prompt, Stats
+from . import threads
 from .batcher import Batcher, Job
 from .bridge import ModelThread, Sink
 from .output import Constraint
@@ -55,8 +56,9 @@ class LlamaBackend:
                 probe.check_in_child(path)
             engine_factory = Engine
         ctx = settings.ctx or spec.ctx
-        config = EngineConfig(n_ctx=ctx, n_seq=settings.parallel, n_threads=settings.n_threads,
-                              n_threads_batch=settings.n_threads_batch, n_batch=settings.batch,
+        plan = threads.ThreadPlan.from_flags(settings.threads, settings.threads_batch)
+        config = EngineConfig(n_ctx=ctx, n_seq=settings.parallel, n_threads=plan.n_threads,
+                              n_threads_batch=plan.n_threads_batch, n_batch=settings.batch,
                               n_ubatch=settings.ubatch, flash_attn=settings.flash_attn,
                               deterministic=settings.deterministic)
         engine = engine_factory(path, config)
@@ -71,7 +73,8 @@ class LlamaBackend:
                           max_queue=settings.max_queue, queue_timeout=settings.queue_timeout,
                           deterministic=settings.deterministic, prompt_cache=cache,
                           slots_per_key=settings.key_slots, queue_per_key=settings.queue_per_key)
-        backend = cls(spec, engine, template, ModelThread(batcher, name=spec.name), ctx)
+        follow = threads.EngineThreads(engine, plan) if plan.adapt or plan.adapt_batch else None
+        backend = cls(spec, engine, template, ModelThread(batcher, name=spec.name, threads=follow), ctx)
         backend.embedding_queue = settings.embedding_queue
         return backend
 
@@ -185,7 +188,8 @@ class LlamaBackend:
     def stats(self) -> Stats:
         b = self.thread.batcher
         return Stats(waiting=len(b.waiting), active=b.active(), slots=len(b.slots), reused_tokens=b.reused_tokens,
-                     cached_prompts=len(b.prompt_cache), cached_prompt_bytes=b.prompt_cache.bytes)
+                     cached_prompts=len(b.prompt_cache), cached_prompt_bytes=b.prompt_cache.bytes,
+                     threads=self.thread.threads.counts()[0] if self.thread.threads else self.engine.config.n_threads)
 
     def close(self) -> None:
         with self._embed_lock:
@@ -193,6 +197,8 @@ class LlamaBackend:
                 job.cancel()   # each stops within one chunk; what it computed is still billed
         self._embed_pool.shutdown(wait=True)
         self.thread.stop()
+        if self.thread.threads is not None:
+            self.thread.threads.close()
         self.engine.close()
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from ...errors import EngineError, InvalidRequest, ModelLoadError
 from ...types import SamplingParams, TokenLogprob
 from .logprobs import token_logprob
+from .shapes import SPLIT_MIN, kv_view
 
 log = logging.getLogger("reverb.engine")
 
@@ -178,8 +179,7 @@ class Engine:
         cparams.kv_unified = False  # one KV stream per sequence: attention reads only its own cells
         cparams.no_perf = True
         if config.all_logits:
-            cparams.n_outputs_max = config.n_batch
-            cparams.n_outputs_max_per_seq = 0
+            cparams.n_outputs_max, cparams.n_outputs_max_per_seq = config.n_batch, 0
         else:  # one output per sequence per call: the compute buffer need not hold n_ubatch rows of logits
             cparams.n_outputs_max = config.n_seq
         self._ctx = C.llama_init_from_model(self._model, cparams)
@@ -188,8 +188,8 @@ class Engine:
             raise ModelLoadError("llama.cpp could not create a context (out of memory?)")
         self._mem = C.llama_get_memory(self._ctx)
         self.config = config
-        self.n_ctx = C.llama_n_ctx_seq(self._ctx)
-        self.n_ubatch = C.llama_n_ubatch(self._ctx)
+        self.n_ctx, self.n_ubatch = C.llama_n_ctx_seq(self._ctx), C.llama_n_ubatch(self._ctx)
+        self._threads = self._applied = self._fixed = (config.n_threads, config.n_threads_batch)
         self._batch = C.llama_batch_init(config.n_batch, 0, 1)
         self._pieces: dict[int, bytes] = {}
         self._eog = np.array([C.llama_vocab_is_eog(self._vocab, t) for t in range(self.n_vocab)], dtype=bool)
@@ -264,27 +264,29 @@ class Engine:
     # -- context: owner thread only ----------------------------------------------------------------------
 
     def decode(self, items: list[tuple[int, int, int, bool]]) -> None:
-        """Run one ``llama_decode`` over (token, position, sequence, want_logits) items.
-
-        llama.cpp cuts the call into compute passes of at most n_ubatch rows, each holding equal numbers of rows
-        from a run of consecutive sequence ids, so callers list rows in sequence order (see shapes.py). Logits of
-        this call are valid until the next one. Raises EngineError when llama.cpp fails (including when the KV
-        cache has no room).
-        """
+        """Run one ``llama_decode`` over (token, position, sequence, want_logits) items. llama.cpp cuts the call
+        into compute passes of at most n_ubatch rows, each holding equal numbers of rows from a run of consecutive
+        sequence ids, so callers list rows in sequence order (see shapes.py). Logits of this call are valid until
+        the next one. Raises EngineError when llama.cpp fails (including when the KV cache has no room)."""
         b = self._batch
         n = len(items)
         if n > self.config.n_batch:
             raise EngineError("batch larger than n_batch")
         for i, (tok, pos, seq, want) in enumerate(items):
-            b.token[i] = tok
-            b.pos[i] = pos
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = seq
-            b.logits[i] = want
+            b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0], b.logits[i] = tok, pos, 1, seq, want
         b.n_tokens = n
+        threads = self._fixed if self.config.deterministic and n == 1 and kv_view(pos) >= SPLIT_MIN else self._threads
+        if threads != self._applied:
+            C.llama_set_n_threads(self._ctx, *threads)
+            self._applied = threads
         rc = C.llama_decode(self._ctx, b)
         if rc != 0:
             raise EngineError(f"llama_decode failed ({rc})")
+
+    def set_threads(self, n_threads: int, n_threads_batch: int) -> None:
+        """Threads from the next call on (one row: n_threads; more: the batch count). In deterministic mode a lone row
+        on flash attention's KV-split path keeps the configured counts: that path splits the KV by thread count."""
+        self._threads = (n_threads, n_threads_batch)
 
     def sampler(self, params: SamplingParams, seed: int, grammar=None) -> Sampler:
         return Sampler(self, params, seed, grammar)
@@ -397,8 +399,7 @@ class _Embedder:
             raise EngineError("llama.cpp could not create an embeddings context (out of memory?)")
         self._mem = C.llama_get_memory(self._ctx)
         self._n_embd = C.llama_model_n_embd(engine._model)
-        self._step = cparams.n_batch
-        self._batch = C.llama_batch_init(self._step, 0, 1)
+        self._step, self._batch = cparams.n_batch, C.llama_batch_init(cparams.n_batch, 0, 1)
         self.n_ctx = cfg.n_ctx
 
     def embed(self, tokens: list[int], stop, progress) -> np.ndarray | None:
@@ -441,8 +442,7 @@ def quantize(src: Path, dst: Path, qtype: str, threads: int = 0) -> None:
     """Quantize a GGUF with llama.cpp's quantizer. Raises ModelLoadError when llama.cpp refuses."""
     _init_backend()
     params = C.llama_model_quantize_default_params()
-    params.ftype = QUANT_TYPES[qtype]
-    params.nthread = threads
+    params.ftype, params.nthread = QUANT_TYPES[qtype], threads
     params.allow_requantize = True  # an already-quantized input is allowed (e.g. the bundled Q4_1 -> F32)
     rc = C.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
     if rc != 0:
