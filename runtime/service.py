@@ -17,8 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from .backends import Backend
-from .errors import (ContextLengthExceeded, InvalidRequest, LedgerError, ModelLoadError, ModelNotFound,
-                     OverloadedError, RequestError, ReverbError)
+from .errors import (ContextLengthExceeded, InsufficientCredit, InvalidRequest, LedgerError, ModelLoadError,
+                     ModelNotFound, OverloadedError, RequestError, ReverbError)
 from . import upkeep
 from .fallbacks import Attempts, Candidate
 from .generation import Generation, Hooks, Settlement
@@ -74,21 +74,49 @@ class Service:
     async def start(self, ctx: RequestContext, ask: Ask) -> Generation:
         """Check everything, reserve credit and start the job. Raises a RequestError or OverloadedError.
 
-        The model asked for is checked as before; its ``fallbacks`` that cannot serve the request (not loaded,
-        context too small, fields only an upstream serves) are left out. The hold covers the largest worst case.
+        Credit is held before any costly preparation (rendering, tokenizing, compiling a grammar): first for what
+        the request's size says, from the body alone (a key without that much is refused before any work), then
+        raised to the worst case once the prompt is counted. A request refused after its preparation began is
+        charged for the prompt tokens it had counted (see docs/structured-output.md). The model asked for is
+        checked as before; its ``fallbacks`` that cannot serve the request (not loaded, context too small, fields only
+        an upstream serves) are left out. The hold covers the largest worst case.
         """
         spec, backend = self.backend(ask.model)
-        candidates = [await self._candidate(spec, backend, ask)]
-        for name in spec.fallbacks:
+        early = spec.cost(_prompt_estimate(ask), (ask.sampling.max_tokens or 0) * ask.choices)
+        await self.db(self.ledger.reserve, ctx.account, ctx.request_id, early, spec.name, ctx.endpoint, 0,
+                      (spec.price_input, spec.price_output))
+        try:
+            candidates = [await self._candidate(spec, backend, ask)]
+            for name in spec.fallbacks:
+                try:
+                    candidates.append(await self._candidate(*self.backend(name), ask))
+                except RequestError as e:
+                    log.info("request %s: fallback %s left out (%s)", ctx.request_id, name, e.code)
+            hold = max(c.hold for c in candidates)
+            # The hold also carries what a sweeper needs should this server die: prompt tokens and prices (the
+            # model asked for; a fallback runs only before anything reached the client).
             try:
-                candidates.append(await self._candidate(*self.backend(name), ask))
-            except RequestError as e:
-                log.info("request %s: fallback %s left out (%s)", ctx.request_id, name, e.code)
-        hold = max(c.hold for c in candidates)
-        # The hold also carries what a sweeper needs should this server die: prompt tokens and prices (the
-        # model asked for; a fallback runs only before anything reached the client).
-        await self.db(self.ledger.reserve, ctx.account, ctx.request_id, hold, spec.name, ctx.endpoint,
-                      candidates[0].prompt.n_tokens, (spec.price_input, spec.price_output))
+                await self.db(self.ledger.raise_hold, ctx.account, ctx.request_id, hold - early,
+                              candidates[0].prompt.n_tokens)
+            except InsufficientCredit as e:
+                raise _counted(e, candidates[0].prompt.n_tokens)
+        except (RequestError, OverloadedError) as e:
+            counted = getattr(e, "prompt_tokens", 0) or 0
+            await self._close(ctx, spec, "rejected", e.code, spec.cost(counted, 0), Usage(counted, 0))
+            e.settled = True  # its row is written: the HTTP layer's refusal must not write another
+            raise
+        except BaseException as e:  # a ledger failure, or the client left while it was prepared
+            cancelled = isinstance(e, asyncio.CancelledError)
+            code = None if cancelled else e.code if isinstance(e, ReverbError) else "internal_error"
+            try:
+                await asyncio.shield(asyncio.ensure_future(
+                    self._close(ctx, spec, "cancelled" if cancelled else "failed", code, 0)))
+            except Exception:  # noqa: BLE001 (the hold stays open; the lease rule settles it)
+                log.exception("could not settle the hold of %s", ctx.request_id)
+            else:
+                if isinstance(e, ReverbError):
+                    e.settled = True
+            raise
         gen = Generation(spec.name, ctx.started, self.hooks,
                          on_end=lambda final: self._spawn(self._settle(ctx, final, gen, ask.stream)),
                          on_progress=upkeep.progress_hook(self, ctx) if ask.stream and _holds(ctx.account) else None)
@@ -97,6 +125,7 @@ class Service:
         except OverloadedError as e:
             # Nothing ran: release the hold in the same step that logs the refusal.
             await self._close(ctx, spec, "rejected", e.code, 0)
+            e.settled = True
             raise
         return gen
 
@@ -112,16 +141,16 @@ class Service:
         n, limit = prompt.longest, backend.info.ctx
         where = "messages" if ask.prompt is None else "prompt"
         if n >= limit:
-            raise ContextLengthExceeded(
+            raise _counted(ContextLengthExceeded(
                 f"This model's maximum context length is {limit} tokens; the {where} use {n}",
-                param=where, model=spec.name)
+                param=where, model=spec.name), prompt.n_tokens)
         max_tokens = ask.sampling.max_tokens
         if max_tokens is None:
             max_tokens = min(limit - n, self.settings.max_tokens_cap)
         elif n + max_tokens > limit:
-            raise ContextLengthExceeded(
+            raise _counted(ContextLengthExceeded(
                 f"This model's maximum context length is {limit} tokens; the {where} use {n} "
-                f"and max_tokens asks for {max_tokens}", param="max_tokens", model=spec.name)
+                f"and max_tokens asks for {max_tokens}", param="max_tokens", model=spec.name), prompt.n_tokens)
         # The worst case: every choice runs to max_tokens; the prompt is billed once (a local job shares its KV).
         hold = spec.cost(prompt.hold_tokens or prompt.n_tokens, max_tokens * prompt.choices)
         return Candidate(spec, backend, prompt, replace(ask.sampling, max_tokens=max_tokens), hold)
@@ -144,6 +173,8 @@ class Service:
 
     async def reject(self, ctx: RequestContext, error: ReverbError, model: str | None = None) -> None:
         """Log a request refused before it ran. Never raises: a full disk must not turn a 4xx into a 500."""
+        if getattr(error, "settled", False):  # refused after its hold: ``start`` settled it with its row
+            return
         record = self._record(ctx, model or error.model, "rejected", error.code, Usage(0, 0))
         try:
             await self.db(self.ledger.log_rejected, ctx.account, record, ctx.client)
@@ -200,6 +231,18 @@ class Service:
         except LedgerError as e:
             log.error("could not settle this server's holds at stop (its lease will expire): %s", e.message)
         self.ledger.close()
+
+
+def _prompt_estimate(ask: Ask) -> int:
+    """A cheap guess of the prompt's tokens from the body's text (~4 bytes a token), for the hold taken before any
+    preparation; the hold is raised to the counted worst case afterwards."""
+    texts = ask.prompt if ask.prompt is not None else [m.content for m in ask.messages]
+    return max(1, sum(len(t) for t in texts) // 4)
+
+
+def _counted(error: RequestError, prompt_tokens: int) -> RequestError:
+    error.prompt_tokens = prompt_tokens  # the prompt was read before the refusal: it is billed
+    return error
 
 
 def _holds(account: Account | None) -> bool:

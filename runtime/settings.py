@@ -67,6 +67,10 @@ class Settings:
     probe_models: bool = _opt(True, "trial-load each model in a child process first, so a file that crashes "
                               "llama.cpp cannot take the server down")
     offline: bool = _opt(False, "never touch the network (also HF_HUB_OFFLINE=1)")
+    prepare_workers: int = _opt(2, "threads per model that tokenize prompts and compile grammars, after the credit "
+                                "hold (more requests wait for one)")
+    prepare_timeout: float = _opt(30.0, "seconds a request's preparation may take, waiting for a thread included, "
+                                  "before 503")
     # HTTP limits
     max_body_bytes: int = _opt(1 << 20, "largest request body in bytes (413 beyond)")
     max_messages: int = _opt(256, "most messages in one request")
@@ -146,7 +150,8 @@ class Settings:
             "max_queue": self.max_queue >= 0,
             "prefill_chunk": self.prefill_chunk >= 2, "threads": self.threads >= 0, "ctx": self.ctx >= 0,
             "port": 0 <= self.port <= 65535, "log_format": self.log_format in ("console", "json"),
-            "queue_timeout": self.queue_timeout > 0, "lease_seconds": 0 < self.lease_seconds <= 86400,
+            "queue_timeout": self.queue_timeout > 0, "prepare_workers": self.prepare_workers >= 1,
+            "prepare_timeout": self.prepare_timeout > 0, "lease_seconds": 0 < self.lease_seconds <= 86400,
             "db_max_mb": self.db_max_mb >= 0, "prompt_cache_mb": self.prompt_cache_mb >= 0,
         }
         for name, ok in checks.items():

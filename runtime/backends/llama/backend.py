@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from ... import grammar
-from ...errors import InvalidRequest, TemplateError
+from ...errors import InvalidRequest, OverloadedError, RequestError, TemplateError
 from ...models.registry import ModelSpec
 from ...models.templates import CHATML, ChatTemplate
 from ...request import Ask
@@ -22,13 +23,15 @@ from ...settings import Settings
 from ...types import Chunk, Message, SamplingParams, Tools
 from .. import Info, Prompt, Stats
 from .batcher import Batcher, Job
+from . import guidance
 from .bridge import ModelThread, Sink
 from .output import Constraint
 from .promptcache import PromptCache
 
 
 class LlamaBackend:
-    def __init__(self, spec: ModelSpec, engine, template: ChatTemplate, thread: ModelThread, ctx: int):
+    def __init__(self, spec: ModelSpec, engine, template: ChatTemplate, thread: ModelThread, ctx: int,
+                 prepare_workers: int = 2, prepare_timeout: float = 30.0, max_waiting: int = 64):
         self.spec = spec
         self.engine = engine
         self.template = template
@@ -38,6 +41,13 @@ class LlamaBackend:
         # parser speak; otherwise the documented fallback is used.
         self.native_tools = grammar.use_native_tools(template.source)
         self._embed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"reverb-embed-{spec.name}")
+        # Preparation (rendering, tokenizing, compiling a grammar) runs after the credit hold, on a few threads of
+        # its own, with a bounded number of requests waiting and a deadline each: see docs/structured-output.md.
+        self._prep_pool = ThreadPoolExecutor(max_workers=prepare_workers, thread_name_prefix=f"reverb-prep-{spec.name}")
+        self._prep_timeout, self._prep_max = prepare_timeout, max_waiting + prepare_workers
+        self._prep_pending = 0
+        self._vocab: guidance.Vocabulary | None = None
+        self._vocab_lock = threading.Lock()
 
     @classmethod
     def load(cls, spec: ModelSpec, path, settings: Settings, engine_factory=None) -> "LlamaBackend":
@@ -66,7 +76,9 @@ class LlamaBackend:
         batcher = Batcher(engine, slots=settings.parallel, ctx_per_slot=ctx, prefill_chunk=settings.prefill_chunk,
                           max_queue=settings.max_queue, queue_timeout=settings.queue_timeout,
                           deterministic=settings.deterministic, prompt_cache=cache)
-        return cls(spec, engine, template, ModelThread(batcher, name=spec.name), ctx)
+        return cls(spec, engine, template, ModelThread(batcher, name=spec.name), ctx,
+                   prepare_workers=settings.prepare_workers, prepare_timeout=settings.prepare_timeout,
+                   max_waiting=settings.max_queue)
 
     def tokenize_chat(self, messages: tuple[Message, ...] | list[Message], tools: Tools | None = None) -> list[int]:
         """Render the template and tokenize it: template text with control tokens, user text without.
@@ -109,6 +121,9 @@ class LlamaBackend:
         return ([self.engine.bos()] if self.engine.add_bos() else []) + self.engine.tokenize(text, special=False)
 
     async def prepare(self, ask: Ask) -> Prompt:
+        """Render, tokenize and compile, on the preparation pool within the deadline. Raises RequestError (with
+        ``prompt_tokens`` set when the prompt was tokenized before the refusal: that work is billed) or
+        OverloadedError (too many waiting, or the deadline passed)."""
         n_vocab = self.engine.n_vocab
         if any(not 0 <= tok < n_vocab for tok, _ in ask.sampling.logit_bias):
             raise InvalidRequest(f"'logit_bias' token ids must be below {n_vocab}", param="logit_bias")
@@ -116,35 +131,66 @@ class LlamaBackend:
         if ask.sampling.n > slots:
             raise InvalidRequest(f"'n' must be at most {slots} on this server (one slot per choice; see --parallel)",
                                  param="n")
-        # Rendering, tokenizing and building a grammar take milliseconds: keep them off the event loop.
-        return await asyncio.get_running_loop().run_in_executor(None, self._prepare, ask)
+        if self._prep_pending >= self._prep_max:
+            raise OverloadedError("too many requests are being prepared", retry_after=1)
+        deadline = time.monotonic() + self._prep_timeout
+        self._prep_pending += 1
+        future = self._prep_pool.submit(self._prepare, ask, deadline)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self._prep_timeout)
+        except asyncio.TimeoutError:
+            future.cancel()  # not started: it never runs; started: it stops at its next deadline check
+            raise OverloadedError(f"preparing the request took longer than {self._prep_timeout:g} s",
+                                  retry_after=1) from None
+        finally:
+            self._prep_pending -= 1
 
-    def _prepare(self, ask: Ask) -> Prompt:
-        constraint = self._constraint(ask)
+    def _prepare(self, ask: Ask, deadline: float = float("inf")) -> Prompt:
+        # Cheap checks first (a refused keyword costs nothing), then tokenizing, then the grammar's compile: a
+        # refusal after tokenizing carries the prompt's size, which is billed.
+        spec, parser = self._constraint_spec(ask)
+        _check_deadline(deadline)
         if ask.prompt is not None:
             batch = tuple(tuple(self.tokenize_text(text)) for text in ask.prompt)
             for i, tokens in enumerate(batch):
                 if not tokens:
                     raise InvalidRequest("an empty prompt has no tokens to start from",
                                          param="prompt" if len(batch) == 1 else f"prompt[{i}]")
-            return Prompt(n_tokens=sum(map(len, batch)), tokens=batch[0], batch=batch, constraint=constraint,
-                          choices=ask.choices, streams=ask.choices)
-        tokens = self.tokenize_chat(ask.messages, ask.tools)
-        return Prompt(n_tokens=len(tokens), tokens=tuple(tokens), constraint=constraint, choices=ask.choices,
+            n, tokens = sum(map(len, batch)), batch[0]
+        else:
+            batch, tokens = (), tuple(self.tokenize_chat(ask.messages, ask.tools))
+            n = len(tokens)
+        try:
+            _check_deadline(deadline)
+            constraint = self._compile(spec, parser)
+        except RequestError as e:
+            e.prompt_tokens = n
+            raise
+        return Prompt(n_tokens=n, tokens=tokens, batch=batch, constraint=constraint, choices=ask.choices,
                       streams=ask.choices)
 
-    def _constraint(self, ask: Ask) -> Constraint | None:
-        """Compile response_format and tools into a grammar (checked by llama.cpp now, so a grammar it refuses is a
-        400 before any credit is held) and a tool-call parser. Raises InvalidRequest naming the field."""
+    def _constraint_spec(self, ask: Ask):
+        """response_format and tools as a GrammarSpec (GBNF; keywords checked) and a tool-call parser factory."""
         tools = ask.tools if ask.tools is not None and ask.tools.choice != "none" else None
         spec = (grammar.tool_grammar(tools, ask.response_format) if tools is not None
                 else grammar.response_format_grammar(ask.response_format))
-        if spec is not None:
-            self.engine.check_grammar(spec)
         parser = None
         if tools is not None:
             parser = functools.partial(grammar.ToolCallParser, frozenset(t.name for t in ask.tools.tools))
-        return Constraint(spec, parser) if spec is not None or parser is not None else None
+        return spec, parser
+
+    def _compile(self, spec, parser) -> Constraint | None:
+        """Compile the grammar with bounded work (guidance.py): a grammar over a bound is a 400 naming it."""
+        compiled = guidance.compile_grammar(spec, self.vocabulary()) if spec is not None else None
+        return Constraint(compiled, parser) if compiled is not None or parser is not None else None
+
+    def vocabulary(self) -> guidance.Vocabulary:
+        """The model's vocabulary for grammar matching, built once (a fraction of a second)."""
+        with self._vocab_lock:
+            if self._vocab is None:
+                pieces, eog = self.engine.vocabulary()
+                self._vocab = guidance.Vocabulary(pieces, eog, lambda text: self.engine.tokenize(text, special=False))
+            return self._vocab
 
     def submit(self, prompt: Prompt, params: SamplingParams, on_chunk: Callable[[Chunk], None],
                tenant: str) -> "_Handle":
@@ -168,8 +214,14 @@ class LlamaBackend:
 
     def close(self) -> None:
         self._embed_pool.shutdown(wait=True)
+        self._prep_pool.shutdown(wait=True, cancel_futures=True)
         self.thread.stop()
         self.engine.close()
+
+
+def _check_deadline(deadline: float) -> None:
+    if time.monotonic() > deadline:
+        raise OverloadedError("preparing the request took longer than its deadline", retry_after=1)
 
 
 class _Handle:
