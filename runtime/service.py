@@ -82,7 +82,7 @@ class Service:
         an upstream serves) are left out. The hold covers the largest worst case.
         """
         spec, backend = self.backend(ask.model)
-        early = spec.cost(_prompt_estimate(ask), (ask.sampling.max_tokens or 0) * ask.choices)
+        early = spec.cost(_prompt_bound(ask, backend.info.ctx), (ask.sampling.max_tokens or 0) * ask.choices)
         await self.db(self.ledger.reserve, ctx.account, ctx.request_id, early, spec.name, ctx.endpoint, 0,
                       (spec.price_input, spec.price_output))
         try:
@@ -233,11 +233,13 @@ class Service:
         self.ledger.close()
 
 
-def _prompt_estimate(ask: Ask) -> int:
-    """A cheap guess of the prompt's tokens from the body's text (~4 bytes a token), for the hold taken before any
-    preparation; the hold is raised to the counted worst case afterwards."""
-    texts = ask.prompt if ask.prompt is not None else [m.content for m in ask.messages]
-    return max(1, sum(len(t) for t in texts) // 4)
+def _prompt_bound(ask: Ask, ctx: int) -> int:
+    """The prompt's tokens as the body bounds them, for the hold taken before any preparation: a token spells at
+    least one byte, and a prompt longer than the context is refused (so at most ``ctx`` per prompt is charged)."""
+    if ask.prompt is not None:
+        return sum(min(len(t.encode("utf-8", "replace")) + 1, ctx) for t in ask.prompt)
+    n = sum(len(m.content.encode("utf-8", "replace")) + 8 for m in ask.messages)
+    return max(1, min(n, ctx))
 
 
 def _counted(error: RequestError, prompt_tokens: int) -> RequestError:

@@ -90,14 +90,41 @@ def test_a_failed_job_is_logged_failed_with_its_code(svc):
     assert row["status"] == "failed" and row["error_code"] == "engine_error"
 
 
-def test_checks_before_any_hold(svc):
-    acct = alice(svc, credit=1)
-    with pytest.raises(ContextLengthExceeded):
-        asyncio.run(svc.start(RequestContext(account=acct), ask(" ".join(["w"] * 64))))
-    with pytest.raises(ContextLengthExceeded):
-        asyncio.run(svc.start(RequestContext(account=acct), ask(max_tokens=62)))
+def test_the_hold_comes_before_any_preparation(svc, monkeypatch):
+    """A key without the credit a request's size asks for is refused before its prompt is rendered, tokenized or
+    its grammar compiled; a request refused after its preparation began is charged for the prompt it counted."""
+    prepared = []
+    real = svc.fake.prepare
+    monkeypatch.setattr(svc.fake, "prepare", lambda a: (prepared.append(a), real(a))[1])
+    broke = alice(svc, credit=0)
+    for a in (ask(" ".join(["w"] * 64)), ask(max_tokens=62), ask(max_tokens=60)):
+        with pytest.raises(InsufficientCredit):
+            asyncio.run(svc.start(RequestContext(account=broke), a))
+    assert prepared == []
+    acct = svc.ledger.authenticate(svc.ledger.create_key("bob", 1_000_000))
+    spec = svc.registry.resolve("smollm2-135m")
+    for a, tokens in ((ask(" ".join(["w"] * 64)), 64), (ask(max_tokens=62), 3)):
+        ctx = RequestContext(account=acct)
+        with pytest.raises(ContextLengthExceeded) as e:
+            asyncio.run(svc.start(ctx, a))
+        assert e.value.settled  # its row is written: the HTTP layer does not write another
+        row = svc.ledger.request(ctx.request_id)
+        assert row["status"] == "rejected" and row["error_code"] == "context_length_exceeded"
+        assert row["prompt_tokens"] == tokens and row["price"] == spec.cost(tokens, 0)
+    assert len(prepared) == 2 and all(k["held"] == 0 for k in svc.ledger.list_keys())
+
+
+def test_the_hold_grows_to_the_worst_case_once_the_prompt_is_counted(svc):
+    """The early hold is bounded from the body; once the prompt is counted, a key that cannot pay the worst case is
+    refused and charged for its prompt only."""
+    spec = svc.registry.resolve("smollm2-135m")
+    early = spec.cost(len("one two three") + 8, 0)       # no max_tokens: the output's worst case needs the count
+    acct = alice(svc, credit=early + spec.cost(3, 10))   # enough for the bound, not the worst case (61 tokens)
+    ctx = RequestContext(account=acct)
     with pytest.raises(InsufficientCredit):
-        asyncio.run(svc.start(RequestContext(account=acct), ask(max_tokens=60)))
+        asyncio.run(svc.start(ctx, ask(max_tokens=None)))
+    row = svc.ledger.request(ctx.request_id)
+    assert row["status"] == "rejected" and row["price"] == spec.cost(3, 0)
     assert svc.ledger.list_keys()[0]["held"] == 0
 
 
