@@ -71,6 +71,8 @@ class Settings:
                                 "hold (more requests wait for one)")
     prepare_timeout: float = _opt(30.0, "seconds a request's preparation may take, waiting for a thread included, "
                                   "before 503")
+    grammar_cpu_ms: int = _opt(2000, "CPU time a JSON schema or tool grammar may use while writing one answer (then "
+                               "the answer ends with grammar_too_costly)", metavar="MS")
     # HTTP limits
     max_body_bytes: int = _opt(1 << 20, "largest request body in bytes (413 beyond)")
     max_messages: int = _opt(256, "most messages in one request")
@@ -151,7 +153,7 @@ class Settings:
             "prefill_chunk": self.prefill_chunk >= 2, "threads": self.threads >= 0, "ctx": self.ctx >= 0,
             "port": 0 <= self.port <= 65535, "log_format": self.log_format in ("console", "json"),
             "queue_timeout": self.queue_timeout > 0, "prepare_workers": self.prepare_workers >= 1,
-            "prepare_timeout": self.prepare_timeout > 0, "lease_seconds": 0 < self.lease_seconds <= 86400,
+            "prepare_timeout": self.prepare_timeout > 0, "grammar_cpu_ms": self.grammar_cpu_ms > 0, "lease_seconds": 0 < self.lease_seconds <= 86400,
             "db_max_mb": self.db_max_mb >= 0, "prompt_cache_mb": self.prompt_cache_mb >= 0,
         }
         for name, ok in checks.items():

@@ -31,7 +31,8 @@ from .promptcache import PromptCache
 
 class LlamaBackend:
     def __init__(self, spec: ModelSpec, engine, template: ChatTemplate, thread: ModelThread, ctx: int,
-                 prepare_workers: int = 2, prepare_timeout: float = 30.0, max_waiting: int = 64):
+                 prepare_workers: int = 2, prepare_timeout: float = 30.0, max_waiting: int = 64,
+                 grammar_cpu_s: float = guidance.ANSWER_BUDGET_S):
         self.spec = spec
         self.engine = engine
         self.template = template
@@ -48,6 +49,7 @@ class LlamaBackend:
         self._prep_pending = 0
         self._vocab: guidance.Vocabulary | None = None
         self._vocab_lock = threading.Lock()
+        self._grammar_cpu_s = grammar_cpu_s
 
     @classmethod
     def load(cls, spec: ModelSpec, path, settings: Settings, engine_factory=None) -> "LlamaBackend":
@@ -78,7 +80,7 @@ class LlamaBackend:
                           deterministic=settings.deterministic, prompt_cache=cache)
         return cls(spec, engine, template, ModelThread(batcher, name=spec.name), ctx,
                    prepare_workers=settings.prepare_workers, prepare_timeout=settings.prepare_timeout,
-                   max_waiting=settings.max_queue)
+                   max_waiting=settings.max_queue, grammar_cpu_s=settings.grammar_cpu_ms / 1000)
 
     def tokenize_chat(self, messages: tuple[Message, ...] | list[Message], tools: Tools | None = None) -> list[int]:
         """Render the template and tokenize it: template text with control tokens, user text without.
@@ -181,7 +183,8 @@ class LlamaBackend:
 
     def _compile(self, spec, parser) -> Constraint | None:
         """Compile the grammar with bounded work (guidance.py): a grammar over a bound is a 400 naming it."""
-        compiled = guidance.compile_grammar(spec, self.vocabulary()) if spec is not None else None
+        compiled = (guidance.compile_grammar(spec, self.vocabulary(), self._grammar_cpu_s) if spec is not None
+                    else None)
         return Constraint(compiled, parser) if compiled is not None or parser is not None else None
 
     def vocabulary(self) -> guidance.Vocabulary:

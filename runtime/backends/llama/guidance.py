@@ -29,11 +29,12 @@ from ...errors import GrammarTooCostly, InvalidRequest
 # (1-2 KB each: the memory of one matcher's DFA), grammar symbols.
 LIMITS = dict(step_lexer_fuel=50_000, step_max_items=20_000, initial_lexer_fuel=1_000_000, max_lexer_states=20_000,
               max_grammar_size=200_000, max_items_in_row=1000, verbose_errors=False)
-# Per request: the grammar's total CPU time while generating (masks, checks, accepts), over all its choices.
-REQUEST_BUDGET_S = 2.0
+# Per answer (one choice): the grammar's total CPU time while generating (masks, checks, accepts); a server flag.
+ANSWER_BUDGET_S = 2.0
 
-# gbnf_to_lark writes GBNF's ``(x?){n}`` as ``x?{n,n}``, which Lark reads as two quantifiers: put the group back.
-_DOUBLE_QUANT = re.compile(r'(/(?:[^/\\\n]|\\.)*/|"(?:[^"\\\n]|\\.)*"|[A-Za-z_][A-Za-z_0-9]*)([?*+])\{')
+# gbnf_to_lark writes GBNF's ``(x?){n}`` as ``x?{n,n}`` (a repetition counts as atomic, so it loses its group),
+# which Lark reads as two quantifiers and refuses: a repeated repetition keeps its parentheses.
+g2l.RepetitionNode.is_atomic = lambda self: False
 
 
 class _Parser(g2l.GrammarParser):
@@ -53,8 +54,7 @@ def to_lark(gbnf: str) -> str:
     """Our GBNF as llguidance's Lark dialect (rules that only spell characters become lexer regexes)."""
     rules = _Parser().parse(gbnf)
     g2l.resolve(rules)
-    text = "%llguidance {}\n\n" + "\n".join(str(r) for r in sorted(rules.values(), key=lambda r: r.order)) + "\n"
-    return _DOUBLE_QUANT.sub(r"(\1\2){", text)
+    return "%llguidance {}\n\n" + "\n".join(str(r) for r in sorted(rules.values(), key=lambda r: r.order)) + "\n"
 
 
 class Vocabulary:
@@ -87,12 +87,17 @@ class Grammar:
     param: str
     lazy: bool = False
     triggers: tuple = ()  # compiled trigger regexes (lazy grammars)
+    paths: dict | None = None  # rule -> schema path
+    budget_s: float = ANSWER_BUDGET_S
+
+    def refusal(self, message: str) -> Exception:
+        return _refusal(message, self.param, self.paths or {}, compiling=False)
 
     def matcher(self) -> "Matcher":
         return Matcher(self.template.deep_copy(), self)
 
 
-def compile_grammar(spec, vocab: Vocabulary) -> Grammar:
+def compile_grammar(spec, vocab: Vocabulary, budget_s: float = ANSWER_BUDGET_S) -> Grammar:
     """Compile a GrammarSpec. Raises GrammarTooCostly when it is over a bound, InvalidRequest when llguidance
     refuses it otherwise (both name the spec's param)."""
     param = getattr(spec, "param", None) or "response_format"
@@ -103,33 +108,43 @@ def compile_grammar(spec, vocab: Vocabulary) -> Grammar:
     except Exception as e:  # noqa: BLE001 (the converter raises plain Exceptions too, e.g. no root rule)
         raise InvalidRequest(f"the grammar for this request could not be read: {str(e)[:160]}", param=param) from None
     m = lg.LLMatcher(vocab.tokenizer, lark, log_level=0, limits=lg.LLParserLimits(**LIMITS))
+    paths = dict(getattr(spec, "paths", ()))
     if m.is_error():
-        raise _refusal(m.get_error(), param, compiling=True)
+        raise _refusal(m.get_error(), param, paths, compiling=True)
     triggers = tuple(re.compile(p) for p in spec.trigger_patterns) if spec.lazy else ()
-    return Grammar(m, vocab, param, spec.lazy, triggers)
+    return Grammar(m, vocab, param, spec.lazy, triggers, paths, budget_s)
 
 
-def _refusal(message: str, param: str, compiling: bool) -> Exception:
+def _refusal(message: str, param: str, paths: dict, compiling: bool) -> Exception:
+    message = message.replace("<non-verbose/>", "").strip()
     low = message.lower()
     costly = any(w in low for w in ("limit", "fuel", "too many", "too large", "too big", "size", "exceeded"))
     if costly or not compiling:
-        part = _costly_part(message)
-        where = f" (at {part})" if part else ""
+        # Name the costly part by its schema path when llguidance names a rule we made for it
+        part = _costly_part(message, paths)
         when = "compiling it" if compiling else "generating"
-        return GrammarTooCostly(f"the grammar for this schema needs more work than a request may use{where}; "
-                                f"llguidance stopped {when}: {message[:160]}", param=param)
+        first = message.splitlines()[0][:160] if message else "limit reached"
+        return GrammarTooCostly(f"the grammar for this schema needs more work than a request may use; llguidance "
+                                f"stopped {when} ({first})" + (f"; the costly part: {part}" if part else ""),
+                                param=part or param)
     return InvalidRequest(f"the grammar for this request could not be built: {message[:160]}", param=param)
 
 
-def _costly_part(message: str) -> str | None:
-    """The rule llguidance names in its error, spelled as our GBNF rule (named after the schema path)."""
-    m = re.search(r"\b([A-Z][A-Z0-9_]{2,})\b", message)
-    return m.group(1).lower().replace("_", "-") if m else None
+def _costly_part(message: str, paths: dict) -> str | None:
+    """The schema path of the rule llguidance names in its error (Lark spells our rule root-a-kv as ROOT_A_KV);
+    for a helper rule, the path of the longest rule its name extends."""
+    for found in re.findall(r"\b([A-Z][A-Z0-9_]{2,})\b", message):
+        rule = found.lower().replace("_", "-")
+        while rule:
+            if rule in paths:
+                return paths[rule]
+            rule = rule.rpartition("-")[0]
+    return None
 
 
 class Matcher:
     """One sequence's grammar state. ``allows`` / ``mask`` / ``accept`` raise GrammarTooCostly once the grammar has
-    used up its per-step fuel or its request's time budget (``budget``, shared by a request's choices)."""
+    used up its per-step fuel, its lexer states or its answer's CPU time (``Grammar.budget_s``)."""
 
     def __init__(self, m, grammar: Grammar):
         self._m, self.grammar = m, grammar
@@ -141,10 +156,10 @@ class Matcher:
     def _check(self, t0: float) -> None:
         self.spent += time.perf_counter() - t0
         if self._m.is_error():
-            raise _refusal(self._m.get_error(), self.grammar.param, compiling=False)
-        if self.spent > REQUEST_BUDGET_S:
-            raise GrammarTooCostly(f"the grammar used more than {REQUEST_BUDGET_S:g} s of CPU time for this answer",
-                                   param=self.grammar.param)
+            raise self.grammar.refusal(self._m.get_error())
+        if self.spent > self.grammar.budget_s:
+            raise GrammarTooCostly(f"the grammar used more than {self.grammar.budget_s:g} s of CPU time for this "
+                                   "answer", param=self.grammar.param)
 
     def allows(self, tok: int) -> bool:
         if not self.active:
