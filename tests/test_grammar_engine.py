@@ -208,3 +208,16 @@ def test_a_complete_answer_with_its_end_token_banned_stops_cleanly(engine):
     finally:
         sampler.close()
     assert tok == -1 and json.loads(b"".join(engine.piece(t) for t in out)) in ("yes", "no")
+
+
+def test_a_lexer_that_would_grow_without_bound_ends_the_answer(engine):
+    """``.*a.{1000}`` needs a lexer state per position since the last ``a``, and each mask walks the vocabulary's
+    multi-byte tokens through them: the matcher stops at its bound (grammar_too_costly), it does not grow on."""
+    from reverb.errors import GrammarTooCostly
+    m = compiled(engine, g({"type": "string", "pattern": "^.*a.{1000}$"})).matcher()
+    with pytest.raises(GrammarTooCostly) as e:
+        for _ in range(200):
+            allowed = m.mask().nonzero()[0]
+            tok = int(allowed[-1])  # the longest-id token allowed: a varied, deterministic walk
+            m.accept(tok, engine.piece(tok))
+    assert e.value.code == "grammar_too_costly" and e.value.param == "response_format"

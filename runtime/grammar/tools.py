@@ -36,7 +36,10 @@ def prefix_pattern(pieces: list[str]) -> str:
 
 
 OPENING_PREFIX = prefix_pattern(_AFTER_OPEN)
-TRIGGER_PATTERN = "<tool_call>" + OPENING_PREFIX + "\\Z"   # searched in the text written so far (Python re)
+OPENING = "".join(_AFTER_OPEN)
+# Searched in the text written so far (Python re): a whole opening anywhere (one token may write it and more), or
+# the start of one at the very end.
+TRIGGER_PATTERN = f"<tool_call>(?:{OPENING}|{OPENING_PREFIX}\\Z)"
 
 
 def parse_tools(tools, tool_choice=None, parallel_tool_calls=None, prefix: str = "") -> Tools | None:

@@ -106,10 +106,16 @@ class Sampler:
             tok = C.llama_sampler_sample(self._chain, self._ctx, batch_index)
         else:  # penalties remember accepted tokens: pick without accepting, accept once the grammar agrees
             tok = self._pick(self._engine._candidates(batch_index, None))
-        if tok < 0 or not g.allows(tok):
+        for _ in range(8):  # an exact mask's pick is allowed; a lazy grammar's is checked token by token
+            if tok >= 0 and g.allows(tok):
+                break
             tok = self._resample(batch_index)
             if tok < 0:
                 return -1
+            if g.exact:
+                break
+        else:
+            return -1
         g.accept(tok, self._engine.piece(tok))
         if not self._stateless:
             C.llama_sampler_accept(self._chain, tok)

@@ -65,6 +65,7 @@ class Vocabulary:
         wrapper = _Wrapper(pieces, eog[0] if eog else 0, tokenize)
         self.tokenizer = lg.LLTokenizer(lg.TokenizerWrapper(wrapper), n_vocab=len(pieces), eos_token=list(eog))
         self.n_vocab = len(pieces)
+        self.pieces = pieces
         self.eog = frozenset(eog)
         self.tokenize = tokenize
 
@@ -144,13 +145,18 @@ def _costly_part(message: str, paths: dict) -> str | None:
 
 class Matcher:
     """One sequence's grammar state. ``allows`` / ``mask`` / ``accept`` raise GrammarTooCostly once the grammar has
-    used up its per-step fuel, its lexer states or its answer's CPU time (``Grammar.budget_s``)."""
+    used up its per-step fuel, its lexer states or its answer's CPU time (``Grammar.budget_s``).
+
+    A lazy grammar (tool calls with ``auto``) lets text through until a trigger matches what was written; from the
+    trigger's start on, the grammar holds. A token that would complete a trigger with text the grammar refuses is
+    refused itself, so a call's opening is never written without the grammar behind it."""
 
     def __init__(self, m, grammar: Grammar):
         self._m, self.grammar = m, grammar
         self._bits = lgnp.allocate_token_bitmask(1, grammar.vocab.n_vocab)
         self.active = not grammar.lazy   # a lazy grammar starts at its trigger
         self._text = b""                 # lazy: what was generated so far, until the trigger
+        self._refused: set[int] = set()  # lazy: tokens refused at this step
         self.spent = 0.0
 
     def _check(self, t0: float) -> None:
@@ -162,10 +168,12 @@ class Matcher:
                                    "answer", param=self.grammar.param)
 
     def allows(self, tok: int) -> bool:
-        if not self.active:
-            return True
         t0 = time.perf_counter()
-        if tok in self.grammar.vocab.eog:  # validate_tokens never counts an end token; the mask does
+        if not self.active:
+            ok = tok not in self._refused and self._lazy_allows(tok)
+            if not ok:
+                self._refused.add(tok)
+        elif tok in self.grammar.vocab.eog:  # validate_tokens never counts an end token; the mask does
             ok = self._m.is_accepting()
         else:
             ok = self._m.validate_tokens([tok]) == 1
@@ -173,33 +181,54 @@ class Matcher:
         return ok
 
     def mask(self) -> np.ndarray:
-        """The allowed tokens, as a bool array over the vocabulary."""
+        """The allowed tokens, as a bool array over the vocabulary (before a lazy trigger: all but those refused
+        at this step, each candidate still to be checked with ``allows``)."""
+        if not self.active:
+            out = np.ones(self.grammar.vocab.n_vocab, dtype=bool)
+            out[list(self._refused)] = False
+            return out
         t0 = time.perf_counter()
         lgnp.fill_next_token_bitmask(self._m, self._bits)
         self._check(t0)
         bits = np.unpackbits(self._bits[0].view(np.uint8), bitorder="little")
         return bits[:self.grammar.vocab.n_vocab].astype(bool)
 
+    @property
+    def exact(self) -> bool:
+        """Whether ``mask`` is exact (an allowed token need not be checked again)."""
+        return self.active
+
     def accept(self, tok: int, piece: bytes) -> None:
-        """Take a token the grammar allowed (or any token, before a lazy grammar's trigger)."""
+        """Take a token ``allows`` allowed (before a lazy trigger: any text)."""
         t0 = time.perf_counter()
+        self._refused.clear()
         if tok in self.grammar.vocab.eog:
             return  # the answer ends here
         if self.active:
             self._m.consume_token(tok)
         else:
-            self._text = (self._text + piece)[-256:]
-            self._maybe_trigger()
+            hit = self._trigger(self._text + piece)
+            if hit is not None:  # the grammar takes over from the trigger's start, fed what was written since
+                self.active = True
+                self._m.consume_tokens(self.grammar.vocab.tokenize(hit))
+            else:
+                self._text = (self._text + piece)[-256:]
         self._check(t0)
 
-    def _maybe_trigger(self) -> None:
-        text = self._text.decode("utf-8", "ignore")
+    def _lazy_allows(self, tok: int) -> bool:
+        if tok in self.grammar.vocab.eog:
+            return True
+        hit = self._trigger(self._text + self.grammar.vocab.pieces[tok])
+        return hit is None or self.grammar.template.deep_copy().consume_tokens(self.grammar.vocab.tokenize(hit))
+
+    def _trigger(self, data: bytes) -> str | None:
+        """The text from a trigger's start, if ``data`` holds one (every earlier one already triggered)."""
+        text = data.decode("utf-8", "ignore")
         for rx in self.grammar.triggers:
             hit = rx.search(text)
-            if hit:  # the grammar takes over from the trigger's start, fed what was written since
-                self.active = True
-                self._m.consume_tokens(self.grammar.vocab.tokenize(text[hit.start():]))
-                return
+            if hit:
+                return text[hit.start():]
+        return None
 
     @property
     def done(self) -> bool:
