@@ -33,7 +33,10 @@ log = logging.getLogger("reverb.service")
 
 _STATUS = {FinishReason.STOP: "completed", FinishReason.LENGTH: "completed", FinishReason.TOOL_CALLS: "completed",
            FinishReason.CANCELLED: "cancelled"}
-MAX_UNSETTLED = 10_000   # failed settlements kept for retry; beyond, the lease rule settles them at stop
+MAX_UNSETTLED = 10_000
+# A body whose text is larger than this (bytes, bounded from characters) is held before it is rendered and tokenized;
+# a smaller one costs milliseconds to count, so it is held for its exact worst case (docs/structured-output.md).
+PREPARE_BEFORE_HOLD = 64 * 1024   # failed settlements kept for retry; beyond, the lease rule settles them at stop
 
 
 class Service:
@@ -74,17 +77,20 @@ class Service:
     async def start(self, ctx: RequestContext, ask: Ask) -> Generation:
         """Check everything, reserve credit and start the job. Raises a RequestError or OverloadedError.
 
-        Credit is held before any costly preparation (rendering, tokenizing, compiling a grammar): first for what
-        the request's size says, from the body alone (a key without that much is refused before any work), then
-        raised to the worst case once the prompt is counted. A request refused after its preparation began is
-        charged for the prompt tokens it had counted (see docs/structured-output.md). The model asked for is
-        checked as before; its ``fallbacks`` that cannot serve the request (not loaded, context too small, fields only
-        an upstream serves) are left out. The hold covers the largest worst case.
+        Credit is held before any costly preparation (docs/structured-output.md): a body with more text than
+        PREPARE_BEFORE_HOLD is held first for what its size bounds (a key without that much is refused before its
+        text is rendered or tokenized) and the hold raised to the worst case once the prompt is counted; a smaller
+        one is rendered and tokenized (milliseconds) and held for its exact worst case. Either way the grammar is
+        compiled only once the hold is in place, and a request refused after its prompt was counted (its grammar
+        over a bound, a prompt longer than the context, no credit for the worst case) is charged for that prompt.
+        The model asked for is checked as before; its ``fallbacks`` that cannot serve the request (not loaded,
+        context too small, fields only an upstream serves) are left out. The hold covers the largest worst case.
         """
         spec, backend = self.backend(ask.model)
-        early = spec.cost(_prompt_bound(ask, backend.info.ctx), (ask.sampling.max_tokens or 0) * ask.choices)
-        await self.db(self.ledger.reserve, ctx.account, ctx.request_id, early, spec.name, ctx.endpoint, 0,
-                      (spec.price_input, spec.price_output))
+        early = None
+        if _text_bytes(ask) > PREPARE_BEFORE_HOLD:
+            early = spec.cost(_prompt_bound(ask, backend.info.ctx), (ask.sampling.max_tokens or 0) * ask.choices)
+            await self._reserve(ctx, spec, early, 0)
         try:
             candidates = [await self._candidate(spec, backend, ask)]
             for name in spec.fallbacks:
@@ -92,30 +98,41 @@ class Service:
                     candidates.append(await self._candidate(*self.backend(name), ask))
                 except RequestError as e:
                     log.info("request %s: fallback %s left out (%s)", ctx.request_id, name, e.code)
-            hold = max(c.hold for c in candidates)
+            hold, counted = max(c.hold for c in candidates), candidates[0].prompt.n_tokens
             # The hold also carries what a sweeper needs should this server die: prompt tokens and prices (the
             # model asked for; a fallback runs only before anything reached the client).
-            try:
-                await self.db(self.ledger.raise_hold, ctx.account, ctx.request_id, hold - early,
-                              candidates[0].prompt.n_tokens)
-            except InsufficientCredit as e:
-                raise _counted(e, candidates[0].prompt.n_tokens)
+            if early is None:
+                await self._reserve(ctx, spec, hold, counted)  # a refusal here is free: nothing costly ran yet
+                early = hold
+            else:
+                try:
+                    await self.db(self.ledger.raise_hold, ctx.account, ctx.request_id, hold - early, counted)
+                except InsufficientCredit as e:
+                    raise _counted(e, counted)
+            compiled = []
+            for c in candidates:  # the costly part, now paid for: schema conversion and the grammar's compile
+                compile_ = getattr(c.backend, "compile", None)
+                compiled.append(replace(c, prompt=await compile_(c.prompt, ask)) if compile_ else c)
+            candidates = compiled
         except (RequestError, OverloadedError) as e:
+            if early is None:
+                raise  # nothing held: the HTTP layer logs the refusal
             counted = getattr(e, "prompt_tokens", 0) or 0
             await self._close(ctx, spec, "rejected", e.code, spec.cost(counted, 0), Usage(counted, 0))
             e.settled = True  # its row is written: the HTTP layer's refusal must not write another
             raise
         except BaseException as e:  # a ledger failure, or the client left while it was prepared
-            cancelled = isinstance(e, asyncio.CancelledError)
-            code = None if cancelled else e.code if isinstance(e, ReverbError) else "internal_error"
-            try:
-                await asyncio.shield(asyncio.ensure_future(
-                    self._close(ctx, spec, "cancelled" if cancelled else "failed", code, 0)))
-            except Exception:  # noqa: BLE001 (the hold stays open; the lease rule settles it)
-                log.exception("could not settle the hold of %s", ctx.request_id)
-            else:
-                if isinstance(e, ReverbError):
-                    e.settled = True
+            if early is not None:
+                cancelled = isinstance(e, asyncio.CancelledError)
+                code = None if cancelled else e.code if isinstance(e, ReverbError) else "internal_error"
+                try:
+                    await asyncio.shield(asyncio.ensure_future(
+                        self._close(ctx, spec, "cancelled" if cancelled else "failed", code, 0)))
+                except Exception:  # noqa: BLE001 (the hold stays open; the lease rule settles it)
+                    log.exception("could not settle the hold of %s", ctx.request_id)
+                else:
+                    if isinstance(e, ReverbError):
+                        e.settled = True
             raise
         gen = Generation(spec.name, ctx.started, self.hooks,
                          on_end=lambda final: self._spawn(self._settle(ctx, final, gen, ask.stream)),
@@ -128,6 +145,10 @@ class Service:
             e.settled = True
             raise
         return gen
+
+    async def _reserve(self, ctx: RequestContext, spec: ModelSpec, amount: int, prompt_tokens: int) -> None:
+        await self.db(self.ledger.reserve, ctx.account, ctx.request_id, amount, spec.name, ctx.endpoint,
+                      prompt_tokens, (spec.price_input, spec.price_output))
 
     async def _candidate(self, spec: ModelSpec, backend: Backend, ask: Ask) -> Candidate:
         """The request prepared for one model: prompt, context check, max_tokens, worst-case cost."""
@@ -231,6 +252,11 @@ class Service:
         except LedgerError as e:
             log.error("could not settle this server's holds at stop (its lease will expire): %s", e.message)
         self.ledger.close()
+
+
+def _text_bytes(ask: Ask) -> int:
+    texts = ask.prompt if ask.prompt is not None else [m.content for m in ask.messages]
+    return sum(len(t) for t in texts) * 4  # at most 4 UTF-8 bytes a character: no encoding needed to bound it
 
 
 def _prompt_bound(ask: Ask, ctx: int) -> int:

@@ -12,10 +12,11 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Callable
 
 from ... import grammar
-from ...errors import InvalidRequest, OverloadedError, RequestError, TemplateError
+from ...errors import GrammarTooCostly, InvalidRequest, OverloadedError, TemplateError
 from ...models.registry import ModelSpec
 from ...models.templates import CHATML, ChatTemplate
 from ...request import Ask
@@ -123,9 +124,9 @@ class LlamaBackend:
         return ([self.engine.bos()] if self.engine.add_bos() else []) + self.engine.tokenize(text, special=False)
 
     async def prepare(self, ask: Ask) -> Prompt:
-        """Render, tokenize and compile, on the preparation pool within the deadline. Raises RequestError (with
-        ``prompt_tokens`` set when the prompt was tokenized before the refusal: that work is billed) or
-        OverloadedError (too many waiting, or the deadline passed)."""
+        """Render and tokenize on the preparation pool, within the deadline; the grammar is compiled later, by
+        ``compile``, once credit is held. Raises RequestError or OverloadedError (too many waiting, or the deadline
+        passed)."""
         n_vocab = self.engine.n_vocab
         if any(not 0 <= tok < n_vocab for tok, _ in ask.sampling.logit_bias):
             raise InvalidRequest(f"'logit_bias' token ids must be below {n_vocab}", param="logit_bias")
@@ -133,11 +134,27 @@ class LlamaBackend:
         if ask.sampling.n > slots:
             raise InvalidRequest(f"'n' must be at most {slots} on this server (one slot per choice; see --parallel)",
                                  param="n")
+        return await self._in_pool(self._prepare, ask)
+
+    async def compile(self, prompt: Prompt, ask: Ask) -> Prompt:
+        """The prompt with its constraint compiled: response_format and tools to GBNF (a keyword it cannot enforce
+        is InvalidRequest naming it), then llguidance with bounded work (an over-bound grammar is GrammarTooCostly
+        naming its schema path, with ``prompt_tokens`` set: the prompt was counted and is billed)."""
+        if ask.response_format is None and ask.tools is None:
+            return prompt
+        try:
+            constraint = await self._in_pool(self._compile, ask)
+        except GrammarTooCostly as e:
+            e.prompt_tokens = prompt.n_tokens
+            raise
+        return replace(prompt, constraint=constraint)
+
+    async def _in_pool(self, fn, ask: Ask):
         if self._prep_pending >= self._prep_max:
             raise OverloadedError("too many requests are being prepared", retry_after=1)
         deadline = time.monotonic() + self._prep_timeout
         self._prep_pending += 1
-        future = self._prep_pool.submit(self._prepare, ask, deadline)
+        future = self._prep_pool.submit(fn, ask, deadline)
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self._prep_timeout)
         except asyncio.TimeoutError:
@@ -148,9 +165,6 @@ class LlamaBackend:
             self._prep_pending -= 1
 
     def _prepare(self, ask: Ask, deadline: float = float("inf")) -> Prompt:
-        # Cheap checks first (a refused keyword costs nothing), then tokenizing, then the grammar's compile: a
-        # refusal after tokenizing carries the prompt's size, which is billed.
-        spec, parser = self._constraint_spec(ask)
         _check_deadline(deadline)
         if ask.prompt is not None:
             batch = tuple(tuple(self.tokenize_text(text)) for text in ask.prompt)
@@ -158,31 +172,20 @@ class LlamaBackend:
                 if not tokens:
                     raise InvalidRequest("an empty prompt has no tokens to start from",
                                          param="prompt" if len(batch) == 1 else f"prompt[{i}]")
-            n, tokens = sum(map(len, batch)), batch[0]
-        else:
-            batch, tokens = (), tuple(self.tokenize_chat(ask.messages, ask.tools))
-            n = len(tokens)
-        try:
-            _check_deadline(deadline)
-            constraint = self._compile(spec, parser)
-        except RequestError as e:
-            e.prompt_tokens = n
-            raise
-        return Prompt(n_tokens=n, tokens=tokens, batch=batch, constraint=constraint, choices=ask.choices,
-                      streams=ask.choices)
+            return Prompt(n_tokens=sum(map(len, batch)), tokens=batch[0], batch=batch, choices=ask.choices,
+                          streams=ask.choices)
+        tokens = self.tokenize_chat(ask.messages, ask.tools)
+        return Prompt(n_tokens=len(tokens), tokens=tuple(tokens), choices=ask.choices, streams=ask.choices)
 
-    def _constraint_spec(self, ask: Ask):
-        """response_format and tools as a GrammarSpec (GBNF; keywords checked) and a tool-call parser factory."""
+    def _compile(self, ask: Ask, deadline: float = float("inf")) -> Constraint | None:
+        _check_deadline(deadline)
         tools = ask.tools if ask.tools is not None and ask.tools.choice != "none" else None
         spec = (grammar.tool_grammar(tools, ask.response_format) if tools is not None
                 else grammar.response_format_grammar(ask.response_format))
         parser = None
         if tools is not None:
             parser = functools.partial(grammar.ToolCallParser, frozenset(t.name for t in ask.tools.tools))
-        return spec, parser
-
-    def _compile(self, spec, parser) -> Constraint | None:
-        """Compile the grammar with bounded work (guidance.py): a grammar over a bound is a 400 naming it."""
+        _check_deadline(deadline)
         compiled = (guidance.compile_grammar(spec, self.vocabulary(), self._grammar_cpu_s) if spec is not None
                     else None)
         return Constraint(compiled, parser) if compiled is not None or parser is not None else None
