@@ -90,7 +90,7 @@ class Service:
         early = None
         if _text_bytes(ask) > PREPARE_BEFORE_HOLD:
             early = spec.cost(_prompt_bound(ask, backend.info.ctx), (ask.sampling.max_tokens or 0) * ask.choices)
-            await self._reserve(ctx, spec, early, 0)
+            await self._hold(ctx, spec, early, 0)
         try:
             candidates = [await self._candidate(spec, backend, ask)]
             for name in spec.fallbacks:
@@ -102,7 +102,7 @@ class Service:
             # The hold also carries what a sweeper needs should this server die: prompt tokens and prices (the
             # model asked for; a fallback runs only before anything reached the client).
             if early is None:
-                await self._reserve(ctx, spec, hold, counted)  # a refusal here is free: nothing costly ran yet
+                await self._hold(ctx, spec, hold, counted)  # a refusal here is free: nothing costly ran yet
                 early = hold
             else:
                 try:
@@ -146,7 +146,7 @@ class Service:
             raise
         return gen
 
-    async def _reserve(self, ctx: RequestContext, spec: ModelSpec, amount: int, prompt_tokens: int) -> None:
+    async def _hold(self, ctx: RequestContext, spec: ModelSpec, amount: int, prompt_tokens: int) -> None:
         await self.db(self.ledger.reserve, ctx.account, ctx.request_id, amount, spec.name, ctx.endpoint,
                       prompt_tokens, (spec.price_input, spec.price_output))
 
