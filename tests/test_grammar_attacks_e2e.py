@@ -204,3 +204,17 @@ def test_an_answer_past_its_grammar_budget_ends_alone_and_is_billed(make_server)
     assert out["victim"].status_code == 200 and out["victim"].json()["usage"]["completion_tokens"] == 64
     row = billed(s, [r])[0]
     assert row["status"] == "failed" and row["error_code"] == "grammar_too_costly" and row["prompt_tokens"] > 0
+
+
+@pytest.mark.parametrize("raw,param", [
+    (b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": '
+     b'"json_schema", "json_schema": {"name": "n", "schema": {"enum": [1, 1e400]}}}}',
+     "response_format.json_schema.schema.enum[1]"),
+    (b'{"model": "smollm2-135m", "messages": [{"role": "user", "content": "x"}], "temperature": -1e999}',
+     "temperature"),
+])
+def test_a_number_too_large_to_represent_is_a_400_naming_it(srv, raw, param):
+    """Python reads 1e400 as infinity, which no JSON writer can spell (it became `Infinity` in a grammar)."""
+    r = httpx.post(srv.base_url + "/v1/chat/completions", content=raw, timeout=60,
+                   headers={"Authorization": f"Bearer {srv.keys['victim']}", "Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == param, r.text
