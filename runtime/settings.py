@@ -153,7 +153,8 @@ class Settings:
             "prefill_chunk": self.prefill_chunk >= 2, "threads": self.threads >= 0, "ctx": self.ctx >= 0,
             "port": 0 <= self.port <= 65535, "log_format": self.log_format in ("console", "json"),
             "queue_timeout": self.queue_timeout > 0, "prepare_workers": self.prepare_workers >= 1,
-            "prepare_timeout": self.prepare_timeout > 0, "grammar_cpu_ms": self.grammar_cpu_ms > 0, "lease_seconds": 0 < self.lease_seconds <= 86400,
+            "prepare_timeout": self.prepare_timeout > 0, "grammar_cpu_ms": self.grammar_cpu_ms > 0,
+            "lease_seconds": 0 < self.lease_seconds <= 86400,
             "db_max_mb": self.db_max_mb >= 0, "prompt_cache_mb": self.prompt_cache_mb >= 0,
         }
         for name, ok in checks.items():

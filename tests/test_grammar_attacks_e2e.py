@@ -102,7 +102,7 @@ def billed(s: Server, responses: list[httpx.Response]) -> list[dict]:
     with s.ledger() as ledger:
         for r in responses:
             rid = r.headers["x-request-id"]
-            row = wait_for(lambda: ledger.request(rid), what=f"the ledger row of {rid}")
+            row = wait_for(lambda rid=rid: ledger.request(rid), what=f"the ledger row of {rid}")
             assert row["price"] == spec.cost(row["prompt_tokens"], row["completion_tokens"]), row
             rows.append(row)
     return rows

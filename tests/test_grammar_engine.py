@@ -159,7 +159,8 @@ def generate(engine, schema: dict, name: str, temperature: float = 0.0, seed: in
     ask = f"Give an example {name} as JSON matching this schema: {json.dumps(schema)}"
     segs = template.render([Message("system", "Reply with JSON only."), Message("user", ask)])
     prompt = [t for s in segs for t in engine.tokenize(s.text, special=not s.user)]
-    sampler = engine.sampler(SamplingParams(temperature=temperature, seed=seed), seed, grammar=compiled(engine, g(schema)))
+    sampler = engine.sampler(SamplingParams(temperature=temperature, seed=seed), seed,
+                             grammar=compiled(engine, g(schema)))
     engine.seq_remove(0)
     engine.decode([(t, i, 0, i == len(prompt) - 1) for i, t in enumerate(prompt)])
     out, index = [], len(prompt) - 1

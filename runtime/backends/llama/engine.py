@@ -17,7 +17,7 @@ from pathlib import Path
 import llama_cpp as C
 import numpy as np
 
-from ...errors import EngineError, InvalidRequest, ModelLoadError
+from ...errors import EngineError, ModelLoadError
 from ...types import SamplingParams, TokenLogprob
 from .logprobs import token_logprob
 
