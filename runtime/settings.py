@@ -67,8 +67,8 @@ class Settings:
     probe_models: bool = _opt(True, "trial-load each model in a child process first, so a file that crashes "
                               "llama.cpp cannot take the server down")
     offline: bool = _opt(False, "never touch the network (also HF_HUB_OFFLINE=1)")
-    prepare_workers: int = _opt(2, "threads per model that tokenize prompts and compile grammars, after the credit "
-                                "hold (more requests wait for one)")
+    prepare_workers: int = _opt(2, "threads per model that render and tokenize prompts and compile grammars (more "
+                                "requests wait for one)")
     prepare_timeout: float = _opt(30.0, "seconds a request's preparation may take, waiting for a thread included, "
                                   "before 503")
     grammar_cpu_ms: int = _opt(2000, "CPU time a JSON schema or tool grammar may use while writing one answer (then "
