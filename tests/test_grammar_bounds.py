@@ -114,3 +114,47 @@ def test_the_lazy_grammar_and_the_parser_agree_on_openings(vocab, ws, token):
     parsed = bool(parse_tool_calls(text.decode(), {"f"})[1])
     assert constrained_call == parsed
     assert parsed == (ws in ("", "\t", "\r\n", "\n\n\n", "  ", " \t\r\n"))
+
+
+def test_preparation_runs_on_a_bounded_pool_with_a_deadline(tmp_path, monkeypatch):
+    """A request whose preparation outlives --prepare-timeout, or that finds the pool's queue full, is 503
+    overloaded; the pool's threads are the only ones preparing (the event loop never tokenizes or compiles)."""
+    import asyncio
+    import threading
+
+    from reverb.errors import OverloadedError
+    from reverb.models import registry
+    from reverb.request import Ask
+    from reverb.settings import Settings
+    from reverb.types import Message, SamplingParams
+
+    from .fakes import fake_llama
+
+    spec = registry.load(registry.Path(__file__).resolve().parent.parent / "models.toml").resolve("smollm2-135m")
+    settings = Settings.build(environ={}, db=tmp_path / "l.db", prepare_workers=1, prepare_timeout=0.5, max_queue=0)
+    backend = fake_llama(spec, settings)
+    release, threads = threading.Event(), []
+    real = backend._prepare
+
+    def slow(ask, deadline):
+        threads.append(threading.current_thread().name)
+        release.wait(5)
+        return real(ask, deadline)
+    monkeypatch.setattr(backend, "_prepare", slow)
+    ask = Ask(model=spec.name, messages=(Message("user", "hi"),), sampling=SamplingParams(max_tokens=2))
+
+    async def go():
+        first = asyncio.ensure_future(backend.prepare(ask))
+        await asyncio.sleep(0.05)
+        with pytest.raises(OverloadedError):  # one thread busy, none may wait
+            await backend.prepare(ask)
+        with pytest.raises(OverloadedError):  # the deadline passes while the thread is held
+            await first
+        release.set()
+        return await backend.prepare(ask)
+    try:
+        prompt = asyncio.run(go())
+    finally:
+        release.set()
+        backend.close()
+    assert prompt.n_tokens > 0 and all(name.startswith("reverb-prep-") for name in threads)
