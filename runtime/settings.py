@@ -71,7 +71,7 @@ class Settings:
                                 "requests wait for one)")
     prepare_timeout: float = _opt(30.0, "seconds a request's preparation may take, waiting for a thread included, "
                                   "before 503")
-    grammar_cpu_ms: int = _opt(2000, "CPU time a JSON schema or tool grammar may use while writing one answer (then "
+    grammar_cpu_ms: int = _opt(10_000, "CPU time a JSON schema or tool grammar may use while writing one answer (then "
                                "the answer ends with grammar_too_costly)", metavar="MS")
     # HTTP limits
     max_body_bytes: int = _opt(1 << 20, "largest request body in bytes (413 beyond)")

@@ -29,8 +29,9 @@ from ...errors import GrammarTooCostly, InvalidRequest
 # (1-2 KB each: the memory of one matcher's DFA), grammar symbols.
 LIMITS = dict(step_lexer_fuel=50_000, step_max_items=20_000, initial_lexer_fuel=1_000_000, max_lexer_states=20_000,
               max_grammar_size=200_000, max_items_in_row=1000, verbose_errors=False)
-# Per answer (one choice): the grammar's total CPU time while generating (masks, checks, accepts); a server flag.
-ANSWER_BUDGET_S = 2.0
+# Per answer (one choice): the grammar's total CPU time while generating (masks, checks, accepts); a server flag
+# (--grammar-cpu-ms). A backstop: every step is bounded already, and an ordinary schema spends ~1 ms on a rejected token.
+ANSWER_BUDGET_S = 10.0
 
 # gbnf_to_lark writes GBNF's ``(x?){n}`` as ``x?{n,n}`` (a repetition counts as atomic, so it loses its group),
 # which Lark reads as two quantifiers and refuses: a repeated repetition keeps its parentheses.
