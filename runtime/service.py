@@ -37,6 +37,9 @@ log = logging.getLogger("reverb.service")
 _STATUS = {FinishReason.STOP: "completed", FinishReason.LENGTH: "completed", FinishReason.TOOL_CALLS: "completed",
            FinishReason.CANCELLED: "cancelled"}
 MAX_UNSETTLED = 10_000   # failed settlements kept for retry; beyond, the lease rule settles them at stop
+# A body whose text is larger than this (bytes, bounded from characters) is held before it is rendered and tokenized;
+# a smaller one costs milliseconds to count, so it is held for its exact worst case (docs/structured-output.md).
+PREPARE_BEFORE_HOLD = 64 * 1024
 
 
 class Service:
@@ -96,12 +99,35 @@ class Service:
     async def start(self, ctx: RequestContext, ask: Ask) -> Generation:
         """Check everything, reserve credit and start the job. Raises a RequestError or OverloadedError.
 
+        Credit is held before any costly preparation (docs/structured-output.md): a body with more text than
+        PREPARE_BEFORE_HOLD is held first for what its size bounds (a key without that much is refused before its
+        text is rendered or tokenized) and the hold raised to the worst case once the prompt is counted; a smaller
+        one is rendered and tokenized (milliseconds) and held for its exact worst case. Either way the grammar is
+        compiled only once the hold is in place, and a request refused after its prompt was counted (its grammar
+        over a bound, a prompt longer than the context, no credit for the worst case) is charged for that prompt.
         The model asked for is checked as before; its ``fallbacks`` that cannot serve the request (not loaded,
         context too small, fields only an upstream serves) are left out. The hold covers the largest worst case.
         """
         # The model stays pinned (never unloaded) from here until the request settles.
         spec, backend = await self.models.acquire(ask.model, _allowed(ctx.account))
         pinned = True
+        try:
+            gen = await self._start(ctx, ask, spec, backend)
+            pinned = False   # the job runs: its end releases the model (on_end)
+            return gen
+        finally:
+            if pinned:
+                self.models.release(spec.name, ask.keep_alive)
+
+    async def _start(self, ctx: RequestContext, ask: Ask, spec: ModelSpec, backend: Backend) -> Generation:
+        """``start`` with its model pinned: prepare, hold, compile (only once held), submit."""
+        early, reservation = None, None
+        if _text_bytes(ask) > PREPARE_BEFORE_HOLD:
+            bound = _prompt_bound(ask, backend.info.ctx)
+            completion = (ask.sampling.max_tokens or 0) * ask.choices
+            early = spec.cost(bound, completion)
+            reservation = await self.db(self.ledger.reserve, ctx.account, ctx.request_id, early, spec.name,
+                                        ctx.endpoint, 0, (spec.price_input, spec.price_output), bound + completion)
         try:
             candidates = [await self._candidate(spec, backend, ask)]
             for name in spec.fallbacks:
@@ -115,32 +141,61 @@ class Service:
             elif most is not None and ask.sampling.n > most:
                 raise InvalidRequest(f"'n' must be at most {most} on this server (one slot per choice, and one key "
                                      "holds at most this many; see --slots-per-key)", param="n", model=spec.name)
-            hold = max(c.hold for c in candidates)
+            hold, counted = max(c.hold for c in candidates), candidates[0].prompt.n_tokens
             # The hold also carries what a sweeper needs should this server die: prompt tokens and prices (the
             # model asked for; a fallback runs only before anything reached the client).
-            reservation = await self._reserve(ctx, candidates[0], hold, max(_tokens(c) for c in candidates))
+            if early is None:
+                # a refusal here is free: nothing costly ran yet
+                reservation = await self._reserve(ctx, candidates[0], hold, max(_tokens(c) for c in candidates))
+                early = hold
+            else:
+                try:
+                    await self.db(self.ledger.raise_hold, ctx.account, ctx.request_id, hold - early, counted)
+                except InsufficientCredit as e:
+                    raise _counted(e, counted)
+            compiled = []
+            for c in candidates:  # the costly part, now paid for: schema conversion and the grammar's compile
+                compile_ = getattr(c.backend, "compile", None)
+                compiled.append(replace(c, prompt=await compile_(c.prompt, ask)) if compile_ else c)
+            candidates = compiled
+        except (RequestError, OverloadedError) as e:
+            if early is None:
+                raise  # nothing held: the HTTP layer logs the refusal
+            counted = getattr(e, "prompt_tokens", 0) or 0
+            await self._close(ctx, spec, "rejected", e.code, spec.cost(counted, 0), Usage(counted, 0))
+            e.settled = True  # its row is written: the HTTP layer's refusal must not write another
+            raise
+        except BaseException as e:  # a ledger failure, or the client left while it was prepared
+            if early is not None:
+                cancelled = isinstance(e, asyncio.CancelledError)
+                code = None if cancelled else e.code if isinstance(e, ReverbError) else "internal_error"
+                try:
+                    await asyncio.shield(asyncio.ensure_future(
+                        self._close(ctx, spec, "cancelled" if cancelled else "failed", code, 0)))
+                except Exception:  # noqa: BLE001 (the hold stays open; the lease rule settles it)
+                    log.exception("could not settle the hold of %s", ctx.request_id)
+                else:
+                    if isinstance(e, ReverbError):
+                        e.settled = True
+            raise
 
-            def on_end(final: Chunk) -> None:
-                self.models.release(spec.name, ask.keep_alive)
-                self._spawn(self._settle(ctx, final, gen, ask.stream))
+        def on_end(final: Chunk) -> None:
+            self.models.release(spec.name, ask.keep_alive)
+            self._spawn(self._settle(ctx, final, gen, ask.stream))
 
-            gen = Generation(spec.name, ctx.started, self.hooks, on_end=on_end,
-                             on_progress=upkeep.progress_hook(self, ctx) if ask.stream and _holds(ctx.account)
-                             else None)
-            try:
-                Attempts(candidates, gen, ctx.account.name if ctx.account else "", ctx.request_id).start()
-            except OverloadedError as e:
-                # Nothing ran: release the hold in the same step that logs the refusal.
-                await self._close(ctx, spec, "rejected", e.code, 0)
-                raise
-            pinned = False   # the job runs: its end releases the model (on_end)
-            gen.limits = reservation.limits
-            if reservation.epoch is not None:
-                upkeep.track(self, ctx.request_id, reservation.epoch, gen, gate=ask.stream)
-            return gen
-        finally:
-            if pinned:
-                self.models.release(spec.name, ask.keep_alive)
+        gen = Generation(spec.name, ctx.started, self.hooks, on_end=on_end,
+                         on_progress=upkeep.progress_hook(self, ctx) if ask.stream and _holds(ctx.account) else None)
+        try:
+            Attempts(candidates, gen, ctx.account.name if ctx.account else "", ctx.request_id).start()
+        except OverloadedError as e:
+            # Nothing ran: release the hold in the same step that logs the refusal.
+            await self._close(ctx, spec, "rejected", e.code, 0)
+            e.settled = True
+            raise
+        gen.limits = reservation.limits
+        if reservation.epoch is not None:
+            upkeep.track(self, ctx.request_id, reservation.epoch, gen, gate=ask.stream)
+        return gen
 
     async def _reserve(self, ctx: RequestContext, first: Candidate, hold: int, tokens: int) -> Reservation:
         """Hold credit and take the request's place in its limits (``Ledger.reserve``). A credit or budget
@@ -172,16 +227,16 @@ class Service:
         n, limit = prompt.longest, backend.info.ctx
         where = "messages" if ask.prompt is None else "prompt"
         if n >= limit:
-            raise ContextLengthExceeded(
+            raise _counted(ContextLengthExceeded(
                 f"This model's maximum context length is {limit} tokens; the {where} use {n}",
-                param=where, model=spec.name)
+                param=where, model=spec.name), prompt.n_tokens)
         max_tokens = ask.sampling.max_tokens
         if max_tokens is None:
             max_tokens = min(limit - n, self.settings.max_tokens_cap)
         elif n + max_tokens > limit:
-            raise ContextLengthExceeded(
+            raise _counted(ContextLengthExceeded(
                 f"This model's maximum context length is {limit} tokens; the {where} use {n} "
-                f"and max_tokens asks for {max_tokens}", param="max_tokens", model=spec.name)
+                f"and max_tokens asks for {max_tokens}", param="max_tokens", model=spec.name), prompt.n_tokens)
         # The worst case: every choice runs to max_tokens; the prompt is billed once (a local job shares its KV).
         hold = spec.cost(prompt.hold_tokens or prompt.n_tokens, max_tokens * prompt.choices)
         return Candidate(spec, backend, prompt, replace(ask.sampling, max_tokens=max_tokens), hold)
@@ -223,6 +278,8 @@ class Service:
 
     async def reject(self, ctx: RequestContext, error: ReverbError, model: str | None = None) -> None:
         """Log a request refused before it ran. Never raises: a full disk must not turn a 4xx into a 500."""
+        if getattr(error, "settled", False):  # refused after its hold: ``start`` settled it with its row
+            return
         record = self._record(ctx, model or error.model, "rejected", error.code, Usage(0, 0))
         try:
             await self.db(self.ledger.log_rejected, ctx.account, record, ctx.client)
@@ -327,6 +384,25 @@ def _most_tokens(fits, most: int) -> int:
 def _allowed(account: Account | None):
     """The account's model check (``Account.may_use`` where accounts carry allowlists), or None."""
     return getattr(account, "may_use", None)
+
+
+def _text_bytes(ask: Ask) -> int:
+    texts = ask.prompt if ask.prompt is not None else [m.content for m in ask.messages]
+    return sum(len(t) for t in texts) * 4  # at most 4 UTF-8 bytes a character: no encoding needed to bound it
+
+
+def _prompt_bound(ask: Ask, ctx: int) -> int:
+    """The prompt's tokens as the body bounds them, for the hold taken before any preparation: a token spells at
+    least one byte, and a prompt longer than the context is refused (so at most ``ctx`` per prompt is charged)."""
+    if ask.prompt is not None:
+        return sum(min(len(t.encode("utf-8", "replace")) + 1, ctx) for t in ask.prompt)
+    n = sum(len(m.content.encode("utf-8", "replace")) + 8 for m in ask.messages)
+    return max(1, min(n, ctx))
+
+
+def _counted(error: RequestError, prompt_tokens: int) -> RequestError:
+    error.prompt_tokens = prompt_tokens  # the prompt was read before the refusal: it is billed
+    return error
 
 
 def _holds(account: Account | None) -> bool:

@@ -87,6 +87,12 @@ class Settings:
                                 "KV cache (0: no limit)", metavar="MB")
     load_timeout: float = _opt(300.0, "seconds a request waits for its model to load before 503",
                                metavar="SECONDS")
+    prepare_workers: int = _opt(2, "threads per model that render and tokenize prompts and compile grammars (more "
+                                "requests wait for one)")
+    prepare_timeout: float = _opt(30.0, "seconds a request's preparation may take, waiting for a thread included, "
+                                  "before 503")
+    grammar_cpu_ms: int = _opt(10_000, "CPU time a JSON schema or tool grammar may use while writing one answer (then "
+                               "the answer ends with grammar_too_costly)", metavar="MS")
     # HTTP limits
     max_body_bytes: int = _opt(1 << 20, "largest request body in bytes (413 beyond)")
     max_messages: int = _opt(256, "most messages in one request")
@@ -180,7 +186,9 @@ class Settings:
             "prefill_chunk": self.prefill_chunk >= 2, "threads": self.threads >= 0,
             "threads_batch": self.threads_batch >= 0, "ctx": self.ctx >= 0,
             "port": 0 <= self.port <= 65535, "log_format": self.log_format in ("console", "json"),
-            "queue_timeout": self.queue_timeout > 0, "lease_seconds": 0 < self.lease_seconds <= 86400,
+            "queue_timeout": self.queue_timeout > 0, "prepare_workers": self.prepare_workers >= 1,
+            "prepare_timeout": self.prepare_timeout > 0, "grammar_cpu_ms": self.grammar_cpu_ms > 0,
+            "lease_seconds": 0 < self.lease_seconds <= 86400,
             "db_max_mb": self.db_max_mb >= 0, "prompt_cache_mb": self.prompt_cache_mb >= 0,
             "slots_per_key": self.slots_per_key >= 0, "queue_per_key": self.queue_per_key >= 1,
             "embedding_queue": self.embedding_queue >= 1, "max_embedding_inputs": self.max_embedding_inputs >= 1,

@@ -102,8 +102,8 @@ class FakeEngine:
     def sampler(self, params, seed, grammar=None):
         return FakeSampler(self, params, seed)
 
-    def check_grammar(self, spec) -> None:
-        pass
+    def vocabulary(self) -> tuple[list[bytes], list[int]]:
+        return [self.piece(t) if t != EOS else b"\xff<eos>" for t in range(self.n_vocab)], [EOS]
 
     def logprob(self, index, token, top):
         from reverb.types import TokenLogprob

@@ -219,6 +219,29 @@ class Ledger(Management, Reports):
         self.lease.renewed(started, lost)
         return Reservation(rates, self.lease.epoch)
 
+    def raise_hold(self, account: Account, request_id: str, amount: int, prompt_tokens: int) -> None:
+        """Add ``amount`` to an open hold (the worst case once the prompt is counted) and record its prompt tokens.
+        Raises InsufficientCredit without changing anything (the hold stays as it was), LedgerError."""
+        if account.unlimited:
+            return
+        amount = max(0, amount)
+        if amount > MAX_BALANCE:
+            raise InsufficientCredit("not enough credit for this request")
+        self.lease.require()
+
+        def tx(db):
+            if amount:
+                cur = db.execute("UPDATE keys SET balance = balance - ? "
+                                 "WHERE id = ? AND balance >= ? AND revoked_at IS NULL",
+                                 (amount, account.key_id, amount))
+                if cur.rowcount != 1:
+                    raise InsufficientCredit("not enough credit for this request")
+            cur = db.execute("UPDATE holds SET amount = amount + ?, prompt_tokens = ? WHERE request_id = ?",
+                             (amount, prompt_tokens, request_id))
+            if cur.rowcount != 1:
+                raise LedgerError("The ledger could not record this request")
+        self.engine.write(tx)
+
     def progress(self, request_id: str, delivered_tokens: int) -> None:
         """Raise a stream's delivered-token high-water mark (what a sweeper charges if this server dies)."""
         self.engine.write(lambda db: db.execute(
