@@ -45,9 +45,9 @@ WHEEL_KEY        := $(shell echo "$(LLAMA_CPP_VERSION) $(LLAMA_CMAKE_ARGS) $(LLA
 WHEEL_CACHE      ?= $(HOME)/.cache/reverb/wheels
 LLAMA_WHEEL_DIR  := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(WHEEL_KEY)
 
-.PHONY: install serve test test-fast test-busy bench bench-ledger soak lint clean llama-wheel llama-server postgres
+.PHONY: install serve test test-fast test-busy bench bench-ledger soak lint clean llama-wheel llama-server postgres chromium
 
-install: $(STAMP) postgres
+install: $(STAMP) postgres chromium
 
 # The PostgreSQL ledger tests start a throwaway server from Debian's binaries (initdb, pg_ctl). Installed here
 # when missing and apt is at hand; elsewhere those tests skip with a loud message.
@@ -61,6 +61,19 @@ postgres:
 	  echo "!!! could not install PostgreSQL: its ledger tests will be SKIPPED"; \
 	else echo "!!! PostgreSQL server binaries not found and apt-get unavailable (or not root):" \
 	  "the PostgreSQL ledger tests will be SKIPPED; install postgresql to run them"; fi
+
+# The web page's browser tests drive Debian's chromium through Playwright (pip's playwright cannot download its own
+# browsers without the internet). Installed here when missing and apt is at hand; elsewhere they skip loudly.
+chromium:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing chromium for the web page's browser tests (apt-get install chromium)"; \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -q --no-install-recommends chromium >/dev/null)) || \
+	  echo "!!! could not install chromium: the browser tests will be SKIPPED"; \
+	else echo "!!! /usr/bin/chromium not found and apt-get unavailable (or not root):" \
+	  "the browser tests will be SKIPPED; install chromium to run them"; fi
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -94,7 +107,7 @@ serve: $(STAMP)
 	$(BIN)/reverb serve $(ARGS)
 
 # The suite, then the example app that tests itself through reverb's pytest plugin (as a user's CI would).
-test: $(STAMP) postgres
+test: $(STAMP) postgres chromium
 	REVERB_LLAMA_WHEEL="$$(ls $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl)" $(BIN)/python -m pytest $(PYTEST_ARGS)
 	cd examples/ci-app && ../../$(BIN)/python -m pytest -q
 

@@ -4,7 +4,8 @@ One interleaved run on one machine: llama-server, reverb and reverb --determinis
 slots, context and threads); every workload of the table runs on each of them in turn, round after round, with
 the order rotated each round, so machine noise hits all sides alike. Medians over the rounds are reported as
 ratios to llama-server. Then the default reverb server measures decode with a JSON-schema grammar against
-without (bench/grammar.py; alone: --only grammar), llama-cpp-python's server (its own venv, .venv-bench) gets the
+without (bench/grammar.py; alone: --only grammar), one stream's decode beside 0-2 busy loops is measured
+(bench/contention.py; alone: --only contention), llama-cpp-python's server (its own venv, .venv-bench) gets the
 1- and 8-stream rows, and the in-process raw ceilings (C API, no HTTP) are measured. Prints a table; writes JSON to
 bench/results/.
 """
@@ -22,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import contention
 from . import grammar as grammar_bench
 from . import peers, workloads
 from .load import p50
@@ -114,11 +116,14 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-raw", action="store_true", help="skip the in-process raw ceilings")
     ap.add_argument("--serve-args", default="", help="extra flags for both reverb servers")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    ap.add_argument("--only", choices=["grammar"], help="run one section alone (its own server)")
+    ap.add_argument("--only", choices=["grammar", "contention"], help="run one section alone (its own servers)")
     ap.add_argument("--skip-grammar", action="store_true", help="skip the grammar-vs-plain decode section")
+    ap.add_argument("--skip-contention", action="store_true", help="skip the decode-beside-busy-loops section")
     args = ap.parse_args(argv)
     if args.only == "grammar":
         return only_grammar(args)
+    if args.only == "contention":
+        return contention.main(args, model_path(), cpu())
     model = model_path()
     results: dict = {"machine": cpu(), "threads": args.threads, "tokens": args.tokens, "model": model.name,
                      "parallel": args.parallel, "ctx": args.ctx, "rounds": args.rounds}
@@ -160,6 +165,8 @@ def main(argv=None) -> int:
             results["llama_cpp_python"] = {"error": str(e)}
         finally:
             peer.stop()
+    if not args.skip_contention:
+        results["contention"] = contention.measure(args, model, eog)
     if not args.skip_raw:
         prompt = raw.tokenize(f"<|im_start|>user\n{workloads.USER}<|im_end|>\n<|im_start|>assistant\n")
         results["raw"] = {"single_tps": p50([raw.decode_tps(prompt, 1, args.tokens) for _ in range(3)]),
@@ -168,6 +175,8 @@ def main(argv=None) -> int:
     raw.close()
     shutil.rmtree(tmp, ignore_errors=True)
     report(results, args)
+    if "contention" in results:
+        contention.report(results["contention"], model.name, results["machine"])
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for name in (f"bench-{stamp}.json", "latest.json"):

@@ -32,7 +32,7 @@ def start_gateway(tmp: Path, upstream_url: str) -> tuple[subprocess.Popen, str]:
     toml.write_text(f'default = "up"\n[models.up]\nsource = "openai"\nbase_url = "{upstream_url}"\nmodel = "echo"\n'
                     f'api_key_env = "BENCH_UP_KEY"\nctx = 65536\nprice_input = "1"\nprice_output = "1"\n')
     ready = tmp / "ready"
-    proc = subprocess.Popen([sys.executable, "-m", "reverb.cli", "serve", "--port", "0", "--models", str(toml),
+    proc = subprocess.Popen([sys.executable, "-m", "reverb.cli", "serve", "--port", "0", "--catalogue", str(toml),
                              "--db", str(tmp / "ledger.sqlite3"), "--api-key", KEY, "--ready-file", str(ready)],
                             cwd=ROOT, env={**os.environ, "BENCH_UP_KEY": UP_KEY}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)

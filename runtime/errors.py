@@ -16,7 +16,8 @@ file path from the server, a raw key or an exception's repr.
     ├── RequestError                the caller's request is at fault (4xx)
     │   ├── InvalidRequest          400, names ``param``
     │   │   ├── ContextLengthExceeded   400 context_length_exceeded
-    │   │   └── TemplateError           400, the chat template refused the conversation
+    │   │   ├── TemplateError           400, the chat template refused the conversation
+    │   │   └── GrammarTooCostly        400 grammar_too_costly: a schema over the grammar's work bounds
     │   ├── AuthenticationError     401
     │   ├── PermissionDenied        403, a valid key that may not use this route (/metrics needs an operator)
     │   ├── InsufficientCredit      402 (gateway) / 429 insufficient_quota (OpenAI)
@@ -135,6 +136,11 @@ class ContextLengthExceeded(InvalidRequest):
 
 class TemplateError(InvalidRequest):
     code = "template_error"
+
+
+class GrammarTooCostly(InvalidRequest):
+    """A grammar over a bound on work: refused at compile, or ending its answer mid-generation."""
+    code = "grammar_too_costly"
 
 
 class AuthenticationError(RequestError):

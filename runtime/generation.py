@@ -32,6 +32,8 @@ class Hooks:
 
     def settled(self, record: RequestRecord, price: int) -> None: ...
 
+    def model_loaded(self, model: str, seconds: float, ok: bool) -> None: ...
+
 
 class Generation:
     def __init__(self, model: str, started: float, hooks: Hooks, on_end: Callable[[Chunk], None],

@@ -75,6 +75,7 @@ class Ask:
     prompt: tuple[str, ...] | None = None   # raw texts, no chat template (/v1/completions, /v1/embeddings)
     response_format: ResponseFormat | None = None   # None: text
     tools: Tools | None = None              # functions the model may call, and how it must choose
+    keep_alive: float | None = None         # seconds the model stays loaded after this request (<0: until stop)
 
     @property
     def choices(self) -> int:

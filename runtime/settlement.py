@@ -43,6 +43,8 @@ class Settler:
 
     async def reject(self, ctx: RequestContext, error: ReverbError, model: str | None = None) -> None:
         """Log a request refused before it ran. Never raises: a full disk must not turn a 4xx into a 500."""
+        if getattr(error, "settled", False):  # refused after its hold: the service settled it with its row
+            return
         record = self.record(ctx, model or error.model, "rejected", error.code, Usage(0, 0))
         try:
             await self.db(self.ledger.log_rejected, ctx.account, record, ctx.client)

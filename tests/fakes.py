@@ -102,8 +102,8 @@ class FakeEngine:
     def sampler(self, params, seed, grammar=None):
         return FakeSampler(self, params, seed)
 
-    def check_grammar(self, spec) -> None:
-        pass
+    def vocabulary(self) -> tuple[list[bytes], list[int]]:
+        return [self.piece(t) if t != EOS else b"\xff<eos>" for t in range(self.n_vocab)], [EOS]
 
     def logprob(self, index, token, top):
         from reverb.types import TokenLogprob
@@ -141,6 +141,9 @@ class FakeEngine:
     def seq_load(self, seq, data) -> None:
         self.loaded.append(seq)
         self.kv[seq] = {int(p): t for p, t in json.loads(bytes(data)).items()}
+
+    def set_threads(self, n_threads: int, n_threads_batch: int) -> None:
+        self.threads = (n_threads, n_threads_batch)
 
     def close(self) -> None:
         pass

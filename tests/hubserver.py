@@ -1,5 +1,7 @@
 """A loopback server that speaks the Hugging Face hub's file endpoints, for real huggingface_hub code to talk to.
 
+GET /api/models/{owner}/{repo}/tree/{revision} lists a repository's files (``list_repo_tree``, one page).
+
 HEAD/GET /{owner}/{repo}/resolve/{revision}/{path} with the headers huggingface_hub reads (X-Repo-Commit,
 X-Linked-Etag = the sha256, X-Linked-Size, Content-Length), Range requests (206), and 404s with X-Error-Code.
 ``cut_next`` makes the next GET stop halfway, like a dropped connection; ``fail_after_cut`` also makes the
@@ -9,12 +11,14 @@ requests after it fail (the client then gives up).
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 PATH_RE = re.compile(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
+TREE_RE = re.compile(r"^/api/models/([^/]+/[^/]+)/tree/([^/?]+)")
 
 
 class Hub:
@@ -52,6 +56,9 @@ class Hub:
     def _serve(self, h: BaseHTTPRequestHandler, body: bool) -> None:
         rng = h.headers.get("Range")
         self.requests.append((h.command, h.path, rng))
+        tree = TREE_RE.match(h.path)
+        if tree:
+            return self._tree(h, *tree.groups())
         m = PATH_RE.match(h.path.split("?")[0])
         repo, rev, path = m.groups() if m else (None, None, None)
         if self.failing and body:
@@ -85,6 +92,20 @@ class Hub:
             h.close_connection = True
             return
         h.wfile.write(data[start:])
+
+    def _tree(self, h: BaseHTTPRequestHandler, repo: str, rev: str) -> None:
+        if not any(r == repo for r, _ in self.files):
+            return self._error(h, 404, "RepoNotFound")
+        if rev not in ("main", COMMIT):
+            return self._error(h, 404, "RevisionNotFound")
+        listing = [{"type": "file", "path": path, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+                   for (r, path), data in sorted(self.files.items()) if r == repo]
+        raw = json.dumps(listing).encode()
+        h.send_response(200)
+        h.send_header("Content-Type", "application/json")
+        h.send_header("Content-Length", str(len(raw)))
+        h.end_headers()
+        h.wfile.write(raw)
 
     def _error(self, h, status: int, code: str | None) -> None:
         h.send_response(status)

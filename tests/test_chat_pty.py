@@ -21,11 +21,13 @@ LONG = "Write a very long essay about the history of the oceans, with many chapt
 
 
 class Term:
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, home: str | None = None):
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # child: the pty is its controlling terminal, so ^C becomes SIGINT
             os.chdir(ROOT)
             env = {k: v for k, v in os.environ.items() if k != "REVERB_API_KEY"}
+            if home:   # chat keeps its line history and saved chats there
+                env["XDG_DATA_HOME"] = home
             os.execve(sys.executable, [sys.executable, "-m", "reverb.cli", "chat", *args], env)
         self.out = ""
         self.pos = 0  # matches are searched after the previous match only
@@ -79,12 +81,13 @@ class Term:
 
 
 @pytest.fixture
-def term():
-    """Start `reverb chat` in a pseudo-terminal; killed at the end of the test, passed or failed."""
+def term(tmp_path):
+    """Start `reverb chat` in a pseudo-terminal; killed at the end of the test, passed or failed. Its data
+    directory (line history, saved chats) is the test's own."""
     started: list[Term] = []
 
     def start(*args: str) -> Term:
-        started.append(Term(*args))
+        started.append(Term(*args, home=str(tmp_path / "data")))
         return started[-1]
 
     yield start
@@ -242,3 +245,23 @@ def test_a_non_json_answer_is_an_error_line_and_the_chat_goes_on():
     assert r.returncode == 0, r.stderr
     assert "(error: the server answered HTTP 502 with something that is not JSON)" in r.stdout
     assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_typed_lines_are_kept_across_sessions(server, term):
+    args = ["--url", server.base_url, "--api-key", KEY]
+    t = term(*args)
+    t.read_until("/exit leaves", timeout=300)
+    t.read_until("> ")
+    t.send("/set temperature 0.3\n")
+    t.read_until("(temperature: 0.3)")
+    t.send("/exit\n")
+    assert t.wait() == 0
+    t = term(*args)   # a new session: arrow up brings back the last line typed in the one before
+    t.read_until("/exit leaves", timeout=300)
+    t.read_until("> ")
+    t.send("\x1b[A")
+    t.read_until("/exit")
+    t.send("\x1b[A\n")
+    t.read_until("(temperature: 0.3)")
+    t.send("/exit\n")
+    assert t.wait() == 0

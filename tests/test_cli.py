@@ -9,7 +9,7 @@ from dataclasses import fields
 
 from reverb.cli import parser
 from reverb.cli.flags import settings_from
-from reverb.settings import Settings
+from reverb.settings import Settings, env_name
 
 
 def walk(p: argparse.ArgumentParser, path=("reverb",)):
@@ -39,7 +39,7 @@ def test_every_serve_setting_is_a_flag_with_its_default_and_env_name():
     for f in fields(Settings):
         if f.metadata.get("cli"):
             action = by_dest[f.name]
-            assert f"REVERB_{f.name.upper()}" in action.help
+            assert env_name(f.name) in action.help
     args = parser().parse_args(["serve", "--parallel", "3", "--no-flash-attn", "--api-key", "a", "--api-key", "b",
                                 "--allowed-host", "x.lan"])
     s = settings_from(args)

@@ -1,5 +1,6 @@
-"""llama.cpp's grammar engine, through our Sampler, accepts exactly what our grammars promise; generation under
-them always yields JSON that validates; grammars llama.cpp would mishandle are refused. In-process, the tiny model."""
+"""The grammar engine (our GBNF matched by llguidance), through our Sampler, accepts exactly what our grammars
+promise; generation under them always yields JSON that validates; broken grammars are refused. In-process, the tiny
+model."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import jsonschema
 import pytest
 
+from reverb.backends.llama import guidance
 from reverb.errors import InvalidRequest
 from reverb.grammar import GrammarSpec, response_format_grammar
 from reverb.types import ResponseFormat, SamplingParams
@@ -33,9 +35,20 @@ def g(schema) -> GrammarSpec:
     return response_format_grammar(rf(schema))
 
 
+_VOCABS: dict = {}
+
+
+def compiled(engine, spec: GrammarSpec) -> guidance.Grammar:
+    """``spec`` compiled for ``engine``'s vocabulary, as the backend does at prepare."""
+    if id(engine) not in _VOCABS:
+        pieces, eog = engine.vocabulary()
+        _VOCABS[id(engine)] = guidance.Vocabulary(pieces, eog, lambda t: engine.tokenize(t, special=False))
+    return guidance.compile_grammar(spec, _VOCABS[id(engine)])
+
+
 def accepts(engine, spec, text: str) -> bool:
     """Whether the grammar takes exactly ``text`` and then the end of generation (token by token)."""
-    sampler = engine.sampler(SamplingParams(), 0, grammar=spec)
+    sampler = engine.sampler(SamplingParams(), 0, grammar=compiled(engine, spec))
     try:
         return all(sampler.follow(t) for t in engine.tokenize(text, special=False)) and \
             sampler.follow(_eos(engine))
@@ -95,10 +108,10 @@ def test_whitespace_is_bounded(engine):
     assert not accepts(engine, spec, '{  "a": 1}') and not accepts(engine, spec, '{\n"a": 1}')
 
 
-@pytest.mark.parametrize("text", ["", "root ::= (", 'start ::= "a"', 'root ::= root "a" | "b"'])
-def test_grammars_llama_cpp_would_mishandle_are_refused(engine, text):
-    with pytest.raises(InvalidRequest):  # "" would constrain nothing; the others make llama.cpp return NULL
-        engine.check_grammar(GrammarSpec(text))
+@pytest.mark.parametrize("text", ["", "root ::= (", 'start ::= "a"'])
+def test_broken_grammars_are_refused(engine, text):
+    with pytest.raises(InvalidRequest):  # "" would constrain nothing; the others do not parse or have no root
+        compiled(engine, GrammarSpec(text))
 
 
 SCHEMAS = {
@@ -146,7 +159,8 @@ def generate(engine, schema: dict, name: str, temperature: float = 0.0, seed: in
     ask = f"Give an example {name} as JSON matching this schema: {json.dumps(schema)}"
     segs = template.render([Message("system", "Reply with JSON only."), Message("user", ask)])
     prompt = [t for s in segs for t in engine.tokenize(s.text, special=not s.user)]
-    sampler = engine.sampler(SamplingParams(temperature=temperature, seed=seed), seed, grammar=g(schema))
+    sampler = engine.sampler(SamplingParams(temperature=temperature, seed=seed), seed,
+                             grammar=compiled(engine, g(schema)))
     engine.seq_remove(0)
     engine.decode([(t, i, 0, i == len(prompt) - 1) for i, t in enumerate(prompt)])
     out, index = [], len(prompt) - 1
@@ -179,7 +193,7 @@ def test_a_complete_answer_with_its_end_token_banned_stops_cleanly(engine):
     and the sampler says so (-1) instead of accepting a token llama.cpp would abort on."""
     spec = g({"enum": ["yes", "no"]})
     eog = tuple((t, -100.0) for t in range(engine.n_vocab) if engine.is_eog(t))
-    sampler = engine.sampler(SamplingParams(temperature=0, logit_bias=eog), 0, grammar=spec)
+    sampler = engine.sampler(SamplingParams(temperature=0, logit_bias=eog), 0, grammar=compiled(engine, spec))
     prompt = engine.tokenize("<|im_start|>user\nYes or no?<|im_end|>\n<|im_start|>assistant\n", special=True)
     engine.seq_remove(0)
     engine.decode([(t, i, 0, i == len(prompt) - 1) for i, t in enumerate(prompt)])
@@ -195,3 +209,16 @@ def test_a_complete_answer_with_its_end_token_banned_stops_cleanly(engine):
     finally:
         sampler.close()
     assert tok == -1 and json.loads(b"".join(engine.piece(t) for t in out)) in ("yes", "no")
+
+
+def test_a_lexer_that_would_grow_without_bound_ends_the_answer(engine):
+    """``.*a.{1000}`` needs a lexer state per position since the last ``a``, and each mask walks the vocabulary's
+    multi-byte tokens through them: the matcher stops at its bound (grammar_too_costly), it does not grow on."""
+    from reverb.errors import GrammarTooCostly
+    m = compiled(engine, g({"type": "string", "pattern": "^.*a.{1000}$"})).matcher()
+    with pytest.raises(GrammarTooCostly) as e:
+        for _ in range(200):
+            allowed = m.mask().nonzero()[0]
+            tok = int(allowed[-1])  # the longest-id token allowed: a varied, deterministic walk
+            m.accept(tok, engine.piece(tok))
+    assert e.value.code == "grammar_too_costly" and e.value.param == "response_format"

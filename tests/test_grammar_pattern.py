@@ -26,3 +26,13 @@ def test_pattern_sound_and_complete(pattern):
         elif py.search(s) and "\n" not in s:  # and it allows every match (complete) - but for
             # unanchored patterns the implicit ".*" excludes newlines; tighter is fine
             assert not (pattern.startswith("^") and pattern.endswith("$")), (pattern, s)
+
+
+@pytest.mark.parametrize("pattern", ["^[^a]$", "^.$", "^\\W$", "^[\\s\\S]$", "^[\\u0080-\\uffff]$"])
+def test_character_classes_exclude_lone_surrogates(pattern):
+    """No class reaches U+D800-U+DFFF: no UTF-8 text holds a lone surrogate, so no answer may."""
+    g = gbnf_to_re(pattern_to_gbnf(pattern, "p"))
+    for c in ("\ud7ff", "\ue000"):
+        assert g.fullmatch(json.dumps(c, ensure_ascii=False)), hex(ord(c))
+    for c in ("\ud800", "\udbff", "\udc00", "\udfff"):
+        assert not g.fullmatch(json.dumps(c, ensure_ascii=False)), hex(ord(c))

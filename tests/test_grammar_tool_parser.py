@@ -1,9 +1,11 @@
 """Streaming and whole-text tool-call parsing."""
 import itertools
 import json
+import re
 
 import pytest
 
+from reverb.grammar import TRIGGER_PATTERN
 from reverb.grammar.tool_parser import ToolCallParser, new_call_id, parse_tool_calls
 
 TWO = ('I will check.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Pa\\"ris}", "n": [1,{"a":2}]}}\n'
@@ -53,14 +55,30 @@ def test_arguments_stream_in_pieces_before_close():
     assert ev == [{"tool_calls": [{"index": 0, "function": {"arguments": '"xy'}}]}]
 
 
-def test_other_key_order_and_string_arguments():
+def test_other_key_order_and_string_arguments_stay_content():
+    """The lazy grammar takes over only from the name-first opening, so any other block was never constrained."""
     text = ('<tool_call>{"arguments": {"x": 1}, "name": "f"}</tool_call>'
             '<tool_call>{"name": "g", "arguments": "{\\"y\\": 2}"}</tool_call>')
     for chunk in (1, 100):
         p, _ = stream(text, chunk)
-        assert [(c["function"]["name"], json.loads(c["function"]["arguments"])) for c in p.tool_calls] == \
-            [("f", {"x": 1}), ("g", {"y": 2})]
-        assert p.content is None
+        assert p.tool_calls == [] and p.content == text
+
+
+OPENINGS = ["", "\t", "\r\n", "\n\n\n", "  ", " \t\r\n"]
+
+
+@pytest.mark.parametrize("ws", OPENINGS + ["\n\n\n\n\n", "\f", "\u00a0"])
+@pytest.mark.parametrize("chunk", [1, 3, 1000])
+def test_the_parser_and_the_trigger_accept_the_same_openings(ws, chunk):
+    """A block is a call exactly when its opening is one the lazy trigger fires on wherever a token ends (the grammar
+    then holds the rest); with the model's tokens and grammar in test_grammar_engine."""
+    text = f'<tool_call>{ws}{{"name": "f", "arguments": {{"a": 1}}}}\n</tool_call>'
+    p, _ = stream(text, chunk)
+    opening = text[:text.index('"name": "') + len('"name": "')]
+    fires_throughout = all(re.search(TRIGGER_PATTERN, opening[:i]) for i in range(len("<tool_call>"), len(opening) + 1))
+    assert fires_throughout == (ws in OPENINGS) == bool(p.tool_calls)
+    if not p.tool_calls:
+        assert p.content == text.strip()
 
 
 def test_invalid_or_unknown_blocks_stay_content():

@@ -62,11 +62,14 @@ def test_grammar_kinds():
 
 
 def test_trigger_pattern_fires_only_on_safe_remainders():
-    # std::regex ECMAScript '$' is end of input; Python's also matches before a final newline
-    r = re.compile(TRIGGER_PATTERN[:-1] + r"\Z")
-    for ok in ["<tool_call>", "x <tool_call>\n", '<tool_call>\n{"', '<tool_call>\n{"name": "', '<tool_call>{"na']:
+    r = re.compile(TRIGGER_PATTERN)  # searched with Python's re by the grammar matcher (\\Z: the very end)
+    for ok in ["<tool_call>", "x <tool_call>\n", '<tool_call>\n{"', '<tool_call>\n{"name": "', '<tool_call>{"na',
+               "<tool_call>\t", "<tool_call>\r\n", "<tool_call>\n\n\n", "<tool_call>  {",
+               # a whole opening anywhere: the grammar then judges the rest (and refuses a token it would not take)
+               '<tool_call>\n{"name": "g', '<tool_call>{"name":"f", "arguments": {}}</tool_call> and on']:
         assert r.search(ok), ok
-    for no in ["<tool_call>x", "<tool_call>\n\n\n", '<tool_call>\n{"arguments"', '<tool_call>\n{"name": "g']:
+    for no in ["<tool_call>x", "<tool_call>\n\n\n\n\n", '<tool_call>\n{"arguments"', "<tool_call>\f",
+               '<tool_call>{"nam" ']:
         assert not r.search(no), no
 
 

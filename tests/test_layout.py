@@ -18,6 +18,8 @@ RULES = {  # library -> the only modules (package paths) allowed to import it
     "psycopg": {"ledger/postgres.py"},
     "psycopg_pool": {"ledger/postgres.py"},
     "httpx": {"backends/upstream/client.py"},
+    "tqdm": {"cli/models.py"},
+    "llguidance": {"backends/llama/guidance.py"},
 }
 HOME = {"starlette": "api/"}
 # package -> reverb packages it must never import (directly)

@@ -91,6 +91,7 @@ def test_a_failed_job_is_logged_failed_with_its_code(svc):
 
 
 def test_checks_before_any_hold(svc):
+    """A small body is counted before the hold (milliseconds): its refusals are free, as is a key without credit."""
     acct = alice(svc, credit=1)
     with pytest.raises(ContextLengthExceeded):
         asyncio.run(svc.start(RequestContext(account=acct), ask(" ".join(["w"] * 64))))
@@ -99,6 +100,64 @@ def test_checks_before_any_hold(svc):
     with pytest.raises(InsufficientCredit):
         asyncio.run(svc.start(RequestContext(account=acct), ask(max_tokens=60)))
     assert svc.ledger.list_keys()[0]["held"] == 0
+
+
+HUGE = "x" * (service_mod.PREPARE_BEFORE_HOLD // 4 + 1)   # one word of the fake backend, past the size threshold
+
+
+def test_a_huge_body_is_held_before_it_is_rendered_or_tokenized(svc, monkeypatch):
+    prepared = []
+    real = svc.fake.prepare
+    monkeypatch.setattr(svc.fake, "prepare", lambda a: (prepared.append(a), real(a))[1])
+    broke = alice(svc, credit=0)
+    with pytest.raises(InsufficientCredit):
+        asyncio.run(svc.start(RequestContext(account=broke), ask(HUGE)))
+    assert prepared == []
+    rich = svc.ledger.authenticate(svc.ledger.create_key("bob", 1_000_000))
+    spec = svc.registry.resolve("smollm2-135m")
+    ctx = RequestContext(account=rich)
+    with pytest.raises(ContextLengthExceeded) as e:  # counted after the hold: 65 words, in a 64-token context
+        asyncio.run(svc.start(ctx, ask(HUGE + " w" * 64)))
+    assert e.value.settled  # its row is written: the HTTP layer does not write another
+    row = svc.ledger.request(ctx.request_id)
+    assert row["status"] == "rejected" and row["error_code"] == "context_length_exceeded"
+    assert row["prompt_tokens"] == 65 and row["price"] == spec.cost(65, 0)
+    ctx = RequestContext(account=rich)
+    got = asyncio.run(_served(svc, ctx, ask(HUGE, max_tokens=None)))  # the hold grew from the bound to the worst case
+    assert got == (1, 63) and svc.ledger.request(ctx.request_id)["price"] == spec.cost(1, 63)
+    assert all(k["held"] == 0 for k in svc.ledger.list_keys())
+
+
+async def _served(svc, ctx, a) -> tuple[int, int]:
+    gen = await svc.start(ctx, a)
+    _, final = await gen.collect()
+    await gen.settled
+    return final.usage.prompt_tokens, final.usage.completion_tokens
+
+
+def test_the_grammar_is_compiled_only_under_a_hold_and_a_costly_one_pays_its_prompt(svc, monkeypatch):
+    from reverb.errors import GrammarTooCostly
+    compiled = []
+
+    async def compile_(prompt, a):
+        compiled.append(a)
+        e = GrammarTooCostly("too costly", param="response_format.json_schema.schema.properties.x")
+        e.prompt_tokens = prompt.n_tokens
+        raise e
+    monkeypatch.setattr(svc.fake, "compile", compile_, raising=False)
+    costly = ask()
+    with pytest.raises(InsufficientCredit):
+        asyncio.run(svc.start(RequestContext(account=alice(svc, credit=0)), costly))
+    assert compiled == []
+    ctx = RequestContext(account=svc.ledger.authenticate(svc.ledger.create_key("bob", 1_000_000)))
+    with pytest.raises(GrammarTooCostly) as e:
+        asyncio.run(svc.start(ctx, costly))
+    assert e.value.settled and len(compiled) == 1
+    row = svc.ledger.request(ctx.request_id)
+    spec = svc.registry.resolve("smollm2-135m")
+    assert row["status"] == "rejected" and row["error_code"] == "grammar_too_costly"
+    assert row["prompt_tokens"] == 3 and row["price"] == spec.cost(3, 0)
+    assert all(k["held"] == 0 for k in svc.ledger.list_keys())
 
 
 def test_a_refusal_is_one_row_under_its_endpoint_name(svc):

@@ -56,6 +56,7 @@ def test_the_wheel_holds_one_reverb_package_with_its_data(venv):
     site = next((venv / "lib").glob("python3*/site-packages"))
     assert (site / "reverb" / "models.toml").is_file() and not (site / "reverb" / "models.toml").is_symlink()
     assert (site / "reverb" / "convert" / "data" / "eval.txt").is_file()
+    assert {"index.html", "app.js", "style.css"} <= {f.name for f in (site / "reverb" / "ui" / "static").iterdir()}
     assert not (site / "runtime").exists() and not (site / "convert").exists()
 
 
@@ -77,6 +78,7 @@ def test_cli_works_outside_the_checkout(venv, tmp_path):
         assert httpx.get(base + "/health", timeout=300).json() == {"status": "ok"}
         r = httpx.get(base + "/v1/models", headers={"Authorization": "Bearer k"}, timeout=300)
         assert "smollm2-135m" in [m["id"] for m in r.json()["data"]]
+        assert httpx.get(base + "/ui/app.js", timeout=300).status_code == 200    # the web page, from the wheel
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         assert proc.wait(60) == 0

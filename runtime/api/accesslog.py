@@ -24,6 +24,20 @@ from .metrics import Metrics
 access = logging.getLogger("reverb.access")
 
 
+SETTLE_WAIT = 10.0   # seconds the line waits for the request's ledger row (a stream the client left settles after)
+
+
+async def _settled(scope) -> None:
+    gen = scope.get("state", {}).get("generation")
+    settled = getattr(gen, "settled", None)
+    if settled is None or settled.done():
+        return
+    try:
+        await asyncio.wait_for(asyncio.shield(settled), SETTLE_WAIT)
+    except Exception:   # the line is written whatever happened; the row's own path reports a failure
+        pass
+
+
 class AccessLog:
     def __init__(self, app, json_format: bool = False):
         self.app = app
@@ -65,7 +79,10 @@ class AccessLog:
             except OSError:
                 pass  # the client is gone already
         finally:
-            self._log(scope, status[0])
+            try:
+                await _settled(scope)
+            finally:
+                self._log(scope, status[0])
 
     def _log(self, scope, status: int) -> None:
         state = scope.get("state", {})
@@ -96,5 +113,7 @@ class AccessLog:
         else:
             tokens = f" {line['prompt_tokens']}+{line['completion_tokens']} tok" if record else ""
             err = f" {line['error_code']}" if line["error_code"] else ""
+            if record and record.status in ("cancelled", "failed") and not err:
+                err = f" {record.status}"   # a stream the client left is 200 on the wire, cancelled in the ledger
             access.info(f"{line['method']} {ctx.endpoint} {status}{err} key={line['key'] or '-'} model={model}"
                         f"{tokens} price={line['price']:g} {line['latency_ms']:.0f}ms {ctx.request_id}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 
 from starlette.requests import Request
@@ -61,7 +62,24 @@ async def read_json(request: Request, settings: Settings) -> dict:
     if bad is not None:
         raise InvalidRequest(f"'{quote_path(bad)}' is not valid Unicode text (it holds a lone surrogate escape such as "
                              "\\ud800)", param=bad)
+    bad = non_finite(body)
+    if bad is not None:  # 1e400 parses as infinity, which no JSON writer (a schema's enum, the ledger) can spell
+        raise InvalidRequest(f"'{bad}' holds a number too large to represent", param=bad)
     return body
+
+
+def non_finite(value) -> str | None:
+    """The param path of the first number that is not finite (``1e400``, ``-1e999``), or None."""
+    stack = [(value, "")]
+    while stack:
+        v, at = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            return at or "body"
+        if isinstance(v, dict):
+            stack.extend((x, f"{at}.{k[:64]}" if at else k[:64]) for k, x in v.items())
+        elif isinstance(v, list):
+            stack.extend((x, f"{at}[{i}]") for i, x in enumerate(v))
+    return None
 
 
 def unencodable(value, where: str = "") -> str | None:

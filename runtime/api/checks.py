@@ -132,6 +132,35 @@ class Model(Check):
         return {"type": "string"}
 
 
+class KeepAlive(Check):
+    """Ollama's ``keep_alive``: seconds as a number, or a duration ("10m", "1h", "30s"); 0 unloads the model right
+    after the request, a negative value keeps it loaded (-1.0)."""
+    MOST = 30 * 86400.0
+    PATTERN = re.compile(r"^(-?\d+(?:\.\d+)?)(ms|s|m|h)?$")
+    UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+    def __call__(self, value, where, site):
+        if value is None:
+            return None
+        match = self.PATTERN.match(value.strip()) if isinstance(value, str) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            seconds = float(value)
+        elif match:
+            number, unit = match.groups()
+            seconds = float(number) * self.UNIT[unit]
+        else:
+            raise InvalidRequest(f"'{where}' must be seconds or a duration such as \"10m\" (negative: keep loaded)",
+                                 param=where)
+        if seconds != seconds or seconds > self.MOST:
+            raise InvalidRequest(f"'{where}' must be at most {self.MOST:.0f} seconds (negative: keep loaded)",
+                                 param=where)
+        return -1.0 if seconds < 0 else seconds
+
+    def schema(self, settings):
+        return {"oneOf": [{"type": "number", "maximum": self.MOST},
+                          {"type": "string", "pattern": self.PATTERN.pattern}]}
+
+
 @dataclass(frozen=True)
 class OneOf(Check):
     """One of a few strings; a false value (absent, "", null) means the first."""

@@ -11,10 +11,10 @@ import math
 from starlette.responses import JSONResponse
 
 from ..errors import (RETRY_GOING_AWAY, AuthenticationError, BudgetExceeded, ContextLengthExceeded, EngineError,
-                      InsufficientCredit, InvalidRequest, LedgerError, MethodNotAllowed, ModelNotFound, NotFound,
-                      OverloadedError, PayloadTooLarge, PermissionDenied, RateLimited, RequestTimeout, ReverbError,
-                      TemplateError, UnsupportedMediaType, UpstreamError, UpstreamRejected, UpstreamTimeout,
-                      UpstreamUnavailable)
+                      InsufficientCredit, InvalidRequest, LedgerError, MethodNotAllowed, ModelLoadError, ModelNotFound,
+                      NotFound, OverloadedError, PayloadTooLarge, PermissionDenied, RateLimited, RequestTimeout,
+                      ReverbError, TemplateError, UnsupportedMediaType, UpstreamError, UpstreamRejected,
+                      UpstreamTimeout, UpstreamUnavailable)
 
 # class: (status, openai type, openai code, openai status override, gateway code)
 TABLE: dict[type[ReverbError], tuple[int, str, str | None, int | None, str | None]] = {
@@ -37,6 +37,8 @@ TABLE: dict[type[ReverbError], tuple[int, str, str | None, int | None, str | Non
     OverloadedError: (503, "server_error", "overloaded", None, None),
     LedgerError: (503, "server_error", "ledger_unavailable", None, None),
     EngineError: (500, "server_error", "engine_error", None, None),
+    # a model loaded on demand (--on-demand) that failed to load: the server is fine, that model is not
+    ModelLoadError: (503, "server_error", "model_load_error", None, None),
     # An upstream's own 4xx keeps its status (UpstreamRejected.status), type and code where it gave them.
     UpstreamRejected: (400, "invalid_request_error", None, None, None),
     UpstreamUnavailable: (502, "server_error", "upstream_unavailable", None, None),

@@ -18,10 +18,10 @@ GAP_BUCKETS = (.001, .0025, .005, .0075, .01, .015, .02, .03, .05, .1, .25, 1)
 
 
 class Metrics(Hooks):
-    """The service's hooks as Prometheus metrics, for the models of ``registry`` and the loaded ``backends``
-    (read when scraped). Passed to ``service.build(hooks=Metrics)``."""
+    """The service's hooks as Prometheus metrics, for the models of ``registry`` and those ``models`` has loaded
+    (``loader.Models``, read when scraped). Passed to ``service.build(hooks=Metrics)``."""
 
-    def __init__(self, registry, backends):
+    def __init__(self, registry, models):
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("reverb_requests", "HTTP requests", ["route", "status", "model"], registry=r)
@@ -34,7 +34,11 @@ class Metrics(Hooks):
                              buckets=GAP_BUCKETS, registry=r)
         self.latency = Histogram("reverb_request_duration_seconds", "Request duration", ["route"],
                                  buckets=LATENCY_BUCKETS, registry=r)
-        r.register(_BackendCollector(backends))
+        self.loads = Counter("reverb_model_loads", "Model loads (at start and on demand)", ["model", "outcome"],
+                             registry=r)
+        self.load_time = Histogram("reverb_model_load_seconds", "Time to load a model", ["model"],
+                                   buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600), registry=r)
+        r.register(_BackendCollector(models))
         self._models = set(registry.specs)
 
     def model_label(self, model: str | None) -> str:
@@ -53,6 +57,12 @@ class Metrics(Hooks):
     def token_gap(self, model: str, seconds: float) -> None:
         self.itl.labels(model).observe(seconds)
 
+    def model_loaded(self, model: str, seconds: float, ok: bool) -> None:
+        label = self.model_label(model)
+        self.loads.labels(label, "loaded" if ok else "failed").inc()
+        if ok:
+            self.load_time.labels(label).observe(seconds)
+
     def settled(self, record: RequestRecord, price: int) -> None:
         model = self.model_label(record.model)
         if record.status != "rejected":
@@ -63,8 +73,8 @@ class Metrics(Hooks):
 
 
 class _BackendCollector:
-    def __init__(self, backends):
-        self.backends = backends
+    def __init__(self, models):
+        self.models = models   # loader.Models: the backends loaded when scraped
 
     def describe(self):
         return []
@@ -81,7 +91,9 @@ class _BackendCollector:
                                    labels=["model"])
         entries = GaugeMetricFamily("reverb_prompt_cache_entries", "Prompt prefixes cached in host memory",
                                     labels=["model"])
-        for name, backend in self.backends.items():
+        threads = GaugeMetricFamily("reverb_threads", "llama.cpp threads decoding now (they follow the CPU the "
+                                    "process gets unless --threads is given)", labels=["model"])
+        for name, backend in self.models.backends.items():
             st = backend.stats()
             queue.add_metric([name], st.waiting)
             active.add_metric([name], st.active)
@@ -90,4 +102,6 @@ class _BackendCollector:
             reused.add_metric([name], st.reused_tokens)
             cached.add_metric([name], st.cached_prompt_bytes)
             entries.add_metric([name], st.cached_prompts)
-        return [queue, active, slots, ctx, reused, cached, entries]
+            if st.threads:
+                threads.add_metric([name], st.threads)
+        return [queue, active, slots, ctx, reused, cached, entries, threads]

@@ -100,12 +100,19 @@ def _model_json(name: str, backend) -> dict:
             "owned_by": info.provider if info.passthrough else "reverb", "provider": info.provider}
 
 
+def _unloaded_json(name: str) -> dict:
+    # a model served on demand (--on-demand) that is not loaded right now: loaded by its first request
+    return {"id": name, "object": "model", "created": 0, "owned_by": "reverb", "provider": "llama.cpp"}
+
+
 async def list_models(request: Request) -> JSONResponse:
     """The loaded models this key (and its team) may use."""
     service: Service = request.state.service
     account = request.state.ctx.account
-    return JSONResponse({"object": "list", "data": [_model_json(n, b) for n, b in service.backends.items()
-                                                    if account is None or account.may_use(n)]})
+    loaded = service.backends
+    allowed = (lambda n: True) if account is None else account.may_use
+    return JSONResponse({"object": "list", "data": [_model_json(n, b) for n, b in loaded.items() if allowed(n)]
+                         + [_unloaded_json(n) for n in service.models.servable if n not in loaded and allowed(n)]})
 
 
 async def get_model(request: Request) -> JSONResponse:
@@ -114,7 +121,11 @@ async def get_model(request: Request) -> JSONResponse:
     name = request.path_params["model"]
     backend = service.backends.get(name)
     account = request.state.ctx.account
-    if backend is None or (account is not None and not account.may_use(name)):
+    if account is not None and not account.may_use(name):
+        backend = None
+    elif backend is None and name in service.models.servable:
+        return JSONResponse(_unloaded_json(name))
+    if backend is None:
         raise ModelNotFound(f"The model '{quote(name)}' does not exist or is not loaded on this server", param="model",
                             model=None)
     return JSONResponse(_model_json(name, backend))

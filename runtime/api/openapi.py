@@ -173,5 +173,8 @@ def document(settings: Settings) -> dict:
                                  "responses": {"200": {"description": "text"},
                                                **_errors("OpenAIError", (401, 403))}}},
             "/openapi.json": {"get": {"summary": "this document", "responses": {"200": {"description": "json"}}}},
+            "/api/ps": {"get": {"summary": "loaded models: memory, slots, running requests, idle time (`reverb ps`; "
+                                "operator keys only)", "responses": {"200": {"description": "json"},
+                                                                     "403": {"description": "not an operator key"}}}},
         },
     }

@@ -1,4 +1,4 @@
-"""Operators' routes: ``/health`` (no key), ``/metrics`` and ``/openapi.json``."""
+"""Operators' routes: ``/health`` (no key), ``/metrics``, ``/openapi.json`` and ``/api/ps`` (operator keys only)."""
 
 from __future__ import annotations
 
@@ -20,3 +20,11 @@ async def metrics(request: Request) -> Response:
 
 async def openapi(request: Request) -> JSONResponse:
     return JSONResponse(document(request.state.service.settings))
+
+
+async def ps(request: Request) -> JSONResponse:
+    """``reverb ps``: the models loaded now (memory, slots, running requests, idle time) and those loading; an
+    operator route (api/routes.py)."""
+    service = request.state.service
+    return JSONResponse({"object": "list", "on_demand": service.settings.on_demand,
+                         "servable": service.models.servable, "data": service.models.status()})

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from . import admin, completions, embeddings, gateway, openai, ops, orgusage
+from . import admin, completions, embeddings, gateway, openai, ops, orgusage, ui, uidata
 from .handler import endpoint
 
 OPENAI, GATEWAY = "openai", "gateway"
@@ -58,6 +58,16 @@ ROUTES: tuple[Route, ...] = (
     Route("/v1/admin/log", ("GET",), "admin", OPENAI, admin.admin_log),
     Route("/v1/organization/usage/completions", ("GET",), "organization", OPENAI, orgusage.usage_completions),
     Route("/v1/organization/costs", ("GET",), "organization", OPENAI, orgusage.costs),
+    Route("/api/ps", ("GET",), "ps", OPENAI, ops.ps, operator=True),
+    # the web page (api/ui.py): its files are public; its data comes from the routes above and its own reads
+    # (api/uidata.py), with the user's key. All answer 404 with --no-ui
+    Route("/", ("GET",), "ui", OPENAI, ui.root, public=True),
+    Route("/ui", ("GET",), "ui", OPENAI, ui.index, public=True),
+    *(Route(f"/ui/{name}", ("GET",), "ui", OPENAI, ui.asset, public=True) for name in ui.files()),
+    Route("/ui/api/requests/{request_id}", ("GET",), "ui.data", OPENAI, uidata.request_price),
+    Route("/ui/api/usage", ("GET",), "ui.data", OPENAI, uidata.usage),
+    Route("/ui/api/last-use", ("GET",), "ui.data", OPENAI, uidata.last_use),
+    Route("/ui/api/refusals", ("GET",), "ui.data", OPENAI, uidata.refusals),
 )
 _BY_PATH = {r.path: r for r in ROUTES if "{" not in r.path}
 _BY_PREFIX = {r.path[:r.path.index("{")]: r for r in ROUTES if "{" in r.path}  # "/v1/models/" -> its route

@@ -25,8 +25,8 @@ from ..errors import InvalidRequest, quote
 from ..request import Ask
 from ..settings import Settings
 from ..types import SamplingParams
-from .checks import (PARALLEL_TOOL_CALLS, TOOL_CHOICE, Boolean, Check, Integer, LogitBias, Metadata, Model, Number,
-                     OneOf, ResponseFormatCheck, Site, Stop, StreamOptions, Text, Texts, ToolsCheck)
+from .checks import (PARALLEL_TOOL_CALLS, TOOL_CHOICE, Boolean, Check, Integer, KeepAlive, LogitBias, Metadata, Model,
+                     Number, OneOf, ResponseFormatCheck, Site, Stop, StreamOptions, Text, Texts, ToolsCheck)
 from .conversation import Messages, RelayMessages
 
 CHAT, COMPLETIONS, EMBEDDINGS, GATEWAY = "chat", "completions", "embeddings", "gateway"
@@ -51,7 +51,7 @@ def _inputs(settings: Settings) -> int:
 class Field:
     name: str
     check: Check
-    to: str | None                # "model", "messages", "prompt", "stream", "response_format", "tools",
+    to: str | None                # "model", "messages", "prompt", "stream", "keep_alive", "response_format", "tools",
     #                               "sampling.<attr>" or "render.<attr>"; None: accepted with no effect
     dialects: frozenset[str]
     doc: str                      # what reverb does with it: the docs' field table
@@ -120,8 +120,12 @@ FIELDS: tuple[Field, ...] = (
     Field("metadata", Metadata(), None, OPENAI, "accepted (at most 16 string pairs) with no effect; kept only "
           "inside the stored body with `--log-bodies`"),
     # What is asked.
-    Field("model", Model(), "model", frozenset(DIALECTS), "a loaded catalogue name; anything else is 404 "
-          "`model_not_found` (never another model)", fallback=True, relay=True, top=True),
+    Field("model", Model(), "model", frozenset(DIALECTS), "a model this server serves (loaded, or with "
+          "`--on-demand` loaded for this request; docs/models.md); anything else is 404 `model_not_found` (never "
+          "another model)", fallback=True, relay=True, top=True),
+    Field("keep_alive", KeepAlive(), "keep_alive", OPENAI, "not OpenAI's (Ollama's): with `--on-demand`, how long "
+          "the model stays loaded after this request: seconds or a duration (`\"10m\"`); 0 unloads it right after, "
+          "negative keeps it (docs/models.md)", fallback=True),
     Field("messages", Messages(), "messages", CHATS, "roles `system`, `developer` (as system), `user`, `assistant` "
           "(`content` may be null when it has `tool_calls`), `tool` (needs `tool_call_id`), rendered by the model's "
           "chat template; `name` is handed to the template. Content parts: text only; an assistant's `audio` or "
@@ -171,8 +175,8 @@ FIELDS: tuple[Field, ...] = (
           "`float` or `base64` (little-endian float32)"),
     # Constraints on the answer.
     Field("response_format", ResponseFormatCheck(), "response_format", CHATS, "`text`, `json_object`, "
-          "`json_schema` (`strict` true or false, enforced alike) by a grammar; a schema keyword that cannot be "
-          "enforced is 400 naming it"),
+          "`json_schema` (`strict` true or false, enforced alike) by a grammar with bounded work "
+          "(docs/structured-output.md); a schema keyword that cannot be enforced is 400 naming it"),
     Field("tools", ToolsCheck(), "tools", CHATS, "functions the model may call, for every model (see Tool calls)"),
     Field("tool_choice", TOOL_CHOICE, None, CHATS, "`none`, `auto`, `required` or a named function (read with "
           "`tools`)"),

@@ -61,6 +61,7 @@ class Stats:
     reused_tokens: int = 0        # prompt tokens taken from a cache instead of computed, since start
     cached_prompts: int = 0       # prompt prefixes kept in host memory beyond the slots
     cached_prompt_bytes: int = 0
+    threads: int = 0              # llama.cpp threads decoding now (0: not a local model)
 
 
 class Handle(Protocol):

@@ -11,7 +11,7 @@ import logging
 import sys
 
 from ..errors import ReverbError
-from . import chat, keys, models, serve, usage
+from . import chat, keys, models, ps, serve, usage
 from .flags import add_settings
 
 
@@ -32,9 +32,26 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)
     add_settings(common, "common")
-    for module in (serve, keys, usage, models, chat):
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="also show other libraries' info lines (default: their warnings only)")
+    for module in (serve, chat, models, ps, keys, usage):
         module.add_parsers(sub, [common])
     return ap
+
+
+def setup_logging(args) -> None:
+    """reverb's own lines at info (warnings only in a chat); other libraries' (httpx, gguf, huggingface_hub) at
+    warning unless --verbose."""
+    verbose = getattr(args, "verbose", False)
+    ours = logging.WARNING if args.cmd in ("chat", "run") and not verbose else logging.INFO
+    if getattr(args, "log_format", None) == "json":
+        fmt = "%(message)s"
+    elif args.cmd in ("chat", "run"):
+        fmt = "%(levelname)s %(name)s: %(message)s"
+    else:
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format=fmt)
+    logging.getLogger("reverb").setLevel(ours)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,12 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd is None:
         ap.print_help()
         return 0
-    if args.cmd == "chat":
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    elif getattr(args, "log_format", None) == "json":
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-    else:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args)
     try:
         return args.run(args)
     except ReverbError as e:

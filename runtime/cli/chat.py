@@ -14,6 +14,7 @@ import asyncio
 import http.client
 import json
 import os
+import re
 import sys
 import threading
 from dataclasses import replace
@@ -27,8 +28,15 @@ from ..types import Message, SamplingParams
 from .flags import settings_from
 
 HELP = "type a message; end a line with \\ to continue it; /help lists the commands, /exit leaves"
-COMMANDS = {"/help": "list these commands", "/reset": "clear the conversation (keeps --system)",
-            "/history": "show the conversation so far", "/exit": "leave (also /quit, Ctrl-D, Ctrl-C twice)"}
+COMMANDS = {"/help": "list these commands", "/reset": "clear the conversation (keeps the system message)",
+            "/history": "show the conversation so far",
+            "/set system TEXT": "set the system message (/set system alone removes it)",
+            "/set temperature X": "also: /set seed N, /set max-tokens N, /set top-p X (/set seed alone: random)",
+            "/show": "the model, the system message and the sampling settings",
+            "/save NAME": "save the conversation and settings (in the chats folder)",
+            "/load NAME": "load a saved conversation and its settings",
+            "/exit": "leave (also /quit, Ctrl-D, Ctrl-C twice)"}
+SAVE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class LocalBackend:
@@ -135,7 +143,7 @@ class RemoteBackend:
 
     def stream(self, messages: list[dict], params: SamplingParams, max_tokens: int):
         body = {"model": self.model, "messages": messages, "stream": True, "max_tokens": max_tokens,
-                "temperature": params.temperature}
+                "temperature": params.temperature, "top_p": params.top_p}
         if params.seed is not None:
             body["seed"] = params.seed
         resp = self._request("POST", "/v1/chat/completions", body)
@@ -183,11 +191,154 @@ def read_message(prompt: str = "> ") -> str:
     return "\n".join(lines)
 
 
+def data_dir():
+    from ..settings import default_data_dir
+    return default_data_dir()
+
+
+class Session:
+    """One conversation: its system message, its messages and its sampling settings (what /save keeps)."""
+
+    def __init__(self, model: str, params: SamplingParams, max_tokens: int, system: str | None):
+        self.model, self.params, self.max_tokens, self.system = model, params, max_tokens, system
+        self.turns: list[dict] = []
+
+    def messages(self) -> list[dict]:
+        return ([{"role": "system", "content": self.system}] if self.system else []) + self.turns
+
+    def command(self, cmd: str) -> bool:
+        """Run a /command; False for /exit. Prints what it did."""
+        word, _, rest = cmd.partition(" ")
+        rest = rest.strip()
+        if word in ("/exit", "/quit"):
+            return False
+        if word == "/reset":
+            self.turns = []
+            say("(history cleared)")
+        elif word == "/history":
+            for m in self.messages():
+                say(f"[{m['role']}] {m['content']}")
+        elif word == "/help":
+            say("\n".join(f"  {c:<19} {what}" for c, what in COMMANDS.items()))
+        elif word == "/set":
+            self._set(rest)
+        elif word == "/show":
+            p = self.params
+            say(f"model: {self.model}\nsystem: {self.system or '(none)'}\ntemperature: {p.temperature:g}  "
+                f"top-p: {p.top_p:g}  seed: {'random' if p.seed is None else p.seed}  max-tokens: "
+                f"{self.max_tokens}\nturns: {len(self.turns) // 2}")
+        elif word in ("/save", "/load"):
+            if not SAVE_NAME.match(rest):
+                say(f"({word} NAME: a name of letters, digits, '.', '_' or '-')")
+            elif word == "/save":
+                self._save(rest)
+            else:
+                self._load(rest)
+        else:
+            say(f"(unknown command {word}; /help lists them, and // starts a message with /)")
+        return True
+
+    def _set(self, rest: str) -> None:
+        key, _, value = rest.partition(" ")
+        value = value.strip()
+        if key == "system":
+            self.system = value or None
+            say("(system message set)" if value else "(system message removed)")
+            return
+        fields = {"temperature": ("temperature", float, 0.0, 2.0), "top-p": ("top_p", float, 0.0, 1.0),
+                  "seed": ("seed", int, 0, 2**63 - 1), "max-tokens": ("max_tokens", int, 1, 1 << 20)}
+        if key not in fields:
+            say("(/set system TEXT, /set temperature X, /set top-p X, /set seed N, /set max-tokens N)")
+            return
+        name, kind, lo, hi = fields[key]
+        if key == "seed" and not value:
+            self.params = replace(self.params, seed=None)
+            say("(seed: random)")
+            return
+        try:
+            number = kind(value)
+        except ValueError:
+            say(f"(/set {key}: not a number: {value!r})")
+            return
+        if not lo <= number <= hi:
+            say(f"(/set {key}: must be between {lo} and {hi})")
+            return
+        if name == "max_tokens":
+            self.max_tokens = number
+        else:
+            self.params = replace(self.params, **{name: number})
+        say(f"({key}: {number:g})")
+
+    def _path(self, name: str):
+        return data_dir() / "chats" / f"{name}.json"
+
+    def _save(self, name: str) -> None:
+        path = self._path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        p = self.params
+        path.write_text(json.dumps({"model": self.model, "system": self.system, "turns": self.turns,
+                                    "temperature": p.temperature, "top_p": p.top_p, "seed": p.seed,
+                                    "max_tokens": self.max_tokens}, indent=1), encoding="utf-8")
+        say(f"(saved to {path})")
+
+    def _load(self, name: str) -> None:
+        path = self._path(name)
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            turns = [{"role": str(m["role"]), "content": str(m["content"])} for m in saved["turns"]
+                     if m["role"] in ("user", "assistant")]
+            params = replace(self.params, temperature=float(saved["temperature"]), top_p=float(saved["top_p"]),
+                             seed=None if saved["seed"] is None else int(saved["seed"]))
+            max_tokens = int(saved["max_tokens"])
+            system = saved["system"] if isinstance(saved.get("system"), str) else None
+        except FileNotFoundError:
+            say(f"(no saved chat {name!r} in {path.parent})")
+            return
+        except (ValueError, KeyError, TypeError):
+            say(f"({path} is not a saved chat)")
+            return
+        self.turns, self.params, self.max_tokens, self.system = turns, params, max_tokens, system
+        note = "" if saved.get("model") == self.model else f"; it was saved with {saved.get('model')}"
+        say(f"(loaded {len(turns) // 2} turns{note})")
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _line_history():
+    """Line editing, and the typed lines kept across sessions (a file in the data directory), on a terminal."""
+    if not sys.stdin.isatty():
+        return None
+    import readline
+    path = data_dir() / "chat_history"
+    try:
+        readline.read_history_file(path)
+    except OSError:
+        pass
+    readline.set_history_length(1000)
+    return readline, path
+
+
 def run(backend, params: SamplingParams, max_tokens: int, system: str | None = None) -> int:
-    if sys.stdin.isatty():
-        import readline  # noqa: F401 - line editing and history for input()
-    history: list[dict] = [{"role": "system", "content": system}] if system else []
+    history = _line_history()
+    session = Session(backend.model, params, max_tokens, system)
     print(f"reverb chat: {backend.model}. {HELP}", flush=True)
+    try:
+        _loop(backend, session)
+    finally:
+        if history is not None:
+            readline, path = history
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                readline.write_history_file(path)
+            except OSError:
+                pass
+    backend.close()
+    return 0
+
+
+def _loop(backend, session: Session) -> None:
     while True:
         try:
             text = read_message()
@@ -205,26 +356,15 @@ def run(backend, params: SamplingParams, max_tokens: int, system: str | None = N
         if not cmd:
             continue
         if cmd.startswith("/") and not cmd.startswith("//"):
-            word = cmd.split()[0]
-            if word in ("/exit", "/quit"):
+            if not session.command(cmd):
                 break
-            if word == "/reset":
-                history = history[:1] if system else []
-                print("(history cleared)", flush=True)
-            elif word == "/history":
-                for m in history:
-                    print(f"[{m['role']}] {m['content']}", flush=True)
-            elif word == "/help":
-                print("\n".join(f"  {c:<9} {what}" for c, what in COMMANDS.items()), flush=True)
-            else:
-                print(f"(unknown command {word}; /help lists them, and // starts a message with /)", flush=True)
             continue
         if cmd.startswith("//"):
             text = text.replace("//", "/", 1)
-        history.append({"role": "user", "content": text})
+        session.turns.append({"role": "user", "content": text})
         answer = []
         try:
-            for piece in backend.stream(history, params, max_tokens):
+            for piece in backend.stream(session.messages(), session.params, session.max_tokens):
                 answer.append(piece)
                 sys.stdout.write(piece)
                 sys.stdout.flush()
@@ -234,23 +374,36 @@ def run(backend, params: SamplingParams, max_tokens: int, system: str | None = N
             print(" [stopped]", flush=True)
         except ReverbError as e:
             print(f"\n(error: {e.message})", flush=True)
-            history.pop()
+            session.turns.pop()
             continue
-        history.append({"role": "assistant", "content": "".join(answer)})
-    backend.close()
-    return 0
+        session.turns.append({"role": "assistant", "content": "".join(answer)})
 
 
 def add_parsers(sub, common) -> None:
     c = sub.add_parser("chat", help="chat with a model in the terminal", parents=common)
-    c.add_argument("--model", dest="chat_model", help="model name (default: the catalogue's default)")
+    c.add_argument("--model", dest="chat_model", help="a catalogue name, a .gguf file or hf.co/OWNER/REPO[:QUANT] "
+                   "(default: the catalogue's default)")
+    _chat_flags(c)
+    c.set_defaults(run=main)
+    r = sub.add_parser("run", help="pull a model if needed, then chat with it", parents=common)
+    r.add_argument("chat_model", metavar="MODEL", help="a catalogue name, a .gguf file or hf.co/OWNER/REPO[:QUANT]")
+    _chat_flags(r)
+    r.set_defaults(run=run_model)
+
+
+def run_model(args) -> int:
+    """``reverb run MODEL``: ``chat`` with downloads allowed."""
+    args.pull = True
+    return main(args)
+
+
+def _chat_flags(c) -> None:
     c.add_argument("--url", help="talk to a running server instead of loading the model here")
     c.add_argument("--api-key", dest="chat_key", help="key for --url (default: REVERB_API_KEY)")
     c.add_argument("--max-tokens", type=int, default=512, help="longest answer in tokens (default 512)")
     c.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default 0.7)")
     c.add_argument("--seed", type=int, help="sampling seed, for repeatable answers")
     c.add_argument("--system", help="a system message to start the conversation with")
-    c.set_defaults(run=main)
 
 
 def main(args) -> int:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import fields
 from pathlib import Path
 
 from ..settings import Settings, env_name, field_type
+
+OLD = "__old_flag"   # dest suffix of a setting's deprecated flag
 
 
 def _shown(value) -> str:
@@ -17,15 +20,28 @@ def _shown(value) -> str:
     return "none" if value is None else str(value)
 
 
+# The help groups serve's flags by concern: a group starts at the first of these fields (in Settings' order) and
+# holds the fields after it until the next, so a setting added at the end of its group lands in it.
+GROUPS = {"models_path": "catalogue and ledger", "models": "models", "host": "network and keys",
+          "threads": "engine (llama.cpp)", "pull": "model files", "on_demand": "models on demand",
+          "max_body_bytes": "HTTP limits", "ready_file": "operations"}
+
+
 def add_settings(parser: argparse.ArgumentParser, scope: str) -> None:
-    """Add a flag for every setting whose metadata names ``scope`` ("serve" or "common")."""
+    """Add a flag for every setting whose metadata names ``scope`` ("serve" or "common"), in argument groups by
+    concern. Each help line names one default: the help's own "(default: ...)" when it explains it, else the value."""
+    target = parser.add_argument_group("catalogue and ledger") if scope == "common" else parser
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for f in fields(Settings):
         meta = f.metadata
+        if f.name in GROUPS and scope == "serve" and f.name != "models_path":
+            target = groups.setdefault(GROUPS[f.name], parser.add_argument_group(GROUPS[f.name]))
         if meta.get("cli") != scope:
             continue
         kind = field_type(f.name)
         flag = meta.get("flag") or "--" + f.name.replace("_", "-")
-        help_ = f"{meta['help']} (default: {_shown(f.default)}; env {env_name(f.name)})"
+        shown = "" if "default:" in meta["help"] else f"default: {_shown(f.default)}; "
+        help_ = f"{meta['help']} ({shown}env {env_name(f.name)})"
         kw: dict = {"dest": f.name, "default": None, "help": help_}
         if kind is bool:
             kw["action"] = argparse.BooleanOptionalAction
@@ -37,7 +53,9 @@ def add_settings(parser: argparse.ArgumentParser, scope: str) -> None:
                 kw["choices"] = meta["choices"]
             elif "metavar" in meta:
                 kw["metavar"] = meta["metavar"]
-        parser.add_argument(flag, **kw)
+        target.add_argument(flag, **kw)
+        if meta.get("old_flag"):
+            target.add_argument(meta["old_flag"], **{**kw, "dest": f.name + OLD, "help": f"deprecated: use {flag}"})
 
 
 def settings_from(args: argparse.Namespace, **extra) -> Settings:
@@ -45,6 +63,9 @@ def settings_from(args: argparse.Namespace, **extra) -> Settings:
     given = {}
     for f in fields(Settings):
         value = getattr(args, f.name, None)
+        if value is None and getattr(args, f.name + OLD, None) is not None:
+            value = getattr(args, f.name + OLD)
+            print(f"reverb: note: {f.metadata['old_flag']} is deprecated; use {f.metadata['flag']}", file=sys.stderr)
         if value is not None:
             given[f.name] = tuple(value) if isinstance(value, list) else value
     return Settings.build(**{**given, **extra})

@@ -1,9 +1,16 @@
-"""``reverb models``, ``pull``, ``rm`` and the model tools (``convert``, ``export-hf``, ``quantize``, ``eval``)."""
+"""``reverb models list|pull|rm|show`` (also ``pull``, ``rm``, ``show`` on their own) and the model tools
+(``convert``, ``export-hf``, ``quantize``, ``eval``).
+
+A model is named as everywhere on the command line: a catalogue name, a GGUF file, or ``hf.co/owner/repo[:QUANT]``
+(``models/refs.py``)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
+import re
 import sys
 from importlib import resources
 from pathlib import Path
@@ -15,16 +22,34 @@ from .flags import settings_from
 EVAL_TEXT = resources.files("reverb.convert") / "data" / "eval.txt"   # shipped as package data
 
 
-def add_parsers(sub, common) -> None:
-    m = sub.add_parser("models", help="list the catalogue and which models are present locally", parents=common)
-    m.set_defaults(run=models)
+MODEL_HELP = "a catalogue name, a .gguf file, or hf.co/OWNER/REPO[:QUANT]"
+
+
+def _model_commands(sub, common) -> None:
+    """pull, rm and show: under ``reverb models`` and, as short forms, at the top level."""
     p = sub.add_parser("pull", help="download a hub model into the HF cache and verify it", parents=common)
-    p.add_argument("name", help="model name from models.toml")
+    p.add_argument("name", metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--offline", action="store_true", help="cache only (also HF_HUB_OFFLINE=1)")
     p.set_defaults(run=pull)
     r = sub.add_parser("rm", help="remove a pulled model's local files", parents=common)
-    r.add_argument("name", help="model name from models.toml")
+    r.add_argument("name", metavar="MODEL", help=MODEL_HELP)
     r.set_defaults(run=rm)
+    s = sub.add_parser("show", help="what a model's GGUF says: architecture, parameters, quant, context, template, "
+                       "license", parents=common)
+    s.add_argument("name", metavar="MODEL", help=MODEL_HELP)
+    s.add_argument("--template", action="store_true", help="print the whole chat template")
+    s.set_defaults(run=show)
+
+
+def add_parsers(sub, common) -> None:
+    m = sub.add_parser("models", help="the catalogue and local models: list, pull, rm, show", parents=common,
+                       description="Without a sub-command: list.")
+    m.set_defaults(run=models)
+    msub = m.add_subparsers(dest="models_cmd", metavar="COMMAND")
+    lst = msub.add_parser("list", help="list the catalogue and which models are present locally", parents=common)
+    lst.set_defaults(run=models)
+    _model_commands(msub, common)
+    _model_commands(sub, common)
     c = sub.add_parser("convert", help="Hugging Face safetensors checkpoint -> GGUF")
     c.add_argument("hf_dir", type=Path, help="directory with config.json, *.safetensors and tokenizer.json")
     c.add_argument("-o", "--output", type=Path, required=True, help="the GGUF file to write")
@@ -55,9 +80,10 @@ def _catalogue(args) -> registry.Registry:
 
 
 def _resolve(reg, name: str):
-    if not registry.NAME_RE.match(name):
-        raise ConfigError(f"not a model name: {name!r}")
-    return reg.resolve(name)
+    """The spec a command-line model reference names (refs.py). Raises ConfigError or ModelNotFound."""
+    from ..models import refs
+    extended, names = refs.resolve(reg, (name,))
+    return extended.specs[names[0]]
 
 
 def local(spec) -> Path | None:
@@ -85,14 +111,61 @@ def models(args) -> int:
         prices = f"{registry.format_money(spec.price_input):>8} {registry.format_money(spec.price_output):>8}"
         print(f"{spec.name:<16} {spec.source:<8} {provider[:12]:<12} {spec.quant or '-':<8} {spec.ctx:>7} {prices}  "
               f"{present:<12} {where}")
+    from ..models import download, refs
+    pulled = [(name, file, size) for name, file, size in download.cached_models()
+              if not any(s.repo and s.file == file and name.startswith(f"hf.co/{s.repo}") for s in reg.specs.values())]
+    if pulled:
+        print("\npulled from the hub (serve or chat with the name on the left):")
+        for name, file, size in pulled:
+            parts = len(refs.split_parts(file))
+            print(f"{name:<60} {size / 1e6:>8.0f} MB" + (f" ({parts} parts)" if parts > 1 else ""))
     return 0
 
 
 def pull(args) -> int:
-    from ..models import download
+    from ..models import download, refs
     spec = _resolve(_catalogue(args), args.name)
+    if spec.source != "hf":
+        where = registry.local_path(spec)
+        print(f"{spec.name}: nothing to pull (source = {spec.source}" + (f", {where}" if where else "") + ")")
+        return 0
     path = download.pull(spec, offline=args.offline)
-    print(f"{spec.name}: {path} ({path.stat().st_size / 1e6:.1f} MB)" + (", sha256 verified" if spec.sha256 else ""))
+    parts = [path.with_name(p) for p in refs.split_parts(path.name)]
+    size = sum(p.stat().st_size for p in parts)
+    print(f"{spec.name}: {path} ({size / 1e6:.1f} MB" + (f", {len(parts)} parts" if len(parts) > 1 else "") + ")"
+          + (", sha256 verified" if spec.sha256 else ""))
+    return 0
+
+
+def show(args) -> int:
+    from ..loader import locate, model_ctx
+    from ..models import ggufinfo
+    settings = settings_from(args)
+    spec = _resolve(registry.load(settings.catalogue_path), args.name)
+    if spec.upstream:
+        print(f"{spec.name}: served by an upstream: {spec.upstream_model} at {spec.base_url}")
+        return 0
+    path = locate(spec, settings, resolve_only=True)
+    if path is None:
+        raise ConfigError(f"{spec.name} is not on this machine; run `reverb pull {args.name}` first")
+    info = ggufinfo.read(path)
+    template = info.chat_template or ""
+    rows = [("model", spec.name), ("file", str(path) + (f" (+{info.parts - 1} parts)" if info.parts > 1 else "")),
+            ("name", info.name or "-"), ("architecture", info.architecture),
+            ("parameters", f"{ggufinfo.human_count(info.parameters)} ({info.parameters:,})"),
+            ("quant", info.quant or "-"), ("size", f"{info.file_bytes / 1e6:.1f} MB"),
+            ("context", f"{info.context_length or '?'} trained; served with {model_ctx(spec, settings, info)} per "
+                        "slot"),
+            ("license", info.license or "-"),
+            ("prices", f"{registry.format_money(spec.price_input)} in, {registry.format_money(spec.price_output)} "
+                       "out per 1M tokens"),
+            ("template", f"{len(template.splitlines())} lines" + ("" if args.template else
+                                                                   " (--template prints it)") if template else
+             "none in the file (ChatML is used)")]
+    for key, value in rows:
+        print(f"{key:<13} {value}")
+    if args.template and template:
+        print(template)
     return 0
 
 
@@ -100,7 +173,8 @@ def rm(args) -> int:
     from ..models import download
     spec = _resolve(_catalogue(args), args.name)
     if spec.source != "hf":
-        raise ConfigError(f"model '{spec.name}' is not a pulled model (source = {spec.source}); nothing to remove")
+        raise ConfigError(f"model '{spec.name}' is not a pulled model (source = {spec.source}); nothing to remove"
+                          + (" (reverb never deletes a file you named)" if spec.source == "file" else ""))
     freed = download.remove(spec)
     print(f"{spec.name}: removed {freed / 1e6:.1f} MB" if freed else f"{spec.name}: not present locally")
     return 0
@@ -117,14 +191,58 @@ def quantize(args) -> int:
     if not args.input.is_file():
         raise ConfigError(f"{args.input}: not a file")
     tmp = args.output.with_name(args.output.name + ".tmp")
+    bar = _Progress(f"quantizing to {args.type}")
     try:
-        engine.quantize(args.input, tmp, args.type)
+        with bar.capturing(logging.getLogger("reverb.engine")):
+            engine.quantize(args.input, tmp, args.type)
         tmp.replace(args.output)  # atomic: a failed quantization never leaves a half file under the real name
     except ModelLoadError:
         tmp.unlink(missing_ok=True)
         raise
     print(f"{args.output}: {args.output.stat().st_size / 1e6:.1f} MB ({args.type})", file=sys.stdout)
     return 0
+
+
+class _Progress(logging.Handler):
+    """llama.cpp's quantize lines ("[  12/ 272] name - ...", logged by the engine at DEBUG) as one tensor-count
+    progress bar on stderr (tqdm, as huggingface_hub's downloads show theirs); its other lines are dropped, except
+    errors."""
+
+    LINE = re.compile(r"^llama\.cpp: \[\s*(\d+)/\s*(\d+)\]")
+
+    def __init__(self, what: str):
+        super().__init__(logging.DEBUG)
+        self.what, self.bar = what, None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        m = self.LINE.match(message)
+        if m:
+            self.update(int(m.group(1)), int(m.group(2)))
+        elif record.levelno >= logging.ERROR:
+            print(f"reverb: {message}", file=sys.stderr)
+
+    def update(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=self.what, unit="tensor", file=sys.stderr, leave=True)
+        self.bar.n = done
+        self.bar.refresh()
+
+    @contextlib.contextmanager
+    def capturing(self, logger: logging.Logger):
+        level, propagate = logger.level, logger.propagate
+        logger.addHandler(self)
+        logger.setLevel(logging.DEBUG)
+        logger.propagate = False
+        try:
+            yield self
+        finally:
+            logger.removeHandler(self)
+            logger.setLevel(level)
+            logger.propagate = propagate
+            if self.bar is not None:
+                self.bar.close()
 
 
 def evaluate(args) -> int:

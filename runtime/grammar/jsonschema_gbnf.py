@@ -67,6 +67,7 @@ class GrammarBuilder:
     def __init__(self):
         self.rules: dict[str, str] = {"root": ""}  # reserved: response_format.finish() writes it last
         self._by_body: dict[str, str] = {}
+        self.paths: dict[str, str] = {}  # rule -> the schema path it enforces (to name a part that is too costly)
 
     def name(self, hint: str) -> str:
         base = re.sub(r"[^a-zA-Z0-9-]+", "-", hint).strip("-")[:40] or "r"
@@ -107,6 +108,11 @@ class SchemaConverter:
         return self.visit(self.checked.root, self.prefix, path)
 
     def visit(self, node, hint: str, path: str) -> str:
+        rule = self._visit(node, hint, path)
+        self.b.paths.setdefault(rule, path)
+        return rule
+
+    def _visit(self, node, hint: str, path: str) -> str:
         if node is True or node == {} or not isinstance(node, dict):
             return self.b.prim("value")
         if "$ref" in node:

@@ -17,8 +17,10 @@ _ESC_SETS = {
 }
 _ESC_CHARS = {"n": 10, "t": 9, "r": 13, "f": 12, "v": 11, "0": 0}
 _DOT = [(0, 9), (11, 12), (14, 0x2027), (0x202A, MAXCP)]  # JS '.': anything but line terminators
-# raw in a JSON string: not '"', '\\' or control characters (DEL is excluded like llama.cpp's own rule)
-_RAW_OK = [(0x20, 0x21), (0x23, 0x5B), (0x5D, 0x7E), (0x80, MAXCP)]
+# raw in a JSON string: not '"', '\\' or control characters (DEL is excluded like llama.cpp's own rule), and never a
+# UTF-16 surrogate (U+D800-U+DFFF): no UTF-8 text holds one, and a grammar that admits them would let the answer
+# carry bytes no client can decode
+_RAW_OK = [(0x20, 0x21), (0x23, 0x5B), (0x5D, 0x7E), (0x80, 0xD7FF), (0xE000, MAXCP)]
 _ESCAPED = {0x22: r'"\\\""', 0x5C: r'"\\\\"', 0x0A: r'"\\n"', 0x09: r'"\\t"'}
 
 

@@ -17,6 +17,8 @@ class GrammarSpec:
     root: str = "root"
     lazy: bool = False
     trigger_patterns: tuple[str, ...] = ()
+    param: str = "response_format"
+    paths: tuple[tuple[str, str], ...] = ()  # (rule, schema path): where a rule llguidance names came from
 
 
 def finish(builder: GrammarBuilder, root_body: str, param: str, **kw) -> GrammarSpec:
@@ -24,7 +26,7 @@ def finish(builder: GrammarBuilder, root_body: str, param: str, **kw) -> Grammar
     text = builder.text()
     if len(text) > MAX_GRAMMAR_CHARS:
         raise InvalidRequest(f"the schema needs a grammar larger than {MAX_GRAMMAR_CHARS} characters", param=param)
-    return GrammarSpec(text, **kw)
+    return GrammarSpec(text, param=param, paths=tuple(builder.paths.items()), **kw)
 
 
 def add_schema(builder: GrammarBuilder, schema, path: str, prefix: str) -> str:

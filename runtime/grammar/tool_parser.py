@@ -1,18 +1,24 @@
 """Turn generated text into OpenAI content + tool_calls, incrementally (for streaming) or at once.
 
-Recognises ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks (any whitespace). Name-first
-blocks stream: the header delta (index, id, type, name) as soon as the name is complete, then the
-arguments text in pieces. Other key orders, or arguments given as a JSON string, are buffered to the
-closing tag and emitted whole. A block that is not a valid call of a known function stays content.
+Recognises ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` blocks, opened exactly as the grammar
+writes them and its lazy trigger fires on (``tools.TC_WS`` then ``{"name": "``, one optional space where the
+grammar allows one): a block the trigger would not have put under the grammar is never a call, so the arguments of
+every call were constrained. A call streams: the header delta (index, id, type, name) as soon as the name is
+complete, then the arguments text in pieces. Any other block (another key order, arguments as a string, an
+unknown function) stays content.
 """
 import json
 import re
 import secrets
 import string
 
-from .tools import CLOSE, OPEN
+from .tools import CLOSE, OPEN, OPENING_PREFIX, TC_WS, prefix_pattern
 
-_HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*')
+_NAME = r'"((?:[^"\\]|\\.)*)"'
+_HEAD = re.compile(TC_WS + r'\{ ?"name": ?' + _NAME + r', ?"arguments": ?')
+_OPENING_PREFIX = re.compile(OPENING_PREFIX)
+_OPEN_NAME = re.compile(TC_WS + r'\{ ?"name": ?"(?:[^"\\]|\\.)*\\?')          # the name still being written
+_AFTER_NAME = re.compile(TC_WS + r'\{ ?"name": ?' + _NAME + prefix_pattern([",", " ?", *'"arguments":', " ?"]))
 _TAIL = re.compile(r"\s*\}\s*" + re.escape(CLOSE))
 _ALNUM = string.ascii_letters + string.digits
 
@@ -58,7 +64,7 @@ class ToolCallParser:
         self.out = []
         while getattr(self, "_" + self.state)(final=True):
             pass
-        if self.state in ("head", "raw"):  # an unfinished block never became a call: it is content
+        if self.state == "head":  # an unfinished block never became a call: it is content
             self._emit_content(self.block_ws + OPEN + self.buf)
         elif self.state == "text":
             self._emit_content(self.buf)
@@ -100,30 +106,21 @@ class ToolCallParser:
                 name = json.loads(f'"{m.group(1)}"')
             except ValueError:
                 name = None
-            if isinstance(name, str) and (self.names is None or name in self.names) and \
-                    self.buf[m.end():m.end() + 1] in ("{", ""):
-                if self.buf[m.end():m.end() + 1] == "":
-                    return False  # wait: arguments might still turn out to be a JSON string
+            nxt = self.buf[m.end():m.end() + 1]
+            if nxt == "" and not final:
+                return False  # wait for the arguments' first character
+            if nxt == "{" and isinstance(name, str) and (self.names is None or name in self.names):
                 self._start_call(name)
                 self.buf, self.state = self.buf[m.end():], "args"
                 self._scan = [0, False, False]  # depth, in string, escaped
                 return True
-        if CLOSE in self.buf or (not m and not self._may_become_head()):
-            self.state = "raw"
-            return True
-        return False
-
-    def _may_become_head(self) -> bool:
-        """Whether the buffer (whitespace ignored) is still a prefix of the name-first header."""
-        s, start = re.sub(r"\s+", "", self.buf), '{"name":"'
-        if len(s) <= len(start):
-            return start.startswith(s)
-        if not s.startswith(start):
-            return False
-        m = re.match(r'((?:[^"\\]|\\.)*)"', s[len(start):])
-        if not m:
-            return len(s) < 400  # still inside the name
-        return ',"arguments":'.startswith(s[len(start) + m.end():])
+        elif not final and len(self.buf) < 400 and any(
+                rx.fullmatch(self.buf) for rx in (_OPENING_PREFIX, _OPEN_NAME, _AFTER_NAME)):
+            return False  # still a prefix of a call's opening
+        # Not a call: the tag is text, and the rest is read again (it may hold the next tag)
+        self._emit_content(self.block_ws + OPEN)
+        self.block_ws, self.state = "", "text"
+        return True
 
     def _start_call(self, name):
         call = {"id": self.new_id(), "type": "function", "function": {"name": name, "arguments": ""}}
@@ -166,38 +163,6 @@ class ToolCallParser:
             self.buf, self.state = (self.buf[j + len(CLOSE):] if j >= 0 else ""), "text"
             return True
         return False
-
-    def _raw(self, final) -> bool:
-        j = self.buf.find(CLOSE)
-        if j < 0:
-            return False
-        inner, self.buf, self.state = self.buf[:j], self.buf[j + len(CLOSE):], "text"
-        call = _parse_block(inner)
-        if call and (self.names is None or call[0] in self.names):
-            self._start_call(call[0])
-            self._emit_args(call[1])
-        else:
-            self._emit_content(self.block_ws + OPEN + inner + CLOSE)
-        return True
-
-
-def _parse_block(inner: str):
-    """(name, arguments JSON text) from a whole block's JSON, or None."""
-    try:
-        obj = json.loads(inner)
-    except ValueError:
-        return None
-    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-        return None
-    args = obj.get("arguments", obj.get("parameters", {}))
-    if isinstance(args, str):
-        try:
-            args = json.loads(args)
-        except ValueError:
-            return None
-    if not isinstance(args, dict):
-        return None
-    return obj["name"], json.dumps(args, ensure_ascii=False)
 
 
 def parse_tool_calls(text: str, names=None, id_factory=new_call_id) -> tuple[str | None, list[dict]]:

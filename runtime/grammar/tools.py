@@ -18,20 +18,28 @@ from .schema_check import families
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 MAX_TOOLS = 128
 _NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-TC_WS = "[ \\n]{0,2}"  # between tags and JSON; bounded so a tiny model cannot loop on newlines
-# The lazy trigger fires only when what follows "<tool_call>" is a prefix the grammar accepts, because
-# llama.cpp feeds the rest of the triggering token to the grammar and aborts the process on a reject.
-_AFTER_OPEN = ["[ \\n]{0,2}", "\\{", " ?", '"', "n", "a", "m", "e", '"', ":", " ?", '"']
+# Between tags and JSON (a GBNF class and a Python regex alike): any of these four characters, bounded so a tiny
+# model cannot loop on newlines. The grammar, the lazy trigger and the parser all use it, so they agree on which
+# openings start a call: a tab, CRLF, three newlines or two spaces do; a fifth character does not.
+TC_WS = "[ \\t\\r\\n]{0,4}"
+# The opening of a call, up to the name's first quote, in pieces: the trigger fires (and the parser starts a call)
+# only when what follows "<tool_call>" is a prefix of it, so the grammar takes over from a text it accepts.
+_AFTER_OPEN = [TC_WS, "\\{", " ?", '"', "n", "a", "m", "e", '"', ":", " ?", '"']
 
 
-def _trigger_pattern() -> str:
+def prefix_pattern(pieces: list[str]) -> str:
+    """A regex matching every prefix (the empty one included) of what ``pieces`` spell in a row."""
     tail = ""
-    for piece in reversed(_AFTER_OPEN):
+    for piece in reversed(pieces):
         tail = piece + (f"(?:{tail})?" if tail else "")
-    return "<tool_call>" + tail + "$"
+    return f"(?:{tail})?"
 
 
-TRIGGER_PATTERN = _trigger_pattern()
+OPENING_PREFIX = prefix_pattern(_AFTER_OPEN)
+OPENING = "".join(_AFTER_OPEN)
+# Searched in the text written so far (Python re): a whole opening anywhere (one token may write it and more), or
+# the start of one at the very end.
+TRIGGER_PATTERN = f"<tool_call>(?:{OPENING}|{OPENING_PREFIX}\\Z)"
 
 
 def parse_tools(tools, tool_choice=None, parallel_tool_calls=None, prefix: str = "") -> Tools | None:

@@ -49,6 +49,7 @@ log = logging.getLogger("reverb.ledger")
 
 DETAIL_ROWS_PER_MINUTE = 5    # per client, route and code: refusals without a key beyond this are only counted
 CLIENT_CHARS = 64
+MODEL_EVENT_CHARS = 256   # an hf.co/owner/repo:QUANT name is longer than a catalogue name
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 
@@ -208,6 +209,29 @@ class Ledger(Management, Reports):
         self.lease.renewed(started, lost)
         return Reservation(rates, self.lease.epoch)
 
+    def raise_hold(self, account: Account, request_id: str, amount: int, prompt_tokens: int) -> None:
+        """Add ``amount`` to an open hold (the worst case once the prompt is counted) and record its prompt tokens.
+        Raises InsufficientCredit without changing anything (the hold stays as it was), LedgerError."""
+        if account.unlimited:
+            return
+        amount = max(0, amount)
+        if amount > MAX_BALANCE:
+            raise InsufficientCredit("not enough credit for this request")
+        self.lease.require()
+
+        def tx(db):
+            if amount:
+                cur = db.execute("UPDATE keys SET balance = balance - ? "
+                                 "WHERE id = ? AND balance >= ? AND revoked_at IS NULL",
+                                 (amount, account.key_id, amount))
+                if cur.rowcount != 1:
+                    raise InsufficientCredit("not enough credit for this request")
+            cur = db.execute("UPDATE holds SET amount = amount + ?, prompt_tokens = ? WHERE request_id = ?",
+                             (amount, prompt_tokens, request_id))
+            if cur.rowcount != 1:
+                raise LedgerError("The ledger could not record this request")
+        self.engine.write(tx)
+
     def progress(self, request_id: str, delivered_tokens: int) -> None:
         """Raise a stream's delivered-token high-water mark (what a sweeper charges if this server dies)."""
         self.engine.write(lambda db: db.execute(
@@ -272,6 +296,23 @@ class Ledger(Management, Reports):
                 log.warning("the ledger is nearly full (--db-max-mb): refusals are no longer recorded (%d so far)",
                             self._skipped_refusals)
         return written
+
+    # -- models ------------------------------------------------------------------------------------------
+
+    def model_event(self, model: str, event: str, seconds: float | None = None, memory: int = 0,
+                    reason: str | None = None) -> None:
+        """Record a model load ("loaded", "failed") or "unloaded", with this server's instance."""
+        self.engine.write(lambda db: db.execute(
+            "INSERT INTO model_events (instance_id, model, event, seconds, memory_bytes, reason, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (self.lease.instance_id, printable(model[:MODEL_EVENT_CHARS]), event, seconds, int(memory),
+             None if reason is None else printable(reason[:200]), now())))
+
+    def model_events(self, since: str | None = None) -> list[dict]:
+        rows = self.engine.read("SELECT instance_id, model, event, seconds, memory_bytes, reason, created_at "
+                                "FROM model_events WHERE created_at >= ? ORDER BY id", (since or "",))
+        cols = ("instance_id", "model", "event", "seconds", "memory_bytes", "reason", "created_at")
+        return [dict(zip(cols, r, strict=True)) for r in rows]
 
     # -- reports ------------------------------------------------------------------------------------------
 

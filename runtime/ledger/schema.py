@@ -147,6 +147,21 @@ MIGRATIONS: list[str] = [
         detail TEXT
     )
     """,
+    # 4: every model load, failed load and unload, at start or on demand (loader.py), with the server instance,
+    # the seconds it took, the memory counted for it and why it was unloaded.
+    """
+    CREATE TABLE model_events (
+        id {id},
+        instance_id TEXT,
+        model TEXT NOT NULL,
+        event TEXT NOT NULL CHECK (event IN ('loaded', 'failed', 'unloaded')),
+        seconds DOUBLE PRECISION,
+        memory_bytes BIGINT NOT NULL DEFAULT 0,
+        reason TEXT,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX model_events_by_time ON model_events(created_at);
+    """,
 ]
 
 

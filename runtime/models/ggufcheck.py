@@ -96,8 +96,9 @@ class _Reader:
             raise UnsafeModelFile("GGUF metadata holds more strings than any model needs: over the limit")
 
 
-def check(path: Path) -> dict:
-    """Validate ``path``; returns a small summary. Raises UnsafeModelFile naming what is wrong."""
+def check(path: Path, part: bool = False) -> dict:
+    """Validate ``path``; returns a small summary. Raises UnsafeModelFile naming what is wrong. ``part``: a second
+    or later part of a multi-part GGUF, which may hold no tensors and names no architecture."""
     try:
         st = os.stat(path)  # follows links: the HF cache links snapshots to blobs
     except OSError:
@@ -153,6 +154,8 @@ def check(path: Path) -> dict:
         size = elements // block * nbytes
         if data_size < 0 or offset % alignment or offset + size > data_size:
             raise UnsafeModelFile(f"tensor {name!r} data lies outside the file")
+    if part:
+        return {"version": version, "tensors": len(tensors), "kv": n_kv, "architecture": arch}
     if not tensors:
         raise UnsafeModelFile("GGUF file holds no tensors: not a model")
     if not isinstance(arch, str) or not arch:

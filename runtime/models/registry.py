@@ -25,8 +25,8 @@ REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    source: str                      # package | hf | path | openai
-    file: str = ""                   # file name inside the package / repo, or the relative path
+    source: str                      # package | hf | path | openai; file: a GGUF named on the command line
+    file: str = ""                   # file name inside the package / repo, the relative path, or (file) absolute
     package: str | None = None
     repo: str | None = None
     revision: str | None = None
@@ -187,7 +187,9 @@ def _ctx(where: str, name: str, table: dict) -> int:
 def _check_relative(where: str, name: str, file: str) -> None:
     p = PurePosixPath(file)
     if not file or p.is_absolute() or "\\" in file or ".." in p.parts or file.startswith("~"):
-        raise ConfigError(f"{where}: field 'file' must be a relative path without '..'", model=name, param="file")
+        raise ConfigError(f"{where}: field 'file' must be a path relative to models.toml, without '..' (to serve a "
+                          f"file elsewhere, name it on the command line: reverb serve /path/to/model.gguf)",
+                          model=name, param="file")
 
 
 def _price(where: str, name: str, key: str, value) -> int:
@@ -203,7 +205,9 @@ def local_path(spec: ModelSpec) -> Path | None:
     Hub models are located by ``download.cached_path``. Returns None when the file is not there. A path that
     would leave the models directory, or a symlink, raises ConfigError.
     """
-    if spec.source == "package":
+    if spec.source == "file":   # named by the operator on the command line: taken as it is (refs.py)
+        candidate = Path(spec.file)
+    elif spec.source == "package":
         found = importlib.util.find_spec(spec.package) if spec.package else None
         if found is None or not found.submodule_search_locations:
             return None
@@ -211,9 +215,11 @@ def local_path(spec: ModelSpec) -> Path | None:
     elif spec.source == "path":
         candidate = spec.base_dir / spec.file
         if candidate.is_symlink():
-            raise ConfigError(f"model '{spec.name}': {spec.file} is a symlink, refused", model=spec.name)
+            raise ConfigError(f"model '{spec.name}': {spec.file} is a symlink, refused in models.toml (name the "
+                              f"file on the command line instead: reverb serve {candidate})", model=spec.name)
         if not candidate.resolve().is_relative_to(spec.base_dir):
-            raise ConfigError(f"model '{spec.name}': {spec.file} leaves the models directory", model=spec.name)
+            raise ConfigError(f"model '{spec.name}': {spec.file} leaves the models directory (name the file on the "
+                              f"command line instead: reverb serve PATH)", model=spec.name)
     else:
         return None
     return candidate if candidate.is_file() else None

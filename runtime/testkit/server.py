@@ -65,7 +65,7 @@ def start_server(model: str = "", parallel: int = 2, models: str = "", timeout: 
     if model:
         cmd += ["--model", model]
     if models:
-        cmd += ["--models", models]
+        cmd += ["--catalogue", models]
     if threads:
         cmd += ["--threads", str(threads)]
     env = {k: v for k, v in os.environ.items() if k not in ("REVERB_API_KEY", "REVERB_TEST_CONTROL")}

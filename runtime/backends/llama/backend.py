@@ -12,24 +12,29 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Callable
 
 from ... import grammar
-from ...errors import RETRY_BUSY, InvalidRequest, OverloadedError, TemplateError
+from ...errors import RETRY_BUSY, GrammarTooCostly, InvalidRequest, OverloadedError, TemplateError
 from ...models.registry import ModelSpec
 from ...models.templates import CHATML, ChatTemplate
 from ...request import Ask
 from ...settings import Settings
 from ...types import Chunk, Message, SamplingParams, Tools
 from .. import Info, Prompt, Stats
+from . import threads
 from .batcher import Batcher, Job
+from . import guidance
 from .bridge import ModelThread, Sink
 from .output import Constraint
 from .promptcache import PromptCache
 
 
 class LlamaBackend:
-    def __init__(self, spec: ModelSpec, engine, template: ChatTemplate, thread: ModelThread, ctx: int):
+    def __init__(self, spec: ModelSpec, engine, template: ChatTemplate, thread: ModelThread, ctx: int,
+                 prepare_workers: int = 2, prepare_timeout: float = 30.0, max_waiting: int = 64,
+                 grammar_cpu_s: float = guidance.ANSWER_BUDGET_S):
         self.spec = spec
         self.engine = engine
         self.template = template
@@ -42,6 +47,14 @@ class LlamaBackend:
         self._embed_jobs: set[EmbeddingJob] = set()   # running or waiting, at most ``embedding_queue``
         self._embed_lock = threading.Lock()
         self.embedding_queue = 4
+        # Preparation (rendering, tokenizing, compiling a grammar) runs after the credit hold, on a few threads of
+        # its own, with a bounded number of requests waiting and a deadline each: see docs/structured-output.md.
+        self._prep_pool = ThreadPoolExecutor(max_workers=prepare_workers, thread_name_prefix=f"reverb-prep-{spec.name}")
+        self._prep_timeout, self._prep_max = prepare_timeout, max_waiting + prepare_workers
+        self._prep_pending = 0
+        self._vocab: guidance.Vocabulary | None = None
+        self._vocab_lock = threading.Lock()
+        self._grammar_cpu_s = grammar_cpu_s
 
     @classmethod
     def load(cls, spec: ModelSpec, path, settings: Settings, engine_factory=None) -> "LlamaBackend":
@@ -55,8 +68,9 @@ class LlamaBackend:
                 probe.check_in_child(path)
             engine_factory = Engine
         ctx = settings.ctx or spec.ctx
-        config = EngineConfig(n_ctx=ctx, n_seq=settings.parallel, n_threads=settings.n_threads,
-                              n_threads_batch=settings.n_threads_batch, n_batch=settings.batch,
+        plan = threads.ThreadPlan.from_flags(settings.threads, settings.threads_batch)
+        config = EngineConfig(n_ctx=ctx, n_seq=settings.parallel, n_threads=plan.n_threads,
+                              n_threads_batch=plan.n_threads_batch, n_batch=settings.batch,
                               n_ubatch=settings.ubatch, flash_attn=settings.flash_attn,
                               deterministic=settings.deterministic)
         engine = engine_factory(path, config)
@@ -71,8 +85,12 @@ class LlamaBackend:
                           max_queue=settings.max_queue, queue_timeout=settings.queue_timeout,
                           deterministic=settings.deterministic, prompt_cache=cache,
                           slots_per_key=settings.key_slots, queue_per_key=settings.queue_per_key)
-        backend = cls(spec, engine, template, ModelThread(batcher, name=spec.name), ctx)
+        follow = threads.EngineThreads(engine, plan) if plan.adapt or plan.adapt_batch else None
+        backend = cls(spec, engine, template, ModelThread(batcher, name=spec.name, threads=follow), ctx,
+                      prepare_workers=settings.prepare_workers, prepare_timeout=settings.prepare_timeout,
+                      max_waiting=settings.max_queue, grammar_cpu_s=settings.grammar_cpu_ms / 1000)
         backend.embedding_queue = settings.embedding_queue
+        backend._prep_pool.submit(backend.vocabulary)  # ~0.3 s, in the background: ready for the first grammar
         return backend
 
     def tokenize_chat(self, messages: tuple[Message, ...] | list[Message], tools: Tools | None = None) -> list[int]:
@@ -116,6 +134,9 @@ class LlamaBackend:
         return ([self.engine.bos()] if self.engine.add_bos() else []) + self.engine.tokenize(text, special=False)
 
     async def prepare(self, ask: Ask) -> Prompt:
+        """Render and tokenize on the preparation pool, within the deadline; the grammar is compiled later, by
+        ``compile``, once credit is held. Raises RequestError or OverloadedError (too many waiting, or the deadline
+        passed)."""
         n_vocab = self.engine.n_vocab
         if any(not 0 <= tok < n_vocab for tok, _ in ask.sampling.logit_bias):
             raise InvalidRequest(f"'logit_bias' token ids must be below {n_vocab}", param="logit_bias")
@@ -123,35 +144,69 @@ class LlamaBackend:
         if ask.sampling.n > slots:
             raise InvalidRequest(f"'n' must be at most {slots} on this server (one slot per choice; see --parallel)",
                                  param="n")
-        # Rendering, tokenizing and building a grammar take milliseconds: keep them off the event loop.
-        return await asyncio.get_running_loop().run_in_executor(None, self._prepare, ask)
+        return await self._in_pool(self._prepare, ask)
 
-    def _prepare(self, ask: Ask) -> Prompt:
-        constraint = self._constraint(ask)
+    async def compile(self, prompt: Prompt, ask: Ask) -> Prompt:
+        """The prompt with its constraint compiled: response_format and tools to GBNF (a keyword it cannot enforce
+        is InvalidRequest naming it), then llguidance with bounded work (an over-bound grammar is GrammarTooCostly
+        naming its schema path, with ``prompt_tokens`` set: the prompt was counted and is billed)."""
+        if ask.response_format is None and ask.tools is None:
+            return prompt
+        try:
+            constraint = await self._in_pool(self._compile, ask)
+        except GrammarTooCostly as e:
+            e.prompt_tokens = prompt.n_tokens
+            raise
+        return replace(prompt, constraint=constraint)
+
+    async def _in_pool(self, fn, ask: Ask):
+        if self._prep_pending >= self._prep_max:
+            raise OverloadedError("too many requests are being prepared", retry_after=RETRY_BUSY)
+        deadline = time.monotonic() + self._prep_timeout
+        self._prep_pending += 1
+        future = self._prep_pool.submit(fn, ask, deadline)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self._prep_timeout)
+        except asyncio.TimeoutError:
+            future.cancel()  # not started: it never runs; started: it stops at its next deadline check
+            raise OverloadedError(f"preparing the request took longer than {self._prep_timeout:g} s",
+                                  retry_after=RETRY_BUSY) from None
+        finally:
+            self._prep_pending -= 1
+
+    def _prepare(self, ask: Ask, deadline: float = float("inf")) -> Prompt:
+        _check_deadline(deadline)
         if ask.prompt is not None:
             batch = tuple(tuple(self.tokenize_text(text)) for text in ask.prompt)
             for i, tokens in enumerate(batch):
                 if not tokens:
                     raise InvalidRequest("an empty prompt has no tokens to start from",
                                          param="prompt" if len(batch) == 1 else f"prompt[{i}]")
-            return Prompt(n_tokens=sum(map(len, batch)), tokens=batch[0], batch=batch, constraint=constraint,
-                          choices=ask.choices, streams=ask.choices)
+            return Prompt(n_tokens=sum(map(len, batch)), tokens=batch[0], batch=batch, choices=ask.choices,
+                          streams=ask.choices)
         tokens = self.tokenize_chat(ask.messages, ask.tools)
-        return Prompt(n_tokens=len(tokens), tokens=tuple(tokens), constraint=constraint, choices=ask.choices,
-                      streams=ask.choices)
+        return Prompt(n_tokens=len(tokens), tokens=tuple(tokens), choices=ask.choices, streams=ask.choices)
 
-    def _constraint(self, ask: Ask) -> Constraint | None:
-        """Compile response_format and tools into a grammar (checked by llama.cpp now, so a grammar it refuses is a
-        400 before any credit is held) and a tool-call parser. Raises InvalidRequest naming the field."""
+    def _compile(self, ask: Ask, deadline: float = float("inf")) -> Constraint | None:
+        _check_deadline(deadline)
         tools = ask.tools if ask.tools is not None and ask.tools.choice != "none" else None
         spec = (grammar.tool_grammar(tools, ask.response_format) if tools is not None
                 else grammar.response_format_grammar(ask.response_format))
-        if spec is not None:
-            self.engine.check_grammar(spec)
         parser = None
         if tools is not None:
             parser = functools.partial(grammar.ToolCallParser, frozenset(t.name for t in ask.tools.tools))
-        return Constraint(spec, parser) if spec is not None or parser is not None else None
+        _check_deadline(deadline)
+        compiled = (guidance.compile_grammar(spec, self.vocabulary(), self._grammar_cpu_s) if spec is not None
+                    else None)
+        return Constraint(compiled, parser) if compiled is not None or parser is not None else None
+
+    def vocabulary(self) -> guidance.Vocabulary:
+        """The model's vocabulary for grammar matching, built once (a fraction of a second)."""
+        with self._vocab_lock:
+            if self._vocab is None:
+                pieces, eog = self.engine.vocabulary()
+                self._vocab = guidance.Vocabulary(pieces, eog, lambda text: self.engine.tokenize(text, special=False))
+            return self._vocab
 
     def submit(self, prompt: Prompt, params: SamplingParams, on_chunk: Callable[[Chunk], None],
                tenant: str) -> "_Handle":
@@ -185,15 +240,24 @@ class LlamaBackend:
     def stats(self) -> Stats:
         b = self.thread.batcher
         return Stats(waiting=len(b.waiting), active=b.active(), slots=len(b.slots), reused_tokens=b.reused_tokens,
-                     cached_prompts=len(b.prompt_cache), cached_prompt_bytes=b.prompt_cache.bytes)
+                     cached_prompts=len(b.prompt_cache), cached_prompt_bytes=b.prompt_cache.bytes,
+                     threads=self.thread.threads.counts()[0] if self.thread.threads else self.engine.config.n_threads)
 
     def close(self) -> None:
         with self._embed_lock:
             for job in self._embed_jobs:
                 job.cancel()   # each stops within one chunk; what it computed is still billed
         self._embed_pool.shutdown(wait=True)
+        self._prep_pool.shutdown(wait=True, cancel_futures=True)
         self.thread.stop()
+        if self.thread.threads is not None:
+            self.thread.threads.close()
         self.engine.close()
+
+
+def _check_deadline(deadline: float) -> None:
+    if time.monotonic() > deadline:
+        raise OverloadedError("preparing the request took longer than its deadline", retry_after=RETRY_BUSY)
 
 
 class _Handle:

@@ -20,7 +20,7 @@ import secrets
 import threading
 from dataclasses import dataclass, field
 
-from ...errors import RETRY_BUSY, RETRY_WAITED, OverloadedError, ReverbError
+from ...errors import RETRY_BUSY, RETRY_WAITED, GrammarTooCostly, OverloadedError, ReverbError
 from ...types import Chunk, FinishReason, SamplingParams, Usage
 from . import shapes
 from .admission import FairQueue
@@ -265,7 +265,11 @@ class Batcher:
                     f.cached, f.reusable, f.owner = list(s.cached), s.reusable, s.owner
                     self._sample(f, index)
         job = s.job
-        tok = s.sampler.sample(index)
+        try:
+            tok = s.sampler.sample(index)
+        except GrammarTooCostly as e:  # over its grammar's bounds: this choice ends, billed; the others run on
+            self.retire(s, FinishReason.ERROR, error=e)
+            return
         if tok < 0 or self.engine.is_eog(tok):  # < 0: the grammar allows nothing more
             self.retire(s, FinishReason.STOP)
             return

@@ -2,7 +2,8 @@
 
 The thread loops: admit waiting jobs (under the lock, since ``submit`` comes from the event loop), run one
 ``Batcher.step`` (outside the lock), and hand the step's chunks to each job's event loop in one
-``call_soon_threadsafe`` (one wake-up per step, not per token).
+``call_soon_threadsafe`` (one wake-up per step, not per token). With adapting threads (threads.py), each step is
+timed on this thread and the thread count for the next one follows.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ class Sink:
 class ModelThread:
     """Runs a Batcher from its own thread. ``submit``, ``wake``, ``stats`` and ``stop`` are safe from any thread."""
 
-    def __init__(self, batcher: Batcher, name: str = "model"):
+    def __init__(self, batcher: Batcher, name: str = "model", threads=None):
         self.batcher = batcher
+        self.threads = threads  # threads.EngineThreads, or None for fixed counts
         self._cv = threading.Condition()
         self._running = True
         self._thread = threading.Thread(target=self._run, name=f"reverb-{name}", daemon=True)
@@ -73,7 +75,10 @@ class ModelThread:
                     return
                 b.admit(time.monotonic())
             try:
+                started = self.threads.start() if self.threads is not None else None
                 b.step()
+                if started is not None:
+                    self.threads.stop(started)
             except Exception as e:  # the engine failed: fail the running jobs, keep serving
                 log.exception("decode step failed")
                 b.fail_running(EngineError("generation failed"))

@@ -17,19 +17,20 @@ from pathlib import Path
 import llama_cpp as C
 import numpy as np
 
-from ...errors import EngineError, InvalidRequest, ModelLoadError
+from ...errors import EngineError, ModelLoadError
 from ...types import SamplingParams, TokenLogprob
 from .logprobs import token_logprob
+from .shapes import SPLIT_MIN, kv_view
 
 log = logging.getLogger("reverb.engine")
 
 _backend_lock = threading.Lock()
 _backend_ready = False
-_LEVELS = {3: logging.WARNING, 4: logging.ERROR}  # ggml_log_level: 2 INFO, 3 WARN, 4 ERROR
+_LEVELS = {2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}  # ggml_log_level: 2 INFO, 3 WARN, 4 ERROR
 
 
 @C.llama_log_callback
-def _log_callback(level, text, _user):  # llama.cpp is chatty at INFO; keep only warnings and errors
+def _log_callback(level, text, _user):  # llama.cpp is chatty at INFO: that is DEBUG here (quantize's progress)
     lvl = _LEVELS.get(level)
     if lvl is not None and text:
         log.log(lvl, "llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
@@ -62,12 +63,12 @@ class EngineConfig:
 
 class Sampler:
     """One sequence's sampler chain (penalties -> top-k -> top-p -> min-p -> temperature -> seeded draw), and
-    optionally a grammar (a GrammarSpec). The grammar sampler costs ~5-10 ms a token over the whole vocabulary, so,
-    like llama-server (grammar_first=false): draw without it, check that one token, and only if it is rejected draw
-    again from the best candidates by logit that the grammar allows, in widening tiers. A greedy pick equals
-    grammar-first's (logit_bias and penalties apply after the cut); a sampled one comes from that tier."""
+    optionally a grammar matcher (guidance.Matcher, whose work is bounded). Like llama-server (grammar_first=false):
+    draw without the grammar, check that one token, and only if it is rejected draw again from the best candidates by
+    logit that the grammar allows, in widening tiers. A greedy pick equals grammar-first's (logit_bias and penalties
+    apply after the cut); a sampled one comes from that tier."""
 
-    RESAMPLE_TOP = (16, 256, 4096)  # widening tiers: ~0.2 ms a token over an unconstrained draw (was ~0.5 at 64)
+    RESAMPLE_TOP = (16, 256, 4096)  # widening tiers, then the whole vocabulary
 
     def __init__(self, engine: "Engine", params: SamplingParams, seed: int, grammar=None):
         chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
@@ -91,24 +92,32 @@ class Sampler:
             add(C.llama_sampler_init_temp(params.temperature))
             add(C.llama_sampler_init_dist(seed & 0xFFFFFFFF))
         self._chain, self._engine, self._ctx = chain, engine, engine._ctx
-        self._grammar = engine.grammar_sampler(grammar) if grammar is not None else None
+        self._grammar = grammar.matcher() if grammar is not None else None
         # Only the penalties sampler keeps state from accepted tokens (dist draws in apply, not accept).
         self._stateless = not (params.presence_penalty or params.frequency_penalty)
 
     def sample(self, batch_index: int) -> int:
         """Sample (and accept) the next token from the logits at ``batch_index`` of the last decode; -1 when the
-        grammar allows no token (the answer is complete but its end token is banned)."""
-        if self._grammar is None:
+        grammar allows no token (the answer is complete but its end token is banned). Raises GrammarTooCostly when
+        the grammar has used up its bounds (the caller ends this sequence alone)."""
+        g = self._grammar
+        if g is None:
             return C.llama_sampler_sample(self._chain, self._ctx, batch_index)
         if self._stateless:  # accepting a token the grammar then rejects changes nothing in such a chain
             tok = C.llama_sampler_sample(self._chain, self._ctx, batch_index)
         else:  # penalties remember accepted tokens: pick without accepting, accept once the grammar agrees
             tok = self._pick(self._engine._candidates(batch_index, None))
-        if not self._allows(tok):
+        for _ in range(8):  # an exact mask's pick is allowed; a lazy grammar's is checked token by token
+            if tok >= 0 and g.allows(tok):
+                break
             tok = self._resample(batch_index)
-            if tok < 0 or not self._allows(tok):  # never accept a rejected token: llama.cpp aborts on it
+            if tok < 0:
                 return -1
-        C.llama_sampler_accept(self._grammar, tok)
+            if g.exact:
+                break
+        else:
+            return -1
+        g.accept(tok, self._engine.piece(tok))
         if not self._stateless:
             C.llama_sampler_accept(self._chain, tok)
         return tok
@@ -116,9 +125,9 @@ class Sampler:
     def follow(self, tok: int) -> bool:
         """Accept a token chosen elsewhere if the grammar allows it (False, and nothing accepted, if not)."""
         if self._grammar is not None:
-            if not self._allows(tok):
+            if not self._grammar.allows(tok):
                 return False
-            C.llama_sampler_accept(self._grammar, tok)
+            self._grammar.accept(tok, self._engine.piece(tok))
         C.llama_sampler_accept(self._chain, tok)
         return True
 
@@ -128,26 +137,23 @@ class Sampler:
             return -1  # nothing the grammar allows survives the chain (e.g. the end token is banned)
         return arr.data[arr.selected].id
 
-    def _allows(self, tok: int) -> bool:
-        one = self._engine._one
-        one.data[0].id, one.data[0].logit, one.data[0].p = tok, 0.0, 0.0
-        one.size, one.selected, one.sorted = 1, -1, False
-        C.llama_sampler_apply(self._grammar, ctypes.byref(one))
-        return one.data[0].logit != -np.inf
-
     def _resample(self, batch_index: int) -> int:
         e = self._engine
+        allowed = self._grammar.mask()  # one bounded step over the whole vocabulary (~0.05 ms)
+        if not allowed.any():
+            return -1
         for top in (*self.RESAMPLE_TOP, None):  # the top candidates (and the end tokens), then everything
             arr = e._candidates(batch_index, top)
-            C.llama_sampler_apply(self._grammar, ctypes.byref(arr))
-            if np.isfinite(e._cand["logit"][:arr.size]).any():
+            view = e._cand[:arr.size]
+            keep = allowed[view["id"]]
+            if keep.any():
+                view["logit"][~keep] = -np.inf
                 return self._pick(arr)
         return -1
 
     def close(self) -> None:
-        for s in (self._chain, self._grammar):
-            if s is not None:
-                C.llama_sampler_free(s)
+        if self._chain is not None:
+            C.llama_sampler_free(self._chain)
         self._chain = self._grammar = None
 
 
@@ -178,8 +184,7 @@ class Engine:
         cparams.kv_unified = False  # one KV stream per sequence: attention reads only its own cells
         cparams.no_perf = True
         if config.all_logits:
-            cparams.n_outputs_max = config.n_batch
-            cparams.n_outputs_max_per_seq = 0
+            cparams.n_outputs_max, cparams.n_outputs_max_per_seq = config.n_batch, 0
         else:  # one output per sequence per call: the compute buffer need not hold n_ubatch rows of logits
             cparams.n_outputs_max = config.n_seq
         self._ctx = C.llama_init_from_model(self._model, cparams)
@@ -188,8 +193,8 @@ class Engine:
             raise ModelLoadError("llama.cpp could not create a context (out of memory?)")
         self._mem = C.llama_get_memory(self._ctx)
         self.config = config
-        self.n_ctx = C.llama_n_ctx_seq(self._ctx)
-        self.n_ubatch = C.llama_n_ubatch(self._ctx)
+        self.n_ctx, self.n_ubatch = C.llama_n_ctx_seq(self._ctx), C.llama_n_ubatch(self._ctx)
+        self._threads = self._applied = self._fixed = (config.n_threads, config.n_threads_batch)
         self._batch = C.llama_batch_init(config.n_batch, 0, 1)
         self._pieces: dict[int, bytes] = {}
         self._eog = np.array([C.llama_vocab_is_eog(self._vocab, t) for t in range(self.n_vocab)], dtype=bool)
@@ -197,8 +202,6 @@ class Engine:
         self._cand = np.zeros(self.n_vocab, dtype=_TOKEN_DATA)
         self._ids = np.arange(self.n_vocab, dtype=np.int32)
         self._eog_ids = np.flatnonzero(self._eog).astype(np.int32)
-        self._one_data = (C.llama_token_data * 1)()
-        self._one = C.llama_token_data_array(self._one_data, 1, -1, False)
         self._embedder: _Embedder | None = None
 
     # -- vocabulary: safe from any thread --------------------------------------------------------------
@@ -264,48 +267,40 @@ class Engine:
     # -- context: owner thread only ----------------------------------------------------------------------
 
     def decode(self, items: list[tuple[int, int, int, bool]]) -> None:
-        """Run one ``llama_decode`` over (token, position, sequence, want_logits) items.
-
-        llama.cpp cuts the call into compute passes of at most n_ubatch rows, each holding equal numbers of rows
-        from a run of consecutive sequence ids, so callers list rows in sequence order (see shapes.py). Logits of
-        this call are valid until the next one. Raises EngineError when llama.cpp fails (including when the KV
-        cache has no room).
-        """
+        """Run one ``llama_decode`` over (token, position, sequence, want_logits) items. llama.cpp cuts the call
+        into compute passes of at most n_ubatch rows, each holding equal numbers of rows from a run of consecutive
+        sequence ids, so callers list rows in sequence order (see shapes.py). Logits of this call are valid until
+        the next one. Raises EngineError when llama.cpp fails (including when the KV cache has no room)."""
         b = self._batch
         n = len(items)
         if n > self.config.n_batch:
             raise EngineError("batch larger than n_batch")
         for i, (tok, pos, seq, want) in enumerate(items):
-            b.token[i] = tok
-            b.pos[i] = pos
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = seq
-            b.logits[i] = want
+            b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0], b.logits[i] = tok, pos, 1, seq, want
         b.n_tokens = n
+        threads = self._fixed if self.config.deterministic and n == 1 and kv_view(pos) >= SPLIT_MIN else self._threads
+        if threads != self._applied:
+            C.llama_set_n_threads(self._ctx, *threads)
+            self._applied = threads
         rc = C.llama_decode(self._ctx, b)
         if rc != 0:
             raise EngineError(f"llama_decode failed ({rc})")
 
+    def set_threads(self, n_threads: int, n_threads_batch: int) -> None:
+        """Threads from the next call on (one row: n_threads; more: the batch count). In deterministic mode a lone row
+        on flash attention's KV-split path keeps the configured counts: that path splits the KV by thread count."""
+        self._threads = (n_threads, n_threads_batch)
+
     def sampler(self, params: SamplingParams, seed: int, grammar=None) -> Sampler:
         return Sampler(self, params, seed, grammar)
 
-    def grammar_sampler(self, spec):
-        """A grammar sampler for a GrammarSpec (any thread). Raises InvalidRequest when llama.cpp refuses it."""
-        g, root = spec.grammar.encode(), spec.root.encode()
-        if not spec.grammar.strip():  # llama.cpp makes a no-op sampler of "": that would not constrain anything
-            raise InvalidRequest("empty grammar", param="response_format")
-        if spec.lazy:
-            pats = (ctypes.c_char_p * len(spec.trigger_patterns))(*[p.encode() for p in spec.trigger_patterns])
-            smpl = C.llama_sampler_init_grammar_lazy_patterns(self._vocab, g, root, pats, len(pats), None, 0)
-        else:
-            smpl = C.llama_sampler_init_grammar(self._vocab, g, root)
-        if not smpl:
-            raise InvalidRequest("the grammar for this request could not be built",
-                                 param=getattr(spec, "param", "response_format"))
-        return smpl
-
-    def check_grammar(self, spec) -> None:  # build and drop: a grammar llama.cpp refuses is a 400 before the job
-        C.llama_sampler_free(self.grammar_sampler(spec))
+    def vocabulary(self) -> tuple[list[bytes], list[int]]:
+        """Every token's bytes (a control token's text behind a 0xFF byte, which no text contains, as llguidance
+        expects) and the end-of-generation tokens: what a grammar matcher needs (any thread)."""
+        control = C.LLAMA_TOKEN_ATTR_CONTROL
+        pieces = [b"\xff" + self.token_text(t).encode() if C.llama_vocab_get_attr(self._vocab, t) & control
+                  else self.piece(t) for t in range(self.n_vocab)]
+        return pieces, self._eog_ids.tolist()
 
     def _candidates(self, batch_index: int, top: int | None):
         """The logits at ``batch_index`` as a llama_token_data_array (all, or the ``top`` best and the end tokens)."""
@@ -397,8 +392,7 @@ class _Embedder:
             raise EngineError("llama.cpp could not create an embeddings context (out of memory?)")
         self._mem = C.llama_get_memory(self._ctx)
         self._n_embd = C.llama_model_n_embd(engine._model)
-        self._step = cparams.n_batch
-        self._batch = C.llama_batch_init(self._step, 0, 1)
+        self._step, self._batch = cparams.n_batch, C.llama_batch_init(cparams.n_batch, 0, 1)
         self.n_ctx = cfg.n_ctx
 
     def embed(self, tokens: list[int], stop, progress) -> np.ndarray | None:
@@ -441,8 +435,7 @@ def quantize(src: Path, dst: Path, qtype: str, threads: int = 0) -> None:
     """Quantize a GGUF with llama.cpp's quantizer. Raises ModelLoadError when llama.cpp refuses."""
     _init_backend()
     params = C.llama_model_quantize_default_params()
-    params.ftype = QUANT_TYPES[qtype]
-    params.nthread = threads
+    params.ftype, params.nthread = QUANT_TYPES[qtype], threads
     params.allow_requantize = True  # an already-quantized input is allowed (e.g. the bundled Q4_1 -> F32)
     rc = C.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
     if rc != 0:

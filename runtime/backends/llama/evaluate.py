@@ -6,18 +6,18 @@ divergence KL(reference || model) of their next-token distributions, and how oft
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from .engine import Engine, EngineConfig
+from .threads import usable_cores
 
 
 def window_logits(path: Path, tokens: list[int], ctx: int, threads: int = 0):
     """Yield (logits[n, vocab], targets[n]) per window: the prediction for each next token."""
-    eng = Engine(path, EngineConfig(n_ctx=ctx, n_seq=1, n_threads=threads or os.cpu_count() or 1,
-                                    n_threads_batch=threads or os.cpu_count() or 1, n_batch=ctx, n_ubatch=512,
+    n = threads or usable_cores()
+    eng = Engine(path, EngineConfig(n_ctx=ctx, n_seq=1, n_threads=n, n_threads_batch=n, n_batch=ctx, n_ubatch=512,
                                     all_logits=True))
     try:
         for start in range(0, len(tokens) - 1, ctx):

@@ -1,0 +1,29 @@
+"""Split a GGUF into parts as llama.cpp's gguf-split does (``name-00001-of-0000N.gguf``), with the gguf package's
+writer: metadata in the first part, tensors spread over the parts, ``split.*`` keys in each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+
+
+def split(src: Path, dst: Path, max_tensors: int) -> list[Path]:
+    """Write ``dst`` (a name ending in .gguf) as parts of at most ``max_tensors`` tensors; returns the parts."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    reader = gguf.GGUFReader(src)
+    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    writer = gguf.GGUFWriter(dst, arch, split_max_tensors=max_tensors)
+    for field in reader.fields.values():
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue
+        vtype = field.types[0]
+        sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub)
+    for t in reader.tensors:
+        writer.add_tensor(t.name, t.data, raw_dtype=t.tensor_type)   # t.data: the tensor's bytes, row by row
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return sorted(dst.parent.glob(dst.stem + "-*-of-*.gguf"))
