@@ -32,7 +32,7 @@ from .models.registry import ModelSpec, Registry
 from .request import Account, Ask, RequestContext
 from .settings import Settings
 from .settlement import Settler
-from .types import Chunk, Usage
+from .types import Chunk
 
 log = logging.getLogger("reverb.service")
 
@@ -146,22 +146,11 @@ class Service:
         except (RequestError, OverloadedError) as e:
             if early is None:
                 raise  # nothing held: the HTTP layer logs the refusal
-            counted = getattr(e, "prompt_tokens", 0) or 0
-            await self.settlement.close(ctx, spec, "rejected", e.code, spec.cost(counted, 0), Usage(counted, 0))
-            e.settled = True  # its row is written: the HTTP layer's refusal must not write another
+            await self.settlement.refused_after_hold(ctx, spec, e)   # charged for the prompt it counted
             raise
         except BaseException as e:  # a ledger failure, or the client left while it was prepared
             if early is not None:
-                cancelled = isinstance(e, asyncio.CancelledError)
-                code = None if cancelled else e.code if isinstance(e, ReverbError) else "internal_error"
-                try:
-                    await asyncio.shield(asyncio.ensure_future(
-                        self.settlement.close(ctx, spec, "cancelled" if cancelled else "failed", code, 0)))
-                except Exception:  # noqa: BLE001 (the hold stays open; the lease rule settles it)
-                    log.exception("could not settle the hold of %s", ctx.request_id)
-                else:
-                    if isinstance(e, ReverbError):
-                        e.settled = True
+                await self.settlement.abandoned_after_hold(ctx, spec, e)
             raise
 
         def on_end(final: Chunk) -> None:
@@ -175,7 +164,7 @@ class Service:
         except OverloadedError as e:
             # Nothing ran: release the hold in the same step that logs the refusal.
             await self.settlement.close(ctx, spec, "rejected", e.code, 0)
-            e.settled = True
+            e.settled = True   # its row is written: the HTTP layer's refusal must not write another
             raise
         gen.limits = reservation.limits
         if reservation.epoch is not None:

@@ -8,6 +8,7 @@ lease rule settles what is left. Every ledger call runs through ``db``, off the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Awaitable, Callable
 
@@ -59,6 +60,29 @@ class Settler:
         price = await self.db(self.ledger.settle, ctx.account, record, charge)
         self.hooks.settled(record, price)
         return Settlement(record, price)
+
+    async def refused_after_hold(self, ctx: RequestContext, spec: ModelSpec, error: ReverbError) -> None:
+        """A request refused once its credit was held (its grammar over a bound, its prompt too long, no credit for
+        the worst case, no slot): charged for the prompt it counted (``error.prompt_tokens``), and marked
+        ``settled`` so the HTTP layer's ``reject`` writes no second row. Raises LedgerError."""
+        counted = getattr(error, "prompt_tokens", 0) or 0
+        await self.close(ctx, spec, "rejected", error.code, spec.cost(counted, 0), Usage(counted, 0))
+        error.settled = True
+
+    async def abandoned_after_hold(self, ctx: RequestContext, spec: ModelSpec, error: BaseException) -> None:
+        """A request that held credit and then failed (the ledger) or was cut (the client left) before it ran:
+        its hold settled for nothing, shielded from the cancellation. Never raises (a hold left open is settled
+        by the lease rule)."""
+        cancelled = isinstance(error, asyncio.CancelledError)
+        code = None if cancelled else error.code if isinstance(error, ReverbError) else "internal_error"
+        try:
+            await asyncio.shield(asyncio.ensure_future(
+                self.close(ctx, spec, "cancelled" if cancelled else "failed", code, 0)))
+        except Exception:  # noqa: BLE001
+            log.exception("could not settle the hold of %s", ctx.request_id)
+        else:
+            if isinstance(error, ReverbError):
+                error.settled = True
 
     async def settle(self, ctx: RequestContext, final: Chunk, gen: Generation, stream: bool) -> None:
         """A generation's end: its row and charge, resolving ``gen.settled`` (a LedgerError when it failed)."""
