@@ -161,3 +161,18 @@ def test_quantize_shows_one_progress_bar_not_llama_cpp_lines(tmp_path, model_pat
     # nothing but the bar, redrawn in place (text mode reads its \r as a line end): no llama.cpp line
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert all(line.startswith("quantizing to Q8_0:") for line in lines), out.stderr[:2000]
+
+
+def test_the_start_up_banner_names_models_slots_and_threads(tmp_path):
+    from reverb import service as service_mod
+    from reverb.cli.serve import banner
+
+    from .fakes import fake_llama
+    settings = Settings.build(environ={}, api_keys=("dev",), parallel=2, threads=1, db=tmp_path / "l.sqlite3")
+    svc = service_mod.build(settings, backend_factory=fake_llama)
+    try:
+        line = banner(svc, "http://127.0.0.1:1")
+    finally:
+        svc.close()
+    assert line.startswith("reverb: serving smollm2-135m (context ") and "[2 slots, 1 threads]" in line, line
+    assert line.endswith("Ctrl-C to stop")
