@@ -78,7 +78,9 @@ def banner(service, url: str) -> str:
     if s.on_demand:
         others = [n for n in service.models.servable if n not in service.backends]
         what += f"; on demand: {', '.join(others) or 'none'}"
-    engine = f"{s.parallel} slots, {s.n_threads} threads" if loaded or s.on_demand else ""
+    threads = max((b.stats().threads for _, b in loaded), default=0)
+    count = f"{threads} threads" + (", fewer while other work takes the cores" if not s.threads else "")
+    engine = f"{s.parallel} slots, {count}" if loaded else f"{s.parallel} slots" if s.on_demand else ""
     return f"reverb: serving {what} at {url}" + (f" [{engine}]" if engine else "") + " - Ctrl-C to stop"
 
 
