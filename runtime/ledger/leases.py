@@ -109,7 +109,8 @@ class Lease:
         return self.engine.write(self._sweep, dead.replace("h.instance_id", "holds.instance_id"))
 
     def _sweep(self, db, dead: str) -> int:
-        from .core import insert_request, settle_window   # core imports this module
+        from .core import insert_request   # core imports this module
+        from .limits import settle_window
         holds = db.execute(f"DELETE FROM holds WHERE {dead} RETURNING request_id, key_id, amount, model, "
                            f"endpoint, prompt_tokens, delivered_tokens, price_input, price_output, team_id, "
                            f"team_held").fetchall()

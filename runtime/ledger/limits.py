@@ -18,6 +18,7 @@ from decimal import Decimal
 
 from ..errors import BudgetExceeded, InsufficientCredit, RateLimited
 from . import periods
+from .records import RequestRecord
 
 WINDOW_MS = 60_000
 PARALLEL_RETRY_S = 1.0   # a concurrency refusal cannot know when a request will end: try again in a second
@@ -61,7 +62,7 @@ def check(db, owner: Owner, now_ms: int, amount: int, tokens: int) -> dict:
         raise InsufficientCredit(f"this request would hold {money(amount)} credit but the {owner.label()} has "
                                  f"{money(owner.balance)} left", needed=amount, left=owner.balance)
     if owner.budget is not None:
-        _budget(db, owner, now_ms, amount)
+        check_budget(db, owner, now_ms, amount)
     if owner.max_parallel is not None:
         running = db.execute(f"SELECT COUNT(*) FROM holds WHERE {owner.column} = ?", (owner.id,)).fetchone()[0]
         if running >= owner.max_parallel:
@@ -107,7 +108,8 @@ def _leaves(at_ms: int, now_ms: int) -> float:
     return max(0, at_ms + WINDOW_MS - now_ms) / 1000
 
 
-def _budget(db, owner: Owner, now_ms: int, amount: int) -> None:
+def check_budget(db, owner: Owner, now_ms: int, amount: int) -> None:
+    """Raise BudgetExceeded if holding ``amount`` more would pass ``owner``'s period budget."""
     period = owner.period or "month"
     start, end = periods.bounds(now_ms, period, owner.tz)
     spent = db.execute(f"SELECT (SELECT COALESCE(SUM(price), 0) FROM requests WHERE {owner.column} = ? AND "
@@ -160,3 +162,13 @@ def status(db, owner: Owner, now_ms: int) -> dict:
                          "used": used, "left": max(0, owner.budget - used),
                          "period_start": periods.iso(start), "resets_at": periods.iso(end)}
     return out
+
+
+def settle_window(db, request_id: str, record: RequestRecord) -> None:
+    """The request's tokens-per-minute reservation becomes what it used (never more than it reserved); a request
+    refused after its hold (it never ran) leaves the window altogether."""
+    if record.status == "rejected":
+        db.execute("DELETE FROM rate_events WHERE request_id = ?", (request_id,))
+        return
+    used = record.prompt_tokens + record.completion_tokens
+    db.execute("UPDATE rate_events SET tokens = ? WHERE request_id = ? AND tokens > ?", (used, request_id, used))
