@@ -200,6 +200,27 @@ def test_team_limits_credit_and_budget_bind_every_key(ledger):
     assert ledger.invariant()["ok"]
 
 
+def test_raising_a_hold_obeys_the_key_and_team_credit_and_budget(ledger):
+    """A large body is held first for what its size bounds, then raised to its counted worst case
+    (service._start): the raise is checked like a hold, and a refused raise changes nothing."""
+    ledger.create_team("t", 100, budget=60, period="day")
+    a = ledger.authenticate(ledger.create_key("a", 1000, team="t", budget=50, period="day"))
+    ledger.reserve(a, "r", 30, "m", "chat")
+    with pytest.raises(BudgetExceeded, match="key 'a'"):
+        ledger.raise_hold(a, "r", 21, 7)                         # 30 + 21 > the key's 50
+    before = (ledger.invariant(), ledger.show_key("a")["balance"], ledger.show_team("t")["balance"])
+    assert before[1:] == (970, 70)
+    ledger.raise_hold(a, "r", 20, 7)                              # 50: both budgets still hold it
+    assert (ledger.show_key("a")["balance"], ledger.show_team("t")["balance"]) == (950, 50)
+    b = ledger.authenticate(ledger.create_key("b", 1000, team="t"))
+    ledger.reserve(b, "s", 5, "m", "chat")
+    with pytest.raises(BudgetExceeded, match="team 't'"):
+        ledger.raise_hold(b, "s", 6, 1)                           # 50 + 5 + 6 > the team's 60
+    ledger.settle(a, rec("r", 7, 1), 10)
+    ledger.settle(b, rec("s", 1, 1), 2)
+    assert ledger.invariant()["ok"] and ledger.show_team("t")["balance"] == 88
+
+
 def test_a_dead_servers_team_hold_is_refunded_to_the_team(db_target):
     with Ledger(db_target) as led:
         led.lease.register(600)

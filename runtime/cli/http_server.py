@@ -18,6 +18,7 @@ Idle keep-alive connections close after ``keep_alive_timeout`` (uvicorn's own ti
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
 import time
@@ -26,6 +27,8 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ..settings import Settings
+
+log = logging.getLogger("reverb.http")
 
 
 class ConnectionGuard:
@@ -150,7 +153,11 @@ def run(app, settings: Settings, announce) -> int:
                     return
                 await asyncio.sleep(0.02)
             host, port = server.servers[0].sockets[0].getsockname()[:2]
-            announce(f"http://{host if ':' not in host else f'[{host}]'}:{port}")
+            try:
+                announce(f"http://{host if ':' not in host else f'[{host}]'}:{port}")
+            except Exception:   # never a server that runs but never says it is ready
+                log.exception("could not announce the server; stopping")
+                server.should_exit = True
 
         task = asyncio.create_task(watch())
         await server.serve()

@@ -210,24 +210,39 @@ class Ledger(Management, Reports):
         return Reservation(rates, self.lease.epoch)
 
     def raise_hold(self, account: Account, request_id: str, amount: int, prompt_tokens: int) -> None:
-        """Add ``amount`` to an open hold (the worst case once the prompt is counted) and record its prompt tokens.
-        Raises InsufficientCredit without changing anything (the hold stays as it was), LedgerError."""
+        """Add ``amount`` to an open hold (its worst case once counted), checked like a hold against the key's and
+        team's credit and budget. Raises InsufficientCredit or BudgetExceeded without changing anything, LedgerError."""
+        amount = max(0, amount)
         if account.unlimited:
             return
-        amount = max(0, amount)
         if amount > MAX_BALANCE:
             raise InsufficientCredit("not enough credit for this request")
         self.lease.require()
 
-        def tx(db):
+        def tx(db):  # the key's debit locks its row, then the team's: the order reserve takes
+            team_extra = 0
             if amount:
-                cur = db.execute("UPDATE keys SET balance = balance - ? "
-                                 "WHERE id = ? AND balance >= ? AND revoked_at IS NULL",
-                                 (amount, account.key_id, amount))
-                if cur.rowcount != 1:
+                row = db.execute(f"UPDATE keys SET balance = balance - ? WHERE id = ? AND balance >= ? "
+                                 f"AND revoked_at IS NULL RETURNING {_KEY_RETURNING}",
+                                 (amount, account.key_id, amount, amount)).fetchone()
+                if row is None:
                     raise InsufficientCredit("not enough credit for this request")
-            cur = db.execute("UPDATE holds SET amount = amount + ?, prompt_tokens = ? WHERE request_id = ?",
-                             (amount, prompt_tokens, request_id))
+                now_ms, key = self._now_ms(db), key_owner(row)
+                if key.budget is not None:
+                    limits.check_budget(db, key, now_ms, amount)
+                hold = db.execute("SELECT team_id FROM holds WHERE request_id = ?", (request_id,)).fetchone()
+                if hold is not None and hold[0] is not None:
+                    team_row = db.execute(f"UPDATE teams SET balance = balance - ? WHERE id = ? AND (balance IS NULL "
+                                          f"OR balance >= ?) RETURNING {_TEAM_RETURNING}", (amount, hold[0], amount,
+                                                                                            amount)).fetchone()
+                    if team_row is None:
+                        raise InsufficientCredit("not enough team credit for this request")
+                    team = team_owner(team_row)
+                    if team.budget is not None:
+                        limits.check_budget(db, team, now_ms, amount)
+                    team_extra = amount if team.balance is not None else 0
+            cur = db.execute("UPDATE holds SET amount = amount + ?, team_held = team_held + ?, prompt_tokens = ? "
+                             "WHERE request_id = ?", (amount, team_extra, prompt_tokens, request_id))
             if cur.rowcount != 1:
                 raise LedgerError("The ledger could not record this request")
         self.engine.write(tx)

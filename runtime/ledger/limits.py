@@ -60,7 +60,7 @@ def check(db, owner: Owner, now_ms: int, amount: int, tokens: int) -> dict:
         raise InsufficientCredit(f"this request would hold {money(amount)} credit but the {owner.label()} has "
                                  f"{money(owner.balance)} left", needed=amount, left=owner.balance)
     if owner.budget is not None:
-        _budget(db, owner, now_ms, amount)
+        check_budget(db, owner, now_ms, amount)
     if owner.max_parallel is not None:
         running = db.execute(f"SELECT COUNT(*) FROM holds WHERE {owner.column} = ?", (owner.id,)).fetchone()[0]
         if running >= owner.max_parallel:
@@ -106,7 +106,8 @@ def _leaves(at_ms: int, now_ms: int) -> float:
     return max(0, at_ms + WINDOW_MS - now_ms) / 1000
 
 
-def _budget(db, owner: Owner, now_ms: int, amount: int) -> None:
+def check_budget(db, owner: Owner, now_ms: int, amount: int) -> None:
+    """Raise BudgetExceeded if holding ``amount`` more would pass ``owner``'s period budget."""
     period = owner.period or "month"
     start, end = periods.bounds(now_ms, period, owner.tz)
     spent = db.execute(f"SELECT (SELECT COALESCE(SUM(price), 0) FROM requests WHERE {owner.column} = ? AND "
