@@ -75,6 +75,20 @@ def test_probing_backs_off_while_contention_lasts():
     assert max(gaps) <= ThreadControl.PROBE_MOST + 2            # ... up to a bound
 
 
+def test_a_probe_whose_step_collapses_fails_at_once_even_if_the_owner_thread_spins_on_a_cpu():
+    """Two threads that collapse at the barrier can show the owner thread fully on a CPU (it spins there while the
+    other waits for a time slice): the probe's step time against the steps before it catches that in one step."""
+    c = ThreadControl(2)
+    for _ in range(20):
+        c.observe(0.02, 0.01)                  # two threads, each with half a core: drop to one
+    assert c.count == 1
+    while c.count == 1:
+        c.observe(0.02, 0.02)                  # one thread gets its core: after PROBE_FIRST, a probe
+    assert c.count == 2
+    c.observe(0.5, 0.5)                        # the probe's first step: 25 times slower, the owner "on a CPU"
+    assert c.count == 1 and c._wait == 2 * ThreadControl.PROBE_FIRST
+
+
 def test_two_busy_loops_settle_on_one_thread_without_probing():
     ctl, machine = ThreadControl(most=2), Machine(2, busy=2)
     run(ctl, machine, 2)

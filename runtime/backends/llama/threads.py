@@ -42,8 +42,11 @@ class ThreadControl:
     PROBE_LOST = 0.3    # ... and less than this for a probe to keep its thread (no flapping at the boundary)
     SPAN = 0.1          # seconds of steps a decision needs, so one preemption does not move the count ...
     MIN_STEPS = 2       # ... and this many steps to drop (one for a probe: its first collapsed step is plain)
-    PROBE_FIRST = 1.0   # seconds of steps at a lower count before trying one more thread
+    PROBE_FIRST = 4.0   # seconds of steps at a lower count before trying one more thread (a probe under contention
+                        # can cost a collapsed step or two: rarely enough that the average keeps its share)
     PROBE_MOST = 20.0   # the longest wait between tries (each failed try doubles the wait)
+    PROBE_SLOWER = 1.5  # a probe's step this much slower than the steps before it fails at once: threads that
+                        # collapse at the barrier may still show the owner thread on a CPU (it spins there)
 
     def __init__(self, most: int, least: int = 1):
         self.most = max(1, most)
@@ -55,10 +58,20 @@ class ThreadControl:
         self._probing = False                  # the current count is a probe, one above the last good one
         self._wait = self.PROBE_FIRST
         self._spent = 0.0                      # seconds of steps since the count last changed
+        self._step: float | None = None        # a step's usual runnable seconds at this count (moving average)
+        self._before: float | None = None      # ... at the count a probe started from
 
-    def observe(self, runnable: float, ran: float) -> int:
+    def observe(self, runnable: float, ran: float, wall: float | None = None) -> int:
         if runnable <= 0:
             return self.count
+        step = runnable if wall is None else max(wall, runnable)   # blocked at a barrier counts here too
+        if self._probing and self._before is not None and step > self.PROBE_SLOWER * self._before:
+            self._probing = False
+            self._wait = min(self._wait * 2, self.PROBE_MOST)
+            self._move(self.count - 1)
+            return self.count
+        if not self._probing:
+            self._step = step if self._step is None else 0.8 * self._step + 0.2 * step
         self._spent += runnable
         self._window.append((runnable, min(ran, runnable)))
         while len(self._window) > self.MIN_STEPS and sum(w for w, _ in self._window) - self._window[0][0] >= self.SPAN:
@@ -80,8 +93,10 @@ class ThreadControl:
             self._wait = self.PROBE_FIRST
             self._move(max(self.least, min(self.count - 1, math.floor(cores + 0.5))))
         elif self.count < self.most and cores > self.count - self.LOST / 2 and self._spent >= self._wait:
+            before = self._step
             self._probing = True
             self._move(self.count + 1)
+            self._before = before
         return self.count
 
     def _move(self, count: int) -> None:
@@ -90,6 +105,7 @@ class ThreadControl:
         self.count = count
         self._spent = 0.0
         self._window.clear()
+        self._step = self._before = None
 
 
 class ThreadClock:
@@ -142,17 +158,18 @@ class EngineThreads:
         self.control = ThreadControl(plan.n_threads)
         self._clock: ThreadClock | None = None
 
-    def start(self) -> tuple[str, float, float]:
+    def start(self) -> tuple[str, float, float, float]:
         if self._clock is None:  # made on the owner thread: the clock measures the thread that opens it
             self._clock = ThreadClock()
-        return self._clock.read()
+        return (*self._clock.read(), time.perf_counter())
 
-    def stop(self, started: tuple[str, float, float]) -> None:
+    def stop(self, started: tuple[str, float, float, float]) -> None:
         kind, ran, runnable = self._clock.read()
         if kind != started[0]:  # the clock changed during the step: nothing to compare
             return
         before = self.control.count
-        if self.control.observe(runnable - started[2], ran - started[1]) != before:
+        wall = time.perf_counter() - started[3]
+        if self.control.observe(runnable - started[2], ran - started[1], wall) != before:
             log.info("decode threads %d -> %d: %d threads got %.2f cores", before, self.control.count, before,
                      self.control.last_cores)
             self.engine.set_threads(*self.counts())
