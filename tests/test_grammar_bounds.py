@@ -146,7 +146,8 @@ def test_preparation_runs_on_a_bounded_pool_with_a_deadline(tmp_path, monkeypatc
 
     async def go():
         first = asyncio.ensure_future(backend.prepare(ask))
-        await asyncio.sleep(0.05)
+        while not threads:                    # the first request holds the one preparation thread
+            await asyncio.sleep(0.005)
         with pytest.raises(OverloadedError):  # one thread busy, none may wait
             await backend.prepare(ask)
         with pytest.raises(OverloadedError):  # the deadline passes while the thread is held

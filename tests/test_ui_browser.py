@@ -82,11 +82,6 @@ def site(tmp_path_factory):
     assert inv["ok"], inv
 
 
-# SmolLM2's end-of-generation tokens (and <|im_start|>), banned where a request must keep
-# running until the test stops it
-NO_EOS = {"0": -100, "1": -100, "2": -100, "4": -100}
-
-
 def chat(content: str, **kw) -> dict:
     return {"model": "smollm2-135m", "messages": [{"role": "user", "content": content}], **kw}
 
@@ -300,7 +295,7 @@ def test_hostile_text_from_a_model_a_key_or_a_model_name_renders_as_text(browser
     admin.close()
 
 
-def test_admin_views_show_the_ledger_and_manage_keys(browser, site):
+def test_admin_views_show_the_ledger_and_manage_keys(browser, site, no_eos):
     srv, keys, shots = site
     ui = Page(browser, srv, keys["boss"])
     p = ui.page
@@ -377,7 +372,7 @@ def test_admin_views_show_the_ledger_and_manage_keys(browser, site):
     def run_one():
         with srv.client(keys["ann"]) as http, http.stream("POST", "/v1/chat/completions", json=chat(
                 "Count from 1 to 1000, separated by commas.", stream=True, max_tokens=1500, temperature=0,
-                    logit_bias=NO_EOS)) as r:   # it runs until stopped, never a quick answer the page could miss
+                    logit_bias=no_eos)) as r:   # it runs until stopped, never a quick answer the page could miss
             for _ in r.iter_bytes():
                 if stop.is_set():
                     return

@@ -14,6 +14,14 @@ ROLES = {"system", "user", "assistant", "developer", "tool"}
 MAX_TOOL_CALLS = 128      # per assistant message
 
 
+def _bounded_list(value, where: str, most: int) -> None:
+    """The shape both message checks start with: a non-empty array of at most ``most`` items."""
+    if not isinstance(value, list) or not value:
+        raise InvalidRequest(f"'{where}' must be a non-empty array", param=where)
+    if len(value) > most:
+        raise InvalidRequest(f"'{where}' has more than {most} messages", param=where)
+
+
 class Messages(Check):
     """The conversation. Assistant messages may carry ``tool_calls`` (content then may be null); ``tool`` messages
     answer one by ``tool_call_id``."""
@@ -22,10 +30,7 @@ class Messages(Check):
 
     def __call__(self, value, where, site):
         settings = site.settings
-        if not isinstance(value, list) or not value:
-            raise InvalidRequest(f"'{where}' must be a non-empty array", param=where)
-        if len(value) > settings.max_messages:
-            raise InvalidRequest(f"'{where}' has more than {settings.max_messages} messages", param=where)
+        _bounded_list(value, where, settings.max_messages)
         out = []
         for i, m in enumerate(value):
             at = f"{where}[{i}]"
@@ -72,10 +77,7 @@ class RelayMessages(Messages):
 
     def __call__(self, value, where, site):
         settings = site.settings
-        if not isinstance(value, list) or not value:
-            raise InvalidRequest(f"'{where}' must be a non-empty array", param=where)
-        if len(value) > settings.max_messages:
-            raise InvalidRequest(f"'{where}' has more than {settings.max_messages} messages", param=where)
+        _bounded_list(value, where, settings.max_messages)
         out = []
         for i, m in enumerate(value):
             if not isinstance(m, dict) or not isinstance(m.get("role"), str):
