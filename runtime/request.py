@@ -76,6 +76,7 @@ class Ask:
     response_format: ResponseFormat | None = None   # None: text
     tools: Tools | None = None              # functions the model may call, and how it must choose
     keep_alive: float | None = None         # seconds the model stays loaded after this request (<0: until stop)
+    thinking: bool | None = None            # a thinking template's switch (enable_thinking); None: its default
 
     @property
     def choices(self) -> int:

@@ -152,3 +152,6 @@ class Chunk:
     logprobs: tuple[TokenLogprob, ...] = ()
     tool_calls: tuple[ToolCallDelta, ...] = ()
     passthrough: Mapping[str, Any] | None = None
+    # Thinking text of a model whose template thinks (<think>...</think>), split out of ``text``: chat renders it
+    # as ``reasoning_content``, Responses as a ``reasoning`` item, Messages as a ``thinking`` block.
+    reasoning: str = ""
