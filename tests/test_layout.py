@@ -9,7 +9,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "runtime"   # installed as `reverb`
 RULES = {  # library -> the only modules (package paths) allowed to import it
-    "llama_cpp": {"backends/llama/engine.py"},
     "huggingface_hub": {"models/download.py"},
     "jinja2": {"models/templates.py"},
     "uvicorn": {"cli/http_server.py"},
@@ -21,7 +20,7 @@ RULES = {  # library -> the only modules (package paths) allowed to import it
     "tqdm": {"cli/models.py"},
     "llguidance": {"backends/llama/guidance.py"},
 }
-HOME = {"starlette": "api/"}
+HOME = {"starlette": "api/", "llama_cpp": "backends/llama/engine/"}  # library -> the only package using it
 # package -> reverb packages it must never import (directly)
 NEVER = {
     "models": {"api", "cli", "service", "generation", "backends", "ledger"},
