@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .backends import Backend, Prompt
+from .backends import Backend, Prepared
 from .errors import OverloadedError, UpstreamError, UpstreamRejected
 from .generation import Generation
 from .models.registry import ModelSpec
@@ -25,7 +25,7 @@ log = logging.getLogger("reverb.service")
 class Candidate:
     spec: ModelSpec
     backend: Backend
-    prompt: Prompt
+    prepared: Prepared              # the backend's own value; the service reads only its counts
     params: SamplingParams          # max_tokens resolved for this model
     hold: int                       # its worst case in micro-units
 
@@ -41,10 +41,12 @@ class Attempts:
     """Submits to the candidates in turn and feeds the one Generation. ``start`` raises OverloadedError when
     no candidate takes the job."""
 
-    def __init__(self, candidates: list[Candidate], gen: Generation, tenant: str, request_id: str):
+    def __init__(self, candidates: list[Candidate], gen: Generation, tenant: str, request_id: str,
+                 capped: bool = True):
         self.candidates = candidates
         self.gen = gen
         self.tenant = tenant
+        self.capped = capped          # a local model's per-key caps apply (not to the operator's own keys)
         self.request_id = request_id
         self.index = -1
         self.delivered = False
@@ -57,9 +59,10 @@ class Attempts:
             c = self.candidates[j]
             self.index = j
             self.gen.model = c.spec.name
-            self.gen.streams = c.prompt.streams  # how many choice ends this backend delivers
+            self.gen.streams = c.prepared.counts.streams  # how many choice ends this backend delivers
             try:
-                self.gen.handle = c.backend.submit(c.prompt, c.params, self._on_chunk, tenant=self.tenant)
+                self.gen.handle = c.backend.submit(c.prepared, c.params, self._on_chunk, tenant=self.tenant,
+                                                   capped=self.capped)
                 return
             except OverloadedError as e:
                 if j + 1 == len(self.candidates):

@@ -120,13 +120,12 @@ class Service:
                     candidates.append(await self._candidate(*self.backend(name, ctx.account), ask))
                 except RequestError as e:
                     log.info("request %s: fallback %s left out (%s)", ctx.request_id, name, e.code)
-            most = getattr(backend, "key_slots", None)   # a local model: choices one key may run at once
-            if not _holds(ctx.account):   # the operator's own key: not capped (docs/limits.md)
-                candidates = [replace(c, prompt=replace(c.prompt, capped=False)) for c in candidates]
-            elif most is not None and ask.sampling.n > most:
+            most = backend.info.key_slots   # a local model: choices one key may run at once
+            # the operator's own key is not capped (docs/limits.md)
+            if _holds(ctx.account) and most is not None and ask.sampling.n > most:
                 raise InvalidRequest(f"'n' must be at most {most} on this server (one slot per choice, and one key "
                                      "holds at most this many; see --slots-per-key)", param="n", model=spec.name)
-            hold, counted = max(c.hold for c in candidates), candidates[0].prompt.n_tokens
+            hold, counted = max(c.hold for c in candidates), candidates[0].prepared.counts.n_tokens
             # The hold also carries what a sweeper needs should this server die: prompt tokens and prices (the
             # model asked for; a fallback runs only before anything reached the client).
             if early is None:
@@ -138,11 +137,8 @@ class Service:
                     await self.db(self.ledger.raise_hold, ctx.account, ctx.request_id, hold - early, counted)
                 except InsufficientCredit as e:
                     raise _counted(e, counted)
-            compiled = []
-            for c in candidates:  # the costly part, now paid for: schema conversion and the grammar's compile
-                compile_ = getattr(c.backend, "compile", None)
-                compiled.append(replace(c, prompt=await compile_(c.prompt, ask)) if compile_ else c)
-            candidates = compiled
+            # the costly part, now paid for: schema conversion and the grammar's compile
+            candidates = [replace(c, prepared=await c.backend.compile(c.prepared, ask)) for c in candidates]
         except (RequestError, OverloadedError) as e:
             if early is None:
                 raise  # nothing held: the HTTP layer logs the refusal
@@ -160,7 +156,8 @@ class Service:
         gen = Generation(spec.name, ctx.started, self.hooks, on_end=on_end,
                          on_progress=upkeep.progress_hook(self, ctx) if ask.stream and _holds(ctx.account) else None)
         try:
-            Attempts(candidates, gen, ctx.account.name if ctx.account else "", ctx.request_id).start()
+            Attempts(candidates, gen, ctx.account.name if ctx.account else "", ctx.request_id,
+                     capped=_holds(ctx.account)).start()
         except OverloadedError as e:
             # Nothing ran: release the hold in the same step that logs the refusal.
             await self.settlement.close(ctx, spec, "rejected", e.code, 0)
@@ -177,10 +174,10 @@ class Service:
         spec = first.spec
         try:
             return await self.db(self.ledger.reserve, ctx.account, ctx.request_id, hold, spec.name, ctx.endpoint,
-                                 first.prompt.n_tokens, (spec.price_input, spec.price_output), tokens)
+                                 first.prepared.counts.n_tokens, (spec.price_input, spec.price_output), tokens)
         except InsufficientCredit as e:
             if e.left is not None and first.params.max_tokens:
-                prompt, choices = first.prompt.hold_tokens or first.prompt.n_tokens, first.prompt.choices
+                prompt, choices = first.prepared.counts.held, first.prepared.counts.choices
                 left = e.left
                 fits = _most_tokens(lambda m: spec.cost(prompt, m * choices) <= left, first.params.max_tokens)
                 e.message += (f" (prompt of {prompt} tokens + max_tokens {first.params.max_tokens}"
@@ -197,23 +194,24 @@ class Service:
         if ask.prompt is not None and backend.info.passthrough:
             raise InvalidRequest(f"The model '{spec.name}' is served by an upstream, which this endpoint does not "
                                  "relay (use /v1/chat/completions)", param="model", model=spec.name)
-        prompt = await backend.prepare(ask)
-        n, limit = prompt.longest, backend.info.ctx
+        prepared = await backend.prepare(ask)
+        counts = prepared.counts
+        n, limit = counts.longest, backend.info.ctx
         where = "messages" if ask.prompt is None else "prompt"
         if n >= limit:
             raise _counted(ContextLengthExceeded(
                 f"This model's maximum context length is {limit} tokens; the {where} use {n}",
-                param=where, model=spec.name), prompt.n_tokens)
+                param=where, model=spec.name), counts.n_tokens)
         max_tokens = ask.sampling.max_tokens
         if max_tokens is None:
             max_tokens = min(limit - n, self.settings.max_tokens_cap)
         elif n + max_tokens > limit:
             raise _counted(ContextLengthExceeded(
                 f"This model's maximum context length is {limit} tokens; the {where} use {n} "
-                f"and max_tokens asks for {max_tokens}", param="max_tokens", model=spec.name), prompt.n_tokens)
+                f"and max_tokens asks for {max_tokens}", param="max_tokens", model=spec.name), counts.n_tokens)
         # The worst case: every choice runs to max_tokens; the prompt is billed once (a local job shares its KV).
-        hold = spec.cost(prompt.hold_tokens or prompt.n_tokens, max_tokens * prompt.choices)
-        return Candidate(spec, backend, prompt, replace(ask.sampling, max_tokens=max_tokens), hold)
+        hold = spec.cost(counts.held, max_tokens * counts.choices)
+        return Candidate(spec, backend, prepared, replace(ask.sampling, max_tokens=max_tokens), hold)
 
     async def start_embedding(self, ctx: RequestContext, ask: Ask) -> "Embedding":
         """Check and reserve an embeddings request (``ask.prompt``, billed as prompt tokens). Raises a
@@ -223,20 +221,20 @@ class Service:
             if not isinstance(backend, Embedder) or backend.info.passthrough:
                 raise InvalidRequest(f"the model '{spec.name}' cannot make embeddings", param="model",
                                      model=spec.name)
-            prompt = await backend.prepare(ask)
-            limit = backend.info.ctx
-            for i, tokens in enumerate(prompt.batch):
-                if len(tokens) > limit:
+            prepared = await backend.prepare(ask)
+            counts, limit = prepared.counts, backend.info.ctx
+            for i, n in enumerate(counts.lengths):
+                if n > limit:
                     raise ContextLengthExceeded(f"This model's maximum context length is {limit} tokens; input {i} "
-                                                f"uses {len(tokens)}", param="input", model=spec.name)
+                                                f"uses {n}", param="input", model=spec.name)
             cap = self.settings.max_embedding_tokens
-            if prompt.n_tokens > cap:
-                raise InvalidRequest(f"'input' has {prompt.n_tokens} tokens; one request may embed at most {cap} "
+            if counts.n_tokens > cap:
+                raise InvalidRequest(f"'input' has {counts.n_tokens} tokens; one request may embed at most {cap} "
                                      "(--max-embedding-tokens): split it", param="input", model=spec.name)
-            job = backend.embedding_job(prompt)   # a place in the bounded embeddings queue (503 when it is full)
+            job = backend.embedding_job(prepared)   # a place in the bounded embeddings queue (503 when it is full)
             try:
                 reservation = await self.db(self.ledger.reserve, ctx.account, ctx.request_id,
-                                            spec.cost(prompt.n_tokens, 0), spec.name, ctx.endpoint, prompt.n_tokens,
+                                            spec.cost(counts.n_tokens, 0), spec.name, ctx.endpoint, counts.n_tokens,
                                             (spec.price_input, spec.price_output))
             except BaseException:
                 job.release()
@@ -297,7 +295,7 @@ class Service:
 
 def _tokens(c: Candidate) -> int:
     """What a request reserves of a tokens-per-minute limit: its prompt and every choice's max_tokens."""
-    return (c.prompt.hold_tokens or c.prompt.n_tokens) + (c.params.max_tokens or 0) * c.prompt.choices
+    return c.prepared.counts.held + (c.params.max_tokens or 0) * c.prepared.counts.choices
 
 
 def _most_tokens(fits, most: int) -> int:

@@ -11,7 +11,7 @@ import asyncio
 import json
 from dataclasses import dataclass
 
-from reverb.backends import Info, Prompt, Stats
+from reverb.backends import Counts, Info, Stats
 from reverb.backends.llama.backend import LlamaBackend
 from reverb.models.templates import CHATML
 from reverb.types import Chunk, FinishReason, Usage
@@ -154,6 +154,13 @@ def fake_llama(spec, settings, engine_cls=FakeEngine) -> LlamaBackend:
     return LlamaBackend.load(spec, None, settings, engine_factory=engine_cls)
 
 
+@dataclass(frozen=True)
+class FakePrompt:
+    """FakeBackend's prepared value (``backends.Prepared``): only its counts."""
+
+    counts: Counts
+
+
 class FakeBackend:
     """The backend protocol with no model: each word of the last message comes back as one chunk."""
 
@@ -162,11 +169,15 @@ class FakeBackend:
         self.fail_with = fail_with
         self.cancelled = 0
 
-    async def prepare(self, ask) -> Prompt:
+    async def prepare(self, ask) -> FakePrompt:
         words = " ".join(m.content for m in ask.messages).split()
-        return Prompt(n_tokens=len(words))
+        return FakePrompt(Counts(n_tokens=len(words)))
 
-    def submit(self, prompt, params, on_chunk, tenant=""):
+    async def compile(self, prepared, ask) -> FakePrompt:
+        return prepared
+
+    def submit(self, prepared, params, on_chunk, tenant="", capped=True):
+        n_prompt = prepared.counts.n_tokens
         loop = asyncio.get_running_loop()
         backend = self
 
@@ -184,15 +195,15 @@ class FakeBackend:
             for word in ["w%d " % i for i in range(params.max_tokens)]:
                 await asyncio.sleep(0)
                 if handle.stopped:
-                    on_chunk(Chunk(finish_reason=FinishReason.CANCELLED, usage=Usage(prompt.n_tokens, sent)))
+                    on_chunk(Chunk(finish_reason=FinishReason.CANCELLED, usage=Usage(n_prompt, sent)))
                     return
                 on_chunk(Chunk(text=word))
                 sent += 1
             if self.fail_with is not None:
-                on_chunk(Chunk(finish_reason=FinishReason.ERROR, usage=Usage(prompt.n_tokens, sent),
+                on_chunk(Chunk(finish_reason=FinishReason.ERROR, usage=Usage(n_prompt, sent),
                                error=self.fail_with))
             else:
-                on_chunk(Chunk(finish_reason=FinishReason.LENGTH, usage=Usage(prompt.n_tokens, sent)))
+                on_chunk(Chunk(finish_reason=FinishReason.LENGTH, usage=Usage(n_prompt, sent)))
 
         handle.task = loop.create_task(run())  # keep a reference: the loop holds tasks weakly
         return handle

@@ -159,4 +159,4 @@ def test_preparation_runs_on_a_bounded_pool_with_a_deadline(tmp_path, monkeypatc
     finally:
         release.set()
         backend.close()
-    assert prompt.n_tokens > 0 and all(name.startswith("reverb-prep-") for name in threads)
+    assert prompt.counts.n_tokens > 0 and all(name.startswith("reverb-prep-") for name in threads)

@@ -142,7 +142,7 @@ def test_the_grammar_is_compiled_only_under_a_hold_and_a_costly_one_pays_its_pro
     async def compile_(prompt, a):
         compiled.append(a)
         e = GrammarTooCostly("too costly", param="response_format.json_schema.schema.properties.x")
-        e.prompt_tokens = prompt.n_tokens
+        e.prompt_tokens = prompt.counts.n_tokens
         raise e
     monkeypatch.setattr(svc.fake, "compile", compile_, raising=False)
     costly = ask()

@@ -192,7 +192,7 @@ class Failing(FakeBackend):
         self.error = error
         self.submitted = 0
 
-    def submit(self, prompt, params, on_chunk, tenant=""):
+    def submit(self, prepared, params, on_chunk, tenant="", capped=True):
         self.submitted += 1
         if isinstance(self.error, OverloadedError):
             raise self.error

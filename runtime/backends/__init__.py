@@ -16,30 +16,39 @@ from ..types import Chunk, SamplingParams
 
 
 @dataclass(frozen=True)
-class Prompt:
-    """A prepared prompt: what the backend will run and how many tokens it counts for billing and the context
-    check.
+class Counts:
+    """What the service reads of a prepared request: its counts, for the context check, the credit hold and the bill.
 
-    ``batch`` holds one token sequence per prompt when a request has several (/v1/completions and /v1/embeddings
-    with a list); ``n_tokens`` is then their sum. ``choices`` is how many answers the job makes (OpenAI's n, per
-    prompt): the credit hold covers each. ``streams`` is how many of them the backend delivers as separate choice
-    streams, each ending with its own finish chunk (a local job of n choices: n; an upstream relays its n choices
-    inside one stream: 1). ``constraint`` is the backend's own compiled response_format and tools."""
+    ``n_tokens`` is the prompt's tokens, summed over its prompts when a request has several (/v1/completions and
+    /v1/embeddings with a list: ``lengths`` then holds each one's). ``choices`` is how many answers the job makes
+    (OpenAI's n, per prompt): the credit hold covers each. ``streams`` is how many of them the backend delivers as
+    separate choice streams, each ending with its own finish chunk (a local job of n choices: n; an upstream relays
+    its n choices inside one stream: 1)."""
 
     n_tokens: int
-    tokens: tuple[int, ...] = ()
+    lengths: tuple[int, ...] = ()
     choices: int = 1
     # When n_tokens is an estimate (an upstream's tokenizer is unknown): an upper bound to hold credit for.
     hold_tokens: int | None = None
-    batch: tuple[tuple[int, ...], ...] = ()
     streams: int = 1
-    constraint: object = None
-    capped: bool = True   # a local model's per-key caps apply (the service clears it for the operator's own keys)
 
     @property
     def longest(self) -> int:
         """The longest single prompt: what must fit in the context with max_tokens."""
-        return max(map(len, self.batch)) if self.batch else self.n_tokens
+        return max(self.lengths) if self.lengths else self.n_tokens
+
+    @property
+    def held(self) -> int:
+        """The prompt tokens to hold credit for: the bound when the count is an estimate."""
+        return self.hold_tokens or self.n_tokens
+
+
+class Prepared(Protocol):
+    """What ``Backend.prepare`` returns: the backend's own value (its tokens and compiled grammar, or the client's
+    body for an upstream), handed back unchanged to the same backend's ``compile``, ``submit`` and
+    ``embedding_job``. The service reads only ``counts``."""
+
+    counts: Counts
 
 
 @dataclass(frozen=True)
@@ -51,6 +60,7 @@ class Info:
     ctx: int                      # tokens per request: prompt + completion
     created: int                  # unix time the model was loaded
     passthrough: bool = False     # serves ``Ask.extra`` (the client's own fields) as given: an upstream
+    key_slots: int | None = None  # slots (choices) one capped key's requests may hold at once: a local model
 
 
 @dataclass(frozen=True)
@@ -72,16 +82,22 @@ class Handle(Protocol):
 class Backend(Protocol):
     info: Info
 
-    async def prepare(self, ask: Ask) -> Prompt:
-        """Render and count the prompt. Raises InvalidRequest or TemplateError."""
+    async def prepare(self, ask: Ask) -> Prepared:
+        """Render and count the prompt (cheap: run before the credit hold). Raises InvalidRequest or
+        TemplateError."""
 
-    def submit(self, prompt: Prompt, params: SamplingParams, on_chunk: Callable[[Chunk], None],
-               tenant: str) -> Handle:
+    async def compile(self, prepared: Prepared, ask: Ask) -> Prepared:
+        """The costly part of preparing, run only once credit is held (a local model compiles response_format and
+        tools into its grammar; an upstream has nothing to do). Raises InvalidRequest or GrammarTooCostly."""
+
+    def submit(self, prepared: Prepared, params: SamplingParams, on_chunk: Callable[[Chunk], None],
+               tenant: str, capped: bool = True) -> Handle:
         """Start a job of ``params.n`` choices per prompt; ``on_chunk`` is called on the calling event loop, in
         order, each choice ending with one chunk that has a finish_reason (choices of prompt p are indexed
         p * n + i). ``tenant`` names whose request it is (the API key): cached state may be reused only within
-        one tenant, and a local model shares its slots fairly between tenants (``Prompt.capped``). Must be called
-        on that loop. Raises OverloadedError when it cannot take more work."""
+        one tenant, and a local model shares its slots fairly between tenants, within per-key caps unless
+        ``capped`` is False (the operator's own keys). Must be called on that loop. Raises OverloadedError when
+        it cannot take more work."""
 
     def stats(self) -> Stats: ...
 
@@ -92,7 +108,7 @@ class Backend(Protocol):
 class Embedder(Protocol):
     """A backend that also makes embeddings (the llama.cpp one); an upstream does not."""
 
-    def embedding_job(self, prompt: Prompt):
-        """A place in this model's bounded embeddings queue for ``prompt.batch`` (OverloadedError when full): an
-        EmbeddingJob (backends/llama/backend.py) that computes one unit-length vector per prompt in chunks, can be
+    def embedding_job(self, prepared: Prepared):
+        """A place in this model's bounded embeddings queue for the prepared inputs (OverloadedError when full): an
+        EmbeddingJob (backends/llama/backend.py) that computes one unit-length vector per input in chunks, can be
         stopped, and counts its tokens."""

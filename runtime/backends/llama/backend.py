@@ -12,7 +12,7 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from ... import grammar
@@ -22,13 +22,23 @@ from ...models.templates import CHATML, ChatTemplate
 from ...request import Ask
 from ...settings import Settings
 from ...types import Chunk, Message, SamplingParams, Tools
-from .. import Info, Prompt, Stats
+from .. import Counts, Info, Stats
 from . import threads
 from .batcher import Batcher, Job
 from . import guidance
 from .bridge import ModelThread, Sink
 from .output import Constraint
 from .promptcache import PromptCache
+
+
+@dataclass(frozen=True)
+class LlamaPrompt:
+    """A request prepared for this model (``backends.Prepared``): its token sequences (one per prompt of
+    /v1/completions and /v1/embeddings) and, once ``compile`` ran, its constraint (grammar and tool-call parser)."""
+
+    counts: Counts
+    batch: tuple[tuple[int, ...], ...]
+    constraint: Constraint | None = None
 
 
 class LlamaBackend:
@@ -39,7 +49,8 @@ class LlamaBackend:
         self.engine = engine
         self.template = template
         self.thread = thread
-        self.info = Info(name=spec.name, provider="llama.cpp", ctx=ctx, created=int(time.time()))
+        self.info = Info(name=spec.name, provider="llama.cpp", ctx=ctx, created=int(time.time()),
+                         key_slots=thread.batcher.slots_per_key)
         # Whether the template renders `tools` and `tool_calls` itself in the <tool_call> form the grammar and the
         # parser speak; otherwise the documented fallback is used.
         self.native_tools = grammar.use_native_tools(template.source)
@@ -133,7 +144,7 @@ class LlamaBackend:
         """A raw prompt (/v1/completions, /v1/embeddings): plain text, never control tokens."""
         return ([self.engine.bos()] if self.engine.add_bos() else []) + self.engine.tokenize(text, special=False)
 
-    async def prepare(self, ask: Ask) -> Prompt:
+    async def prepare(self, ask: Ask) -> LlamaPrompt:
         """Render and tokenize on the preparation pool, within the deadline; the grammar is compiled later, by
         ``compile``, once credit is held. Raises RequestError or OverloadedError (too many waiting, or the deadline
         passed)."""
@@ -146,7 +157,7 @@ class LlamaBackend:
                                  param="n")
         return await self._in_pool(self._prepare, ask)
 
-    async def compile(self, prompt: Prompt, ask: Ask) -> Prompt:
+    async def compile(self, prompt: LlamaPrompt, ask: Ask) -> LlamaPrompt:
         """The prompt with its constraint compiled: response_format and tools to GBNF (a keyword it cannot enforce
         is InvalidRequest naming it), then llguidance with bounded work (an over-bound grammar is GrammarTooCostly
         naming its schema path, with ``prompt_tokens`` set: the prompt was counted and is billed)."""
@@ -155,7 +166,7 @@ class LlamaBackend:
         try:
             constraint = await self._in_pool(self._compile, ask)
         except GrammarTooCostly as e:
-            e.prompt_tokens = prompt.n_tokens
+            e.prompt_tokens = prompt.counts.n_tokens
             raise
         return replace(prompt, constraint=constraint)
 
@@ -174,7 +185,7 @@ class LlamaBackend:
         finally:
             self._prep_pending -= 1
 
-    def _prepare(self, ask: Ask, deadline: float = float("inf")) -> Prompt:
+    def _prepare(self, ask: Ask, deadline: float = float("inf")) -> LlamaPrompt:
         _check_deadline(deadline)
         if ask.prompt is not None:
             batch = tuple(tuple(self.tokenize_text(text)) for text in ask.prompt)
@@ -182,10 +193,11 @@ class LlamaBackend:
                 if not tokens:
                     raise InvalidRequest("an empty prompt has no tokens to start from",
                                          param="prompt" if len(batch) == 1 else f"prompt[{i}]")
-            return Prompt(n_tokens=sum(map(len, batch)), tokens=batch[0], batch=batch, choices=ask.choices,
-                          streams=ask.choices)
-        tokens = self.tokenize_chat(ask.messages, ask.tools)
-        return Prompt(n_tokens=len(tokens), tokens=tuple(tokens), choices=ask.choices, streams=ask.choices)
+            counts = Counts(n_tokens=sum(map(len, batch)), lengths=tuple(map(len, batch)), choices=ask.choices,
+                            streams=ask.choices)
+            return LlamaPrompt(counts, batch)
+        tokens = tuple(self.tokenize_chat(ask.messages, ask.tools))
+        return LlamaPrompt(Counts(n_tokens=len(tokens), choices=ask.choices, streams=ask.choices), (tokens,))
 
     def _compile(self, ask: Ask, deadline: float = float("inf")) -> Constraint | None:
         _check_deadline(deadline)
@@ -208,21 +220,16 @@ class LlamaBackend:
                 self._vocab = guidance.Vocabulary(pieces, eog, lambda text: self.engine.tokenize(text, special=False))
             return self._vocab
 
-    def submit(self, prompt: Prompt, params: SamplingParams, on_chunk: Callable[[Chunk], None],
-               tenant: str) -> "_Handle":
+    def submit(self, prompt: LlamaPrompt, params: SamplingParams, on_chunk: Callable[[Chunk], None],
+               tenant: str, capped: bool = True) -> "_Handle":
         sink = Sink(deliver=on_chunk, loop=asyncio.get_running_loop())
         jobs = [Job(prompt=list(tokens), params=params, tenant=tenant, sink=sink, constraint=prompt.constraint,
-                    first_index=i * params.n, capped=prompt.capped)
-                for i, tokens in enumerate(prompt.batch or (prompt.tokens,))]
+                    first_index=i * params.n, capped=capped)
+                for i, tokens in enumerate(prompt.batch)]
         self.thread.submit(*jobs)
         return _Handle(jobs, self.thread)
 
-    @property
-    def key_slots(self) -> int:
-        """Slots one capped key's running requests may hold (--slots-per-key)."""
-        return self.thread.batcher.slots_per_key
-
-    def embedding_job(self, prompt: Prompt) -> "EmbeddingJob":
+    def embedding_job(self, prompt: LlamaPrompt) -> "EmbeddingJob":
         """A place in this model's embeddings queue for ``prompt.batch``. Raises OverloadedError when
         ``embedding_queue`` requests are already running or waiting."""
         with self._embed_lock:

@@ -24,7 +24,7 @@ from ...errors import ConfigError, InvalidRequest, ReverbError, UpstreamError, U
 from ...models.registry import ModelSpec
 from ...request import Ask
 from ...types import Chunk, FinishReason, SamplingParams, Usage
-from .. import Info, Prompt, Stats
+from .. import Counts, Info, Stats
 from . import wire
 from .client import DONE, UpstreamClient
 from .relay import Relay
@@ -34,8 +34,12 @@ MAX_CHOICES = 128
 
 
 @dataclass(frozen=True)
-class UpstreamPrompt(Prompt):
-    ask: Ask | None = None
+class UpstreamPrompt:
+    """A request prepared for an upstream (``backends.Prepared``): its estimated counts and the Ask whose client
+    fields are sent on."""
+
+    counts: Counts
+    ask: Ask
 
 
 class UpstreamBackend:
@@ -75,11 +79,15 @@ class UpstreamBackend:
         estimate, bound = wire.estimate_prompt(ask)
         n = ask.extra.get("n", 1) if ask.extra else 1
         choices = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_CHOICES else 1
-        return UpstreamPrompt(n_tokens=estimate, hold_tokens=bound, choices=choices, ask=ask)
+        return UpstreamPrompt(Counts(n_tokens=estimate, hold_tokens=bound, choices=choices), ask)
 
-    def submit(self, prompt: Prompt, params: SamplingParams, on_chunk: Callable[[Chunk], None],
-               tenant: str) -> "_Job":
-        assert isinstance(prompt, UpstreamPrompt) and prompt.ask is not None
+    async def compile(self, prompt: UpstreamPrompt, ask: Ask) -> UpstreamPrompt:
+        """Nothing to compile: the upstream enforces the request's own response_format and tools."""
+        return prompt
+
+    def submit(self, prompt: UpstreamPrompt, params: SamplingParams, on_chunk: Callable[[Chunk], None],
+               tenant: str, capped: bool = True) -> "_Job":
+        """``tenant`` and ``capped`` concern a local model's slots: an upstream shares its own capacity."""
         body = wire.request_body(self.spec.upstream_model, prompt.ask, params)
         job = _Job(self, prompt, params.max_tokens or 0, on_chunk)
         job.task = asyncio.get_running_loop().create_task(job.run(body))
@@ -111,8 +119,9 @@ class _Job:
         self.backend = backend
         self.prompt = prompt
         spec = backend.spec
-        self.relay = Relay(spec.name, backend._key, prompt.choices, max_tokens, prompt.n_tokens,
-                           wire.prompt_floor(prompt.ask), prompt.hold_tokens or prompt.n_tokens)
+        counts = prompt.counts
+        self.relay = Relay(spec.name, backend._key, counts.choices, max_tokens, counts.n_tokens,
+                           wire.prompt_floor(prompt.ask), counts.held)
         self.on_chunk = on_chunk
         self.task: asyncio.Task | None = None
         self.delivered = False
