@@ -1,5 +1,5 @@
 """Fair admission across keys, on the thread-free batcher over the fake engine: keys taken in turn, per-key caps on
-busy slots and waiting jobs. The same attack on a real server is in test_attacks_e2e.py."""
+busy slots and waiting jobs. The same attack on a real server is in test_admission_e2e.py."""
 
 from __future__ import annotations
 
