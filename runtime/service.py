@@ -109,7 +109,7 @@ class Service:
         early, reservation = None, None
         if _text_bytes(ask) > PREPARE_BEFORE_HOLD:
             bound = _prompt_bound(ask, backend.info.ctx)
-            completion = (ask.sampling.max_tokens or 0) * ask.choices
+            completion = (ask.sampling.max_tokens or 0) * ask.choices + _prediction_bound(ask, backend.info.ctx)
             early = spec.cost(bound, completion)
             reservation = await self.db(self.ledger.reserve, ctx.account, ctx.request_id, early, spec.name,
                                         ctx.endpoint, 0, (spec.price_input, spec.price_output), bound + completion)
@@ -212,7 +212,8 @@ class Service:
                 f"This model's maximum context length is {limit} tokens; the {where} use {n} "
                 f"and max_tokens asks for {max_tokens}", param="max_tokens", model=spec.name), prompt.n_tokens)
         # The worst case: every choice runs to max_tokens; the prompt is billed once (a local job shares its KV).
-        hold = spec.cost(prompt.hold_tokens or prompt.n_tokens, max_tokens * prompt.choices)
+        # A prediction's rejected tokens are billed as completion tokens: at most its length (draft.py).
+        hold = spec.cost(prompt.hold_tokens or prompt.n_tokens, max_tokens * prompt.choices + len(prompt.prediction))
         return Candidate(spec, backend, prompt, replace(ask.sampling, max_tokens=max_tokens), hold)
 
     async def start_embedding(self, ctx: RequestContext, ask: Ask) -> "Embedding":
@@ -297,7 +298,8 @@ class Service:
 
 def _tokens(c: Candidate) -> int:
     """What a request reserves of a tokens-per-minute limit: its prompt and every choice's max_tokens."""
-    return (c.prompt.hold_tokens or c.prompt.n_tokens) + (c.params.max_tokens or 0) * c.prompt.choices
+    return ((c.prompt.hold_tokens or c.prompt.n_tokens) + (c.params.max_tokens or 0) * c.prompt.choices
+            + len(c.prompt.prediction))
 
 
 def _most_tokens(fits, most: int) -> int:
@@ -319,7 +321,8 @@ def _allowed(account: Account | None):
 
 def _text_bytes(ask: Ask) -> int:
     texts = ask.prompt if ask.prompt is not None else [m.content for m in ask.messages]
-    return sum(len(t) for t in texts) * 4  # at most 4 UTF-8 bytes a character: no encoding needed to bound it
+    # at most 4 UTF-8 bytes a character: no encoding needed to bound it
+    return (sum(len(t) for t in texts) + len(ask.prediction or "")) * 4
 
 
 def _prompt_bound(ask: Ask, ctx: int) -> int:
@@ -329,6 +332,11 @@ def _prompt_bound(ask: Ask, ctx: int) -> int:
         return sum(min(len(t.encode("utf-8", "replace")) + 1, ctx) for t in ask.prompt)
     n = sum(len(m.content.encode("utf-8", "replace")) + 8 for m in ask.messages)
     return max(1, min(n, ctx))
+
+
+def _prediction_bound(ask: Ask, ctx: int) -> int:
+    """A prediction's tokens as the body bounds them (a longer one than the context is refused)."""
+    return min(len(ask.prediction.encode("utf-8", "replace")), ctx) if ask.prediction else 0
 
 
 def _counted(error: RequestError, prompt_tokens: int) -> RequestError:

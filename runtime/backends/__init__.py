@@ -35,6 +35,9 @@ class Prompt:
     streams: int = 1
     constraint: object = None
     capped: bool = True   # a local model's per-key caps apply (the service clears it for the operator's own keys)
+    # The tokens of the request's prediction (Predicted Outputs): its rejected ones are billed as completion tokens,
+    # so the credit hold covers them too.
+    prediction: tuple[int, ...] = ()
 
     @property
     def longest(self) -> int:

@@ -27,6 +27,7 @@ from . import threads
 from .batcher import Batcher, Job
 from . import guidance
 from .bridge import ModelThread, Sink
+from .draft import Drafter
 from .output import Constraint
 from .promptcache import PromptCache
 
@@ -72,7 +73,7 @@ class LlamaBackend:
         config = EngineConfig(n_ctx=ctx, n_seq=settings.parallel, n_threads=plan.n_threads,
                               n_threads_batch=plan.n_threads_batch, n_batch=settings.batch,
                               n_ubatch=settings.ubatch, flash_attn=settings.flash_attn,
-                              deterministic=settings.deterministic)
+                              deterministic=settings.deterministic, outputs_per_seq=1 + settings.draft_max)
         engine = engine_factory(path, config)
         try:
             source = spec.chat_template or engine.chat_template() or CHATML
@@ -84,7 +85,9 @@ class LlamaBackend:
         batcher = Batcher(engine, slots=settings.parallel, ctx_per_slot=ctx, prefill_chunk=settings.prefill_chunk,
                           max_queue=settings.max_queue, queue_timeout=settings.queue_timeout,
                           deterministic=settings.deterministic, prompt_cache=cache,
-                          slots_per_key=settings.key_slots, queue_per_key=settings.queue_per_key)
+                          slots_per_key=settings.key_slots, queue_per_key=settings.queue_per_key,
+                          drafter=Drafter(engine, draft_max=settings.draft_max, deterministic=settings.deterministic,
+                                          fast_forward=settings.fast_forward, ngram=settings.speculate == "ngram"))
         follow = threads.EngineThreads(engine, plan) if plan.adapt or plan.adapt_batch else None
         backend = cls(spec, engine, template, ModelThread(batcher, name=spec.name, threads=follow), ctx,
                       prepare_workers=settings.prepare_workers, prepare_timeout=settings.prepare_timeout,
@@ -185,7 +188,12 @@ class LlamaBackend:
             return Prompt(n_tokens=sum(map(len, batch)), tokens=batch[0], batch=batch, choices=ask.choices,
                           streams=ask.choices)
         tokens = self.tokenize_chat(ask.messages, ask.tools)
-        return Prompt(n_tokens=len(tokens), tokens=tuple(tokens), choices=ask.choices, streams=ask.choices)
+        prediction = tuple(self.engine.tokenize(ask.prediction, special=False)) if ask.prediction else ()
+        if len(prediction) > self.info.ctx:
+            raise InvalidRequest(f"'prediction' has {len(prediction)} tokens; this model's context is "
+                                 f"{self.info.ctx}", param="prediction")
+        return Prompt(n_tokens=len(tokens), tokens=tuple(tokens), choices=ask.choices, streams=ask.choices,
+                      prediction=prediction)
 
     def _compile(self, ask: Ask, deadline: float = float("inf")) -> Constraint | None:
         _check_deadline(deadline)
@@ -212,7 +220,7 @@ class LlamaBackend:
                tenant: str) -> "_Handle":
         sink = Sink(deliver=on_chunk, loop=asyncio.get_running_loop())
         jobs = [Job(prompt=list(tokens), params=params, tenant=tenant, sink=sink, constraint=prompt.constraint,
-                    first_index=i * params.n, capped=prompt.capped)
+                    first_index=i * params.n, capped=prompt.capped, prediction=prompt.prediction)
                 for i, tokens in enumerate(prompt.batch or (prompt.tokens,))]
         self.thread.submit(*jobs)
         return _Handle(jobs, self.thread)
