@@ -65,6 +65,7 @@ class Stats:
     cached_prompts: int = 0       # prompt prefixes kept in host memory beyond the slots
     cached_prompt_bytes: int = 0
     threads: int = 0              # llama.cpp threads decoding now (0: not a local model)
+    drafts: tuple = ()            # (source, rows decoded as drafts, of which accepted) since start (draft.py)
 
 
 class Handle(Protocol):

@@ -249,7 +249,8 @@ class LlamaBackend:
         b = self.thread.batcher
         return Stats(waiting=len(b.waiting), active=b.active(), slots=len(b.slots), reused_tokens=b.reused_tokens,
                      cached_prompts=len(b.prompt_cache), cached_prompt_bytes=b.prompt_cache.bytes,
-                     threads=self.thread.threads.counts()[0] if self.thread.threads else self.engine.config.n_threads)
+                     threads=self.thread.threads.counts()[0] if self.thread.threads else self.engine.config.n_threads,
+                     drafts=b.drafter.totals())
 
     def close(self) -> None:
         with self._embed_lock:

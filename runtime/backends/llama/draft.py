@@ -13,8 +13,8 @@ Where drafts come from, first that has one:
 
 - **fast-forward**: the tokens the grammar forces after the next token (llguidance's ``compute_ff_tokens``);
 - **prediction** (OpenAI's Predicted Outputs): the predicted text's tokens from where the output is in it. After a
-  difference the output is re-aligned: it rejoins the prediction where its last tokens (at least two) appear again,
-  only forward, so edits (a changed line) cost a few steps and not the rest of the file;
+  difference the output is re-aligned: it rejoins the prediction where its last three tokens appear next, only
+  forward, so an edit (a changed line) costs a few steps and not the rest of the file;
 - **n-gram** (``--speculate ngram``): the tokens that followed the last earlier occurrence of the output's last
   ``NGRAM`` tokens in the prompt and the output (quotes of a document, repeated code).
 
@@ -35,7 +35,7 @@ from ...types import Usage
 from . import shapes
 
 NGRAM = 3            # n-gram speculation: tokens of the output's end looked up in the prompt and output
-REALIGN_MOST = 8     # prediction: longest suffix of the output compared when it rejoins the prediction
+REALIGN = 3          # prediction: the output's last tokens that must appear in it again to rejoin it
 PREDICTION, FORCED, GUESS = "prediction", "forced", "ngram"
 
 
@@ -79,11 +79,17 @@ class Drafter:
         self.drafted = {PREDICTION: 0, FORCED: 0, GUESS: 0}    # rows decoded as drafts, since start
         self.accepted = {PREDICTION: 0, FORCED: 0, GUESS: 0}   # of which accepted
 
+    def totals(self) -> tuple[tuple[str, int, int], ...]:
+        """(source, rows decoded as drafts, of which accepted) since start, per source."""
+        return tuple((source, self.drafted[source], self.accepted[source]) for source in self.drafted)
+
     # -- planning -------------------------------------------------------------------------------------------
 
     def propose(self, slot, room: int) -> list[int]:
         """Draft tokens to decode after ``slot.next_token`` (at position ``len(slot.cached)``), at most ``room``
         (what max_tokens and the context leave). Remembers them for ``admit``."""
+        if self.draft_max <= 0:
+            return []
         job = slot.job
         state = self._states.get(slot)
         if state is None or state.job is not job:
@@ -130,23 +136,17 @@ class Drafter:
 
     @staticmethod
     def _realign(state: _State, out: list[int]) -> bool:
-        """Where the output's last tokens (two or more) appear in the prediction at or after ``at``: the longest
-        such match, the earliest of equals. Moves ``at`` behind it."""
-        if len(out) < 2:
+        """The first place at or after ``at`` where the prediction holds the output's last REALIGN tokens; moves
+        ``at`` behind it. (Only forward: a prediction token is drafted again only after a rejection, and what a
+        jump skips is lost, so the nearest match wins.)"""
+        if len(out) < REALIGN:
             return False
-        best, best_len = None, 1
+        pred, tail = state.prediction, out[-REALIGN:]
         for after in state.pairs.get((out[-2], out[-1]), ()):
-            if after - 2 < state.at:
-                continue
-            n = 2
-            while n < min(REALIGN_MOST, len(out), after) and state.prediction[after - n - 1] == out[-n - 1]:
-                n += 1
-            if n > best_len:
-                best, best_len = after, n
-        if best is None:
-            return False
-        state.at = best
-        return True
+            if after - REALIGN >= state.at and list(pred[after - REALIGN:after]) == tail:
+                state.at = after
+                return True
+        return False
 
     def _guessed(self, state: _State, slot, most: int) -> list[int]:
         history = slot.cached + [slot.next_token]
