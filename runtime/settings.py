@@ -76,7 +76,7 @@ class Settings:
     queue_per_key: int = _opt(32, "jobs one API key may have waiting for a slot (one per prompt of "
                               "/v1/completions) before 503 (not for keys given with --api-key)")
     embedding_queue: int = _opt(4, "embeddings requests running or waiting per model before 503")
-    draft_max: int = _opt(8, "most draft tokens verified per stream in one decode step: a request's prediction, "
+    draft_max: int = _opt(16, "most draft tokens verified per stream in one decode step: a request's prediction, "
                           "the tokens a grammar forces, or --speculate's guesses (0: none; docs/predicted-outputs.md)")
     fast_forward: bool = _opt(True, "decode the tokens a JSON schema or tool grammar forces in one batch, verified "
                               "like a draft (same answer, fewer steps)")
@@ -206,9 +206,6 @@ class Settings:
         for name, ok in checks.items():
             if not ok:
                 raise ConfigError(f"setting {name}={getattr(self, name)!r} is out of range", param=name)
-        if (self.draft_max + 1) * self.parallel > self.batch:  # every slot's row and draft fit in one decode call
-            raise ConfigError(f"setting draft_max must be at most batch / parallel - 1 "
-                              f"({self.batch // self.parallel - 1})", param="draft_max")
         if self.deterministic:  # prompt rows run in passes of at least 64 rows (backends/llama/shapes.py)
             for name, least in (("ubatch", 64), ("prefill_chunk", 64), ("batch", self.parallel + 64)):
                 if getattr(self, name) < least:

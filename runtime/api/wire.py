@@ -176,7 +176,7 @@ FIELDS: tuple[Field, ...] = (
           "`json_schema` (`strict` true or false, enforced alike) by a grammar with bounded work "
           "(docs/structured-output.md); a schema keyword that cannot be enforced is 400 naming it"),
     Field("prediction", Prediction(), "prediction", _d(CHAT), "Predicted Outputs: `{\"type\": \"content\", "
-          "\"content\"}` (a string or text parts), the answer you expect (a file you ask to edit): its tokens are "
+          "\"content\": ...}` (a string or text parts), the answer you expect (a file you ask to edit): its tokens are "
           "checked in batches against what the model samples, so the answer is the same, sooner; "
           "`usage.completion_tokens_details` counts accepted and rejected prediction tokens, and rejected ones are "
           "billed as completion tokens. With `n` > 1 it is 400 (docs/predicted-outputs.md)", fallback=True),

@@ -70,10 +70,12 @@ class LlamaBackend:
             engine_factory = Engine
         ctx = settings.ctx or spec.ctx
         plan = threads.ThreadPlan.from_flags(settings.threads, settings.threads_batch)
+        # every slot's row and draft must fit in one decode call (draft.py)
+        draft_max = max(0, min(settings.draft_max, settings.batch // settings.parallel - 1))
         config = EngineConfig(n_ctx=ctx, n_seq=settings.parallel, n_threads=plan.n_threads,
                               n_threads_batch=plan.n_threads_batch, n_batch=settings.batch,
                               n_ubatch=settings.ubatch, flash_attn=settings.flash_attn,
-                              deterministic=settings.deterministic, outputs_per_seq=1 + settings.draft_max)
+                              deterministic=settings.deterministic, outputs_per_seq=1 + draft_max)
         engine = engine_factory(path, config)
         try:
             source = spec.chat_template or engine.chat_template() or CHATML
@@ -86,7 +88,7 @@ class LlamaBackend:
                           max_queue=settings.max_queue, queue_timeout=settings.queue_timeout,
                           deterministic=settings.deterministic, prompt_cache=cache,
                           slots_per_key=settings.key_slots, queue_per_key=settings.queue_per_key,
-                          drafter=Drafter(engine, draft_max=settings.draft_max, deterministic=settings.deterministic,
+                          drafter=Drafter(engine, draft_max=draft_max, deterministic=settings.deterministic,
                                           fast_forward=settings.fast_forward, ngram=settings.speculate == "ngram"))
         follow = threads.EngineThreads(engine, plan) if plan.adapt or plan.adapt_batch else None
         backend = cls(spec, engine, template, ModelThread(batcher, name=spec.name, threads=follow), ctx,

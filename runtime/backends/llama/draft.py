@@ -35,6 +35,7 @@ from ...types import Usage
 from . import shapes
 
 NGRAM = 3            # n-gram speculation: tokens of the output's end looked up in the prompt and output
+FIRST_GUESS = 4      # n-gram speculation: the first draft's length
 REALIGN = 3          # prediction: the output's last tokens that must appear in it again to rejoin it
 PREDICTION, FORCED, GUESS = "prediction", "forced", "ngram"
 
@@ -63,7 +64,7 @@ class _State:
     rejected: int = 0        # prediction tokens decoded and thrown away
     grams: dict = field(default_factory=dict)   # n-gram of prompt + output -> index after its last occurrence
     indexed: int = 0
-    length: int = 4          # the next guessed draft's length: doubled on a full hit, else what was accepted + 1
+    length: int = 0          # the next draft's length: doubled on a full hit, else what was accepted + 1
 
 
 class Drafter:
@@ -95,6 +96,8 @@ class Drafter:
         if state is None or state.job is not job:
             state = self._states[slot] = _State(job, tuple(getattr(job, "prediction", ())))
             state.pairs = _pairs(state.prediction)
+            # A prediction is usually right (an edited file): its first draft is a long one; guesses start short.
+            state.length = self.draft_max if state.prediction else FIRST_GUESS
         pos = len(slot.cached)
         most = min(self.draft_max, room)
         if self.deterministic:  # a lone row from position 256 on takes another kernel path (shapes.py)
