@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import contention
+from . import contention, drafts
 from . import grammar as grammar_bench
 from . import peers, workloads
 from .load import p50
@@ -116,7 +116,10 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-raw", action="store_true", help="skip the in-process raw ceilings")
     ap.add_argument("--serve-args", default="", help="extra flags for both reverb servers")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    ap.add_argument("--only", choices=["grammar", "contention"], help="run one section alone (its own servers)")
+    ap.add_argument("--only", choices=["grammar", "contention", "drafts"],
+                    help="run one section alone (its own servers)")
+    ap.add_argument("--quick", action="store_true", help="with --only drafts: one short round, to check it works")
+    ap.add_argument("--skip-drafts", action="store_true", help="skip the predicted-outputs / speculation section")
     ap.add_argument("--skip-grammar", action="store_true", help="skip the grammar-vs-plain decode section")
     ap.add_argument("--skip-contention", action="store_true", help="skip the decode-beside-busy-loops section")
     args = ap.parse_args(argv)
@@ -124,6 +127,8 @@ def main(argv=None) -> int:
         return only_grammar(args)
     if args.only == "contention":
         return contention.main(args, model_path(), cpu())
+    if args.only == "drafts":
+        return only_drafts(args)
     model = model_path()
     results: dict = {"machine": cpu(), "threads": args.threads, "tokens": args.tokens, "model": model.name,
                      "parallel": args.parallel, "ctx": args.ctx, "rounds": args.rounds}
@@ -165,6 +170,12 @@ def main(argv=None) -> int:
             results["llama_cpp_python"] = {"error": str(e)}
         finally:
             peer.stop()
+    if not args.skip_drafts:
+        drafts_tmp = Path(tempfile.mkdtemp(prefix="reverb-bench-"))
+        try:
+            results["drafts"] = drafts.measure(drafts_tmp, args, eog)
+        finally:
+            shutil.rmtree(drafts_tmp, ignore_errors=True)
     if not args.skip_contention:
         results["contention"] = contention.measure(args, model, eog)
     if not args.skip_raw:
@@ -175,6 +186,8 @@ def main(argv=None) -> int:
     raw.close()
     shutil.rmtree(tmp, ignore_errors=True)
     report(results, args)
+    if "drafts" in results:
+        drafts.report(results["drafts"], "draft tokens verified in batches (bench/drafts.py)")
     if "contention" in results:
         contention.report(results["contention"], model.name, results["machine"])
     args.out.mkdir(parents=True, exist_ok=True)
@@ -249,6 +262,27 @@ def only_grammar(args) -> int:
         print(f"{a:<72}  {b:>14}  {c}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "grammar-latest.json").write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def only_drafts(args) -> int:
+    """`--only drafts`: predicted outputs, fast-forward and n-gram speculation against their own servers, written to
+    bench/results/drafts-latest.json (`--quick`: one short round)."""
+    from .raw import Raw
+    raw = Raw(model_path(), 1, n_seq=1)
+    eog = raw.eog_tokens()
+    raw.close()
+    tmp = Path(tempfile.mkdtemp(prefix="reverb-bench-"))
+    try:
+        result = drafts.measure(tmp, args, eog, quick=args.quick)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    m = cpu()
+    result.update(machine=m, threads=args.threads, quick=args.quick, rounds=1 if args.quick else args.rounds)
+    drafts.report(result, f"{model_path().name}, {args.threads} threads, {args.parallel} slots x {args.ctx}; "
+                          f"{m.get('model', '?')}" + ("; --quick: a check, not a measurement" if args.quick else ""))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / ("drafts-quick.json" if args.quick else "drafts-latest.json")).write_text(json.dumps(result, indent=2))
     return 0
 
 

@@ -84,14 +84,15 @@ def reverb(tmp: Path, label: str, threads: int, parallel: int, ctx: int, extra: 
     return _wait(Peer(label, ready.read_text().strip(), key, proc, log), ready.read_text().strip() + "/v1/models")
 
 
-def llama_server(tmp: Path, binary: Path, model: Path, threads: int, parallel: int, ctx: int) -> Peer:
+def llama_server(tmp: Path, binary: Path, model: Path, threads: int, parallel: int, ctx: int,
+                 extra: tuple[str, ...] | list[str] = (), label: str = "llama-server") -> Peer:
     """llama.cpp's server with its defaults (n_batch 2048, n_ubatch 512, --cache-ram 8192 MiB, one KV stream per
-    slot), the same model, slots, context per slot and threads as reverb, flash attention on."""
+    slot), the same model, slots, context per slot and threads as reverb, flash attention on; ``extra`` flags."""
     port = free_port()
-    log = tmp / "llama-server.log"
+    log = tmp / f"{label.replace(' ', '_')}.log"
     cmd = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-np", str(parallel),
-           "-c", str(ctx * parallel), "-t", str(threads), "-tb", str(threads), "-fa", "on", "--no-warmup"]
-    peer = Peer("llama-server", f"http://127.0.0.1:{port}", "none", _start(cmd, log), log)
+           "-c", str(ctx * parallel), "-t", str(threads), "-tb", str(threads), "-fa", "on", "--no-warmup", *extra]
+    peer = Peer(label, f"http://127.0.0.1:{port}", "none", _start(cmd, log), log)
     return _wait(peer, peer.base + "/health")
 
 

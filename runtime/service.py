@@ -109,7 +109,7 @@ class Service:
         early, reservation = None, None
         if _text_bytes(ask) > PREPARE_BEFORE_HOLD:
             bound = _prompt_bound(ask, backend.info.ctx)
-            completion = (ask.sampling.max_tokens or 0) * ask.choices
+            completion = (ask.sampling.max_tokens or 0) * ask.choices + _prediction_bound(ask, backend.info.ctx)
             early = spec.cost(bound, completion)
             reservation = await self.db(self.ledger.reserve, ctx.account, ctx.request_id, early, spec.name,
                                         ctx.endpoint, 0, (spec.price_input, spec.price_output), bound + completion)
@@ -209,8 +209,9 @@ class Service:
             raise _counted(ContextLengthExceeded(
                 f"This model's maximum context length is {limit} tokens; the {where} use {n} "
                 f"and max_tokens asks for {max_tokens}", param="max_tokens", model=spec.name), counts.n_tokens)
-        # The worst case: every choice runs to max_tokens; the prompt is billed once (a local job shares its KV).
-        hold = spec.cost(counts.held, max_tokens * counts.choices)
+        # The worst case: every choice runs to max_tokens (a prediction's rejected tokens are billed as completion
+        # tokens: at most its length, draft.py); the prompt is billed once (a local job shares its KV).
+        hold = spec.cost(counts.held, max_tokens * counts.choices + counts.predicted)
         return Candidate(spec, backend, prepared, replace(ask.sampling, max_tokens=max_tokens), hold)
 
     async def start_embedding(self, ctx: RequestContext, ask: Ask) -> "Embedding":
@@ -295,7 +296,8 @@ class Service:
 
 def _tokens(c: Candidate) -> int:
     """What a request reserves of a tokens-per-minute limit: its prompt and every choice's max_tokens."""
-    return c.prepared.counts.held + (c.params.max_tokens or 0) * c.prepared.counts.choices
+    counts = c.prepared.counts
+    return counts.held + (c.params.max_tokens or 0) * counts.choices + counts.predicted
 
 
 def _most_tokens(fits, most: int) -> int:
@@ -317,7 +319,8 @@ def _allowed(account: Account | None):
 
 def _text_bytes(ask: Ask) -> int:
     texts = ask.prompt if ask.prompt is not None else [m.content for m in ask.messages]
-    return sum(len(t) for t in texts) * 4  # at most 4 UTF-8 bytes a character: no encoding needed to bound it
+    # at most 4 UTF-8 bytes a character: no encoding needed to bound it
+    return (sum(len(t) for t in texts) + len(ask.prediction or "")) * 4
 
 
 def _prompt_bound(ask: Ask, ctx: int) -> int:
@@ -327,6 +330,11 @@ def _prompt_bound(ask: Ask, ctx: int) -> int:
         return sum(min(len(t.encode("utf-8", "replace")) + 1, ctx) for t in ask.prompt)
     n = sum(len(m.content.encode("utf-8", "replace")) + 8 for m in ask.messages)
     return max(1, min(n, ctx))
+
+
+def _prediction_bound(ask: Ask, ctx: int) -> int:
+    """A prediction's tokens as the body bounds them (a longer one than the context is refused)."""
+    return min(len(ask.prediction.encode("utf-8", "replace")), ctx) if ask.prediction else 0
 
 
 def _counted(error: RequestError, prompt_tokens: int) -> RequestError:

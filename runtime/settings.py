@@ -76,6 +76,12 @@ class Settings:
     queue_per_key: int = _opt(32, "jobs one API key may have waiting for a slot (one per prompt of "
                               "/v1/completions) before 503 (not for keys given with --api-key)")
     embedding_queue: int = _opt(4, "embeddings requests running or waiting per model before 503")
+    draft_max: int = _opt(16, "most draft tokens verified per stream in one decode step: a request's prediction, "
+                          "the tokens a grammar forces, or --speculate's guesses (0: none; docs/predicted-outputs.md)")
+    fast_forward: bool = _opt(True, "decode the tokens a JSON schema or tool grammar forces in one batch, verified "
+                              "like a draft (same answer, fewer steps)")
+    speculate: str = _opt("off", "draft tokens without a prediction: 'ngram' guesses from the request's own prompt "
+                          "and output, verified like a prediction (same answer)", choices=("off", "ngram"))
     # models on demand (loader.py)
     on_demand: bool = _opt(False, "serve every local model of the catalogue: load one on its first request, unload "
                            "it after --keep-alive idle (off: the models given at start are loaded and kept)")
@@ -194,7 +200,8 @@ class Settings:
             "embedding_queue": self.embedding_queue >= 1, "max_embedding_inputs": self.max_embedding_inputs >= 1,
             "max_embedding_tokens": self.max_embedding_tokens >= 1,
             "max_loaded_models": self.max_loaded_models >= 0, "models_memory": self.models_memory >= 0,
-            "load_timeout": self.load_timeout > 0,
+            "load_timeout": self.load_timeout > 0, "draft_max": 0 <= self.draft_max <= 256,
+            "speculate": self.speculate in ("off", "ngram"),
         }
         for name, ok in checks.items():
             if not ok:

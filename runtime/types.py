@@ -98,14 +98,20 @@ class SamplingParams:
 @dataclass(frozen=True)
 class Usage:
     prompt_tokens: int
-    completion_tokens: int
+    completion_tokens: int          # billed: the output, and a prediction's rejected tokens
+    # A request's prediction (OpenAI's Predicted Outputs): its tokens that became output, and those decoded and
+    # thrown away (counted in completion_tokens too, as OpenAI bills them).
+    accepted_prediction_tokens: int = 0
+    rejected_prediction_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
     def __add__(self, other: "Usage") -> "Usage":
-        return Usage(self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens)
+        return Usage(self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens,
+                     self.accepted_prediction_tokens + other.accepted_prediction_tokens,
+                     self.rejected_prediction_tokens + other.rejected_prediction_tokens)
 
 
 @dataclass(frozen=True)

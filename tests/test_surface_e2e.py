@@ -229,7 +229,7 @@ def test_retrieve_a_model(server):
 
 @pytest.mark.parametrize("field,value", [
     ("audio", {"voice": "alloy", "format": "wav"}), ("modalities", ["text", "audio"]),
-    ("prediction", {"type": "content", "content": "x"}), ("web_search_options", {}),
+    ("prediction", {"type": "text", "content": "x"}), ("web_search_options", {}),
     ("functions", [{"name": "f"}]), ("function_call", "auto"), ("reasoning_effort", "low"),
     ("verbosity", "high"), ("service_tier", "flex"), ("store", True),
     ("user", 5), ("metadata", {"k": 1}), ("n", "2"),

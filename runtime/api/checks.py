@@ -290,6 +290,33 @@ class Texts(Check):
                                  "items": text}]}
 
 
+class Prediction(Check):
+    """OpenAI's Predicted Outputs: ``{"type": "content", "content": a string or text parts}`` -> the text."""
+
+    def __call__(self, value, where, site):
+        if value is None:
+            return None
+        if not isinstance(value, dict) or value.get("type") != "content" or not set(value) <= {"type", "content"}:
+            raise InvalidRequest(f"'{where}' must be an object {{\"type\": \"content\", \"content\": ...}}",
+                                 param=where)
+        content = value.get("content")
+        if isinstance(content, str):
+            return content
+        if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                             and set(p) <= {"type", "text"} and isinstance(p.get("text"), str)
+                                             for p in content):
+            return "".join(p["text"] for p in content)
+        raise InvalidRequest(f"'{where}.content' must be a string or an array of text parts", param=f"{where}.content")
+
+    def schema(self, settings):
+        part = {"type": "object", "properties": {"type": {"enum": ["text"]}, "text": {"type": "string"}},
+                "required": ["type", "text"], "additionalProperties": False}
+        return {"type": "object", "properties": {
+            "type": {"enum": ["content"]},
+            "content": {"oneOf": [{"type": "string"}, {"type": "array", "items": part}]}},
+            "required": ["type", "content"], "additionalProperties": False}
+
+
 class ResponseFormatCheck(Check):
     """``response_format`` into a typed value, checked once here; None for text. The grammar package checks the
     schema's keywords and refuses what it cannot enforce, naming the keyword."""

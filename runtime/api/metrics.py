@@ -93,8 +93,14 @@ class _BackendCollector:
                                     labels=["model"])
         threads = GaugeMetricFamily("reverb_threads", "llama.cpp threads decoding now (they follow the CPU the "
                                     "process gets unless --threads is given)", labels=["model"])
+        drafts = CounterMetricFamily("reverb_draft_tokens", "Draft tokens decoded after a stream's next token and "
+                                     "verified by its sampler (source: prediction, forced by a grammar, ngram), and "
+                                     "how many were accepted", labels=["model", "source", "result"])
         for name, backend in self.models.backends.items():
             st = backend.stats()
+            for source, drafted, accepted in st.drafts:
+                drafts.add_metric([name, source, "drafted"], drafted)
+                drafts.add_metric([name, source, "accepted"], accepted)
             queue.add_metric([name], st.waiting)
             active.add_metric([name], st.active)
             slots.add_metric([name], st.slots)
@@ -104,4 +110,4 @@ class _BackendCollector:
             entries.add_metric([name], st.cached_prompts)
             if st.threads:
                 threads.add_metric([name], st.threads)
-        return [queue, active, slots, ctx, reused, cached, entries, threads]
+        return [queue, active, slots, ctx, reused, cached, entries, threads, drafts]

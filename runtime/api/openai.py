@@ -21,16 +21,22 @@ from .handler import Answer, Dialect, Renderers
 from .sse import SSE, event, events
 
 
-def usage_json(usage) -> dict:
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens}
+def usage_json(usage, prediction: bool = False) -> dict:
+    """OpenAI's usage object; with a prediction, its accepted and rejected tokens (rejected ones are in
+    completion_tokens too: they are billed)."""
+    out = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
+           "total_tokens": usage.total_tokens}
+    if prediction:
+        out["completion_tokens_details"] = {"accepted_prediction_tokens": usage.accepted_prediction_tokens,
+                                            "rejected_prediction_tokens": usage.rejected_prediction_tokens}
+    return out
 
 
 def _whole(a: Answer, chunks: list[Chunk], final: Chunk, price: int) -> dict:
     return {"id": a.id, "object": "chat.completion", "created": a.created, "model": a.gen.model,
             "system_fingerprint": None,
             "choices": [_choice(c, a.ask.sampling.logprobs) for c in per_choice(chunks, a.ask.choices)],
-            "usage": usage_json(final.usage)}
+            "usage": usage_json(final.usage, a.ask.prediction is not None)}
 
 
 def _choice(c, logprobs: bool) -> dict:
@@ -81,7 +87,7 @@ class _Frames:
     def usage(self, usage) -> dict:
         a = self.a
         return {"id": a.id, "object": "chat.completion.chunk", "created": a.created, "model": a.gen.model,
-                "system_fingerprint": None, "choices": [], "usage": usage_json(usage)}
+                "system_fingerprint": None, "choices": [], "usage": usage_json(usage, a.ask.prediction is not None)}
 
 
 def _stream(a: Answer, first: Chunk):

@@ -26,7 +26,7 @@ from ..request import Ask
 from ..settings import Settings
 from ..types import SamplingParams
 from .checks import (PARALLEL_TOOL_CALLS, TOOL_CHOICE, Boolean, Check, Integer, KeepAlive, LogitBias, Metadata, Model,
-                     Number, OneOf, ResponseFormatCheck, Site, Stop, StreamOptions, Text, Texts, ToolsCheck)
+                     Number, OneOf, Prediction, ResponseFormatCheck, Site, Stop, StreamOptions, Text, Texts, ToolsCheck)
 from .conversation import Messages, RelayMessages
 
 CHAT, COMPLETIONS, EMBEDDINGS, GATEWAY = "chat", "completions", "embeddings", "gateway"
@@ -88,8 +88,6 @@ FIELDS: tuple[Field, ...] = (
           "'{p}': audio output is not supported: the models here write text"),
     Field("modalities", Check(), None, _d(CHAT), '`["text"]` accepted; anything asking for audio is 400',
           (["text"],), "'{p}': only the 'text' output modality is supported"),
-    Field("prediction", Check(), None, _d(CHAT), "400: predicted outputs are not supported", NOTHING,
-          "'{p}': predicted outputs are not supported"),
     Field("web_search_options", Check(), None, _d(CHAT), "400: web search is not supported", NOTHING,
           "'{p}': web search is not supported"),
     Field("functions", Check(), None, _d(CHAT), "400 (deprecated): use `tools`", NOTHING,
@@ -177,6 +175,11 @@ FIELDS: tuple[Field, ...] = (
     Field("response_format", ResponseFormatCheck(), "response_format", CHATS, "`text`, `json_object`, "
           "`json_schema` (`strict` true or false, enforced alike) by a grammar with bounded work "
           "(docs/structured-output.md); a schema keyword that cannot be enforced is 400 naming it"),
+    Field("prediction", Prediction(), "prediction", _d(CHAT), "Predicted Outputs: `{\"type\": \"content\", "
+          "\"content\": ...}` (a string or text parts), the answer you expect (a file you ask to edit): its tokens are "
+          "checked in batches against what the model samples, so the answer is the same, sooner; "
+          "`usage.completion_tokens_details` counts accepted and rejected prediction tokens, and rejected ones are "
+          "billed as completion tokens. With `n` > 1 it is 400 (docs/predicted-outputs.md)", fallback=True),
     Field("tools", ToolsCheck(), "tools", CHATS, "functions the model may call, for every model (see Tool calls)"),
     Field("tool_choice", TOOL_CHOICE, None, CHATS, "`none`, `auto`, `required` or a named function (read with "
           "`tools`)"),
@@ -228,9 +231,15 @@ def _plain_stream_carries_text_only(v: Values, dialect: str) -> None:
         raise InvalidRequest("a plain-text stream cannot carry tool calls or logprobs", param=OPTIONS + "stream")
 
 
+def _prediction_has_one_choice(v: Values, dialect: str) -> None:
+    if v.get("prediction") is not None and (v.get("n") or 1) > 1:
+        raise InvalidRequest("'n' must be 1 with 'prediction' (as OpenAI's Predicted Outputs)", param="n")
+
+
 RULES: tuple[tuple[frozenset[str], Callable[[Values, str], None]], ...] = (
     (CHATS, _top_logprobs_needs_logprobs),
     (_d(COMPLETIONS), _best_of_is_n),
+    (_d(CHAT), _prediction_has_one_choice),
     (_d(GATEWAY), _plain_stream_carries_text_only),
 )
 _BY_NAME = {d: {f.name: f for f in _ROWS[d]} for d in DIALECTS}

@@ -31,6 +31,9 @@ class Counts:
     # When n_tokens is an estimate (an upstream's tokenizer is unknown): an upper bound to hold credit for.
     hold_tokens: int | None = None
     streams: int = 1
+    # The tokens of the request's prediction (Predicted Outputs): its rejected ones are billed as completion tokens,
+    # so the credit hold covers them too.
+    predicted: int = 0
 
     @property
     def longest(self) -> int:
@@ -72,6 +75,7 @@ class Stats:
     cached_prompts: int = 0       # prompt prefixes kept in host memory beyond the slots
     cached_prompt_bytes: int = 0
     threads: int = 0              # llama.cpp threads decoding now (0: not a local model)
+    drafts: tuple = ()            # (source, rows decoded as drafts, of which accepted) since start (draft.py)
 
 
 class Handle(Protocol):

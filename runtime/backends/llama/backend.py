@@ -27,6 +27,7 @@ from . import threads
 from .batcher import Batcher, Job
 from . import guidance
 from .bridge import ModelThread, Sink
+from .draft import Drafter
 from .output import Constraint
 from .promptcache import PromptCache
 
@@ -39,6 +40,7 @@ class LlamaPrompt:
     counts: Counts
     batch: tuple[tuple[int, ...], ...]
     constraint: Constraint | None = None
+    prediction: tuple[int, ...] = ()      # the request's predicted output, verified as drafts (draft.py)
 
 
 class LlamaBackend:
@@ -80,10 +82,12 @@ class LlamaBackend:
             engine_factory = Engine
         ctx = settings.ctx or spec.ctx
         plan = threads.ThreadPlan.from_flags(settings.threads, settings.threads_batch)
+        # every slot's row and draft must fit in one decode call (draft.py)
+        draft_max = max(0, min(settings.draft_max, settings.batch // settings.parallel - 1))
         config = EngineConfig(n_ctx=ctx, n_seq=settings.parallel, n_threads=plan.n_threads,
                               n_threads_batch=plan.n_threads_batch, n_batch=settings.batch,
                               n_ubatch=settings.ubatch, flash_attn=settings.flash_attn,
-                              deterministic=settings.deterministic)
+                              deterministic=settings.deterministic, outputs_per_seq=1 + draft_max)
         engine = engine_factory(path, config)
         try:
             source = spec.chat_template or engine.chat_template() or CHATML
@@ -95,7 +99,9 @@ class LlamaBackend:
         batcher = Batcher(engine, slots=settings.parallel, ctx_per_slot=ctx, prefill_chunk=settings.prefill_chunk,
                           max_queue=settings.max_queue, queue_timeout=settings.queue_timeout,
                           deterministic=settings.deterministic, prompt_cache=cache,
-                          slots_per_key=settings.key_slots, queue_per_key=settings.queue_per_key)
+                          slots_per_key=settings.key_slots, queue_per_key=settings.queue_per_key,
+                          drafter=Drafter(engine, draft_max=draft_max, deterministic=settings.deterministic,
+                                          fast_forward=settings.fast_forward, ngram=settings.speculate == "ngram"))
         follow = threads.EngineThreads(engine, plan) if plan.adapt or plan.adapt_batch else None
         backend = cls(spec, engine, template, ModelThread(batcher, name=spec.name, threads=follow), ctx,
                       prepare_workers=settings.prepare_workers, prepare_timeout=settings.prepare_timeout,
@@ -197,7 +203,12 @@ class LlamaBackend:
                             streams=ask.choices)
             return LlamaPrompt(counts, batch)
         tokens = tuple(self.tokenize_chat(ask.messages, ask.tools))
-        return LlamaPrompt(Counts(n_tokens=len(tokens), choices=ask.choices, streams=ask.choices), (tokens,))
+        prediction = tuple(self.engine.tokenize(ask.prediction, special=False)) if ask.prediction else ()
+        if len(prediction) > self.info.ctx:
+            raise InvalidRequest(f"'prediction' has {len(prediction)} tokens; this model's context is "
+                                 f"{self.info.ctx}", param="prediction")
+        return LlamaPrompt(Counts(n_tokens=len(tokens), choices=ask.choices, streams=ask.choices,
+                                  predicted=len(prediction)), (tokens,), prediction=prediction)
 
     def _compile(self, ask: Ask, deadline: float = float("inf")) -> Constraint | None:
         _check_deadline(deadline)
@@ -224,7 +235,7 @@ class LlamaBackend:
                tenant: str, capped: bool = True) -> "_Handle":
         sink = Sink(deliver=on_chunk, loop=asyncio.get_running_loop())
         jobs = [Job(prompt=list(tokens), params=params, tenant=tenant, sink=sink, constraint=prompt.constraint,
-                    first_index=i * params.n, capped=capped)
+                    first_index=i * params.n, capped=capped, prediction=prompt.prediction)
                 for i, tokens in enumerate(prompt.batch)]
         self.thread.submit(*jobs)
         return _Handle(jobs, self.thread)
@@ -248,7 +259,8 @@ class LlamaBackend:
         b = self.thread.batcher
         return Stats(waiting=len(b.waiting), active=b.active(), slots=len(b.slots), reused_tokens=b.reused_tokens,
                      cached_prompts=len(b.prompt_cache), cached_prompt_bytes=b.prompt_cache.bytes,
-                     threads=self.thread.threads.counts()[0] if self.thread.threads else self.engine.config.n_threads)
+                     threads=self.thread.threads.counts()[0] if self.thread.threads else self.engine.config.n_threads,
+                     drafts=b.drafter.totals())
 
     def close(self) -> None:
         with self._embed_lock:

@@ -24,6 +24,7 @@ from ...errors import RETRY_BUSY, RETRY_WAITED, GrammarTooCostly, OverloadedErro
 from ...types import Chunk, FinishReason, SamplingParams, Usage
 from . import shapes
 from .admission import FairQueue
+from .draft import Drafter
 from .output import ChoiceOutput, Constraint
 from .placement import Placement
 from .promptcache import PromptCache
@@ -39,6 +40,7 @@ class Job:
     tenant: str = ""                # whose request (the API key's name); see Backend.submit
     capped: bool = True             # the per-key caps apply (False: the operator's own key)
     constraint: Constraint | None = None  # grammar and tool-call parsing (output.py)
+    prediction: tuple[int, ...] = ()      # the predicted output's tokens, verified as drafts (draft.py)
     first_index: int = 0            # choice index of the first of this job's n choices
     sink: object = None
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -72,8 +74,9 @@ class Slot:
 class Batcher:
     def __init__(self, engine, *, slots: int, ctx_per_slot: int, prefill_chunk: int, max_queue: int,
                  queue_timeout: float, deterministic: bool = False, prompt_cache: PromptCache | None = None,
-                 slots_per_key: int | None = None, queue_per_key: int | None = None):
+                 slots_per_key: int | None = None, queue_per_key: int | None = None, drafter: Drafter | None = None):
         self.engine = engine
+        self.drafter = drafter if drafter is not None else Drafter(engine)   # draft tokens, verified (draft.py)
         self.deterministic = deterministic
         self.prompt_cache = prompt_cache if prompt_cache is not None else PromptCache(0)
         self.placement = Placement(engine, self.prompt_cache)
@@ -209,12 +212,15 @@ class Batcher:
         work: list[shapes.Work] = []
         for s in self.slots:
             if s.state is SlotState.DECODE:
-                work.append(shapes.Work(s, s.seq, len(s.cached), [s.next_token], prompt=False, sample=True))
+                room = min(s.job.params.max_tokens - s.generated, self.ctx_per_slot - len(s.cached) - 1) - 1
+                tokens = [s.next_token, *self.drafter.propose(s, room)]
+                work.append(shapes.Work(s, s.seq, len(s.cached), tokens, prompt=False, sample=True,
+                                        outputs=len(tokens)))
                 s.cached.append(s.next_token)
                 s.next_token = None
                 if not self.deterministic:  # generated rows are as reusable as prompt rows here
                     s.reusable = len(s.cached)
-        budget = self.engine.config.n_batch - len(work)
+        budget = self.engine.config.n_batch - sum(len(w.tokens) for w in work)
         for s in self.slots:
             if s.state is not SlotState.PREFILL:
                 continue
@@ -244,8 +250,9 @@ class Batcher:
             for seq, pos in call.trim:
                 self.engine.seq_remove(seq, pos, -1)
             for s, i in call.outputs:
-                if s.job is not None:
+                if s.job is not None and self.drafter.admit(s):
                     self._sample(s, i)
+            self.drafter.settle()
 
     def fail_running(self, error: Exception) -> None:
         """The engine failed mid-step: end every running job with ``error`` and forget their KV."""
@@ -298,6 +305,7 @@ class Batcher:
         # The prompt is billed once, on the choice that read it, if it was read at all.
         read = s.index == job.first_index and len(job.prompt) > len(s.todo)
         usage = Usage(prompt_tokens=len(job.prompt) if read else 0, completion_tokens=s.generated)
+        usage = self.drafter.bill(s, usage)   # with a prediction's rejected tokens (draft.py)
         self._emit(job, Chunk(finish_reason=reason, usage=usage, error=error, index=s.index))
         s.sampler.close()
         s.sampler = None

@@ -195,6 +195,16 @@ class Matcher:
         bits = np.unpackbits(self._bits[0].view(np.uint8), bitorder="little")
         return bits[:self.grammar.vocab.n_vocab].astype(bool)
 
+    def forced(self) -> list[int]:
+        """The tokens the grammar allows only one way from here (llguidance's fast-forward tokens; none before a
+        lazy grammar's trigger). The sampler still samples each: this is a draft (draft.py)."""
+        if not self.active:
+            return []
+        t0 = time.perf_counter()
+        out = self._m.compute_ff_tokens()
+        self._check(t0)
+        return out
+
     @property
     def exact(self) -> bool:
         """Whether ``mask`` is exact (an allowed token need not be checked again)."""

@@ -45,6 +45,7 @@ class Work:
     tokens: list[int]
     prompt: bool                # prompt tokens (else one generated token)
     sample: bool                # sample from the last token's logits after the call
+    outputs: int = 1            # with ``sample``: the last rows to sample from (a draft's rows: draft.py)
 
 
 @dataclass(eq=False)
@@ -55,7 +56,7 @@ class Call:
 
     def add(self, w: Work, tokens: list[int], pos: int, last: bool) -> None:
         for i, tok in enumerate(tokens):
-            want = last and w.sample and i == len(tokens) - 1
+            want = last and w.sample and i >= len(tokens) - w.outputs
             if want:
                 self.outputs.append((w.key, len(self.rows)))
             self.rows.append((tok, pos + i, w.seq, want))

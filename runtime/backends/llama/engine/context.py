@@ -36,6 +36,7 @@ class EngineConfig:
     # deterministic mode loads the plain layout.
     deterministic: bool = False
     all_logits: bool = False  # logits for every row of a call (eval), not just one per sequence
+    outputs_per_seq: int = 1  # logits rows one sequence may ask for in one call (a draft's rows: draft.py)
 
 
 class Engine(Tokenizer):
@@ -62,8 +63,9 @@ class Engine(Tokenizer):
         cparams.no_perf = True
         if config.all_logits:
             cparams.n_outputs_max, cparams.n_outputs_max_per_seq = config.n_batch, 0
-        else:  # one output per sequence per call: the compute buffer need not hold n_ubatch rows of logits
-            cparams.n_outputs_max = config.n_seq
+        else:  # a few outputs per sequence per call: the compute buffer need not hold n_ubatch rows of logits
+            cparams.n_outputs_max = config.n_seq * config.outputs_per_seq
+            cparams.n_outputs_max_per_seq = config.outputs_per_seq
         self._ctx = C.llama_init_from_model(self._model, cparams)
         if not self._ctx:
             C.llama_model_free(self._model)
