@@ -1,0 +1,138 @@
+"""The thinking splitter (backends/llama/reasoning.py), the template detection (models/templates.py) and the chat
+output's reasoning (output.py): fast, no model."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from reverb.backends.llama.output import ChoiceOutput, Constraint
+from reverb.backends.llama.reasoning import LEADING, OPENED, ThinkSplitter, opens_thinking, split
+from reverb.models.templates import ChatTemplate, thinking_switch, thinks
+from reverb.types import Message
+
+
+def stream(pieces: list[str], opened: bool) -> tuple[str, str]:
+    s = ThinkSplitter(opened)
+    reasoning, content = [], []
+    for p in pieces:
+        r, c = s.feed(p)
+        reasoning.append(r)
+        content.append(c)
+    r, c = s.flush()
+    return "".join(reasoning) + r, "".join(content) + c
+
+
+def every_cut(text: str) -> list[list[str]]:
+    """The text cut into single characters, and at each position into two pieces."""
+    return [list(text)] + [[text[:i], text[i:]] for i in range(len(text) + 1)]
+
+
+@pytest.mark.parametrize("text,opened,expected", [
+    ("I weigh it.</think>The answer.", True, ("I weigh it.", "The answer.")),
+    ("\nI weigh it.\n</think>\n\nThe answer.", True, ("I weigh it.", "The answer.")),
+    ("<think>\nhmm\n</think>\n\nYes", False, ("hmm", "Yes")),
+    ("  <think>hmm</think>Yes", False, ("hmm", "Yes")),
+    ("Yes, <think> is text here", False, ("", "Yes, <think> is text here")),
+    ("still thinking when cut off", True, ("still thinking when cut off", "")),
+    ("<think>cut off</th", False, ("cut off</th", "")),
+    ("</think>", True, ("", "")),
+    ("a</think>b</think>c", True, ("a", "b</think>c")),          # a second close is answer text
+    ("<think><think>x</think>y", False, ("<think>x", "y")),        # no nesting: the first close ends thinking
+    ("  <thi", False, ("", "  <thi")),                             # a <think> that never came
+    ("  ", False, ("", "  ")),
+    ("a < b and c </ d </thinker> e", True, ("a < b and c </ d </thinker> e", "")),
+])
+def test_split_and_every_way_of_streaming_it(text, opened, expected):
+    assert split(text, opened) == expected
+    for pieces in every_cut(text):
+        assert stream(pieces, opened) == expected, pieces
+
+
+ALPHABET = st.sampled_from(["<think>", "</think>", "<", "</", "<th", "think", ">", "/", " ", "\n", "a", "é", "</thi",
+                            "nk>", "x y", "\t"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(ALPHABET, max_size=24), st.booleans(), st.data())
+def test_streaming_agrees_with_the_whole_text_rule(parts, opened, data):
+    text = "".join(parts)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=8)))
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    assert stream(pieces, opened) == split(text, opened)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=40), st.text(max_size=40), st.lists(st.integers(0, 100), max_size=6))
+def test_thinking_and_answer_come_back_whole(thought, answer, cuts):
+    thought, answer = thought.replace(">", ""), answer   # no '</think>' inside the thought
+    text = thought + "</think>" + answer
+    cuts = sorted(min(c, len(text)) for c in cuts)
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    assert stream(pieces, True) == (thought.strip(), answer.lstrip())
+
+
+def test_opens_thinking_reads_the_generation_prompt():
+    assert opens_thinking("<|im_start|>assistant\n<think>\n") is True
+    assert opens_thinking("<|im_start|>assistant\n<think>\n\n</think>\n\n") is False
+    assert opens_thinking("<|im_start|>assistant\n") is None
+
+
+QWEN3_LIKE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n"
+              "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
+              "{% endif %}")
+R1_LIKE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+           "{% if add_generation_prompt %}assistant: <think>\n{% endif %}")
+PLAIN = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+         "{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+def test_detection_of_a_thinking_template_and_its_switch():
+    assert thinks(QWEN3_LIKE) and thinking_switch(QWEN3_LIKE)
+    assert thinks(R1_LIKE) and not thinking_switch(R1_LIKE)
+    assert not thinks(PLAIN) and not thinking_switch(PLAIN)
+    assert thinks("{% if message.reasoning_content %}{{ message.reasoning_content }}{% endif %}")
+
+
+def test_the_switch_reaches_the_template():
+    t = ChatTemplate(QWEN3_LIKE)
+    convo = [Message("user", "hi")]
+    text = lambda **kw: "".join(s.text for s in t.render(convo, **kw))  # noqa: E731
+    assert text() == text(thinking=True) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert text(thinking=False) == text() + "<think>\n\n</think>\n\n"
+    assert opens_thinking(text(thinking=False)) is False
+    # a template with no switch renders the same whatever is asked
+    r1 = ChatTemplate(R1_LIKE)
+    assert "".join(s.text for s in r1.render(convo, thinking=False)) == "".join(s.text for s in r1.render(convo))
+
+
+def test_choice_output_sends_thinking_as_reasoning_and_tool_calls_only_from_the_answer():
+    from reverb.grammar import ToolCallParser
+    out = ChoiceOutput(0, (), Constraint(tool_parser=lambda: ToolCallParser(frozenset({"f"})), reasoning=OPENED))
+    text = ('I should call <tool_call>{"name": "g"}</tool_call> maybe</think>\n'
+            '<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>')
+    chunks = [c for c in (out.feed(ch.encode()) for ch in text) if c is not None]
+    last = out.flush()
+    chunks += [last] if last else []
+    reasoning = "".join(c.reasoning for c in chunks)
+    assert reasoning == 'I should call <tool_call>{"name": "g"}</tool_call> maybe'
+    assert "".join(c.text for c in chunks) == ""
+    calls = [d for c in chunks for d in c.tool_calls]
+    assert calls[0].name == "f" and "".join(d.arguments for d in calls) == '{"x": 1}'
+    assert out.called
+
+
+def test_choice_output_leading_mode_and_stop_strings_apply_to_the_raw_text():
+    out = ChoiceOutput(0, ("STOP",), Constraint(reasoning=LEADING))
+    chunks = [out.feed(p.encode()) for p in ["<th", "ink>a b", "</thi", "nk> answer ST", "OP ignored"]]
+    chunks.append(out.flush())
+    chunks = [c for c in chunks if c is not None]
+    assert ("".join(c.reasoning for c in chunks), "".join(c.text for c in chunks)) == ("a b", "answer ")
+    assert out.stopped
+
+
+def test_choice_output_without_a_thinking_template_is_unchanged():
+    out = ChoiceOutput(0, (), None)
+    c = out.feed(b"<think>x</think>y")
+    assert (c.text, c.reasoning) == ("<think>x</think>y", "")
