@@ -306,7 +306,7 @@ class Engine:
         """The logits at ``batch_index`` as a llama_token_data_array (all, or the ``top`` best and the end tokens)."""
         logits = self.logits(batch_index, copy=False)
         cand = self._cand
-        if top is None:
+        if top is None or top >= self.n_vocab:  # a vocabulary smaller than the tier: all of it
             cand["id"], cand["logit"], cand["p"], n = self._ids, logits, 0.0, self.n_vocab
         else:
             pick = np.union1d(np.argpartition(logits, -top)[-top:], self._eog_ids)
