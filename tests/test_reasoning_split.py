@@ -58,7 +58,7 @@ ALPHABET = st.sampled_from(["<think>", "</think>", "<", "</", "<th", "think", ">
 def test_streaming_agrees_with_the_whole_text_rule(parts, opened, data):
     text = "".join(parts)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=8)))
-    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
     assert stream(pieces, opened) == split(text, opened)
 
 
@@ -68,7 +68,7 @@ def test_thinking_and_answer_come_back_whole(thought, answer, cuts):
     thought, answer = thought.replace(">", ""), answer   # no '</think>' inside the thought
     text = thought + "</think>" + answer
     cuts = sorted(min(c, len(text)) for c in cuts)
-    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
     assert stream(pieces, True) == (thought.strip(), answer.lstrip())
 
 
