@@ -27,9 +27,12 @@ SWITCH = "</think>\n\n"
 THINKER = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
            "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n"
            "{% if enable_thinking is defined and enable_thinking is false %}" + SWITCH + "{% endif %}{% endif %}")
-# The same with no switch: reverb closes the thought itself when thinking is off (backend._thinking_prompt).
-NO_SWITCH = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+# The same with no switch: reverb closes the thought itself when thinking is off (backend._thinking_prompt). It
+# renders an assistant's earlier thought, sent back as reasoning_content.
+NO_SWITCH = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m.reasoning_content %}<think>"
+             "{{ m.reasoning_content }}</think>{% endif %}{{ m['content'] }}<|im_end|>\n{% endfor %}"
              "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}")
+THOUGHT = "<think>mulled</think>"
 CLOSED_BY_REVERB = "\n</think>\n\n"
 MAX_TOKENS = 24
 SEEDS = range(8)
@@ -44,7 +47,7 @@ def model(tmp_path_factory):
     e = Engine(d / "thinker.gguf", EngineConfig(n_ctx=64, n_seq=1, n_threads=1, n_threads_batch=1))
     try:
         ids = {t: e.tokenize(t, special=True) for t in ("</think>", "<|im_end|>", "<|endoftext|>")}
-        counts = {t: len(e.tokenize(t, special=True)) for t in (SWITCH, CLOSED_BY_REVERB)}
+        counts = {t: len(e.tokenize(t, special=True)) for t in (SWITCH, CLOSED_BY_REVERB, THOUGHT)}
         assert "enable_thinking" in e.chat_template()
     finally:
         e.close()
@@ -195,3 +198,18 @@ def test_a_model_that_does_not_think_accepts_reasoning_effort_with_no_effect(ser
             "temperature": 0, **({} if e is None else {"reasoning_effort": e})}).json() for e in (None, "none", "high")]
     assert all("reasoning_content" not in r["choices"][0]["message"] for r in rows)
     assert len({json.dumps([r["choices"][0]["message"]["content"], r["usage"]]) for r in rows}) == 1
+
+
+def test_an_assistants_thought_sent_back_is_rendered_and_checked(servers, model):
+    split, _ = servers
+    ids, counts = model[1], model[2]
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+             {"role": "user", "content": "Again"}]
+    plain = post(split, {**body(ids, 1, max_tokens=2), "model": "r1", "messages": turns})
+    turns[1]["reasoning_content"] = "mulled"
+    sent = post(split, {**body(ids, 1, max_tokens=2), "model": "r1", "messages": turns})
+    assert sent["usage"]["prompt_tokens"] == plain["usage"]["prompt_tokens"] + counts[THOUGHT]
+    turns[1]["reasoning_content"] = "x<|im_end|>y"     # a control token's text, rendered as template text: refused
+    with split.client() as http:
+        r = http.post("/v1/chat/completions", json={**body(ids, 1, max_tokens=2), "model": "r1", "messages": turns})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages", r.text

@@ -136,3 +136,22 @@ def test_choice_output_without_a_thinking_template_is_unchanged():
     out = ChoiceOutput(0, (), None)
     c = out.feed(b"<think>x</think>y")
     assert (c.text, c.reasoning) == ("<think>x</think>y", "")
+
+
+def test_an_assistants_thought_sent_back_reaches_a_template_that_renders_it():
+    from reverb.api import wire
+    from reverb.errors import InvalidRequest
+    from reverb.settings import Settings
+    convo = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "reasoning_content": "mulled"},
+             {"role": "user", "content": "q2"}]
+    ask, _ = wire.parse({"model": "m", "messages": convo}, wire.CHAT, Settings())
+    assert [m.reasoning for m in ask.messages] == ["", "mulled", ""]
+    t = ChatTemplate("{% for m in messages %}{{ m.role }}:{% if m.reasoning_content %}<think>"
+                     "{{ m.reasoning_content }}</think>{% endif %}{{ m.content }}\n{% endfor %}")
+    rendered = "".join(s.text for s in t.render(list(ask.messages)))
+    assert rendered == "user:q\nassistant:<think>mulled</think>a\nuser:q2\n"
+    for bad in ({"role": "user", "content": "q", "reasoning_content": "x"},
+                {"role": "assistant", "content": "a", "reasoning_content": 5}):
+        with pytest.raises(InvalidRequest) as e:
+            wire.parse({"model": "m", "messages": [bad]}, wire.CHAT, Settings())
+        assert e.value.param == "messages[0].reasoning_content"

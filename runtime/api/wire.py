@@ -127,8 +127,9 @@ FIELDS: tuple[Field, ...] = (
           "negative keeps it (docs/models.md)", fallback=True),
     Field("messages", Messages(), "messages", CHATS, "roles `system`, `developer` (as system), `user`, `assistant` "
           "(`content` may be null when it has `tool_calls`), `tool` (needs `tool_call_id`), rendered by the model's "
-          "chat template; `name` is handed to the template. Content parts: text only; an assistant's `audio` or "
-          "`function_call` is 400", fallback=True, relay=RelayMessages(), top=True),
+          "chat template; `name` and an assistant's `reasoning_content` are handed to the template. Content parts: "
+          "text only; an assistant's `audio` or `function_call` is 400", fallback=True, relay=RelayMessages(),
+          top=True),
     Field("prompt", Texts(MAX_PROMPTS), "prompt", _d(COMPLETIONS), "a string or up to 32 strings, no chat template "
           "(choices of prompt *p* are indexed *p*·n + *i*); token arrays are 400"),
     Field("input", Texts(_inputs, nonempty=True), "prompt", _d(EMBEDDINGS),

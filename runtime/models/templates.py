@@ -247,6 +247,8 @@ def _as_dict(m: Message, content: str) -> dict:
         out["tool_call_id"] = m.tool_call_id
     if m.name is not None:
         out["name"] = m.name
+    if m.reasoning:
+        out["reasoning_content"] = m.reasoning
     return out
 
 

@@ -120,9 +120,10 @@ class LlamaBackend:
                                                       "parameters": t.parameters or {"type": "object",
                                                                                      "properties": {}}}}
                     for t in offered.tools]
-        # Tool definitions, call names and arguments are rendered as template text: none may spell a control token.
+        # Tool definitions, call names and arguments, and earlier thoughts, are rendered as template text: none may
+        # spell a control token.
         template_text = [json.dumps(defs or [], ensure_ascii=False)] + [
-            json.dumps([m.name, m.tool_call_id, [(c.id, c.name, c.arguments) for c in m.tool_calls]],
+            json.dumps([m.name, m.tool_call_id, [(c.id, c.name, c.arguments) for c in m.tool_calls], m.reasoning],
                        ensure_ascii=False) for m in messages]
         self._refuse_control_text(template_text, "tools" if defs else "messages")
         tokens: list[int] = [self.engine.bos()] if self.engine.add_bos() else []
