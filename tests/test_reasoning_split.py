@@ -155,3 +155,34 @@ def test_an_assistants_thought_sent_back_reaches_a_template_that_renders_it():
         with pytest.raises(InvalidRequest) as e:
             wire.parse({"model": "m", "messages": [bad]}, wire.CHAT, Settings())
         assert e.value.param == "messages[0].reasoning_content"
+
+
+def _byte_vocabulary():
+    from reverb.backends.llama import guidance
+    pieces = [bytes([i]) for i in range(256)] + [b"</think>", b"\xff<|end|>"]
+    return guidance.Vocabulary(pieces, [257], lambda text: list(text.encode("utf-8")))
+
+
+def _write(matcher, text: str) -> None:
+    for b in text.encode():
+        assert matcher.allows(b), text
+        matcher.accept(b, bytes([b]))
+
+
+@pytest.mark.parametrize("mode,thought", [(OPENED, 'maybe <tool_call>\n{"name": "f", then</think>'),
+                                          (LEADING, '<think>maybe <tool_call>\n{"name": "f", then</think>')])
+def test_a_lazy_tool_grammar_watches_for_calls_only_after_the_thought(mode, thought):
+    from dataclasses import replace
+    from reverb.backends.llama import guidance
+    from reverb.grammar import tool_grammar
+    from reverb.types import Tool, Tools
+    spec = tool_grammar(Tools((Tool("f"),), "auto"))
+    compiled = guidance.compile_grammar(spec, _byte_vocabulary())
+    unaware = compiled.matcher()
+    _write(unaware, thought.split(", then")[0])
+    assert unaware.active                      # without the split, a call mentioned in the thought sets it off
+    m = replace(compiled, think=mode).matcher()
+    _write(m, thought)
+    assert not m.active
+    _write(m, '\n<tool_call>\n{"name": "f"')
+    assert m.active and not m.allows(ord("x"))  # the grammar now holds: only the call's JSON goes on

@@ -186,7 +186,11 @@ class LlamaBackend:
             e.prompt_tokens = prompt.n_tokens
             raise
         if prompt.constraint is not None:  # how a thinking template's answer is split (_thinking_prompt)
-            constraint = replace(constraint or Constraint(), reasoning=prompt.constraint.reasoning)
+            mode = prompt.constraint.reasoning
+            compiled = constraint.grammar if constraint is not None else None
+            if compiled is not None and compiled.lazy:  # tools with auto: calls are watched for after the thought
+                compiled = replace(compiled, think=mode)
+            constraint = replace(constraint or Constraint(), grammar=compiled, reasoning=mode)
         return replace(prompt, constraint=constraint)
 
     async def _in_pool(self, fn, ask: Ask):
