@@ -2,9 +2,8 @@
 
 Text is UTF-8 safe and stop strings are held back (``TextStream``). A thinking model's ``<think>`` text is split out
 into ``Chunk.reasoning`` next (reasoning.py), so stop strings apply to the whole text and the rest only to the answer.
-When the request has tools, the answer goes through
-an incremental tool-call parser, so ``<tool_call>`` blocks leave as ``tool_calls`` pieces (index, id and name first,
-then the arguments in pieces) and only the rest is content.
+When the request has tools, the answer goes through an incremental tool-call parser, so ``<tool_call>`` blocks leave
+as ``tool_calls`` pieces (index, id and name first, then the arguments in pieces) and only the rest is content.
 
 Small models given parallel calls tend to repeat the same call until max_tokens, leaving the last one cut off. So the
 first call streams as it is written, every later call is held until it is complete (one cut off by max_tokens is
