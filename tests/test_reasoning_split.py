@@ -186,3 +186,41 @@ def test_a_lazy_tool_grammar_watches_for_calls_only_after_the_thought(mode, thou
     assert not m.active
     _write(m, '\n<tool_call>\n{"name": "f"')
     assert m.active and not m.allows(ord("x"))  # the grammar now holds: only the call's JSON goes on
+
+
+class _Letters:
+    """Just enough of an engine to tokenize a chat: one token per character."""
+
+    def tokenize(self, text, special):
+        return [ord(c) for c in text]
+
+    def control_texts(self):
+        return []
+
+    def add_bos(self):
+        return False
+
+
+QWEN3_TOOLS = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.reasoning_content %}<think>\n"
+               "{{ m.reasoning_content }}\n</think>\n\n{% endif %}{{ m.content }}<|im_end|>\n{% endfor %}"
+               "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and "
+               "enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}")
+
+
+@pytest.mark.parametrize("source,thinking,mode", [
+    (QWEN3_TOOLS, None, LEADING), (QWEN3_TOOLS, True, LEADING), (QWEN3_TOOLS, False, None),
+    (R1_LIKE, None, OPENED), (R1_LIKE, False, None),
+])
+def test_the_split_follows_the_generation_prompt_not_the_history(source, thinking, mode):
+    """An earlier turn's rendered thought (here with no message text after it: empty messages)
+    says nothing about where the new answer starts: only what add_generation_prompt adds does."""
+    from reverb.backends.llama.backend import LlamaBackend
+    from reverb.request import Ask
+    backend = LlamaBackend(spec=type("Spec", (), {"name": "t"})(), engine=_Letters(), template=ChatTemplate(source),
+                           thread=None, ctx=4096)
+    convo = (Message("user", "q"), Message("assistant", "", reasoning="need f"), Message("user", ""))
+    tokens, split_mode = backend._thinking_prompt(Ask(model=None, messages=convo, thinking=thinking))
+    assert split_mode == mode
+    text = "".join(map(chr, tokens))
+    if source == R1_LIKE and thinking is False:      # no switch: reverb closed the thought it opened
+        assert text.endswith("assistant: <think>\n\n</think>\n\n")

@@ -196,6 +196,17 @@ class ChatTemplate:
             return [Segment(real, user=None)]
         return segments
 
+    def generation_prompt(self, messages: list[Message], rendered: str, tools: list[dict] | None = None,
+                          thinking: bool | None = None) -> str:
+        """What ``add_generation_prompt`` added to ``rendered`` (this conversation's ``render``): where the model
+        starts writing, e.g. ``<|im_start|>assistant\n<think>\n``. '' when the template does not simply append it."""
+        switch = {} if thinking is None else {"enable_thinking": thinking}
+        try:
+            bare = self._render_text([_as_dict(m, m.content) for m in messages], False, tools, switch)
+        except TemplateError:
+            return ""
+        return rendered[len(bare):] if rendered.startswith(bare) else ""
+
     def _render_text(self, convo: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None,
                      switch: dict | None = None) -> str:
         self._env.budget.deadline = time.monotonic() + MAX_RENDER_SECONDS

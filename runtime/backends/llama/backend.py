@@ -110,7 +110,7 @@ class LlamaBackend:
         return self._chat_tokens(messages, tools, thinking)[0]
 
     def _chat_tokens(self, messages, tools: Tools | None, thinking: bool | None) -> tuple[list[int], str]:
-        """The prompt's tokens, and its last template text (the generation prompt, which may open <think>)."""
+        """The prompt's tokens, and for a thinking template its generation prompt (which may open <think>)."""
         offered = tools if tools is not None and tools.choice != "none" else None
         defs = None
         if not self.native_tools and (offered or any(m.tool_calls or m.role == "tool" for m in messages)):
@@ -132,7 +132,10 @@ class LlamaBackend:
             if seg.user is None:
                 self._refuse_control_text([m.content for m in messages], "messages")
             tokens.extend(self.engine.tokenize(seg.text, special=not seg.user))
-        return tokens, segments[-1].text if segments and segments[-1].user is False else ""
+        if not self.thinks:
+            return tokens, ""
+        rendered = "".join(seg.text for seg in segments)
+        return tokens, self.template.generation_prompt(list(messages), rendered, tools=defs, thinking=thinking)
 
     def _thinking_prompt(self, ask: Ask) -> tuple[list[int], str | None]:
         """A chat prompt for a thinking template, and how its answers are split (output.Constraint.reasoning).
