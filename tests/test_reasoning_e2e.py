@@ -231,3 +231,15 @@ def test_with_tools_offered_the_model_still_thinks_first(servers, model):
         assert a["usage"] == b["usage"]
         closed_once = closed_once or bool(closed and thought.strip())
     assert closed_once
+
+
+def test_each_of_n_choices_is_split_on_its_own(servers, model):
+    split, raw = servers
+    ids = model[1]
+    a = post(split, body(ids, 5, n=2))
+    b = post(raw, body(ids, 5, n=2))
+    for ca, cb in zip(a["choices"], b["choices"], strict=True):
+        thought, closed, answer = cb["message"]["content"].partition("</think>")
+        assert ca["message"].get("reasoning_content", "") == thought.strip()
+        assert ca["message"]["content"] == (answer.lstrip() if closed else "")
+    assert a["usage"] == b["usage"] and a["usage"]["completion_tokens"] == 2 * MAX_TOKENS
