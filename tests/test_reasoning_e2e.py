@@ -67,12 +67,14 @@ def _start(workdir, *args) -> Server:
 
 @pytest.fixture(scope="module")
 def servers(model, tmp_path_factory):
+    """The same model split and raw; deterministic, so one seed gives the same tokens in both processes whatever
+    threads each uses."""
     toml = model[0]
     split = raw = None
     try:
-        split = _start(tmp_path_factory.mktemp("split"), "--models", str(toml), "--parallel", "2",
+        split = _start(tmp_path_factory.mktemp("split"), "--models", str(toml), "--parallel", "2", "--deterministic",
                        "--model", "thinker", "--model", "r1")
-        raw = _start(tmp_path_factory.mktemp("raw"), "--models", str(toml), "--parallel", "2",
+        raw = _start(tmp_path_factory.mktemp("raw"), "--models", str(toml), "--parallel", "2", "--deterministic",
                      "--no-split-reasoning")
         yield split, raw
     finally:
