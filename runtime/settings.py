@@ -99,6 +99,9 @@ class Settings:
                                   "before 503")
     grammar_cpu_ms: int = _opt(10_000, "CPU time a JSON schema or tool grammar may use while writing one answer (then "
                                "the answer ends with grammar_too_costly)", metavar="MS")
+    split_reasoning: bool = _opt(True, "send a thinking model's thought apart from its answer (chat: "
+                                 "reasoning_content); off: the thought stays in the answer's text, markers and all "
+                                 "(docs/reasoning.md)")
     # HTTP limits
     max_body_bytes: int = _opt(1 << 20, "largest request body in bytes (413 beyond)")
     max_messages: int = _opt(256, "most messages in one request")

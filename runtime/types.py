@@ -26,6 +26,7 @@ class Message:
     tool_calls: tuple[ToolCall, ...] = ()       # assistant messages that called functions
     tool_call_id: str | None = None             # tool messages: the call this result answers
     name: str | None = None                     # an optional participant name, handed to the chat template
+    reasoning: str = ""                         # an assistant's thought, handed to a template as reasoning_content
 
 
 @dataclass(frozen=True)

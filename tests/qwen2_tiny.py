@@ -33,14 +33,16 @@ def bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs), strict=True))
 
 
-def write(dir_: Path, seed: int = 0) -> dict[str, np.ndarray]:
+def write(dir_: Path, seed: int = 0, template: str = TEMPLATE, added: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """The checkpoint in ``dir_``; ``added`` are tokens after the special ones that are not special (as Qwen3's
+    ``<think>`` and ``</think>``: user-defined tokens in the GGUF, written out as text)."""
     rng = np.random.default_rng(seed)
     byte_tokens = [bytes_to_unicode()[b] for b in range(256)]
     merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("e", "r")]
     vocab = {t: i for i, t in enumerate(byte_tokens)}
     for a, b in merges:
         vocab[a + b] = len(vocab)
-    n_vocab = len(vocab) + len(SPECIAL)
+    n_vocab = len(vocab) + len(SPECIAL) + len(added)
     h, f, L = CFG["hidden_size"], CFG["intermediate_size"], CFG["num_hidden_layers"]
     nh, nkv = CFG["num_attention_heads"], CFG["num_key_value_heads"]
     hd = h // nh
@@ -66,15 +68,16 @@ def write(dir_: Path, seed: int = 0) -> dict[str, np.ndarray]:
     safetensors_io.write(dir_ / "model-00002-of-00002.safetensors", {k: t[k] for k in names[half:]})
     (dir_ / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
                                                   "vocab_size": n_vocab, "tie_word_embeddings": False, **CFG}))
-    added = [{"id": len(vocab) + i, "content": s, "special": True} for i, s in enumerate(SPECIAL)]
+    extra = [{"id": len(vocab) + i, "content": s, "special": i < len(SPECIAL)}
+             for i, s in enumerate([*SPECIAL, *added])]
     (dir_ / "tokenizer.json").write_text(json.dumps({
-        "added_tokens": added,
+        "added_tokens": extra,
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
             {"type": "Split", "pattern": {"Regex": QWEN2_REGEX}, "behavior": "Isolated", "invert": False},
             {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]},
         "model": {"type": "BPE", "vocab": vocab, "merges": [f"{a} {b}" for a, b in merges]}}))
     (dir_ / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
-                                                            "bos_token": None, "chat_template": TEMPLATE}))
+                                                            "bos_token": None, "chat_template": template}))
     return t
 
 

@@ -230,7 +230,7 @@ def test_retrieve_a_model(server):
 @pytest.mark.parametrize("field,value", [
     ("audio", {"voice": "alloy", "format": "wav"}), ("modalities", ["text", "audio"]),
     ("prediction", {"type": "text", "content": "x"}), ("web_search_options", {}),
-    ("functions", [{"name": "f"}]), ("function_call", "auto"), ("reasoning_effort", "low"),
+    ("functions", [{"name": "f"}]), ("function_call", "auto"), ("reasoning_effort", "extreme"),
     ("verbosity", "high"), ("service_tier", "flex"), ("store", True),
     ("user", 5), ("metadata", {"k": 1}), ("n", "2"),
 ])
@@ -247,7 +247,8 @@ def test_fields_that_ask_for_nothing_and_foreign_fields_are_accepted(server):
         r = http.post("/v1/chat/completions", json=chat(
             "x", max_tokens=2, store=False, modalities=["text"], service_tier="auto", user="u-1",
             metadata={"team": "a"}, safety_identifier="s", prompt_cache_key="k", verbosity="medium",
-            top_k=20, min_p=0.05, repeat_penalty=1.1, stream_options=None, parallel_tool_calls=True))
+            top_k=20, min_p=0.05, repeat_penalty=1.1, stream_options=None, parallel_tool_calls=True,
+            reasoning_effort="high"))
     assert r.status_code == 200, r.text
 
 

@@ -177,6 +177,21 @@ class OneOf(Check):
         return {"enum": list(self.values)}
 
 
+class ReasoningEffort(Check):
+    """OpenAI's reasoning effort as a thinking template's switch (``Ask.thinking``): ``none`` and ``minimal`` turn
+    thinking off, every other effort leaves it on (docs/reasoning.md)."""
+    values = ("none", "minimal", "low", "medium", "high", "xhigh")
+
+    def __call__(self, value, where, site):
+        if value not in self.values:
+            options = ", ".join(f"'{v}'" for v in self.values)
+            raise InvalidRequest(f"'{where}' must be one of {options}", param=where)
+        return value not in ("none", "minimal")
+
+    def schema(self, settings):
+        return {"enum": list(self.values)}
+
+
 @dataclass(frozen=True)
 class Shape(Check):
     """Accepted with any value here; ``document`` is the JSON Schema the OpenAPI document states for it (a field

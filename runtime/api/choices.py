@@ -21,6 +21,7 @@ def finish(reason: FinishReason | None) -> str:
 class Choice:
     index: int
     parts: list[str] = field(default_factory=list)
+    thoughts: list[str] = field(default_factory=list)    # a thinking model's reasoning (Chunk.reasoning)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     calls: list[dict] = field(default_factory=list)      # OpenAI tool_calls, arguments accumulated
     finish_reason: FinishReason | None = None
@@ -28,6 +29,10 @@ class Choice:
     @property
     def text(self) -> str:
         return "".join(self.parts)
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self.thoughts)
 
     @property
     def content(self) -> str | None:
@@ -38,6 +43,8 @@ class Choice:
     def add(self, chunk: Chunk) -> None:
         if chunk.text:
             self.parts.append(chunk.text)
+        if chunk.reasoning:
+            self.thoughts.append(chunk.reasoning)
         self.logprobs.extend(chunk.logprobs)
         for d in chunk.tool_calls:
             if d.id is not None:

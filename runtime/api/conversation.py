@@ -44,12 +44,13 @@ class Messages(Check):
                     raise InvalidRequest(f"'{at}.{field}' is not supported", param=f"{at}.{field}")
             calls = _tool_calls(m.get("tool_calls"), f"{at}.tool_calls", role, settings)
             content = _content(m.get("content"), f"{at}.content", role)
-            if len(content) + sum(len(c.arguments) for c in calls) > settings.max_message_chars:
+            thought = _reasoning(m.get("reasoning_content"), f"{at}.reasoning_content", role)
+            if len(content) + len(thought) + sum(len(c.arguments) for c in calls) > settings.max_message_chars:
                 raise InvalidRequest(f"'{at}.content' is longer than {settings.max_message_chars} characters",
                                      param=f"{at}.content")
             call_id = _short_text(m, "tool_call_id", at, required=role == "tool") if role == "tool" else None
             name = _short_text(m, "name", at)
-            out.append(Message("system" if role == "developer" else role, content, calls, call_id, name))
+            out.append(Message("system" if role == "developer" else role, content, calls, call_id, name, thought))
         return tuple(out)
 
     def schema(self, settings):
@@ -66,6 +67,7 @@ class Messages(Check):
                                "type": "object", "required": ["type", "text"],
                                "properties": {"type": {"const": "text"}, "text": text}}}]},
                            "name": short, "tool_call_id": short,
+                           "reasoning_content": {"oneOf": [text, {"type": "null"}]},
                            "tool_calls": {"type": "array", "maxItems": MAX_TOOL_CALLS, "items": call}},
         }
         return {"type": "array", "items": message, "minItems": 1, "maxItems": settings.max_messages}
@@ -124,6 +126,17 @@ def _tool_calls(value, where: str, role: str, settings: Settings) -> tuple[ToolC
                                  param=f"{at}.function.arguments")
         out.append(ToolCall(call_id, name, args))
     return tuple(out)
+
+
+def _reasoning(value, where: str, role: str) -> str:
+    """An assistant's earlier thought, sent back (docs/reasoning.md): a thinking template may render it."""
+    if value is None:
+        return ""
+    if role != "assistant":
+        raise InvalidRequest(f"'{where}' is only allowed on assistant messages", param=where)
+    if not isinstance(value, str):
+        raise InvalidRequest(f"'{where}' must be a string", param=where)
+    return value
 
 
 def _content(value, where: str, role: str) -> str:

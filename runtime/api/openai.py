@@ -41,6 +41,8 @@ def _whole(a: Answer, chunks: list[Chunk], final: Chunk, price: int) -> dict:
 
 def _choice(c, logprobs: bool) -> dict:
     message = {"role": "assistant", "content": c.content, "refusal": None}
+    if c.reasoning:   # a thinking model's thought, as DeepSeek's API and vLLM send it (docs/reasoning.md)
+        message["reasoning_content"] = c.reasoning
     if c.calls:
         message["tool_calls"] = c.calls
     return {"index": c.index, "message": message, "logprobs": chat_logprobs(c.logprobs) if logprobs else None,
@@ -68,8 +70,8 @@ class _Frames:
         return [event(self.frame(i, {"role": "assistant", "content": ""}, None)) for i in range(self.a.ask.choices)]
 
     def chunk(self, current: Chunk) -> bytes | None:
-        if current.logprobs or current.tool_calls or current.index:
-            delta: dict = {}
+        if current.logprobs or current.tool_calls or current.index or current.reasoning:
+            delta: dict = {"reasoning_content": current.reasoning} if current.reasoning else {}
             if current.text:
                 delta["content"] = current.text
             if current.tool_calls:

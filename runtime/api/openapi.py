@@ -55,6 +55,7 @@ def schemas(settings: Settings) -> dict:
                     "logprobs": {"type": ["object", "null"]},
                     "message": {"type": "object", "properties": {"role": {"const": "assistant"},
                                                                  "content": {"type": ["string", "null"]},
+                                                                 "reasoning_content": {"type": "string"},
                                                                  "tool_calls": tool_calls}}}}},
                 "usage": _usage("prompt_tokens", "completion_tokens", "total_tokens")},
         },

@@ -26,7 +26,8 @@ from ..request import Ask
 from ..settings import Settings
 from ..types import SamplingParams
 from .checks import (PARALLEL_TOOL_CALLS, TOOL_CHOICE, Boolean, Check, Integer, KeepAlive, LogitBias, Metadata, Model,
-                     Number, OneOf, Prediction, ResponseFormatCheck, Site, Stop, StreamOptions, Text, Texts, ToolsCheck)
+                     Number, OneOf, Prediction, ReasoningEffort, ResponseFormatCheck, Site, Stop, StreamOptions, Text,
+                     Texts, ToolsCheck)
 from .conversation import Messages, RelayMessages
 
 CHAT, COMPLETIONS, EMBEDDINGS, GATEWAY = "chat", "completions", "embeddings", "gateway"
@@ -52,7 +53,7 @@ class Field:
     name: str
     check: Check
     to: str | None                # "model", "messages", "prompt", "stream", "keep_alive", "response_format", "tools",
-    #                               "sampling.<attr>" or "render.<attr>"; None: accepted with no effect
+    #                               "thinking", "sampling.<attr>" or "render.<attr>"; None: accepted with no effect
     dialects: frozenset[str]
     doc: str                      # what reverb does with it: the docs' field table
     allowed: tuple | None = None  # when only some values are accepted: those (absent and null always are)
@@ -94,8 +95,6 @@ FIELDS: tuple[Field, ...] = (
           "'{p}': 'functions' is deprecated and not supported; use 'tools'"),
     Field("function_call", Check(), None, _d(CHAT), "400 (deprecated): use `tool_choice`", NOTHING,
           "'{p}': 'function_call' is deprecated and not supported; use 'tool_choice'"),
-    Field("reasoning_effort", Check(), None, _d(CHAT), "400: the models here do not reason before answering",
-          NOTHING, "'{p}': the models here do not reason before answering"),
     Field("verbosity", Check(), None, _d(CHAT), "`medium` (the default) accepted; `low`, `high` are 400",
           ("medium",), "'{p}': only the default verbosity ('medium') is supported"),
     Field("service_tier", Check(), None, _d(CHAT),
@@ -126,13 +125,17 @@ FIELDS: tuple[Field, ...] = (
           "negative keeps it (docs/models.md)", fallback=True),
     Field("messages", Messages(), "messages", CHATS, "roles `system`, `developer` (as system), `user`, `assistant` "
           "(`content` may be null when it has `tool_calls`), `tool` (needs `tool_call_id`), rendered by the model's "
-          "chat template; `name` is handed to the template. Content parts: text only; an assistant's `audio` or "
-          "`function_call` is 400", fallback=True, relay=RelayMessages(), top=True),
+          "chat template; `name` and an assistant's `reasoning_content` are handed to the template. Content parts: "
+          "text only; an assistant's `audio` or `function_call` is 400", fallback=True, relay=RelayMessages(),
+          top=True),
     Field("prompt", Texts(MAX_PROMPTS), "prompt", _d(COMPLETIONS), "a string or up to 32 strings, no chat template "
           "(choices of prompt *p* are indexed *p*·n + *i*); token arrays are 400"),
     Field("input", Texts(_inputs, nonempty=True), "prompt", _d(EMBEDDINGS),
           "a string or up to `--max-embedding-inputs` (256) non-empty strings, one unit-length vector each; token "
           "arrays are 400; the tokens of one request are bounded too (docs/limits.md)"),
+    Field("reasoning_effort", ReasoningEffort(), "thinking", _d(CHAT), "for a model whose template thinks: `none` "
+          "and `minimal` switch its thinking off (`enable_thinking`), other efforts leave it on; no effect for a "
+          "model that does not think (docs/reasoning.md)", fallback=True),
     Field("n", Integer(1, MAX_N), "sampling.n", GENERATE, "choices per prompt, up to `--parallel` (for a key of "
           "the ledger, up to `--slots-per-key`: by default `--parallel` - 1; see docs/limits.md; 400 beyond): the "
           "prompt is read once and its KV copied to each choice; choice *i* samples with `seed + i`. The gateway "

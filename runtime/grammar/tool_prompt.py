@@ -68,7 +68,7 @@ def fallback_messages(messages: list[Message], plan: Tools | None) -> list[Messa
         if m.role == "assistant" and m.tool_calls:
             parts = [m.content] if m.content else []
             parts += [render_tool_call(c.name, c.arguments) for c in m.tool_calls]
-            out.append(Message("assistant", "\n".join(parts)))
+            out.append(Message("assistant", "\n".join(parts), reasoning=m.reasoning))
             results = False
         elif m.role == "tool":
             block = f"<tool_response>\n{m.content}\n</tool_response>"
@@ -78,7 +78,7 @@ def fallback_messages(messages: list[Message], plan: Tools | None) -> list[Messa
                 out.append(Message("user", block))
             results = True
         else:
-            out.append(Message(m.role, m.content, name=m.name))
+            out.append(Message(m.role, m.content, name=m.name, reasoning=m.reasoning))
             results = False
     text = tools_system_text(plan) if plan is not None else ""
     if text:

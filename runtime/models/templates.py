@@ -175,26 +175,40 @@ class ChatTemplate:
             raise ModelLoadError("chat template refuses every ordinary conversation")
 
     def render(self, messages: list[Message], add_generation_prompt: bool = True,
-               tools: list[dict] | None = None) -> list[Segment]:
+               tools: list[dict] | None = None, thinking: bool | None = None) -> list[Segment]:
         """The prompt as segments. The template sees the real text (its checks and raise_exception apply); a
         second render with markers in place of the text tells which parts of the result came from messages.
 
         As Hugging Face's ``apply_chat_template`` does, ``tools`` (OpenAI tool definitions) is handed to the
         template, and messages carry ``tool_calls`` (arguments as a JSON object when they parse), ``tool_call_id``
-        and ``name``. Text rendered from those is template text: the caller checks it for control tokens."""
-        real = self._render_text([_as_dict(m, m.content) for m in messages], add_generation_prompt, tools)
+        and ``name``. Text rendered from those is template text: the caller checks it for control tokens.
+        ``thinking`` is handed to a thinking template as ``enable_thinking`` (None: not at all, its default)."""
+        switch = {} if thinking is None else {"enable_thinking": thinking}
+        real = self._render_text([_as_dict(m, m.content) for m in messages], add_generation_prompt, tools, switch)
         nonce = secrets.token_hex(6)
         marks = [f"\ue000{nonce}:{i}\ue001" if m.content else "" for i, m in enumerate(messages)]
         convo = [_as_dict(m, marks[i] or m.content) for i, m in enumerate(messages)]
         try:
-            segments = _split(self._render_text(convo, add_generation_prompt, tools), marks, messages)
+            segments = _split(self._render_text(convo, add_generation_prompt, tools, switch), marks, messages)
         except TemplateError:
             segments = []
         if "".join(seg.text for seg in segments) != real:
             return [Segment(real, user=None)]
         return segments
 
-    def _render_text(self, convo: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None) -> str:
+    def generation_prompt(self, messages: list[Message], rendered: str, tools: list[dict] | None = None,
+                          thinking: bool | None = None) -> str:
+        """What ``add_generation_prompt`` added to ``rendered`` (this conversation's ``render``): where the model
+        starts writing, e.g. ``<|im_start|>assistant\n<think>\n``. '' when the template does not simply append it."""
+        switch = {} if thinking is None else {"enable_thinking": thinking}
+        try:
+            bare = self._render_text([_as_dict(m, m.content) for m in messages], False, tools, switch)
+        except TemplateError:
+            return ""
+        return rendered[len(bare):] if rendered.startswith(bare) else ""
+
+    def _render_text(self, convo: list[dict], add_generation_prompt: bool, tools: list[dict] | None = None,
+                     switch: dict | None = None) -> str:
         self._env.budget.deadline = time.monotonic() + MAX_RENDER_SECONDS
         previous = sys.gettrace()
         sys.settrace(_deadline_tracer)
@@ -203,7 +217,7 @@ class ChatTemplate:
         try:
             for piece in self._template.generate(messages=convo, add_generation_prompt=add_generation_prompt,
                                                   bos_token=self.bos_token, eos_token=self.eos_token,
-                                                  tools=tools or None):
+                                                  tools=tools or None, **(switch or {})):
                 size += len(piece)
                 if size > MAX_RENDER_CHARS:
                     raise _RenderAborted("chat template output is too large")
@@ -222,6 +236,17 @@ class ChatTemplate:
         return "".join(out)
 
 
+def thinks(source: str) -> bool:
+    """Whether a template's model thinks before it answers (``<think>...</think>``, as Qwen3 and the DeepSeek-R1
+    distills): the template writes or strips the markers, has the switch, or renders ``reasoning_content``."""
+    return any(word in source for word in ("<think>", "</think>", "enable_thinking", "reasoning_content"))
+
+
+def thinking_switch(source: str) -> bool:
+    """Whether a thinking template can be told not to think (Qwen3's ``enable_thinking``)."""
+    return "enable_thinking" in source
+
+
 def _as_dict(m: Message, content: str) -> dict:
     """A message as chat templates expect it (Hugging Face's conventions)."""
     out: dict = {"role": m.role, "content": content}
@@ -233,6 +258,8 @@ def _as_dict(m: Message, content: str) -> dict:
         out["tool_call_id"] = m.tool_call_id
     if m.name is not None:
         out["name"] = m.name
+    if m.reasoning:
+        out["reasoning_content"] = m.reasoning
     return out
 
 

@@ -18,7 +18,7 @@ from typing import Callable
 from ... import grammar
 from ...errors import RETRY_BUSY, GrammarTooCostly, InvalidRequest, OverloadedError, TemplateError
 from ...models.registry import ModelSpec
-from ...models.templates import CHATML, ChatTemplate
+from ...models.templates import CHATML, ChatTemplate, thinks
 from ...request import Ask
 from ...settings import Settings
 from ...types import Chunk, Message, SamplingParams, Tools
@@ -30,6 +30,7 @@ from .bridge import ModelThread, Sink
 from .draft import Drafter
 from .output import Constraint
 from .promptcache import PromptCache
+from .reasoning import LEADING, OPENED, opens_thinking
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class LlamaPrompt:
 class LlamaBackend:
     def __init__(self, spec: ModelSpec, engine, template: ChatTemplate, thread: ModelThread, ctx: int,
                  prepare_workers: int = 2, prepare_timeout: float = 30.0, max_waiting: int = 64,
-                 grammar_cpu_s: float = guidance.ANSWER_BUDGET_S):
+                 grammar_cpu_s: float = guidance.ANSWER_BUDGET_S, split_reasoning: bool = True):
         self.spec = spec
         self.engine = engine
         self.template = template
@@ -56,6 +57,8 @@ class LlamaBackend:
         # Whether the template renders `tools` and `tool_calls` itself in the <tool_call> form the grammar and the
         # parser speak; otherwise the documented fallback is used.
         self.native_tools = grammar.use_native_tools(template.source)
+        # A template that thinks (<think>...</think>), and whether its answers are split (docs/reasoning.md)
+        self.thinks, self.split_reasoning = thinks(template.source), split_reasoning
         self._embed_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"reverb-embed-{spec.name}")
         self._embed_jobs: set[EmbeddingJob] = set()   # running or waiting, at most ``embedding_queue``
         self._embed_lock = threading.Lock()
@@ -105,20 +108,26 @@ class LlamaBackend:
         follow = threads.EngineThreads(engine, plan) if plan.adapt or plan.adapt_batch else None
         backend = cls(spec, engine, template, ModelThread(batcher, name=spec.name, threads=follow), ctx,
                       prepare_workers=settings.prepare_workers, prepare_timeout=settings.prepare_timeout,
-                      max_waiting=settings.max_queue, grammar_cpu_s=settings.grammar_cpu_ms / 1000)
+                      max_waiting=settings.max_queue, grammar_cpu_s=settings.grammar_cpu_ms / 1000,
+                      split_reasoning=settings.split_reasoning)
         backend.embedding_queue = settings.embedding_queue
         backend._prep_pool.submit(backend.vocabulary)  # ~0.3 s, in the background: ready for the first grammar
         return backend
 
-    def tokenize_chat(self, messages: tuple[Message, ...] | list[Message], tools: Tools | None = None) -> list[int]:
+    def tokenize_chat(self, messages: tuple[Message, ...] | list[Message], tools: Tools | None = None,
+                      thinking: bool | None = None) -> list[int]:
         """Render the template and tokenize it: template text with control tokens, user text without.
 
         ``tools`` (unless tool_choice is none) reach a template that supports them as Hugging Face's
         ``apply_chat_template`` passes them; for any other template, tools, assistant tool calls and tool results
         are rewritten into plain messages (grammar.fallback_messages). Raises TemplateError. When the template
         reshaped message text so it cannot be cut out, the whole prompt is parsed with control tokens, and a message
-        that spells one of them is refused rather than obeyed.
+        that spells one of them is refused rather than obeyed. ``thinking`` is a thinking template's switch.
         """
+        return self._chat_tokens(messages, tools, thinking)[0]
+
+    def _chat_tokens(self, messages, tools: Tools | None, thinking: bool | None) -> tuple[list[int], str]:
+        """The prompt's tokens, and for a thinking template its generation prompt (which may open <think>)."""
         offered = tools if tools is not None and tools.choice != "none" else None
         defs = None
         if not self.native_tools and (offered or any(m.tool_calls or m.role == "tool" for m in messages)):
@@ -128,17 +137,39 @@ class LlamaBackend:
                                                       "parameters": t.parameters or {"type": "object",
                                                                                      "properties": {}}}}
                     for t in offered.tools]
-        # Tool definitions, call names and arguments are rendered as template text: none may spell a control token.
+        # Tool definitions, call names and arguments, and earlier thoughts, are rendered as template text: none may
+        # spell a control token.
         template_text = [json.dumps(defs or [], ensure_ascii=False)] + [
-            json.dumps([m.name, m.tool_call_id, [(c.id, c.name, c.arguments) for c in m.tool_calls]],
+            json.dumps([m.name, m.tool_call_id, [(c.id, c.name, c.arguments) for c in m.tool_calls], m.reasoning],
                        ensure_ascii=False) for m in messages]
         self._refuse_control_text(template_text, "tools" if defs else "messages")
         tokens: list[int] = [self.engine.bos()] if self.engine.add_bos() else []
-        for seg in self.template.render(list(messages), tools=defs):
+        segments = self.template.render(list(messages), tools=defs, thinking=thinking)
+        for seg in segments:
             if seg.user is None:
                 self._refuse_control_text([m.content for m in messages], "messages")
             tokens.extend(self.engine.tokenize(seg.text, special=not seg.user))
-        return tokens
+        if not self.thinks:
+            return tokens, ""
+        rendered = "".join(seg.text for seg in segments)
+        return tokens, self.template.generation_prompt(list(messages), rendered, tools=defs, thinking=thinking)
+
+    def _thinking_prompt(self, ask: Ask) -> tuple[list[int], str | None]:
+        """A chat prompt for a thinking template, and how its answers are split (output.Constraint.reasoning).
+
+        Thinking is off when the request asks (``Ask.thinking`` False) and when a grammar holds the answer from its
+        first token (response_format, a required or named tool), so the constrained answer is never written inside
+        ``<think>``: the template's switch (``enable_thinking``) turns it off, and a prompt still left inside
+        ``<think>`` (a template with no switch, as the DeepSeek-R1 distills) gets an empty thought closed after it.
+        """
+        constrained = ask.response_format is not None or (ask.tools is not None and ask.tools.choice == "required")
+        thinking = False if constrained else ask.thinking
+        tokens, tail = self._chat_tokens(ask.messages, ask.tools, thinking)
+        opened = opens_thinking(tail)
+        if thinking is False and opened:
+            tokens += self.engine.tokenize("\n</think>\n\n", special=True)
+            opened = False
+        return tokens, None if opened is False else OPENED if opened else LEADING
 
     def _refuse_control_text(self, texts: list[str], param: str) -> None:
         spelled = [t for t in self.engine.control_texts() if any(t in x for x in texts)]
@@ -174,6 +205,12 @@ class LlamaBackend:
         except GrammarTooCostly as e:
             e.prompt_tokens = prompt.counts.n_tokens
             raise
+        if prompt.constraint is not None:  # how a thinking template's answer is split (_thinking_prompt)
+            mode = prompt.constraint.reasoning
+            compiled = constraint.grammar if constraint is not None else None
+            if compiled is not None and compiled.lazy:  # tools with auto: calls are watched for after the thought
+                compiled = replace(compiled, think=mode)
+            constraint = replace(constraint or Constraint(), grammar=compiled, reasoning=mode)
         return replace(prompt, constraint=constraint)
 
     async def _in_pool(self, fn, ask: Ask):
@@ -202,13 +239,19 @@ class LlamaBackend:
             counts = Counts(n_tokens=sum(map(len, batch)), lengths=tuple(map(len, batch)), choices=ask.choices,
                             streams=ask.choices)
             return LlamaPrompt(counts, batch)
-        tokens = tuple(self.tokenize_chat(ask.messages, ask.tools))
+        if self.thinks:
+            tokens, split = self._thinking_prompt(ask)
+            split = split if self.split_reasoning else None
+        else:
+            tokens, split = self.tokenize_chat(ask.messages, ask.tools), None
+        tokens = tuple(tokens)
         prediction = tuple(self.engine.tokenize(ask.prediction, special=False)) if ask.prediction else ()
         if len(prediction) > self.info.ctx:
             raise InvalidRequest(f"'prediction' has {len(prediction)} tokens; this model's context is "
                                  f"{self.info.ctx}", param="prediction")
         return LlamaPrompt(Counts(n_tokens=len(tokens), choices=ask.choices, streams=ask.choices,
-                                  predicted=len(prediction)), (tokens,), prediction=prediction)
+                                  predicted=len(prediction)), (tokens,),
+                           constraint=Constraint(reasoning=split) if split else None, prediction=prediction)
 
     def _compile(self, ask: Ask, deadline: float = float("inf")) -> Constraint | None:
         _check_deadline(deadline)

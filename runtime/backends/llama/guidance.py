@@ -13,6 +13,8 @@ Everything here may run on any thread; a ``Matcher`` belongs to one sequence.
 
 from __future__ import annotations
 
+import codecs
+import copy
 import re
 import time
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ import numpy as np
 from llguidance import gbnf_to_lark as g2l
 
 from ...errors import GrammarTooCostly, InvalidRequest
+from .reasoning import OPENED, ThinkSplitter
 
 # Per step (one token): ~14k lexer fuel/ms and ~20k Earley items/ms on this machine's cores (llguidance's figures),
 # so a step is bounded to a few milliseconds whatever the grammar. Per compile: regex fuel (~50k/ms), lexer states
@@ -92,6 +95,7 @@ class Grammar:
     triggers: tuple = ()  # compiled trigger regexes (lazy grammars)
     paths: dict | None = None  # rule -> schema path
     budget_s: float = ANSWER_BUDGET_S
+    think: str | None = None   # a thinking answer (reasoning.OPENED / LEADING): the triggers watch the answer only
 
     def refusal(self, message: str) -> Exception:
         return _refusal(message, self.param, self.paths or {}, compiling=False)
@@ -151,7 +155,8 @@ class Matcher:
 
     A lazy grammar (tool calls with ``auto``) lets text through until a trigger matches what was written; from the
     trigger's start on, the grammar holds. A token that would complete a trigger with text the grammar refuses is
-    refused itself, so a call's opening is never written without the grammar behind it."""
+    refused itself, so a call's opening is never written without the grammar behind it. When the answer thinks first
+    (``Grammar.think``), the triggers see only what follows the thought, as the tool-call parser does."""
 
     def __init__(self, m, grammar: Grammar):
         self._m, self.grammar = m, grammar
@@ -160,6 +165,8 @@ class Matcher:
         self._text = b""                 # lazy: what was generated so far, until the trigger
         self._refused: set[int] = set()  # lazy: tokens refused at this step
         self.spent = 0.0
+        self._think = ThinkSplitter(grammar.think == OPENED) if grammar.lazy and grammar.think else None
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("ignore")
 
     def _check(self, t0: float) -> None:
         self.spent += time.perf_counter() - t0
@@ -219,19 +226,31 @@ class Matcher:
         if self.active:
             self._m.consume_token(tok)
         else:
-            hit = self._trigger(self._text + piece)
+            answer = self._answer(piece)
+            hit = self._trigger(self._text + answer)
             if hit is not None:  # the grammar takes over from the trigger's start, fed what was written since
                 self.active = True
                 self._m.consume_tokens(self.grammar.vocab.tokenize(hit))
             else:
-                self._text = (self._text + piece)[-256:]
+                self._text = (self._text + answer)[-256:]
         self._check(t0)
 
     def _lazy_allows(self, tok: int) -> bool:
         if tok in self.grammar.vocab.eog:
             return True
-        hit = self._trigger(self._text + self.grammar.vocab.pieces[tok])
+        hit = self._trigger(self._text + self._answer(self.grammar.vocab.pieces[tok], peek=True))
         return hit is None or self.grammar.template.deep_copy().consume_tokens(self.grammar.vocab.tokenize(hit))
+
+    def _answer(self, piece: bytes, peek: bool = False) -> bytes:
+        """What of ``piece`` is answer (all of it unless the answer thinks first). ``peek``: without taking it."""
+        if self._think is None:
+            return piece
+        if peek:
+            splitter, decoder = copy.copy(self._think), codecs.getincrementaldecoder("utf-8")("ignore")
+            decoder.setstate(self._utf8.getstate())
+        else:
+            splitter, decoder = self._think, self._utf8
+        return splitter.feed(decoder.decode(piece))[1].encode()
 
     def _trigger(self, data: bytes) -> str | None:
         """The text from a trigger's start, if ``data`` holds one (every earlier one already triggered)."""

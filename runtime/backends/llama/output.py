@@ -1,8 +1,9 @@
 """One choice's output as the client sees it: token bytes -> Chunks of text, tool-call pieces and logprobs.
 
-Text is UTF-8 safe and stop strings are held back (``TextStream``). When the request has tools, the text goes through
-an incremental tool-call parser, so ``<tool_call>`` blocks leave as ``tool_calls`` pieces (index, id and name first,
-then the arguments in pieces) and only the rest is content.
+Text is UTF-8 safe and stop strings are held back (``TextStream``). A thinking model's ``<think>`` text is split out
+into ``Chunk.reasoning`` next (reasoning.py), so stop strings apply to the whole text and the rest only to the answer.
+When the request has tools, the answer goes through an incremental tool-call parser, so ``<tool_call>`` blocks leave
+as ``tool_calls`` pieces (index, id and name first, then the arguments in pieces) and only the rest is content.
 
 Small models given parallel calls tend to repeat the same call until max_tokens, leaving the last one cut off. So the
 first call streams as it is written, every later call is held until it is complete (one cut off by max_tokens is
@@ -15,16 +16,19 @@ import json
 from dataclasses import dataclass
 
 from ...types import Chunk, TokenLogprob, ToolCallDelta
+from .reasoning import OPENED, ThinkSplitter
 from .textstream import TextStream
 
 
 @dataclass(frozen=True)
 class Constraint:
     """What a request asks of its answers, compiled by the backend: ``grammar`` for the engine's sampler (None:
-    unconstrained) and, when the request has tools, a factory of tool-call parsers (one per choice)."""
+    unconstrained) and, when the request has tools, a factory of tool-call parsers (one per choice). ``reasoning``
+    says how a thinking template's answers are split (reasoning.OPENED / LEADING; None: not at all)."""
 
     grammar: object = None
     tool_parser: object = None      # () -> grammar.ToolCallParser (feed(text) / finish() -> OpenAI deltas)
+    reasoning: str | None = None
 
 
 class ChoiceOutput:
@@ -32,6 +36,8 @@ class ChoiceOutput:
         self.index = index
         self._text = TextStream(stop)
         self._parser = constraint.tool_parser() if constraint is not None and constraint.tool_parser else None
+        mode = constraint.reasoning if constraint is not None else None
+        self._think = ThinkSplitter(opened=mode == OPENED) if mode else None
         self._held: list[dict] = []  # pieces of a call after the first, until it is complete
         self.called = False          # whether any tool call was sent
         self.ended = False           # a call repeated an earlier one: the answer is complete
@@ -50,6 +56,9 @@ class ChoiceOutput:
 
     def _chunk(self, text: str, logprobs: tuple, final: bool) -> Chunk | None:
         calls: tuple[ToolCallDelta, ...] = ()
+        reasoning = ""
+        if self._think is not None:
+            reasoning, text = self._think.flush(text) if final else self._think.feed(text)
         if self._parser is not None and not self.ended:
             deltas = self._parser.feed(text) if text else []
             if final:
@@ -59,8 +68,8 @@ class ChoiceOutput:
             self.called = self.called or bool(calls)
         elif self.ended:
             text = ""
-        if text or logprobs or calls:
-            return Chunk(text=text, index=self.index, logprobs=logprobs, tool_calls=calls)
+        if text or reasoning or logprobs or calls:
+            return Chunk(text=text, index=self.index, logprobs=logprobs, tool_calls=calls, reasoning=reasoning)
         return None
 
     def _gate(self, pieces: list[dict], final: bool) -> list[dict]:

@@ -28,7 +28,7 @@ class Candidates:
         e = self._engine
         logits = e.logits(batch_index, copy=False)
         cand = self.data
-        if top is None:
+        if top is None or top >= e.n_vocab:  # a vocabulary smaller than the tier: all of it
             cand["id"], cand["logit"], cand["p"], n = self._ids, logits, 0.0, e.n_vocab
         else:
             pick = np.union1d(np.argpartition(logits, -top)[-top:], e._eog_ids)
