@@ -28,7 +28,10 @@ def request_schema(dialect: str, settings: Settings) -> dict:
         else:
             schema = row.check.schema(settings)
         into = top if row.top or dialect != wire.GATEWAY else options
-        into[row.key(dialect)] = schema
+        parent, _, child = row.key(dialect).rpartition(".")
+        if parent:   # a member of an object (Responses' text.format)
+            into = into.setdefault(parent, {"type": "object"}).setdefault("properties", {})
+        into[child] = schema
         if row.check.required:
             required.append(row.key(dialect))
     if dialect == wire.GATEWAY:
