@@ -19,7 +19,7 @@ REFUSED_PARTS = {"input_image": "images", "input_file": "files", "input_audio": 
 # Tools the model here cannot run: left out of the prompt and named in the response (reverb_omitted_tools).
 HOSTED = ("web_search", "web_search_preview", "web_search_preview_2025_03_11", "web_search_2025_08_26",
           "file_search", "code_interpreter", "computer_use_preview", "computer_use", "image_generation",
-          "local_shell", "shell", "apply_patch", "custom", "mcp")
+          "local_shell", "shell", "apply_patch", "custom", "mcp", "namespace", "tool_search")
 MAX_INCLUDE = 16
 
 

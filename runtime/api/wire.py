@@ -87,6 +87,7 @@ def _d(*names: str) -> frozenset[str]:
 OPENAI = _d(CHAT, COMPLETIONS, EMBEDDINGS)
 OPENAI_ALL = OPENAI | {RESPONSES}
 GENERATE = _d(CHAT, COMPLETIONS, GATEWAY)
+GENERATE_ALL = GENERATE | {RESPONSES}
 CHATS = _d(CHAT, GATEWAY)
 NOTHING = ()
 
@@ -159,11 +160,11 @@ FIELDS: tuple[Field, ...] = (
     # Sampling. Where two rows go to one place, the first given wins: max_completion_tokens over max_tokens.
     Field("max_completion_tokens", Integer(1, _cap), "sampling.max_tokens", GENERATE, "up to `--max-tokens-cap`; "
           "prompt + it must fit the context. Wins over `max_tokens`", fallback=True, relay=True),
-    Field("max_tokens", Integer(1, _cap), "sampling.max_tokens", GENERATE | {RESPONSES}, "as "
+    Field("max_tokens", Integer(1, _cap), "sampling.max_tokens", GENERATE_ALL, "as "
           "`max_completion_tokens`; completions default to 16. Responses: `max_output_tokens`", fallback=True,
           relay=True, names={RESPONSES: "max_output_tokens"}),
-    Field("temperature", Number(0.0, 2.0), "sampling.temperature", GENERATE | {RESPONSES}, "0-2; 0 is greedy", fallback=True),
-    Field("top_p", Number(0.0, 1.0), "sampling.top_p", GENERATE | {RESPONSES}, "0-1", fallback=True),
+    Field("temperature", Number(0.0, 2.0), "sampling.temperature", GENERATE_ALL, "0-2; 0 is greedy", fallback=True),
+    Field("top_p", Number(0.0, 1.0), "sampling.top_p", GENERATE_ALL, "0-1", fallback=True),
     Field("top_k", Integer(0, 1_000_000), "sampling.top_k", GENERATE, "not OpenAI's; 0 is off", fallback=True),
     Field("min_p", Number(0.0, 1.0), "sampling.min_p", GENERATE, "not OpenAI's; 0 is off", fallback=True),
     Field("seed", Integer(-(2 ** 63), 2 ** 64 - 1), "sampling.seed", GENERATE, "the same seed gives the same "
@@ -174,7 +175,7 @@ FIELDS: tuple[Field, ...] = (
     Field("logit_bias", LogitBias(), "sampling.logit_bias", GENERATE, "up to 1024 token ids, -100 to 100; -100 "
           "bans the token", fallback=True),
     # How the answer is sent.
-    Field("stream", Boolean(), "stream", GENERATE | {RESPONSES}, "SSE events; the gateway sends plain text chunks and no final "
+    Field("stream", Boolean(), "stream", GENERATE_ALL, "SSE events; the gateway sends plain text chunks and no final "
           "JSON", fallback=True, relay=True),
     Field("stream_options", StreamOptions(), "render.include_usage", _d(CHAT, COMPLETIONS),
           "`include_usage` honoured; `include_obfuscation` accepted and no padding is added: use TLS",
@@ -190,7 +191,7 @@ FIELDS: tuple[Field, ...] = (
     Field("tools", ToolsCheck(), "tools", CHATS, "functions the model may call, for every model (see Tool calls)"),
     Field("tool_choice", TOOL_CHOICE, None, CHATS, "`none`, `auto`, `required` or a named function (read with "
           "`tools`)"),
-    Field("parallel_tool_calls", PARALLEL_TOOL_CALLS, None, CHATS | {RESPONSES},
+    Field("parallel_tool_calls", PARALLEL_TOOL_CALLS, None, _d(CHAT, GATEWAY, RESPONSES),
           "false: at most one call (read with `tools`)"),
     # The Responses API (api/responses.py, docs/responses.md): its own spellings land in the same Ask.
     Field("instructions", Text(_chars), None, _d(RESPONSES), "a system message before `input` (read with `input`; "
