@@ -89,6 +89,13 @@ def test_flat_tools_become_chat_tools_and_hosted_ones_are_left_out():
     assert refused(input="hi", tools=[WEATHER], tool_choice={"type": "function", "name": "nope"}) == \
         "tool_choice.name"
     assert refused(input="hi", tools=[WEATHER], tool_choice={"type": "web_search"}) == "tool_choice"
+    # a name that is not a string is refused (it was a TypeError, a 500, in chat too)
+    assert refused(input="hi", tools=[WEATHER], tool_choice={"type": "function", "name": ["x"]}) == \
+        "tool_choice.name"
+    with pytest.raises(InvalidRequest):
+        wire.parse({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                    "tools": [{"type": "function", "function": {"name": "f"}}],
+                    "tool_choice": {"type": "function", "function": {"name": {"a": 1}}}}, wire.CHAT, CFG)
 
 
 def test_text_format_is_response_format():
