@@ -1,7 +1,7 @@
 """The Responses API without a model: its rows of the field table (input items, flat tools, text.format, the
 fields accepted with no effect and the rest refused by name), the output items and stream events built from
 chunks (reasoning, text, tool calls; an upstream's chat deltas), the chat body an upstream is sent, and stored
-responses in the ledger (owner-only, expiry). Fast: no server."""
+responses in the ledger on both engines (owner-only, expiry). Fast: no model, no reverb server."""
 
 from __future__ import annotations
 
@@ -218,8 +218,8 @@ def test_the_upstream_body_is_built_from_the_checked_ask():
 
 
 @pytest.fixture
-def ledger(tmp_path):
-    with Ledger(tmp_path / "l.sqlite3") as ledger:
+def ledger(db_target):
+    with Ledger(db_target) as ledger:
         yield ledger
 
 
