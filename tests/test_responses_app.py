@@ -36,6 +36,8 @@ def test_stored_then_retrieved(tmp_path, stream):
         assert final["store"] is True and "reverb_not_stored" not in final
         got = c.get(f"/v1/responses/{final['id']}").json()
         assert got == final
+        replay = c.get(f"/v1/responses/{final['id']}?stream=true")
+        assert replay.status_code == 400 and replay.json()["error"]["param"] == "stream"
         follow = c.post("/v1/responses", json={**BODY, "previous_response_id": final["id"]}).json()
         assert follow["usage"]["input_tokens"] > final["usage"]["input_tokens"] + final["usage"]["output_tokens"]
 

@@ -20,7 +20,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..errors import LedgerError, NotFound, quote
+from ..errors import InvalidRequest, LedgerError, NotFound, quote
 from ..ledger import responses as stored
 from ..types import Chunk, FinishReason, Message, ToolCall
 from . import wire
@@ -221,9 +221,13 @@ def _id(request: Request) -> str:
 
 
 async def get_response(request: Request) -> JSONResponse:
-    """A stored response of the calling key; 404 for any other id (another key's included)."""
+    """A stored response of the calling key; 404 for any other id (another key's included). It is returned whole:
+    ``?stream=true`` (replaying a background response's events) is refused."""
     service = request.state.service
     response_id = _id(request)
+    if request.query_params.get("stream", "false").lower() not in ("false", "0"):
+        raise InvalidRequest("'stream': a stored response is returned whole, never replayed as events",
+                             param="stream")
     row = await service.db(stored.load, service.ledger, response_id, stored.owner_of(request.state.ctx.account))
     if row is None:
         raise NotFound(f"No response with id '{quote(response_id)}' found.", param="response_id")
