@@ -149,6 +149,28 @@ def test_streamed_function_call_arguments(srv):
     assert kinds.index("response.function_call_arguments.done") < kinds.index("response.completed")
 
 
+def test_what_a_client_may_act_on_comes_after_the_ledger_row(srv):
+    """A function call's done event and the completion are sent only once the request is recorded and stored:
+    at the moment the client reads them, the row and the stored response exist (no waiting)."""
+    body = {"model": MODEL, "input": "Weather in Oslo?", "tools": [WEATHER], "tool_choice": "required",
+            "max_output_tokens": 40, "temperature": 0, "stream": True}
+    seen = []
+    with srv.client() as http, srv.ledger() as ledger:
+        with http.stream("POST", "/v1/responses", json=body) as r:
+            request_id = r.headers["x-request-id"]
+            for line in r.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                kind = json.loads(line[6:])["type"]
+                if kind in ("response.function_call_arguments.done", "response.completed", "response.incomplete"):
+                    row = ledger.request(request_id)
+                    stored = ledger.engine.read("SELECT id FROM responses WHERE id = ?",
+                                                ("resp_" + request_id.removeprefix("req_"),))
+                    seen.append((kind, row is not None and row["status"] == "completed", bool(stored)))
+    assert seen[0] == ("response.function_call_arguments.done", True, True)
+    assert seen[-1][0] in ("response.completed", "response.incomplete") and all(s[1:] == (True, True) for s in seen)
+
+
 def test_stored_responses_are_their_keys_only(srv):
     alice, bob = client(srv, srv.alice), client(srv, srv.bob)
     r = alice.responses.create(model=MODEL, input="Say hi.", max_output_tokens=4, temperature=0)

@@ -163,7 +163,7 @@ def _frame(kind: str, payload: dict, seq: int) -> bytes:
 
 async def _stream(a: Answer, first: Chunk):
     """The event stream. A function call's ``done``, and everything after it, waits with the completion for the
-    ledger row; an error then ends it as ``response.failed`` with the error's code."""
+    ledger row and the stored response; an error then ends it as ``response.failed`` with the error's code."""
     gen, seq = a.gen, 0
     output = Output(a.id.removeprefix("resp_"))
     held: list[dict] = []
@@ -201,11 +201,10 @@ async def _stream(a: Answer, first: Chunk):
         for data in frames([{"type": "response.failed", "response": failed}]):
             yield data
         return
-    for data in frames(held + output.close()):
-        yield data
+    closing = held + output.close()       # every item done, then stored, then sent
     response = await _keep(a, _finished(a, output, gen.final), output)
-    for data in frames([{"type": "response.incomplete" if response["status"] == "incomplete"
-                         else "response.completed", "response": response}]):
+    for data in frames(closing + [{"type": "response.incomplete" if response["status"] == "incomplete"
+                                   else "response.completed", "response": response}]):
         yield data
 
 
