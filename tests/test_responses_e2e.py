@@ -236,15 +236,16 @@ def test_the_agents_sdk_default_model_runs_a_tool_and_answers(srv):
         return f"sunny in {city}"
 
     agents.set_tracing_disabled(True)
-    oa = openai.AsyncOpenAI(base_url=srv.base_url + "/v1", api_key=srv.alice, max_retries=0)
-    agent = agents.Agent(name="weather", instructions="You are terse.", tools=[get_weather],
-                         model=agents.OpenAIResponsesModel(MODEL, oa),
+    # the SDK's default: a model name resolved by its default provider, on the Responses API, with this client
+    agents.set_default_openai_client(openai.AsyncOpenAI(base_url=srv.base_url + "/v1", api_key=srv.alice,
+                                                        max_retries=0), use_for_tracing=False)
+    agent = agents.Agent(name="weather", instructions="You are terse.", tools=[get_weather], model=MODEL,
                          model_settings=agents.ModelSettings(max_tokens=40, temperature=0, tool_choice="required"))
     result = agents.Runner.run_sync(agent, "What is the weather in Paris?", max_turns=3)
     assert calls and isinstance(result.final_output, str) and result.final_output
     assert len(result.raw_responses) == 2        # the call, then the answer after its output
-    answer = agents.Agent(name="judge", instructions="Answer as JSON.", output_type=YesNo,
-                          model=agents.OpenAIResponsesModel(MODEL, oa),
+    assert all(r.response_id.startswith("resp_") for r in result.raw_responses)
+    answer = agents.Agent(name="judge", instructions="Answer as JSON.", output_type=YesNo, model=MODEL,
                           model_settings=agents.ModelSettings(max_tokens=30, temperature=0))
     assert isinstance(agents.Runner.run_sync(answer, "Is the sky blue?").final_output, YesNo)
 
