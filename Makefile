@@ -45,9 +45,10 @@ WHEEL_KEY        := $(shell echo "$(LLAMA_CPP_VERSION) $(LLAMA_CMAKE_ARGS) $(LLA
 WHEEL_CACHE      ?= $(HOME)/.cache/reverb/wheels
 LLAMA_WHEEL_DIR  := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(WHEEL_KEY)
 
-.PHONY: install serve test test-fast test-busy bench bench-ledger soak lint clean llama-wheel llama-server postgres chromium
+.PHONY: install serve test test-fast test-busy bench bench-ledger soak lint clean llama-wheel llama-server postgres chromium \
+	codex
 
-install: $(STAMP) postgres chromium
+install: $(STAMP) postgres chromium codex
 
 # The PostgreSQL ledger tests start a throwaway server from Debian's binaries (initdb, pg_ctl). Installed here
 # when missing and apt is at hand; elsewhere those tests skip with a loud message.
@@ -74,6 +75,19 @@ chromium:
 	  echo "!!! could not install chromium: the browser tests will be SKIPPED"; \
 	else echo "!!! /usr/bin/chromium not found and apt-get unavailable (or not root):" \
 	  "the browser tests will be SKIPPED; install chromium to run them"; fi
+
+# Codex CLI (npm @openai/codex) for the Responses API's Codex tests (tests/test_codex_e2e.py), in reverb's own cache
+# (never a global npm install). Without npm those tests skip loudly.
+CODEX_VERSION ?= 0.171.0
+CODEX_DIR     := $(HOME)/.cache/reverb/npm/codex
+codex:
+	@if [ -x $(CODEX_DIR)/node_modules/.bin/codex ]; then :; \
+	elif command -v npm >/dev/null 2>&1; then \
+	  echo "installing Codex CLI $(CODEX_VERSION) into $(CODEX_DIR) for the Responses API tests"; \
+	  (mkdir -p $(CODEX_DIR) && npm install --prefix $(CODEX_DIR) --no-audit --no-fund --silent \
+	    @openai/codex@$(CODEX_VERSION) >/dev/null) || \
+	  echo "!!! could not install Codex CLI: the Codex tests will be SKIPPED"; \
+	else echo "!!! npm not found: the Codex CLI tests will be SKIPPED; install nodejs and npm"; fi
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -107,7 +121,7 @@ serve: $(STAMP)
 	$(BIN)/reverb serve $(ARGS)
 
 # The suite, then the example app that tests itself through reverb's pytest plugin (as a user's CI would).
-test: $(STAMP) postgres chromium
+test: $(STAMP) postgres chromium codex
 	REVERB_LLAMA_WHEEL="$$(ls $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl)" $(BIN)/python -m pytest $(PYTEST_ARGS)
 	cd examples/ci-app && ../../$(BIN)/python -m pytest -q
 

@@ -129,6 +129,10 @@ class Settings:
                                 "server's lease has expired, any server of the ledger settles its holds")
     max_embedding_inputs: int = _opt(256, "most inputs in one /v1/embeddings request")
     max_embedding_tokens: int = _opt(16384, "most tokens, all inputs together, in one /v1/embeddings request")
+    responses_ttl: float = _opt(30.0, "days a stored response (POST /v1/responses, store: true) is kept for GET and "
+                                "previous_response_id (0: none is stored)")
+    responses_max_bytes: int = _opt(4 << 20, "largest stored response, its conversation included, in bytes (a "
+                                    "larger one is answered but not stored, and says so)")
     # operations
     ready_file: Path | None = _opt(None, "write the base URL here once the server accepts requests (removed on "
                                    "exit)", metavar="PATH")

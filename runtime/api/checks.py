@@ -109,15 +109,16 @@ class Boolean(Check):
 @dataclass(frozen=True)
 class Text(Check):
     """A string of at most ``most`` characters (ids, ``user``)."""
-    most: int = MAX_ID_CHARS
+    most: Bound = MAX_ID_CHARS
 
     def __call__(self, value, where, site):
-        if value is not None and (not isinstance(value, str) or len(value) > self.most):
-            raise InvalidRequest(f"'{where}' must be a string of at most {self.most} characters", param=where)
+        most = _bound(self.most, site.settings)
+        if value is not None and (not isinstance(value, str) or len(value) > most):
+            raise InvalidRequest(f"'{where}' must be a string of at most {most} characters", param=where)
         return value
 
     def schema(self, settings):
-        return {"type": "string", "maxLength": self.most}
+        return {"type": "string", "maxLength": _bound(self.most, settings)}
 
 
 class Model(Check):

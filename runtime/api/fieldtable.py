@@ -7,8 +7,8 @@ import json
 
 from . import wire
 
-HEADER = ("| field | chat | completions | embeddings | gateway (`options.`) | chat via upstream | what reverb does |\n"
-          "|---|:-:|:-:|:-:|:-:|:-:|---|")
+HEADER = ("| field | chat | completions | embeddings | gateway (`options.`) | responses | chat via upstream "
+          "| what reverb does |\n|---|:-:|:-:|:-:|:-:|:-:|:-:|---|")
 
 
 def markdown() -> str:
@@ -27,7 +27,8 @@ def markdown() -> str:
             else:
                 marks.append("yes")
         relay = "" if wire.CHAT not in row.dialects else "checked" if row.relay else "passed on"
-        lines.append(f"| `{row.name}` | " + " | ".join(marks) + f" | {relay} | {row.doc} |")
+        name = f"`{row.name}`" + "".join(f" (`{k}`)" for k in dict.fromkeys(row.names.values()))
+        lines.append(f"| {name} | " + " | ".join(marks) + f" | {relay} | {row.doc} |")
     return "\n".join(lines) + "\n"
 
 

@@ -5,6 +5,7 @@ media type and its two renderers; a model behind an upstream has its own pair (p
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable
@@ -38,6 +39,7 @@ class Renderers:
     media_type: str                                              # of a streamed answer
     stream: Callable[[Answer, Chunk], AsyncIterator[bytes]]      # from the first chunk on
     whole: Callable[[Answer, list[Chunk], Chunk, int], dict]     # chunks, the final chunk, price -> JSON body
+    #                                                              (or an awaitable of it)
 
 
 @dataclass(frozen=True)
@@ -46,17 +48,23 @@ class Dialect:
     id_prefix: str                       # of the answer's id ("chatcmpl-")
     local: Renderers
     relay: Renderers | None = None       # for a model behind an upstream; None: this dialect does not relay it
+    # the dialect's own view of a checked body (request, reading, relayed) -> (ask, render); None: the table's
+    # local view, or its relay view for a model behind an upstream
+    view: Callable[[Request, wire.Reading, bool], Awaitable[tuple[Ask, wire.Render]]] | None = None
 
 
-async def begin(request: Request, dialect: str, relays: bool = False) -> tuple[Service, RequestContext, Ask,
-                                                                                  wire.Render, bool]:
+async def begin(request: Request, dialect: str, relays: bool = False, view=None) -> tuple[Service, RequestContext,
+                                                                                          Ask, wire.Render, bool]:
     """Read and parse the body: (service, context, ask, render options, relayed). The relay view is taken when
-    ``relays`` and the model named is behind an upstream."""
+    ``relays`` and the model named is behind an upstream; a dialect's own ``view`` replaces both."""
     service: Service = request.state.service
     body = await read_json(request, service.settings)
     reading = wire.read(body, dialect, service.settings)
     relayed = relays and _upstream(service, body.get("model"))
-    ask, render = reading.for_upstream() if relayed else reading.for_local()
+    if view is not None:
+        ask, render = await view(request, reading, relayed)
+    else:
+        ask, render = reading.for_upstream() if relayed else reading.for_local()
     return service, keep_body(request, body), ask, render, relayed
 
 
@@ -74,7 +82,7 @@ def endpoint(dialect: Dialect) -> Callable[[Request], Awaitable[Response]]:
 
 
 async def handle(request: Request, dialect: Dialect) -> Response:
-    service, ctx, ask, render, relayed = await begin(request, dialect.wire, dialect.relay is not None)
+    service, ctx, ask, render, relayed = await begin(request, dialect.wire, dialect.relay is not None, dialect.view)
     try:
         gen = await service.start(ctx, ask)
     except InvalidRequest as e:  # the backend names OpenAI's fields; the dialect may keep them elsewhere
@@ -84,7 +92,13 @@ async def handle(request: Request, dialect: Dialect) -> Response:
     answer = Answer(ctx, ask, render, gen, dialect.id_prefix + ctx.request_id.removeprefix("req_"), int(time.time()))
     renderers = dialect.relay if relayed else dialect.local
     if ask.stream:
-        return stream_response(request, gen, renderers.media_type, lambda first: renderers.stream(answer, first))
+        response = stream_response(request, gen, renderers.media_type,
+                                   lambda first: renderers.stream(answer, first))
+        response.headers.update(render.headers)
+        return response
     chunks, final, price = await fold(request, gen)
-    return JSONResponse(renderers.whole(answer, chunks, final, price),
-                        headers={"x-request-id": ctx.request_id, "x-reverb-price": str(price)})
+    body = renderers.whole(answer, chunks, final, price)
+    if inspect.isawaitable(body):   # a dialect that writes before it answers (a stored response)
+        body = await body
+    return JSONResponse(body, headers={"x-request-id": ctx.request_id, "x-reverb-price": str(price),
+                                       **dict(render.headers)})

@@ -28,7 +28,10 @@ def request_schema(dialect: str, settings: Settings) -> dict:
         else:
             schema = row.check.schema(settings)
         into = top if row.top or dialect != wire.GATEWAY else options
-        into[row.key(dialect)] = schema
+        parent, _, child = row.key(dialect).rpartition(".")
+        if parent:   # a member of an object (Responses' text.format)
+            into = into.setdefault(parent, {"type": "object"}).setdefault("properties", {})
+        into[child] = schema
         if row.check.required:
             required.append(row.key(dialect))
     if dialect == wire.GATEWAY:
@@ -92,6 +95,27 @@ def schemas(settings: Settings) -> dict:
                                                     "param": {"type": ["string", "null"]},
                                                     "code": {"type": "string"}}}},
         },
+        "ResponseRequest": request_schema(wire.RESPONSES, settings),
+        "Response": {
+            "type": "object", "required": ["id", "object", "created_at", "status", "model", "output", "usage"],
+            "properties": {
+                "id": {"type": "string"}, "object": {"const": "response"}, "created_at": {"type": "integer"},
+                "status": {"enum": ["completed", "incomplete", "failed", "in_progress"]},
+                "model": {"type": "string"}, "previous_response_id": {"type": ["string", "null"]},
+                "store": {"type": "boolean"},
+                "output": {"type": "array", "items": {"type": "object", "required": ["type", "id"], "properties": {
+                    "type": {"enum": ["message", "function_call", "reasoning"]}, "id": {"type": "string"},
+                    "call_id": {"type": "string"}, "name": {"type": "string"}, "arguments": {"type": "string"},
+                    "content": {"type": "array"}}}},
+                "usage": {"oneOf": [_usage("input_tokens", "output_tokens", "total_tokens"), {"type": "null"}]},
+                "reverb_omitted_tools": {"type": "array", "items": {"type": "string"},
+                                         "description": "hosted tool types in the request that were not offered "
+                                                        "to the model (also the x-reverb-omitted-tools header)"},
+                "reverb_not_stored": {"type": "string",
+                                      "description": "why a response asked to be stored was not (too large, or "
+                                                     "the ledger failed); store is then false"}}},
+        "ResponseDeleted": {"type": "object", "required": ["id", "object", "deleted"], "properties": {
+            "id": {"type": "string"}, "object": {"const": "response.deleted"}, "deleted": {"const": True}}},
         "GatewayRequest": request_schema(wire.GATEWAY, settings),
         "GatewaySuccess": {
             "type": "object", "required": ["status", "result"],
@@ -136,6 +160,14 @@ def document(settings: Settings) -> dict:
     completions = _post("legacy text completion of raw prompts (no chat template)", "CompletionRequest", "Completion")
     embeddings = _post("unit-length embeddings, mean-pooled (or the model's own pooling)", "EmbeddingRequest",
                        "EmbeddingList", stream=False)
+    responses = _post("OpenAI Responses API (stream: true for its events; docs/responses.md)", "ResponseRequest",
+                      "Response")
+    stored = {method: {"summary": summary, "parameters": [
+        {"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        "responses": {"200": {"description": "ok", "content": {"application/json": {"schema": _ref(schema)}}},
+                      **_errors("OpenAIError", (401, 404))}}
+        for method, summary, schema in (("get", "a stored response of this key", "Response"),
+                                        ("delete", "delete a stored response of this key", "ResponseDeleted"))}
     models = {"get": {"summary": "loaded models", "responses": {"200": {"description": "list"},
                                                                 **_errors("OpenAIError", (401,))}}}
     model = {"get": {"summary": "one loaded model", "parameters": [
@@ -145,8 +177,8 @@ def document(settings: Settings) -> dict:
     return {
         "openapi": "3.1.0",
         "info": {"title": "reverb-runtime", "version": "0.1.0",
-                 "description": "OpenAI-compatible chat completions, completions, embeddings and models, and the "
-                                "/api/endpoint gateway dialect."},
+                 "description": "OpenAI-compatible chat completions, completions, embeddings, responses and models, "
+                                "and the /api/endpoint gateway dialect."},
         "components": {"schemas": schemas(settings),
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}],
@@ -157,6 +189,10 @@ def document(settings: Settings) -> dict:
             "/api/v1/completions": completions,
             "/v1/embeddings": embeddings,
             "/api/v1/embeddings": embeddings,
+            "/v1/responses": responses,
+            "/api/v1/responses": responses,
+            "/v1/responses/{response_id}": stored,
+            "/api/v1/responses/{response_id}": stored,
             "/v1/models": models,
             "/api/v1/models": models,
             "/v1/models/{model}": model,

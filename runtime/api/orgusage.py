@@ -27,7 +27,7 @@ from .admin import admin_of
 WIDTHS = {"1m": 60, "1h": 3600, "1d": 86400}
 LIMITS = {"1m": (60, 1440), "1h": (24, 168), "1d": (7, 31)}       # (default, most) buckets per page, as OpenAI
 COST_LIMITS = {"1d": (7, 180)}
-COMPLETIONS = ("chat.completions", "completions", "gateway")
+COMPLETIONS = ("chat.completions", "completions", "gateway", "responses")
 USAGE_GROUPS = {"api_key_id": "key", "model": "model", "project_id": "team", "user_id": None, "batch": None,
                 "service_tier": None}
 COST_GROUPS = {"project_id": "team", "line_item": "model"}

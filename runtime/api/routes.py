@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from . import admin, completions, embeddings, gateway, openai, ops, orgusage, ui, uidata
+from . import admin, completions, embeddings, gateway, openai, ops, orgusage, responses, ui, uidata
 from .handler import endpoint
 
 OPENAI, GATEWAY = "openai", "gateway"
@@ -42,6 +42,11 @@ ROUTES: tuple[Route, ...] = (
     Route("/v1/models/{model}", ("GET",), "models", OPENAI, openai.get_model),
     Route("/api/v1/models/{model}", ("GET",), "models", OPENAI, openai.get_model),
     Route("/api/endpoint", ("POST",), "gateway", GATEWAY, endpoint(gateway.GATEWAY)),
+    # issue 22: OpenAI's Responses API (api/responses.py, docs/responses.md)
+    Route("/v1/responses", ("POST",), "responses", OPENAI, endpoint(responses.RESPONSES)),
+    Route("/api/v1/responses", ("POST",), "responses", OPENAI, endpoint(responses.RESPONSES)),
+    Route("/v1/responses/{response_id}", ("GET", "DELETE"), "responses", OPENAI, responses.stored_response),
+    Route("/api/v1/responses/{response_id}", ("GET", "DELETE"), "responses", OPENAI, responses.stored_response),
     Route("/health", ("GET",), "health", OPENAI, ops.health, public=True),
     Route("/metrics", ("GET",), "metrics", OPENAI, ops.metrics, operator=True),
     Route("/openapi.json", ("GET",), "openapi", OPENAI, ops.openapi),

@@ -17,6 +17,7 @@ renderer pair (``handler.py``); values land in the same Ask whatever the dialect
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Callable, Mapping
@@ -29,9 +30,12 @@ from .checks import (PARALLEL_TOOL_CALLS, TOOL_CHOICE, Boolean, Check, Integer, 
                      Number, OneOf, Prediction, ReasoningEffort, ResponseFormatCheck, Site, Stop, StreamOptions, Text,
                      Texts, ToolsCheck)
 from .conversation import Messages, RelayMessages
+from .items import (RESPONSES_TOOL_CHOICE, Include, Input, Reasoning, ResponsesTools, TextFormat, TextOptions,
+                    Whatever)
 
-CHAT, COMPLETIONS, EMBEDDINGS, GATEWAY = "chat", "completions", "embeddings", "gateway"
-DIALECTS = (CHAT, COMPLETIONS, EMBEDDINGS, GATEWAY)
+CHAT, COMPLETIONS, EMBEDDINGS, GATEWAY, RESPONSES = "chat", "completions", "embeddings", "gateway", "responses"
+DIALECTS = (CHAT, COMPLETIONS, EMBEDDINGS, GATEWAY, RESPONSES)
+STRICT = (RESPONSES,)           # dialects that refuse a top-level field no row names
 OPTIONS = "options."            # where the gateway reads every field but model and messages
 MAX_N = 128                     # the backend refuses n above its slots
 MAX_TOP_LOGPROBS = 20
@@ -46,6 +50,10 @@ def _cap(settings: Settings) -> int:
 
 def _inputs(settings: Settings) -> int:
     return settings.max_embedding_inputs
+
+
+def _chars(settings: Settings) -> int:
+    return settings.max_message_chars
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,9 @@ def _d(*names: str) -> frozenset[str]:
 
 
 OPENAI = _d(CHAT, COMPLETIONS, EMBEDDINGS)
+OPENAI_ALL = OPENAI | {RESPONSES}
 GENERATE = _d(CHAT, COMPLETIONS, GATEWAY)
+GENERATE_ALL = GENERATE | {RESPONSES}
 CHATS = _d(CHAT, GATEWAY)
 NOTHING = ()
 
@@ -97,7 +107,7 @@ FIELDS: tuple[Field, ...] = (
           "'{p}': 'function_call' is deprecated and not supported; use 'tool_choice'"),
     Field("verbosity", Check(), None, _d(CHAT), "`medium` (the default) accepted; `low`, `high` are 400",
           ("medium",), "'{p}': only the default verbosity ('medium') is supported"),
-    Field("service_tier", Check(), None, _d(CHAT),
+    Field("service_tier", Check(), None, _d(CHAT, RESPONSES),
           "`auto` and `default` accepted (there is one tier); `flex`, `priority`, `scale` are 400",
           ("auto", "default"), "'{p}': only the 'default' service tier is served"),
     Field("store", Check(), None, _d(CHAT), "`false` accepted; `true` is 400: nothing is stored for later retrieval",
@@ -109,18 +119,18 @@ FIELDS: tuple[Field, ...] = (
     Field("dimensions", Check(), None, _d(EMBEDDINGS), "400: this model's embeddings have a fixed size", NOTHING,
           "'{p}': this model's embeddings have a fixed size; 'dimensions' is not supported"),
     # Accepted with no effect: the API key names the caller, prompt prefixes are reused automatically.
-    Field("user", Text(), None, OPENAI, "accepted (at most 256 characters) with no effect: the API key names the "
+    Field("user", Text(), None, OPENAI_ALL, "accepted (at most 256 characters) with no effect: the API key names the "
           "caller", fallback=True),
-    Field("safety_identifier", Text(), None, OPENAI, "accepted (at most 256 characters) with no effect"),
-    Field("prompt_cache_key", Text(), None, OPENAI,
+    Field("safety_identifier", Text(), None, OPENAI_ALL, "accepted (at most 256 characters) with no effect"),
+    Field("prompt_cache_key", Text(), None, OPENAI_ALL,
           "accepted (at most 256 characters) with no effect: prompt prefixes are reused automatically"),
-    Field("metadata", Metadata(), None, OPENAI, "accepted (at most 16 string pairs) with no effect; kept only "
+    Field("metadata", Metadata(), None, OPENAI_ALL, "accepted (at most 16 string pairs) with no effect; kept only "
           "inside the stored body with `--log-bodies`"),
     # What is asked.
     Field("model", Model(), "model", frozenset(DIALECTS), "a model this server serves (loaded, or with "
           "`--on-demand` loaded for this request; docs/models.md); anything else is 404 `model_not_found` (never "
           "another model)", fallback=True, relay=True, top=True),
-    Field("keep_alive", KeepAlive(), "keep_alive", OPENAI, "not OpenAI's (Ollama's): with `--on-demand`, how long "
+    Field("keep_alive", KeepAlive(), "keep_alive", OPENAI_ALL, "not OpenAI's (Ollama's): with `--on-demand`, how long "
           "the model stays loaded after this request: seconds or a duration (`\"10m\"`); 0 unloads it right after, "
           "negative keeps it (docs/models.md)", fallback=True),
     Field("messages", Messages(), "messages", CHATS, "roles `system`, `developer` (as system), `user`, `assistant` "
@@ -151,10 +161,11 @@ FIELDS: tuple[Field, ...] = (
     # Sampling. Where two rows go to one place, the first given wins: max_completion_tokens over max_tokens.
     Field("max_completion_tokens", Integer(1, _cap), "sampling.max_tokens", GENERATE, "up to `--max-tokens-cap`; "
           "prompt + it must fit the context. Wins over `max_tokens`", fallback=True, relay=True),
-    Field("max_tokens", Integer(1, _cap), "sampling.max_tokens", GENERATE, "as `max_completion_tokens`; "
-          "completions default to 16", fallback=True, relay=True),
-    Field("temperature", Number(0.0, 2.0), "sampling.temperature", GENERATE, "0-2; 0 is greedy", fallback=True),
-    Field("top_p", Number(0.0, 1.0), "sampling.top_p", GENERATE, "0-1", fallback=True),
+    Field("max_tokens", Integer(1, _cap), "sampling.max_tokens", GENERATE_ALL, "as "
+          "`max_completion_tokens`; completions default to 16. Responses: `max_output_tokens`", fallback=True,
+          relay=True, names={RESPONSES: "max_output_tokens"}),
+    Field("temperature", Number(0.0, 2.0), "sampling.temperature", GENERATE_ALL, "0-2; 0 is greedy", fallback=True),
+    Field("top_p", Number(0.0, 1.0), "sampling.top_p", GENERATE_ALL, "0-1", fallback=True),
     Field("top_k", Integer(0, 1_000_000), "sampling.top_k", GENERATE, "not OpenAI's; 0 is off", fallback=True),
     Field("min_p", Number(0.0, 1.0), "sampling.min_p", GENERATE, "not OpenAI's; 0 is off", fallback=True),
     Field("seed", Integer(-(2 ** 63), 2 ** 64 - 1), "sampling.seed", GENERATE, "the same seed gives the same "
@@ -165,7 +176,7 @@ FIELDS: tuple[Field, ...] = (
     Field("logit_bias", LogitBias(), "sampling.logit_bias", GENERATE, "up to 1024 token ids, -100 to 100; -100 "
           "bans the token", fallback=True),
     # How the answer is sent.
-    Field("stream", Boolean(), "stream", GENERATE, "SSE events; the gateway sends plain text chunks and no final "
+    Field("stream", Boolean(), "stream", GENERATE_ALL, "SSE events; the gateway sends plain text chunks and no final "
           "JSON", fallback=True, relay=True),
     Field("stream_options", StreamOptions(), "render.include_usage", _d(CHAT, COMPLETIONS),
           "`include_usage` honoured; `include_obfuscation` accepted and no padding is added: use TLS",
@@ -186,7 +197,37 @@ FIELDS: tuple[Field, ...] = (
     Field("tools", ToolsCheck(), "tools", CHATS, "functions the model may call, for every model (see Tool calls)"),
     Field("tool_choice", TOOL_CHOICE, None, CHATS, "`none`, `auto`, `required` or a named function (read with "
           "`tools`)"),
-    Field("parallel_tool_calls", PARALLEL_TOOL_CALLS, None, CHATS, "false: at most one call (read with `tools`)"),
+    Field("parallel_tool_calls", PARALLEL_TOOL_CALLS, None, _d(CHAT, GATEWAY, RESPONSES),
+          "false: at most one call (read with `tools`)"),
+    # The Responses API (api/responses.py, docs/responses.md): its own spellings land in the same Ask.
+    Field("instructions", Text(_chars), None, _d(RESPONSES), "a system message before `input` (read with `input`; "
+          "not carried over by `previous_response_id`, as OpenAI)"),
+    Field("input", Input(), "messages", _d(RESPONSES), "a string (one user message) or items: `message` (roles "
+          "`user`, `system`, `developer` (as system), `assistant`; content a string or `input_text` / "
+          "`output_text` parts), `function_call`, `function_call_output`; `reasoning` items are accepted and not "
+          "shown to the model; images, files, audio and other item types are 400 naming them", top=True),
+    Field("previous_response_id", Text(64), None, _d(RESPONSES), "continue a stored response of the same key "
+          "(its input and output come before `input`); another key's id, an expired or deleted one is 404"),
+    Field("store", Boolean(), None, _d(RESPONSES), "default true: the response is kept for `GET "
+          "/v1/responses/{id}` and `previous_response_id` (`--responses-ttl`, size cap; docs/responses.md)"),
+    Field("text", TextOptions(), None, _d(RESPONSES), "an object of `format` and `verbosity` (`medium`, the "
+          "default, only; read with `text.format`)"),
+    Field("response_format", TextFormat(), "response_format", _d(RESPONSES), "`text`, `json_object`, "
+          "`json_schema` (flat: `name`, `schema`, `strict`), enforced as chat's `response_format`",
+          names={RESPONSES: "text.format"}),
+    Field("tools", ResponsesTools(), "tools", _d(RESPONSES), "flat function tools (`name`, `description`, "
+          "`parameters`, `strict`) offered as in chat; hosted tools (`web_search`, `file_search`, "
+          "`code_interpreter`, `custom`, ...) are not offered and are listed in `reverb_omitted_tools`"),
+    Field("tool_choice", RESPONSES_TOOL_CHOICE, None, _d(RESPONSES), "`none`, `auto`, `required` or "
+          "`{\"type\": \"function\", \"name\": ...}` (read with `tools`)"),
+    Field("reasoning", Reasoning(), None, _d(RESPONSES), "accepted (an object) with no effect here"),
+    Field("include", Include(), None, _d(RESPONSES), "accepted (an array of strings) with no effect: nothing "
+          "encrypted or hosted is produced"),
+    Field("client_metadata", Whatever(), None, _d(RESPONSES), "accepted (Codex's) with no effect"),
+    Field("truncation", Check(), None, _d(RESPONSES), "`disabled` (the default) only: an input longer than the "
+          "context is 400 `context_length_exceeded`", ("disabled",), "'{p}': only 'disabled' is supported"),
+    Field("background", Check(), None, _d(RESPONSES), "`false` only: every response runs while its request is "
+          "open", (False,), "'{p}': background responses are not supported"),
 )
 
 
@@ -196,6 +237,7 @@ def rows(dialect: str) -> tuple[Field, ...]:
 
 _ROWS = {d: tuple(f for f in FIELDS if d in f.dialects) for d in DIALECTS}
 _NAMES = {d: {f.key(d) for f in _ROWS[d]} for d in DIALECTS}
+_HEADS = {d: {n.split(".")[0] for n in _NAMES[d]} for d in DIALECTS}
 
 
 def wire_name(row: Field, dialect: str) -> str:
@@ -203,9 +245,21 @@ def wire_name(row: Field, dialect: str) -> str:
     return row.key(dialect) if row.top or dialect != GATEWAY else OPTIONS + row.key(dialect)
 
 
+# Where a dialect spells a param the backends name by its chat name: (chat prefix, the dialect's prefix).
+RENAMES: Mapping[str, tuple[tuple[str, str], ...]] = {
+    RESPONSES: (("messages", "input"), ("max_tokens", "max_output_tokens"),
+                ("response_format.json_schema.", "text.format."), ("response_format", "text.format")),
+}
+
+
 def wire_param(param: str | None, dialect: str) -> str | None:
     """A param named by its OpenAI name (as backends name them) under the dialect's own path: the gateway reads
-    its options under ``options.``."""
+    its options under ``options.``; Responses spells a few differently (``RENAMES``)."""
+    if param is not None and dialect in RENAMES:
+        for chat, own in RENAMES[dialect]:
+            if param == chat or param.startswith(chat) and (chat.endswith(".") or param[len(chat)] in ".["):
+                return own + param[len(chat):]
+        return re.sub(r"^tools\[(\d+)\]\.function\.", r"tools[\1].", param)
     if param is None or dialect != GATEWAY:
         return param
     head = param.split(".")[0].split("[")[0]
@@ -261,6 +315,8 @@ class Render:
     include_usage: bool = False
     encoding_format: str = "float"
     stats: bool = True
+    headers: tuple[tuple[str, str], ...] = ()   # more response headers the dialect sends
+    state: object = None                        # a dialect's own state for its renderers (api/responses.py)
 
 
 @dataclass(frozen=True)
@@ -326,9 +382,13 @@ def read(body: dict, dialect: str, settings: Settings) -> Reading:
         where = wire_name(row, dialect)
         site = Site(settings, source)
         try:
-            values[row.name] = _check(row, dialect, source.get(row.key(dialect)), where, site)
+            values[row.name] = _check(row, dialect, _at(source, row.key(dialect)), where, site)
         except InvalidRequest as e:
             errors[row.name] = e
+    if dialect in STRICT:
+        unknown = sorted(k for k in body if k not in _HEADS[dialect])
+        if unknown:
+            errors.setdefault("", InvalidRequest(f"unknown parameter '{quote(unknown[0])}'", param=unknown[0][:64]))
     error = next(iter(errors.values()), None)
     if error is None:
         try:
@@ -338,6 +398,13 @@ def read(body: dict, dialect: str, settings: Settings) -> Reading:
         except InvalidRequest as e:
             error = e
     return Reading(dialect, body, Site(settings, body), values, errors, error)
+
+
+def _at(source: dict, key: str):
+    """The value at ``key`` (``text.format``: a member of an object; absent when its parent is not one)."""
+    head, _, rest = key.partition(".")
+    value = source.get(head)
+    return value if not rest else _at(value, rest) if isinstance(value, dict) else None
 
 
 def parse(body: dict, dialect: str, settings: Settings) -> tuple[Ask, Render]:

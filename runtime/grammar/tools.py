@@ -74,7 +74,7 @@ def _parse(tools, tool_choice, parallel_tool_calls) -> Tools:
     elif isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
         fn = tool_choice.get("function")
         name = fn.get("name") if isinstance(fn, dict) else None
-        if name not in {t.name for t in parsed}:
+        if not isinstance(name, str) or name not in {t.name for t in parsed}:   # a list or an object is no name
             raise InvalidRequest(f"tool_choice names unknown function '{quote(name)}'",
                                  param="tool_choice.function.name")
         choice, forced = "required", name

@@ -162,6 +162,21 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX model_events_by_time ON model_events(created_at);
     """,
+    # 5: stored Responses (POST /v1/responses with store true; ledger/responses.py): the conversation a
+    # previous_response_id continues (JSON messages: input and output) and the response object, readable only by
+    # the key that made it (owner: "key:<id>", or a dev key's name), until expires_at (--responses-ttl).
+    """
+    CREATE TABLE responses (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        model TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL,
+        conversation TEXT NOT NULL,
+        response TEXT NOT NULL
+    );
+    CREATE INDEX responses_by_expiry ON responses(expires_at);
+    """,
 ]
 
 
