@@ -18,8 +18,8 @@ from ..request import Ask, RequestContext
 from ..service import Service
 from ..types import Chunk
 from . import wire
-from .body import read_json
-from .stream import fold, keep_body, stream_response
+from .body import keep_body, read_json
+from .stream import fold, stream_response
 
 
 @dataclass(frozen=True)
@@ -51,13 +51,13 @@ class Dialect:
 async def begin(request: Request, dialect: str, relays: bool = False) -> tuple[Service, RequestContext, Ask,
                                                                                   wire.Render, bool]:
     """Read and parse the body: (service, context, ask, render options, relayed). The relay view is taken when
-    ``relays`` and the model named is behind an upstream."""
+    ``relays`` and the catalogue serves the model named from an upstream."""
     service: Service = request.state.service
     body = await read_json(request, service.settings)
-    reading = wire.read(body, dialect, service.settings)
+    ctx = keep_body(request, body)
     relayed = relays and _upstream(service, body.get("model"))
-    ask, render = reading.for_upstream() if relayed else reading.for_local()
-    return service, keep_body(request, body), ask, render, relayed
+    ask, render = wire.parse(body, dialect, service.settings, relay=relayed)
+    return service, ctx, ask, render, relayed
 
 
 def _upstream(service: Service, model) -> bool:
