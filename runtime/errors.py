@@ -41,6 +41,7 @@ file path from the server, a raw key or an exception's repr.
 
 from __future__ import annotations
 
+import math
 import re
 
 QUOTE_CHARS = 64   # the most of one client value an error message (or its param) quotes
@@ -209,12 +210,11 @@ class UnsupportedMediaType(RequestError):
     code = "unsupported_media_type"
 
 
-# Retry-After (seconds) says when trying again can first succeed, by what refused the request; every value sent is
-# one of these, a rate limit's own wait (RateLimited: when the window has the capacity asked for, rounded up to a
-# second), or an upstream's own Retry-After passed on as it sent it (clamped, backends/upstream).
+# Retry-After (seconds) by what refused the request; ``retry_after`` below states the whole rule.
 RETRY_BUSY = 1          # a limit reached this instant (connections, slots, the wait queue): a slot frees in a step
 RETRY_WAITED = 2        # the request waited its whole queue timeout: the model is saturated, back off more
 RETRY_GOING_AWAY = 5    # the server is shutting down or its ledger is unavailable: another server, or later
+RETRY_UPSTREAM_MAX = 60  # an upstream's own Retry-After is passed on within 0..60 s
 
 
 class OverloadedError(ReverbError):
@@ -280,3 +280,33 @@ class UpstreamUnavailable(UpstreamError):
 
 class UpstreamTimeout(UpstreamError):
     code = "upstream_timeout"
+
+
+def retry_after(error: BaseException) -> int | None:
+    """The Retry-After header's value, in whole seconds, for a refused request, or None for no header. Every
+    Retry-After reverb sends is this function's answer (api/errors.py), by one rule: the first moment trying again
+    can succeed, by what refused the request.
+
+    - A limit reached this instant (requests in progress, slots, the wait queue, a key's slots or waiting jobs,
+      the preparation pool, the embeddings queue, a key's or team's concurrent requests): ``RETRY_BUSY``, 1 s,
+      as a slot frees within a step.
+    - The request waited its whole queue timeout: ``RETRY_WAITED``, 2 s: the model is saturated, back off more.
+    - The server is going away (shutting down) or its ledger is unavailable: ``RETRY_GOING_AWAY``, 5 s: another
+      server, or this one later.
+    - A requests- or tokens-per-minute limit (RateLimited): when its window has the capacity asked for, rounded up
+      to a second, at least 1; none when the request alone is larger than the limit (it can never pass).
+    - An upstream's own 4xx (UpstreamRejected): the upstream's Retry-After, clamped to 0..``RETRY_UPSTREAM_MAX``,
+      so a hostile or confused upstream cannot tell clients to stay away for a day.
+    - A test server (``--test-control``) sends what its test asked for: an injected fault's value, a replayed
+      cassette's recorded header.
+    - Any other error: none.
+    """
+    if isinstance(error, RateLimited):
+        return None if error.retry_after is None else max(1, math.ceil(error.retry_after))
+    if isinstance(error, UpstreamRejected):
+        return None if error.retry_after is None else max(0, min(RETRY_UPSTREAM_MAX, error.retry_after))
+    if isinstance(error, OverloadedError):
+        return error.retry_after
+    if isinstance(error, LedgerError):
+        return RETRY_GOING_AWAY
+    return None

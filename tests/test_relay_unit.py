@@ -13,7 +13,7 @@ from reverb.api.app import create_app
 from reverb.api.metrics import Metrics
 from reverb.backends.upstream import wire
 from reverb.backends.upstream.relay import Relay
-from reverb.errors import InvalidRequest, ModelNotFound, UpstreamError, quote, quote_path
+from reverb.errors import InvalidRequest, ModelNotFound, UpstreamError, quote, quote_path, retry_after
 from reverb.request import Account
 from reverb.settings import Settings
 from reverb.types import Usage
@@ -50,11 +50,11 @@ def test_an_error_whose_code_type_or_param_is_the_key_passes_none_of_them_on():
     ("Fri, 01 Jan 2100 00:00:00 GMT", 60), ("Thu, 01 Jan 1970 00:00:00 GMT", 0),
 ])
 def test_retry_after_is_clamped_to_a_minute(header, expected):
-    assert wire.retry_after(header) == expected
+    assert retry_after(wire.error_for(429, b"{}", "m", SECRET, header)) == expected
 
 
 def test_a_date_within_the_minute_gives_its_seconds():
-    assert wire.retry_after("Thu, 01 Jan 1970 00:00:30 GMT", now=0) == 30
+    assert wire.parse_retry_after("Thu, 01 Jan 1970 00:00:30 GMT", now=0) == 30
 
 
 def relay(choices: int = 1, max_tokens: int = 4) -> Relay:

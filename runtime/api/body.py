@@ -7,10 +7,12 @@ import asyncio
 import json
 import math
 import time
+from dataclasses import replace
 
 from starlette.requests import Request
 
 from ..errors import InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType, quote_path
+from ..request import RequestContext
 from ..settings import Settings
 
 JSON_TYPES = ("application/json",)
@@ -66,6 +68,14 @@ async def read_json(request: Request, settings: Settings) -> dict:
     if bad is not None:  # 1e400 parses as infinity, which no JSON writer (a schema's enum, the ledger) can spell
         raise InvalidRequest(f"'{bad}' holds a number too large to represent", param=bad)
     return body
+
+
+def keep_body(request: Request, body: dict) -> RequestContext:
+    """The request's context, holding its body when the server stores bodies (``--log-bodies``)."""
+    ctx: RequestContext = request.state.ctx
+    if request.state.service.settings.log_bodies:
+        ctx = replace(ctx, body=json.dumps(body, ensure_ascii=False)[:100_000])
+    return ctx
 
 
 def non_finite(value) -> str | None:

@@ -10,11 +10,11 @@ import math
 
 from starlette.responses import JSONResponse
 
-from ..errors import (RETRY_GOING_AWAY, AuthenticationError, BudgetExceeded, ContextLengthExceeded, EngineError,
+from ..errors import (AuthenticationError, BudgetExceeded, ContextLengthExceeded, EngineError,
                       InsufficientCredit, InvalidRequest, LedgerError, MethodNotAllowed, ModelLoadError, ModelNotFound,
                       NotFound, OverloadedError, PayloadTooLarge, PermissionDenied, RateLimited, RequestTimeout,
                       ReverbError, TemplateError, UnsupportedMediaType, UpstreamError, UpstreamRejected,
-                      UpstreamTimeout, UpstreamUnavailable)
+                      UpstreamTimeout, UpstreamUnavailable, retry_after)
 
 # class: (status, openai type, openai code, openai status override, gateway code)
 TABLE: dict[type[ReverbError], tuple[int, str, str | None, int | None, str | None]] = {
@@ -67,17 +67,13 @@ def _headers(exc: BaseException, status: int) -> dict[str, str]:
     headers = {}
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    if isinstance(exc, OverloadedError):
-        headers["Retry-After"] = str(exc.retry_after)
-    elif isinstance(exc, LedgerError):
-        headers["Retry-After"] = str(RETRY_GOING_AWAY)
+    seconds = retry_after(exc)   # the one Retry-After rule (errors.py)
+    if seconds is not None:
+        headers["Retry-After"] = str(seconds)
     if isinstance(exc, InsufficientCredit) or (isinstance(exc, RateLimited) and exc.retry_after is None):
         headers["x-should-retry"] = "false"
-    if isinstance(exc, RateLimited) and exc.retry_after is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    if isinstance(exc, RateLimited) and exc.retry_after is not None:   # OpenAI's precise form of the same wait
         headers["retry-after-ms"] = str(max(1, math.ceil(exc.retry_after * 1000)))
-    if isinstance(exc, UpstreamRejected) and exc.retry_after is not None:
-        headers["Retry-After"] = str(exc.retry_after)
     return headers
 
 

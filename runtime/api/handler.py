@@ -19,8 +19,8 @@ from ..request import Ask, RequestContext
 from ..service import Service
 from ..types import Chunk
 from . import wire
-from .body import read_json
-from .stream import fold, keep_body, stream_response
+from .body import keep_body, read_json
+from .stream import fold, stream_response
 
 
 @dataclass(frozen=True)
@@ -56,16 +56,16 @@ class Dialect:
 async def begin(request: Request, dialect: str, relays: bool = False, view=None) -> tuple[Service, RequestContext,
                                                                                           Ask, wire.Render, bool]:
     """Read and parse the body: (service, context, ask, render options, relayed). The relay view is taken when
-    ``relays`` and the model named is behind an upstream; a dialect's own ``view`` replaces both."""
+    ``relays`` and the catalogue serves the model named from an upstream; a dialect's own ``view`` replaces both."""
     service: Service = request.state.service
     body = await read_json(request, service.settings)
-    reading = wire.read(body, dialect, service.settings)
+    ctx = keep_body(request, body)
     relayed = relays and _upstream(service, body.get("model"))
     if view is not None:
-        ask, render = await view(request, reading, relayed)
+        ask, render = await view(request, wire.read(body, dialect, service.settings), relayed)
     else:
-        ask, render = reading.for_upstream() if relayed else reading.for_local()
-    return service, keep_body(request, body), ask, render, relayed
+        ask, render = wire.parse(body, dialect, service.settings, relay=relayed)
+    return service, ctx, ask, render, relayed
 
 
 def _upstream(service: Service, model) -> bool:

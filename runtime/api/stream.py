@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-from dataclasses import replace
 from typing import AsyncIterator, Callable
 
 from ..errors import LedgerError
@@ -78,14 +76,6 @@ class GenerationResponse:
 class StreamAborted(Exception):
     """Raised by a body generator to drop the connection without a clean end (the client sees a broken
     stream, never a success), e.g. when the ledger could not record the request."""
-
-
-def keep_body(request, body: dict) -> RequestContext:
-    """The request's context, holding its body when the server stores bodies (``--log-bodies``)."""
-    ctx: RequestContext = request.state.ctx
-    if request.state.service.settings.log_bodies:
-        ctx = replace(ctx, body=json.dumps(body, ensure_ascii=False)[:100_000])
-    return ctx
 
 
 def stream_response(request, gen: Generation, media_type: str,

@@ -2,11 +2,11 @@
 is accepted with no effect), which dialects have it, the values accepted when only some are, the 400 text for the
 others, and what a model behind an upstream does with it. A few rules across fields sit below the table.
 
-``read(body, dialect, settings)`` checks a body against the table once; the handler then takes the local view
-(``for_local``: every field honoured or refused) or, when the resolved model is behind an upstream, the relay view
-(``for_upstream``: reverb checks only what it needs and passes the client's fields on). ``parse`` is the local
-view in one call. The OpenAPI document's request schemas (openapi.py) and the docs' field table (fieldtable.py,
-checked by ``make lint``) are generated from the same rows, so code, document and docs agree by construction.
+``read(body, dialect, settings)`` checks a body against the table once; ``parse`` (the handler's one call) then
+takes the local view (``for_local``: every field honoured or refused) or, when the model named is behind an
+upstream, the relay view (``for_upstream``: reverb checks only what it needs and passes the client's fields on).
+The OpenAPI document's request schemas (openapi.py) and the docs' field table (fieldtable.py, checked by
+``make lint``) are generated from the same rows, so code, document and docs agree by construction.
 
 Nothing is silently ignored: a field a dialect cannot honour is refused with 400 naming it, unless its value asks
 for nothing (``store: false``). Fields no row names are accepted and unused in the OpenAI dialects (``top_k`` and
@@ -407,9 +407,11 @@ def _at(source: dict, key: str):
     return value if not rest else _at(value, rest) if isinstance(value, dict) else None
 
 
-def parse(body: dict, dialect: str, settings: Settings) -> tuple[Ask, Render]:
-    """The local view of ``body`` in one call. Raises InvalidRequest naming ``param``."""
-    return read(body, dialect, settings).for_local()
+def parse(body: dict, dialect: str, settings: Settings, relay: bool = False) -> tuple[Ask, Render]:
+    """``body`` checked once (``read``), in the view its model needs: the local view, or with ``relay`` (a model
+    behind an upstream) the relay view. Raises InvalidRequest naming ``param``."""
+    reading = read(body, dialect, settings)
+    return reading.for_upstream() if relay else reading.for_local()
 
 
 def _options(body: dict, errors: dict) -> dict:

@@ -80,7 +80,7 @@ def banner(service, url: str) -> str:
         others = [n for n in service.models.servable if n not in service.backends]
         what += f"; on demand: {', '.join(others) or 'none'}"
     # the count a loaded model decodes with now (it follows the free cores unless --threads fixes it)
-    n = max((getattr(b.stats(), "threads", 0) or 0 for _, b in loaded), default=0) or s.threads
+    n = max((b.stats().threads for _, b in loaded), default=0) or s.threads
     threads = f"{n} threads" if n else "threads as the free cores allow"
     engine = f"{s.parallel} slots, {threads}" if loaded or s.on_demand else ""
     return f"reverb: serving {what} at {url}" + (f" [{engine}]" if engine else "") + " - Ctrl-C to stop"

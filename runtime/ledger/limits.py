@@ -15,12 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import BudgetExceeded, InsufficientCredit, RateLimited
+from ..errors import RETRY_BUSY, BudgetExceeded, InsufficientCredit, RateLimited
 from ..money import format_money
 from . import periods
 
 WINDOW_MS = 60_000
-PARALLEL_RETRY_S = 1.0   # a concurrency refusal cannot know when a request will end: try again in a second
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ def check(db, owner: Owner, now_ms: int, amount: int, tokens: int) -> dict:
         running = db.execute(f"SELECT COUNT(*) FROM holds WHERE {owner.column} = ?", (owner.id,)).fetchone()[0]
         if running >= owner.max_parallel:
             raise RateLimited(f"the {owner.label()} may run {owner.max_parallel} request(s) at once",
-                              retry_after=PARALLEL_RETRY_S)
+                              retry_after=RETRY_BUSY)   # when one ends is unknown: a limit reached now
     if not owner.rated:
         return {}
     events = db.execute(f"SELECT at_ms, tokens FROM rate_events WHERE {owner.column} = ? AND at_ms > ? "

@@ -33,7 +33,6 @@ LENGTH_ALIASES = ("max_tokens", "n_predict", "max_new_tokens")
 SAFE_WORD = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_MESSAGE = 2000
 DEFAULTS = SamplingParams()
-RETRY_AFTER_MAX = 60    # seconds: an upstream's Retry-After is passed on clamped to 0..60 (see error_for)
 MAX_TOKEN_BYTES = 16    # no common tokenizer's tokens average more UTF-8 bytes than this over an answer
 
 
@@ -178,20 +177,19 @@ def _word(value: object, secret: str | None) -> str | None:
     return value
 
 
-def retry_after(value: str | None, now: float | None = None) -> int | None:
-    """An upstream's Retry-After, clamped: seconds (or an HTTP date, as seconds from now) within
-    0..RETRY_AFTER_MAX; None when it is neither, so a hostile or confused upstream cannot tell clients to stay
-    away for a day."""
+def parse_retry_after(value: str | None, now: float | None = None) -> int | None:
+    """An upstream's Retry-After as seconds from now (it may be seconds or an HTTP date); None when it is neither.
+    What clients are told is clamped by the one Retry-After rule (``errors.retry_after``)."""
     if not value or len(value) > 64:
         return None
     value = value.strip()
     if value.isdigit():
-        return min(int(value), RETRY_AFTER_MAX)
+        return int(value)
     try:
         when = parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return max(0, min(RETRY_AFTER_MAX, int(when - (time.time() if now is None else now) + 0.999)))
+    return max(0, int(when - (time.time() if now is None else now) + 0.999))
 
 
 def error_for(status: int, body: bytes, model: str, secret: str | None,
@@ -227,7 +225,7 @@ def error_for(status: int, body: bytes, model: str, secret: str | None,
     param = err.get("param") if isinstance(err.get("param"), str) else None
     return UpstreamRejected(message, status=status, model=model, param=scrub(param, secret)[:64] or None,
                             code=_word(err.get("code"), secret), type=_word(err.get("type"), secret),
-                            retry_after=retry_after(retry_after_header))
+                            retry_after=parse_retry_after(retry_after_header))
 
 
 def event_error(event: Mapping, model: str, secret: str | None) -> Exception | None:
