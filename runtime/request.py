@@ -77,6 +77,7 @@ class Ask:
     tools: Tools | None = None              # functions the model may call, and how it must choose
     keep_alive: float | None = None         # seconds the model stays loaded after this request (<0: until stop)
     thinking: bool | None = None            # a thinking template's switch (enable_thinking); None: its default
+    fit: bool = False                       # max_tokens is a ceiling: lowered to what the context leaves
 
     @property
     def choices(self) -> int:

@@ -7,8 +7,8 @@ import json
 
 from . import wire
 
-HEADER = ("| field | chat | completions | embeddings | gateway (`options.`) | chat via upstream | what reverb does |\n"
-          "|---|:-:|:-:|:-:|:-:|:-:|---|")
+HEADER = ("| field | chat | completions | embeddings | gateway (`options.`) | messages | chat via upstream "
+          "| what reverb does |\n|---|:-:|:-:|:-:|:-:|:-:|:-:|---|")
 
 
 def markdown() -> str:

@@ -25,12 +25,18 @@ from ..errors import InvalidRequest, quote
 from ..request import Ask
 from ..settings import Settings
 from ..types import SamplingParams
+from . import blocks, chatbody
 from .checks import (PARALLEL_TOOL_CALLS, TOOL_CHOICE, Boolean, Check, Integer, KeepAlive, LogitBias, Metadata, Model,
                      Number, OneOf, ResponseFormatCheck, Site, Stop, StreamOptions, Text, Texts, ToolsCheck)
+from .blocks import TOOL_CHOICE as MESSAGES_TOOL_CHOICE
+from .blocks import AnObject, AnthropicTools, Conversation, MaxTokens, OutputConfig, System, Thinking
 from .conversation import Messages, RelayMessages
 
 CHAT, COMPLETIONS, EMBEDDINGS, GATEWAY = "chat", "completions", "embeddings", "gateway"
-DIALECTS = (CHAT, COMPLETIONS, EMBEDDINGS, GATEWAY)
+MESSAGES = "messages"           # Anthropic's Messages API (/v1/messages; docs/anthropic.md)
+DIALECTS = (CHAT, COMPLETIONS, EMBEDDINGS, GATEWAY, MESSAGES)
+STRICT = (MESSAGES,)            # a field no row names is 400 (as Anthropic answers it), not accepted and unused
+TRANSLATED = (MESSAGES,)        # behind an upstream: the checked Ask, sent as a chat completions body (chatbody.py)
 OPTIONS = "options."            # where the gateway reads every field but model and messages
 MAX_N = 128                     # the backend refuses n above its slots
 MAX_TOP_LOGPROBS = 20
@@ -63,6 +69,7 @@ class Field:
     top: bool = False             # read at the top of the body in every dialect (never under options.)
     names: Mapping[str, str] = field(default_factory=dict)   # per dialect: its own name for the field, when it
     #                               spells it differently (e.g. a Messages dialect's stop_sequences for stop)
+    fit: bool = False             # a ceiling: above what the context leaves, lowered to fit (Ask.fit)
 
     def accepted(self, dialect: str) -> tuple | None:
         return self.only.get(dialect, self.allowed)
@@ -79,6 +86,8 @@ def _d(*names: str) -> frozenset[str]:
 OPENAI = _d(CHAT, COMPLETIONS, EMBEDDINGS)
 GENERATE = _d(CHAT, COMPLETIONS, GATEWAY)
 CHATS = _d(CHAT, GATEWAY)
+ANTHROPIC = _d(MESSAGES)
+SAMPLED = GENERATE | ANTHROPIC
 NOTHING = ()
 
 # The order is the order of the checks: the first failing row names the 400.
@@ -100,9 +109,14 @@ FIELDS: tuple[Field, ...] = (
           NOTHING, "'{p}': the models here do not reason before answering"),
     Field("verbosity", Check(), None, _d(CHAT), "`medium` (the default) accepted; `low`, `high` are 400",
           ("medium",), "'{p}': only the default verbosity ('medium') is supported"),
-    Field("service_tier", Check(), None, _d(CHAT),
-          "`auto` and `default` accepted (there is one tier); `flex`, `priority`, `scale` are 400",
-          ("auto", "default"), "'{p}': only the 'default' service tier is served"),
+    Field("service_tier", Check(), None, _d(CHAT, MESSAGES),
+          "`auto` and `default` accepted (there is one tier); `flex`, `priority`, `scale` are 400. Messages: `auto`, "
+          "`standard_only`", ("auto", "default"), "'{p}': only the 'default' service tier is served",
+          only={MESSAGES: ("auto", "standard_only")}),
+    Field("container", Check(), None, ANTHROPIC, "400: nothing here runs code or keeps containers", NOTHING,
+          "'{p}': containers are not supported"),
+    Field("mcp_servers", Check(), None, ANTHROPIC, "400: the server calls no MCP servers (the client may)", NOTHING,
+          "'{p}': MCP servers are not supported; connect them in the client"),
     Field("store", Check(), None, _d(CHAT), "`false` accepted; `true` is 400: nothing is stored for later retrieval",
           (False,), "'{p}': stored completions are not supported (nothing is kept for later retrieval)"),
     Field("echo", Check(), None, _d(COMPLETIONS), "`false` accepted; `true` is 400", (False,),
@@ -117,8 +131,8 @@ FIELDS: tuple[Field, ...] = (
     Field("safety_identifier", Text(), None, OPENAI, "accepted (at most 256 characters) with no effect"),
     Field("prompt_cache_key", Text(), None, OPENAI,
           "accepted (at most 256 characters) with no effect: prompt prefixes are reused automatically"),
-    Field("metadata", Metadata(), None, OPENAI, "accepted (at most 16 string pairs) with no effect; kept only "
-          "inside the stored body with `--log-bodies`"),
+    Field("metadata", Metadata(), None, OPENAI | ANTHROPIC, "accepted (at most 16 string pairs) with no effect; "
+          "kept only inside the stored body with `--log-bodies`"),
     # What is asked.
     Field("model", Model(), "model", frozenset(DIALECTS), "a model this server serves (loaded, or with "
           "`--on-demand` loaded for this request; docs/models.md); anything else is 404 `model_not_found` (never "
@@ -130,6 +144,12 @@ FIELDS: tuple[Field, ...] = (
           "(`content` may be null when it has `tool_calls`), `tool` (needs `tool_call_id`), rendered by the model's "
           "chat template; `name` is handed to the template. Content parts: text only; an assistant's `audio` or "
           "`function_call` is 400", fallback=True, relay=RelayMessages(), top=True),
+    Field("system", System(), None, ANTHROPIC, "a string or `text` blocks: the prompt's first (system) message",
+          top=True),
+    Field("messages", Conversation(), "messages", ANTHROPIC, "`user` and `assistant` turns: a string or blocks: "
+          "`text`, `tool_use` (assistant), `tool_result` (user; text content), `thinking` (assistant, dropped "
+          "from the prompt); `cache_control` accepted (prefixes are reused automatically); `image`, `document` and "
+          "other blocks are 400 naming them", top=True),
     Field("prompt", Texts(MAX_PROMPTS), "prompt", _d(COMPLETIONS), "a string or up to 32 strings, no chat template "
           "(choices of prompt *p* are indexed *p*·n + *i*); token arrays are 400"),
     Field("input", Texts(_inputs, nonempty=True), "prompt", _d(EMBEDDINGS),
@@ -152,19 +172,24 @@ FIELDS: tuple[Field, ...] = (
           "prompt + it must fit the context. Wins over `max_tokens`", fallback=True, relay=True),
     Field("max_tokens", Integer(1, _cap), "sampling.max_tokens", GENERATE, "as `max_completion_tokens`; "
           "completions default to 16", fallback=True, relay=True),
-    Field("temperature", Number(0.0, 2.0), "sampling.temperature", GENERATE, "0-2; 0 is greedy", fallback=True),
-    Field("top_p", Number(0.0, 1.0), "sampling.top_p", GENERATE, "0-1", fallback=True),
-    Field("top_k", Integer(0, 1_000_000), "sampling.top_k", GENERATE, "not OpenAI's; 0 is off", fallback=True),
+    Field("max_tokens", MaxTokens(), "sampling.max_tokens", ANTHROPIC, "required; a ceiling: above "
+          "`--max-tokens-cap` or what the context leaves after the prompt it is lowered to fit (the credit hold "
+          "uses the lowered value)", fit=True),
+    Field("temperature", Number(0.0, 2.0), "sampling.temperature", SAMPLED, "0-2; 0 is greedy", fallback=True),
+    Field("top_p", Number(0.0, 1.0), "sampling.top_p", SAMPLED, "0-1", fallback=True),
+    Field("top_k", Integer(0, 1_000_000), "sampling.top_k", SAMPLED, "not OpenAI's; 0 is off", fallback=True),
     Field("min_p", Number(0.0, 1.0), "sampling.min_p", GENERATE, "not OpenAI's; 0 is off", fallback=True),
     Field("seed", Integer(-(2 ** 63), 2 ** 64 - 1), "sampling.seed", GENERATE, "the same seed gives the same "
           "answer (see `--deterministic`)", fallback=True),
     Field("presence_penalty", Number(-2.0, 2.0), "sampling.presence_penalty", GENERATE, "-2 to 2", fallback=True),
     Field("frequency_penalty", Number(-2.0, 2.0), "sampling.frequency_penalty", GENERATE, "-2 to 2", fallback=True),
-    Field("stop", Stop(), "sampling.stop", GENERATE, "up to 4 strings of at most 256 characters", fallback=True),
+    Field("stop", Stop(), "sampling.stop", SAMPLED, "up to 4 strings of at most 256 characters "
+          "(Messages: `stop_sequences`; the one that matched is `stop_sequence`)", fallback=True,
+          names={MESSAGES: "stop_sequences"}),
     Field("logit_bias", LogitBias(), "sampling.logit_bias", GENERATE, "up to 1024 token ids, -100 to 100; -100 "
           "bans the token", fallback=True),
     # How the answer is sent.
-    Field("stream", Boolean(), "stream", GENERATE, "SSE events; the gateway sends plain text chunks and no final "
+    Field("stream", Boolean(), "stream", SAMPLED, "SSE events; the gateway sends plain text chunks and no final "
           "JSON", fallback=True, relay=True),
     Field("stream_options", StreamOptions(), "render.include_usage", _d(CHAT, COMPLETIONS),
           "`include_usage` honoured; `include_obfuscation` accepted and no padding is added: use TLS",
@@ -181,6 +206,16 @@ FIELDS: tuple[Field, ...] = (
     Field("tool_choice", TOOL_CHOICE, None, CHATS, "`none`, `auto`, `required` or a named function (read with "
           "`tools`)"),
     Field("parallel_tool_calls", PARALLEL_TOOL_CALLS, None, CHATS, "false: at most one call (read with `tools`)"),
+    Field("tools", AnthropicTools(), "tools", ANTHROPIC, "custom tools (`name`, `description`, `input_schema`), "
+          "enforced as chat's; server tools (another `type`) are 400"),
+    Field("tool_choice", MESSAGES_TOOL_CHOICE, None, ANTHROPIC, "`auto`, `any` (must call one), `tool` (that one), "
+          "`none`; `disable_parallel_tool_use` (read with `tools`)"),
+    Field("thinking", Thinking(), "thinking", ANTHROPIC, "`disabled` turns a thinking template off, `enabled` / "
+          "`adaptive` on (docs/anthropic.md); `budget_tokens` is part of max_tokens"),
+    Field("output_config", OutputConfig(), "response_format", ANTHROPIC, "`format` (`json_schema`) enforced by the "
+          "grammar; `effort` accepted with no effect"),
+    Field("context_management", AnObject(), None, ANTHROPIC, "accepted with no effect: the context is never "
+          "edited (a request that does not fit is 400 `prompt is too long`)"),
 )
 
 
@@ -199,7 +234,9 @@ def wire_name(row: Field, dialect: str) -> str:
 
 def wire_param(param: str | None, dialect: str) -> str | None:
     """A param named by its OpenAI name (as backends name them) under the dialect's own path: the gateway reads
-    its options under ``options.``."""
+    its options under ``options.``, Messages spells some fields its own way."""
+    if param is not None and dialect in TRANSLATED:
+        return blocks.wire_param(param)
     if param is None or dialect != GATEWAY:
         return param
     head = param.split(".")[0].split("[")[0]
@@ -267,6 +304,12 @@ class Reading:
             raise self.error
         return _build(self.dialect, self.values, self.site.settings)
 
+    def translated(self) -> tuple[Ask, Render]:
+        """A dialect that is not chat, for a model behind an upstream: every field checked as for a local model,
+        then the Ask sent as a Chat Completions body (``Ask.extra``); a local model may stand in."""
+        ask, render = self.for_local()
+        return replace(ask, extra=MappingProxyType(chatbody.request(ask))), render
+
     def for_upstream(self) -> tuple[Ask, Render]:
         """The request for a model behind an OpenAI-compatible upstream: the client's fields go upstream
         unchanged (``Ask.extra``); reverb checks only what it needs (the relay rows: the model, the messages'
@@ -274,6 +317,8 @@ class Reading:
         in (a fallback): only for a request that passes the local checks, uses only rows marked ``fallback``
         and asks for one choice (a local job's choices are separate streams, which the relay does not render).
         """
+        if self.dialect in TRANSLATED:
+            return self.translated()
         relayed: Values = {}
         for row in rows(self.dialect):
             if row.relay is True:
@@ -317,6 +362,11 @@ def read(body: dict, dialect: str, settings: Settings) -> Reading:
             values[row.name] = _check(row, dialect, source.get(row.key(dialect)), where, site)
         except InvalidRequest as e:
             errors[row.name] = e
+    if dialect in STRICT:
+        unknown = sorted(k for k in body if k not in _NAMES[dialect])
+        if unknown:
+            errors.setdefault(unknown[0], InvalidRequest(f"'{quote(unknown[0])}': this field is not supported",
+                                                         param=unknown[0]))
     error = next(iter(errors.values()), None)
     if error is None:
         try:
@@ -371,6 +421,8 @@ def _build(dialect: str, values: Values, settings: Settings) -> tuple[Ask, Rende
         head, _, attr = row.to.partition(".")
         into = {"sampling": sampling, "render": render}.get(head, ask)
         into.setdefault(attr or head, value)      # the first row given wins
+        if row.fit:
+            ask["fit"] = True
     if dialect == COMPLETIONS:
         if "top_logprobs" in sampling:            # legacy logprobs: how many alternatives, and logprobs on
             sampling["logprobs"] = True

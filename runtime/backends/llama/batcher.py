@@ -298,7 +298,8 @@ class Batcher:
         # The prompt is billed once, on the choice that read it, if it was read at all.
         read = s.index == job.first_index and len(job.prompt) > len(s.todo)
         usage = Usage(prompt_tokens=len(job.prompt) if read else 0, completion_tokens=s.generated)
-        self._emit(job, Chunk(finish_reason=reason, usage=usage, error=error, index=s.index))
+        self._emit(job, Chunk(finish_reason=reason, usage=usage, error=error, index=s.index,
+                              stop=s.out.matched if reason is FinishReason.STOP else None))
         s.sampler.close()
         s.sampler = None
         s.job = None
