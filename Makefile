@@ -45,9 +45,10 @@ WHEEL_KEY        := $(shell echo "$(LLAMA_CPP_VERSION) $(LLAMA_CMAKE_ARGS) $(LLA
 WHEEL_CACHE      ?= $(HOME)/.cache/reverb/wheels
 LLAMA_WHEEL_DIR  := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(WHEEL_KEY)
 
-.PHONY: install serve test test-fast test-busy bench bench-ledger soak lint clean llama-wheel llama-server postgres chromium
+.PHONY: install serve test test-fast test-busy bench bench-ledger soak lint clean llama-wheel llama-server postgres chromium \
+	claude-code
 
-install: $(STAMP) postgres chromium
+install: $(STAMP) postgres chromium claude-code
 
 # The PostgreSQL ledger tests start a throwaway server from Debian's binaries (initdb, pg_ctl). Installed here
 # when missing and apt is at hand; elsewhere those tests skip with a loud message.
@@ -74,6 +75,21 @@ chromium:
 	  echo "!!! could not install chromium: the browser tests will be SKIPPED"; \
 	else echo "!!! /usr/bin/chromium not found and apt-get unavailable (or not root):" \
 	  "the browser tests will be SKIPPED; install chromium to run them"; fi
+
+# Claude Code and Anthropic's Node SDK for the Messages tests (tests/test_claude_code_e2e.py,
+# tests/test_anthropic_node_e2e.py), from npm into a directory of this user's cache, never globally. Without npm
+# those tests skip loudly.
+NPM_DIR          ?= $(HOME)/.cache/reverb/npm/anthropic
+CLAUDE_CODE      := 2.1.197
+ANTHROPIC_SDK_JS := 1.17.0
+claude-code:
+	@if [ -x $(NPM_DIR)/node_modules/.bin/claude ] && [ -d $(NPM_DIR)/node_modules/@anthropic-ai/sdk ]; then :; \
+	elif command -v npm >/dev/null 2>&1; then \
+	  echo "installing @anthropic-ai/claude-code@$(CLAUDE_CODE) and @anthropic-ai/sdk into $(NPM_DIR)"; \
+	  mkdir -p $(NPM_DIR) && npm install --prefix $(NPM_DIR) --no-audit --no-fund --silent \
+	    @anthropic-ai/claude-code@$(CLAUDE_CODE) @anthropic-ai/sdk@$(ANTHROPIC_SDK_JS) || \
+	  echo "!!! could not install Claude Code from npm: its tests will be SKIPPED"; \
+	else echo "!!! npm not found: the Claude Code and Anthropic Node SDK tests will be SKIPPED; install nodejs"; fi
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -107,7 +123,7 @@ serve: $(STAMP)
 	$(BIN)/reverb serve $(ARGS)
 
 # The suite, then the example app that tests itself through reverb's pytest plugin (as a user's CI would).
-test: $(STAMP) postgres chromium
+test: $(STAMP) postgres chromium claude-code
 	REVERB_LLAMA_WHEEL="$$(ls $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl)" $(BIN)/python -m pytest $(PYTEST_ARGS)
 	cd examples/ci-app && ../../$(BIN)/python -m pytest -q
 

@@ -20,7 +20,7 @@ from ..types import Message, ResponseFormat, ToolCall
 from .checks import MAX_ID_CHARS, NAME_PATTERN, Check, Integer, Shape
 from .conversation import MAX_TOOL_CALLS, _bounded_list
 
-ROLES = ("user", "assistant")
+ROLES = ("user", "assistant", "system")     # system: a mid-conversation system message (Claude Code sends them)
 SKIPPED = ("thinking", "redacted_thinking")        # an assistant's earlier thinking: not part of the prompt
 TEXT = {"type": "string"}
 MOST_TOKENS = 1 << 31                               # a ceiling max_tokens: any positive int32 is read
@@ -124,8 +124,11 @@ class Conversation(Check):
                 raise InvalidRequest(f"'{at}' must be an object", param=at)
             role = m.get("role")
             if role not in ROLES:
-                raise InvalidRequest(f"'{at}.role' must be 'user' or 'assistant'", param=f"{at}.role")
+                raise InvalidRequest(f"'{at}.role' must be 'user', 'assistant' or 'system'", param=f"{at}.role")
             content = m.get("content")
+            if role == "system":
+                out.append(Message("system", _texts(content, f"{at}.content", most, "system")))
+                continue
             if isinstance(content, str):
                 out.append(Message(role, _text(content, f"{at}.content", most)))
                 continue
@@ -233,7 +236,10 @@ class AnthropicTools(Check):
                                  "here (only custom tools with an input_schema)", param=f"{at}.type")
         if not isinstance(tool.get("input_schema"), dict):
             raise InvalidRequest(f"'{at}.input_schema' must be a JSON Schema object", param=f"{at}.input_schema")
-        fn = {"name": tool.get("name"), "parameters": tool["input_schema"]}
+        if tool.get("strict") is not None and not isinstance(tool["strict"], bool):
+            raise InvalidRequest(f"'{at}.strict' must be a boolean", param=f"{at}.strict")
+        schema = tool["input_schema"] if tool.get("strict") else relaxed(tool["input_schema"])
+        fn = {"name": tool.get("name"), "parameters": schema}
         if tool.get("description") is not None:
             fn["description"] = tool["description"]
         return {"type": "function", "function": fn}
@@ -243,6 +249,50 @@ class AnthropicTools(Check):
             "name": {"type": "string", "pattern": NAME_PATTERN}, "description": TEXT, "type": {"const": "custom"},
             "input_schema": {"type": "object", "description": "a JSON Schema with type 'object'"}}}
         return {"type": "array", "maxItems": MAX_TOOLS, "items": tool}
+
+
+MAX_RELAXED = 256     # keywords dropped from one schema before it is read as any object
+
+
+def relaxed(schema: dict) -> dict:
+    """A tool's ``input_schema`` without the keywords the grammar cannot enforce (a copy; the schema itself when
+    it has none). Anthropic guarantees a tool's input matches its schema only for ``strict: true`` tools; for the
+    others the grammar enforces what it can (types, properties, required, enums, bounds within its limits) rather
+    than refusing the request. A schema that cannot be made checkable reads as any object."""
+    try:
+        grammar.check_schema(schema, "$")
+        return schema
+    except InvalidRequest:
+        pass
+    copy = json.loads(json.dumps(schema))
+    for _ in range(MAX_RELAXED):
+        try:
+            grammar.check_schema(copy, "$")
+            return copy
+        except InvalidRequest as e:
+            if not _drop(copy, e.param or ""):
+                break
+    return {"type": "object"}
+
+
+def _drop(schema: dict, path: str) -> bool:
+    """Remove the keyword at ``path`` ("$.properties.x.maxItems", "$.anyOf[0].format"); False when it is not
+    found (a property name with a dot in it, say) or is the root."""
+    steps: list = []
+    for part in path.split(".")[1:]:
+        name, _, rest = part.partition("[")
+        steps.append(name)
+        steps += [int(i) for i in rest.replace("]", "").split("[") if i.isdigit()] if rest else []
+    node = schema
+    for step in steps[:-1]:
+        try:
+            node = node[step]
+        except (KeyError, IndexError, TypeError):
+            return False
+    if not steps or not isinstance(node, dict) or steps[-1] not in node:
+        return False
+    del node[steps[-1]]
+    return True
 
 
 def _choice(value) -> tuple[object, bool | None]:

@@ -214,6 +214,9 @@ FIELDS: tuple[Field, ...] = (
           "`adaptive` on (docs/anthropic.md); `budget_tokens` is part of max_tokens"),
     Field("output_config", OutputConfig(), "response_format", ANTHROPIC, "`format` (`json_schema`) enforced by the "
           "grammar; `effort` accepted with no effect"),
+    Field("cache_control", AnObject(), None, ANTHROPIC, "accepted with no effect: prompt prefixes are reused "
+          "automatically"),
+    Field("inference_geo", Text(), None, ANTHROPIC, "accepted with no effect: everything runs on this server"),
     Field("context_management", AnObject(), None, ANTHROPIC, "accepted with no effect: the context is never "
           "edited (a request that does not fit is 400 `prompt is too long`)"),
 )
