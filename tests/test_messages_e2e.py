@@ -120,6 +120,15 @@ def test_a_tool_round_trip_with_tool_choice_enforced(srv):
     assert final.stop_reason == "tool_use" and streamed.name == "get_weather" and set(streamed.input) == {"city"}
 
 
+def test_a_strict_tool_is_enforced_whole_or_refused_naming_the_keyword(srv):
+    tool = {**WEATHER, "strict": True, "input_schema": {"type": "object", "properties": {
+        "cities": {"type": "array", "maxItems": 500, "items": {"type": "string"}}}}}
+    with pytest.raises(anthropic.BadRequestError) as e:
+        client(srv).messages.create(model=MODEL, max_tokens=8, tools=[tool], tool_choice={"type": "any"},
+                                    messages=ASK)
+    assert e.value.body["error"]["type"] == "invalid_request_error" and "maxItems" in e.value.body["error"]["message"]
+
+
 def test_stop_sequences_end_the_answer_and_say_which(srv):
     c = client(srv)
     free = c.messages.create(model=MODEL, max_tokens=16, extra_body=GREEDY, messages=ASK).content[0].text
