@@ -183,3 +183,19 @@ def test_errors_in_anthropics_format():
 def test_the_stop_string_that_ended_the_text_is_known():
     ts = TextStream(("STOP", "END"))
     assert ts.feed(b"abc EN") == "abc " and ts.feed(b"D more") == "" and ts.matched == "END" and ts.stopped
+
+
+def test_a_failure_after_the_first_event_is_one_error_event(monkeypatch):
+    chunks = [Chunk(text="Hi"), Chunk(finish_reason=FinishReason.ERROR, usage=Usage(7, 1))]
+    gen = FakeGeneration(chunks[1:])
+
+    async def failed(g, error):
+        return OverloadedError("The server is shutting down", retry_after=1)
+    monkeypatch.setattr(messages, "stream_failure", failed)
+
+    async def run():
+        return [x async for x in messages._stream(messages.Answer(None, None, None, gen, "msg_1", 0), chunks[0])]
+    frames = asyncio.run(run())
+    assert frames[-1] == (b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error",'
+                          b'"message":"The server is shutting down"}}\n\n')
+    assert not any(f.startswith((b"event: message_delta", b"event: message_stop")) for f in frames)
