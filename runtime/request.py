@@ -51,7 +51,7 @@ class RequestContext:
     request_id: str = field(default_factory=new_request_id)
     started: float = field(default_factory=time.monotonic)   # time.monotonic() at arrival
     endpoint: str = "chat"                                    # the ledger's endpoint name (api/routes.py)
-    dialect: str = "openai"                                   # openai | gateway
+    dialect: str = "openai"                                   # openai | gateway | anthropic (its error format)
     account: Account | None = None
     body: str | None = None                                   # the raw body, kept only with --log-bodies
     client: str = ""                                          # the peer's address, for refusal tallies
