@@ -101,3 +101,32 @@ def test_claude_code_shows_the_servers_context_error_for_its_full_prompt(srv, tm
     assert full.returncode != 0
     assert "Prompt is too long" in full.stdout + full.stderr, full.stdout + full.stderr
     assert "POST messages 400 context_length_exceeded key=alice" in srv.log()
+
+
+def test_the_recorded_request_fits_a_large_context_and_its_tools_grammar_compiles():
+    """What a server with a context of 32768 does with the recorded request before it reads the prompt: every
+    field checked, the prompt rendered and counted (it fits), and the grammar of its 25 tools compiled. (Reading
+    23k tokens takes longer than a test may on a busy 2-core machine: docs/anthropic.md.)"""
+    import asyncio
+
+    from reverb.api import wire
+    from reverb.loader import load_backend
+    from reverb.models import registry
+    from reverb.settings import Settings
+
+    settings = Settings.build(environ={}, ctx=32768, parallel=1)
+    spec = registry.load(settings.catalogue_path).specs[MODEL]
+    ask, _ = wire.parse(recorded(), wire.MESSAGES, settings)
+    assert ask.fit and ask.sampling.max_tokens == settings.max_tokens_cap and len(ask.tools.tools) >= 24
+
+    async def prepare():
+        backend = load_backend(spec, settings)
+        try:
+            prompt = await backend.prepare(ask)
+            compiled = await backend.compile(prompt, ask)
+            return backend.info.ctx, prompt.n_tokens, compiled
+        finally:
+            backend.close()
+    ctx, tokens, compiled = asyncio.run(prepare())
+    assert 2048 < tokens < ctx == 32768
+    assert compiled.constraint is not None and compiled.constraint.tool_parser is not None
