@@ -109,7 +109,8 @@ class Service:
         early, reservation = None, None
         if _text_bytes(ask) > PREPARE_BEFORE_HOLD:
             bound = _prompt_bound(ask, backend.info.ctx)
-            completion = (ask.sampling.max_tokens or 0) * ask.choices
+            most = ask.sampling.max_tokens or 0
+            completion = (min(most, backend.info.ctx) if ask.fit else most) * ask.choices   # a ceiling fits ctx
             early = spec.cost(bound, completion)
             reservation = await self.db(self.ledger.reserve, ctx.account, ctx.request_id, early, spec.name,
                                         ctx.endpoint, 0, (spec.price_input, spec.price_output), bound + completion)
