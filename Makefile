@@ -46,9 +46,9 @@ WHEEL_CACHE      ?= $(HOME)/.cache/reverb/wheels
 LLAMA_WHEEL_DIR  := $(WHEEL_CACHE)/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(WHEEL_KEY)
 
 .PHONY: install serve test test-fast test-busy bench bench-ledger soak lint clean llama-wheel llama-server postgres chromium \
-	codex
+	codex claude-code
 
-install: $(STAMP) postgres chromium codex
+install: $(STAMP) postgres chromium codex claude-code
 
 # The PostgreSQL ledger tests start a throwaway server from Debian's binaries (initdb, pg_ctl). Installed here
 # when missing and apt is at hand; elsewhere those tests skip with a loud message.
@@ -89,6 +89,21 @@ codex:
 	  echo "!!! could not install Codex CLI: the Codex tests will be SKIPPED"; \
 	else echo "!!! npm not found: the Codex CLI tests will be SKIPPED; install nodejs and npm"; fi
 
+# Claude Code and Anthropic's Node SDK for the Messages tests (tests/test_claude_code_e2e.py,
+# tests/test_anthropic_node_e2e.py), from npm into a directory of this user's cache, never globally. Without npm
+# those tests skip loudly.
+NPM_DIR          ?= $(HOME)/.cache/reverb/npm/anthropic
+CLAUDE_CODE      := 2.1.197
+ANTHROPIC_SDK_JS := 1.17.0
+claude-code:
+	@if [ -x $(NPM_DIR)/node_modules/.bin/claude ] && [ -d $(NPM_DIR)/node_modules/@anthropic-ai/sdk ]; then :; \
+	elif command -v npm >/dev/null 2>&1; then \
+	  echo "installing @anthropic-ai/claude-code@$(CLAUDE_CODE) and @anthropic-ai/sdk into $(NPM_DIR)"; \
+	  mkdir -p $(NPM_DIR) && npm install --prefix $(NPM_DIR) --no-audit --no-fund --silent \
+	    @anthropic-ai/claude-code@$(CLAUDE_CODE) @anthropic-ai/sdk@$(ANTHROPIC_SDK_JS) || \
+	  echo "!!! could not install Claude Code from npm: its tests will be SKIPPED"; \
+	else echo "!!! npm not found: the Claude Code and Anthropic Node SDK tests will be SKIPPED; install nodejs"; fi
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -121,7 +136,7 @@ serve: $(STAMP)
 	$(BIN)/reverb serve $(ARGS)
 
 # The suite, then the example app that tests itself through reverb's pytest plugin (as a user's CI would).
-test: $(STAMP) postgres chromium codex
+test: $(STAMP) postgres chromium codex claude-code
 	REVERB_LLAMA_WHEEL="$$(ls $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl)" $(BIN)/python -m pytest $(PYTEST_ARGS)
 	cd examples/ci-app && ../../$(BIN)/python -m pytest -q
 

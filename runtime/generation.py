@@ -52,6 +52,7 @@ class Generation:
         self.final: Chunk | None = None
         self.handle = None                          # the backend's Handle, once submitted
         self.limits: dict = {}                      # the rate-limit header values its reservation returned
+        self.prompt_tokens = 0                      # the prompt as counted before the job (the usage has the final)
         # Awaited before output is handed out (the service's lease check for a stream that holds credit); it may
         # end the generation (``lose``), after which no more output is handed out.
         self.gate: Callable[[], Awaitable[None]] | None = None

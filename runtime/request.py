@@ -51,7 +51,7 @@ class RequestContext:
     request_id: str = field(default_factory=new_request_id)
     started: float = field(default_factory=time.monotonic)   # time.monotonic() at arrival
     endpoint: str = "chat"                                    # the ledger's endpoint name (api/routes.py)
-    dialect: str = "openai"                                   # openai | gateway
+    dialect: str = "openai"                                   # openai | gateway | anthropic (its error format)
     account: Account | None = None
     body: str | None = None                                   # the raw body, kept only with --log-bodies
     client: str = ""                                          # the peer's address, for refusal tallies
@@ -78,6 +78,7 @@ class Ask:
     keep_alive: float | None = None         # seconds the model stays loaded after this request (<0: until stop)
     thinking: bool | None = None            # a thinking template's switch (enable_thinking); None: its default
     prediction: str | None = None           # the expected output (Predicted Outputs): drafts, billed if rejected
+    fit: bool = False                       # max_tokens is a ceiling: lowered to what the context leaves
 
     @property
     def choices(self) -> int:

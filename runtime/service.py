@@ -32,7 +32,7 @@ from .models.registry import ModelSpec, Registry
 from .request import Account, Ask, RequestContext
 from .settings import Settings
 from .settlement import Settler
-from .types import Chunk
+from .types import Chunk, Usage
 
 log = logging.getLogger("reverb.service")
 
@@ -109,7 +109,9 @@ class Service:
         early, reservation = None, None
         if _text_bytes(ask) > PREPARE_BEFORE_HOLD:
             bound = _prompt_bound(ask, backend.info.ctx)
-            completion = (ask.sampling.max_tokens or 0) * ask.choices + _prediction_bound(ask, backend.info.ctx)
+            most = ask.sampling.max_tokens or 0
+            completion = ((min(most, backend.info.ctx) if ask.fit else most) * ask.choices   # a ceiling fits ctx
+                          + _prediction_bound(ask, backend.info.ctx))
             early = spec.cost(bound, completion)
             reservation = await self.db(self.ledger.reserve, ctx.account, ctx.request_id, early, spec.name,
                                         ctx.endpoint, 0, (spec.price_input, spec.price_output), bound + completion)
@@ -164,6 +166,7 @@ class Service:
             e.settled = True   # its row is written: the HTTP layer's refusal must not write another
             raise
         gen.limits = reservation.limits
+        gen.prompt_tokens = counted
         if reservation.epoch is not None:
             upkeep.track(self, ctx.request_id, reservation.epoch, gen, gate=ask.stream)
         return gen
@@ -205,6 +208,8 @@ class Service:
         max_tokens = ask.sampling.max_tokens
         if max_tokens is None:
             max_tokens = min(limit - n, self.settings.max_tokens_cap)
+        elif n + max_tokens > limit and ask.fit:   # a dialect whose max_tokens is a ceiling (Messages)
+            max_tokens = limit - n
         elif n + max_tokens > limit:
             raise _counted(ContextLengthExceeded(
                 f"This model's maximum context length is {limit} tokens; the {where} use {n} "
@@ -213,6 +218,20 @@ class Service:
         # tokens: at most its length, draft.py); the prompt is billed once (a local job shares its KV).
         hold = spec.cost(counts.held, max_tokens * counts.choices + counts.predicted)
         return Candidate(spec, backend, prepared, replace(ask.sampling, max_tokens=max_tokens), hold)
+
+    async def count_tokens(self, ctx: RequestContext, ask: Ask) -> int:
+        """The prompt's tokens as the model would read them (its template and tokenizer), nothing generated: free,
+        but logged as a request with no charge (and counted by the key's request limits)."""
+        spec, backend = await self.models.acquire(ask.model, _allowed(ctx.account))
+        try:
+            prompt = await backend.prepare(ask)
+            if ctx.account is not None:
+                await self.db(self.ledger.reserve, ctx.account, ctx.request_id, 0, spec.name, ctx.endpoint,
+                              prompt.n_tokens, (spec.price_input, spec.price_output))
+                await self.settlement.close(ctx, spec, "completed", None, 0, Usage(prompt.n_tokens, 0))
+            return prompt.n_tokens
+        finally:
+            self.models.release(spec.name, ask.keep_alive)
 
     async def start_embedding(self, ctx: RequestContext, ask: Ask) -> "Embedding":
         """Check and reserve an embeddings request (``ask.prompt``, billed as prompt tokens). Raises a

@@ -162,3 +162,5 @@ class Chunk:
     # Thinking text of a model whose template thinks (<think>...</think>), split out of ``text``: chat renders it
     # as ``reasoning_content``, Responses as a ``reasoning`` item, Messages as a ``thinking`` block.
     reasoning: str = ""
+    # On a choice's last chunk, when a stop string ended it: which one (Messages' ``stop_sequence``).
+    stop: str | None = None

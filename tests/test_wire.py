@@ -9,6 +9,7 @@ import jsonschema
 import pytest
 
 from reverb.api import wire
+from reverb.api.checks import Stop
 from reverb.cli import docs
 from reverb.api.openapi import schemas
 from reverb.errors import InvalidRequest
@@ -149,6 +150,6 @@ def test_a_stale_table_or_a_broken_link_is_named(tmp_path):
 
 
 def test_a_dialect_may_spell_a_field_its_own_way():
-    row = wire.Field("stop", wire.Stop(), "sampling.stop", frozenset({wire.CHAT, wire.GATEWAY}), "",
+    row = wire.Field("stop", Stop(), "sampling.stop", frozenset({wire.CHAT, wire.GATEWAY}), "",
                      names={wire.GATEWAY: "stop_sequences"})
     assert row.key(wire.CHAT) == "stop" and wire.wire_name(row, wire.GATEWAY) == "options.stop_sequences"

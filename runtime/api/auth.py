@@ -2,8 +2,9 @@
 
 ``Context`` gives each request its ``RequestContext`` (id, start time, ledger endpoint name and dialect from the
 route table) and sends the id back as ``x-request-id`` on every response, errors included. ``BearerAuth`` turns
-``Authorization: Bearer <key>`` into the context's account via the ledger (SHA-256 digests compared in constant
-time) and refuses with 401 itself, because user middleware sits outside Starlette's exception handlers.
+``Authorization: Bearer <key>`` (or Anthropic's ``x-api-key``) into the context's account via the ledger (SHA-256
+digests compared in constant time) and refuses with 401 itself, because user middleware sits outside Starlette's
+exception handlers.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class BearerAuth:
             return await (await refuse(scope, e))(scope, receive, send)
         if account is None:
             err = AuthenticationError("Incorrect API key provided" if raw else
-                                      "Missing API key: send 'Authorization: Bearer <key>'")
+                                      "Missing API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>')")
             return await (await refuse(scope, err))(scope, receive, send)
         state["ctx"] = replace(state["ctx"], account=account)
         route = lookup(scope["path"])
@@ -99,7 +100,11 @@ def _loopback(scope) -> bool:
 
 
 def _bearer(scope) -> str | None:
+    """The key from ``Authorization: Bearer <key>``, or Anthropic's ``x-api-key: <key>``."""
     for key, value in scope.get("headers", []):
+        if key == b"x-api-key":
+            token = value.decode("latin-1").strip()
+            return token if token and len(token) <= 512 else None
         if key == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
             token = token.strip()

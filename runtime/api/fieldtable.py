@@ -7,7 +7,7 @@ import json
 
 from . import wire
 
-HEADER = ("| field | chat | completions | embeddings | gateway (`options.`) | responses | chat via upstream "
+HEADER = ("| field | chat | completions | embeddings | gateway (`options.`) | responses | messages | chat via upstream "
           "| what reverb does |\n|---|:-:|:-:|:-:|:-:|:-:|:-:|---|")
 
 

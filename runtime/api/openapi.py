@@ -36,7 +36,10 @@ def request_schema(dialect: str, settings: Settings) -> dict:
             required.append(row.key(dialect))
     if dialect == wire.GATEWAY:
         top["options"] = {"type": "object", "additionalProperties": False, "properties": options}
-    return {"type": "object", "required": required, "properties": top}
+    out = {"type": "object", "required": required, "properties": top}
+    if dialect in wire.STRICT:     # a field no row names is 400 there
+        out["additionalProperties"] = False
+    return out
 
 
 def _usage(*keys: str) -> dict:
@@ -116,6 +119,7 @@ def schemas(settings: Settings) -> dict:
                                                      "the ledger failed); store is then false"}}},
         "ResponseDeleted": {"type": "object", "required": ["id", "object", "deleted"], "properties": {
             "id": {"type": "string"}, "object": {"const": "response.deleted"}, "deleted": {"const": True}}},
+        **messages_schemas(settings),
         "GatewayRequest": request_schema(wire.GATEWAY, settings),
         "GatewaySuccess": {
             "type": "object", "required": ["status", "result"],
@@ -133,6 +137,46 @@ def schemas(settings: Settings) -> dict:
                                      "properties": {"code": {"type": "string"}, "message": {"type": "string"},
                                                     "param": {"type": "string"}}}},
         },
+    }
+
+
+def messages_schemas(settings: Settings) -> dict:
+    """Anthropic's Messages API: the request (from the table), the message, the token count and the error."""
+    block = {"type": "object", "required": ["type"], "properties": {
+        "type": {"enum": ["text", "thinking", "tool_use"]}, "text": {"type": "string"},
+        "thinking": {"type": "string"}, "id": {"type": "string"}, "name": {"type": "string"},
+        "input": {"type": "object"}}}
+    return {
+        "MessagesRequest": request_schema(wire.MESSAGES, settings),
+        "Message": {"type": "object", "required": ["id", "type", "role", "model", "content", "stop_reason",
+                                                   "stop_sequence", "usage"],
+                    "properties": {"id": {"type": "string"}, "type": {"const": "message"},
+                                   "role": {"const": "assistant"}, "model": {"type": "string"},
+                                   "content": {"type": "array", "items": block},
+                                   "stop_reason": {"enum": ["end_turn", "max_tokens", "stop_sequence", "tool_use"]},
+                                   "stop_sequence": {"type": ["string", "null"]},
+                                   "usage": _usage("input_tokens", "output_tokens")}},
+        "MessageTokensCount": _usage("input_tokens"),
+        "AnthropicError": {
+            "type": "object", "required": ["type", "error"],
+            "properties": {"type": {"const": "error"}, "error": {
+                "type": "object", "required": ["type", "message"],
+                "properties": {"type": {"type": "string"}, "message": {"type": "string"}}}}},
+    }
+
+
+def _messages_paths() -> dict:
+    errors = _errors("AnthropicError", (400, 401, 403, 404, 413, 429, 529))
+    body = {"required": True, "content": {"application/json": {"schema": _ref("MessagesRequest")}}}
+    return {
+        "/v1/messages": {"post": {
+            "summary": "Anthropic's Messages API (stream: true for its named SSE events); x-api-key or Bearer",
+            "requestBody": body, "responses": {"200": {"description": "message", "content": {
+                "application/json": {"schema": _ref("Message")}, "text/event-stream": {}}}, **errors}}},
+        "/v1/messages/count_tokens": {"post": {
+            "summary": "the prompt's tokens with the model's template and tokenizer (free; logged)",
+            "requestBody": body, "responses": {"200": {"description": "count", "content": {
+                "application/json": {"schema": _ref("MessageTokensCount")}}}, **errors}}},
     }
 
 
@@ -178,7 +222,7 @@ def document(settings: Settings) -> dict:
         "openapi": "3.1.0",
         "info": {"title": "reverb-runtime", "version": "0.1.0",
                  "description": "OpenAI-compatible chat completions, completions, embeddings, responses and models, "
-                                "and the /api/endpoint gateway dialect."},
+                                "Anthropic's Messages API, and the /api/endpoint gateway dialect."},
         "components": {"schemas": schemas(settings),
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}],
@@ -197,6 +241,7 @@ def document(settings: Settings) -> dict:
             "/api/v1/models": models,
             "/v1/models/{model}": model,
             "/api/v1/models/{model}": model,
+            **_messages_paths(),
             "/api/endpoint": {"post": {
                 "summary": "gateway dialect: credit-checked, priced, logged",
                 "requestBody": {"required": True,

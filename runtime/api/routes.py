@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from . import admin, completions, embeddings, gateway, openai, ops, orgusage, responses, ui, uidata
+from . import admin, completions, embeddings, gateway, messages, openai, ops, orgusage, responses, ui, uidata
 from .handler import endpoint
 
-OPENAI, GATEWAY = "openai", "gateway"
+OPENAI, GATEWAY, ANTHROPIC = "openai", "gateway", "anthropic"
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,14 @@ ROUTES: tuple[Route, ...] = (
     Route("/api/v1/completions", ("POST",), "completions", OPENAI, endpoint(completions.COMPLETIONS)),
     Route("/v1/embeddings", ("POST",), "embeddings", OPENAI, embeddings.embeddings),
     Route("/api/v1/embeddings", ("POST",), "embeddings", OPENAI, embeddings.embeddings),
-    Route("/v1/models", ("GET",), "models", OPENAI, openai.list_models),
-    Route("/api/v1/models", ("GET",), "models", OPENAI, openai.list_models),
-    Route("/v1/models/{model}", ("GET",), "models", OPENAI, openai.get_model),
-    Route("/api/v1/models/{model}", ("GET",), "models", OPENAI, openai.get_model),
+    # the models: OpenAI's shape, or Anthropic's for a client that sends anthropic-version (api/messages.py)
+    Route("/v1/models", ("GET",), "models", OPENAI, messages.list_models),
+    Route("/api/v1/models", ("GET",), "models", OPENAI, messages.list_models),
+    Route("/v1/models/{model}", ("GET",), "models", OPENAI, messages.get_model),
+    Route("/api/v1/models/{model}", ("GET",), "models", OPENAI, messages.get_model),
+    # Anthropic's Messages API (docs/anthropic.md): its own error format
+    Route("/v1/messages", ("POST",), "messages", ANTHROPIC, endpoint(messages.MESSAGES)),
+    Route("/v1/messages/count_tokens", ("POST",), "messages.count_tokens", ANTHROPIC, messages.count_tokens),
     Route("/api/endpoint", ("POST",), "gateway", GATEWAY, endpoint(gateway.GATEWAY)),
     # issue 22: OpenAI's Responses API (api/responses.py, docs/responses.md)
     Route("/v1/responses", ("POST",), "responses", OPENAI, endpoint(responses.RESPONSES)),
@@ -92,6 +96,8 @@ def dialect_of(path: str) -> str:
     route = lookup(path)
     if route is not None:
         return route.dialect
+    if path.startswith("/v1/messages"):
+        return ANTHROPIC
     return GATEWAY if path.startswith("/api/endpoint") else OPENAI
 
 

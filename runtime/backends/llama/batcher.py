@@ -306,7 +306,8 @@ class Batcher:
         read = s.index == job.first_index and len(job.prompt) > len(s.todo)
         usage = Usage(prompt_tokens=len(job.prompt) if read else 0, completion_tokens=s.generated)
         usage = self.drafter.bill(s, usage)   # with a prediction's rejected tokens (draft.py)
-        self._emit(job, Chunk(finish_reason=reason, usage=usage, error=error, index=s.index))
+        self._emit(job, Chunk(finish_reason=reason, usage=usage, error=error, index=s.index,
+                              stop=s.out.matched if reason is FinishReason.STOP else None))
         s.sampler.close()
         s.sampler = None
         s.job = None

@@ -46,6 +46,11 @@ class ChoiceOutput:
     def stopped(self) -> bool:
         return self._text.stopped or self.ended
 
+    @property
+    def matched(self) -> str | None:
+        """The stop string that ended the text, if one did."""
+        return self._text.matched
+
     def feed(self, piece: bytes, logprob: TokenLogprob | None = None) -> Chunk | None:
         """A sampled token's bytes (and its logprob when asked); the chunk to send now, if any."""
         return self._chunk(self._text.feed(piece), (logprob,) if logprob is not None else (), final=False)

@@ -16,6 +16,7 @@ class TextStream:
         self._stop = tuple(s for s in stop if s)
         self._held = ""
         self.stopped = False
+        self.matched: str | None = None     # the stop string that ended the text
 
     def feed(self, data: bytes) -> str:
         """Add a token's bytes; return the text that is now safe to send (maybe ''). Sets ``stopped``."""
@@ -25,8 +26,9 @@ class TextStream:
         if not self._stop:
             out, self._held = self._held, ""
             return out
-        cut = min((i for i in (self._held.find(s) for s in self._stop) if i >= 0), default=-1)
-        if cut >= 0:
+        found = [(i, s) for s in self._stop if (i := self._held.find(s)) >= 0]
+        if found:
+            cut, self.matched = min(found, key=lambda f: f[0])
             out, self._held = self._held[:cut], ""
             self.stopped = True
             return out
