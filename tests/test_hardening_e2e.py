@@ -78,7 +78,7 @@ def test_file_that_crashes_llama_cpp_takes_down_a_child_not_the_server(tmp_path,
     bad = rewrite(model_path, tmp_path / "crash.gguf",
                   {"llama.expert_count": (4, U32), "llama.expert_used_count": (8, U32)})
     check(bad)
-    srv = Server(tmp_path / "srv", "--models", path_catalogue(tmp_path, bad))
+    srv = Server(tmp_path / "srv", "--models", path_catalogue(tmp_path, bad), "--probe-models")  # as in production
     with pytest.raises(RuntimeError) as e:
         srv.start()
     assert "crashed (SIGABRT) in a trial load" in str(e.value)
@@ -101,7 +101,7 @@ def test_truncated_model_is_refused_before_llama_cpp(tmp_path, model_path):
 ])
 def test_gguf_with_hostile_template_is_refused_at_load(tmp_path, model_path, template):
     bad = rewrite(model_path, tmp_path / "evil.gguf", {"tokenizer.chat_template": template})
-    srv = Server(tmp_path / "srv", "--models", path_catalogue(tmp_path, bad))
+    srv = Server(tmp_path / "srv", "--models", path_catalogue(tmp_path, bad), "--probe-models")
     with pytest.raises(RuntimeError) as e:
         srv.start()
     assert "chat template is unsafe" in str(e.value)
