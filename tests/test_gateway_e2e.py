@@ -201,8 +201,8 @@ def test_kill_9_mid_stream_is_settled_by_the_next_start(make_server, no_eos):
     assert k["balance"] == 1_000_000 - row["price"]
 
 
-def test_log_bodies_flag(make_server):
-    srv = make_server("--log-bodies")
+def test_log_bodies_flag(shared_server):
+    srv = shared_server("--log-bodies")
     with srv.client() as http:
         r = http.post("/api/endpoint", json=gw(max_tokens=2))
     row = wait_row(srv, r.headers["x-request-id"])
