@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -170,15 +172,49 @@ class Server:
         return Ledger(self.db)   # tests may set keys up before the server first starts
 
 
-# The slow tier: a test that needs the model (or starts processes that load it) is marked `model`, so
-# `pytest -m "not model"` (make test-fast) runs the rest in seconds.
-MODEL_FIXTURES = {"server", "make_server", "engine", "model_path", "no_eos", "term"}
+# Marks that say what a test needs (registered in pyproject.toml), set here from the fixtures it uses:
+#   model   needs the tiny model or starts processes that load it: `-m "not model"` (make test-fast) skips it
+#   server  starts `reverb serve` processes (its own, or the session's shared ones)
+#   inproc  the real app in-process over the fake engine (fast; no model, no process)
+#   slow    set by hand on tests that take more than ~15 s on a quiet machine (wheel builds, conversions,
+#           browsers, pytest run inside pytest): `-m "not slow"` skips them
+SERVER_FIXTURES = {"server", "make_server", "shared_server"}
+MODEL_FIXTURES = SERVER_FIXTURES | {"engine", "model_path", "no_eos", "term"}
+INPROC_FIXTURES = {"app"}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if MODEL_FIXTURES & set(item.fixturenames):
+        names = set(item.fixturenames)
+        if MODEL_FIXTURES & names:
             item.add_marker(pytest.mark.model)
+        if SERVER_FIXTURES & names:
+            item.add_marker(pytest.mark.server)
+        if INPROC_FIXTURES & names:
+            item.add_marker(pytest.mark.inproc)
+
+
+def pytest_configure(config):
+    """Each run has a data directory of its own (chat history, a default ledger), so two suites at once, or a
+    suite beside a user's own reverb, never share one."""
+    config._reverb_data_home = tempfile.mkdtemp(prefix="reverb-tests-")
+    os.environ["XDG_DATA_HOME"] = config._reverb_data_home
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "_reverb_data_home", ""), ignore_errors=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """After every fixture (the session's servers too) is torn down, nothing the run started may be alive: what is
+    is killed, and the run fails (test_zz_no_leftovers.py checks the same for single tests, inside the run)."""
+    alive = [p for p in STARTED if p.poll() is None]
+    for proc in alive:
+        kill_group(proc)
+    if alive:
+        print(f"\n!!! processes left running at the end of the session (killed): {[p.args for p in alive]}",
+              file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")
