@@ -19,7 +19,7 @@ from reverb.types import SamplingParams
 from . import qwen2_tiny
 from .conftest import Server, reverb
 
-pytestmark = pytest.mark.model  # starts servers or loads models: the slow tier
+pytestmark = [pytest.mark.model, pytest.mark.slow]  # starts servers or loads models: the slow tier
 
 PROMPT = "<|im_start|>user\nWrite a story about a dragon.<|im_end|>\n<|im_start|>assistant\n"
 
