@@ -205,6 +205,7 @@ def pytest_unconfigure(config):
     shutil.rmtree(getattr(config, "_reverb_data_home", ""), ignore_errors=True)
 
 
+@pytest.hookimpl(trylast=True)   # after pytest's own sessionfinish, which tears the session's fixtures down
 def pytest_sessionfinish(session, exitstatus):
     """After every fixture (the session's servers too) is torn down, nothing the run started may be alive: what is
     is killed, and the run fails (test_zz_no_leftovers.py checks the same for single tests, inside the run)."""
