@@ -350,11 +350,18 @@ def db_target(request, tmp_path) -> str:
     return request.getfixturevalue("pg_url")
 
 
+def engine_threads() -> int:
+    """llama.cpp threads for a model a test loads in-process: REVERB_THREADS when set (as the servers the tests
+    start take it from the environment), else 2."""
+    return int(os.environ.get("REVERB_THREADS") or 0) or 2
+
+
 @pytest.fixture(scope="session")
 def engine(model_path):
     """The tiny model loaded in-process, for tokenizer-level checks."""
     from reverb.backends.llama.engine import Engine, EngineConfig
-    eng = Engine(model_path, EngineConfig(n_ctx=2048, n_seq=1, n_threads=2, n_threads_batch=2))
+    n = engine_threads()
+    eng = Engine(model_path, EngineConfig(n_ctx=2048, n_seq=1, n_threads=n, n_threads_batch=n))
     yield eng
     eng.close()
 
