@@ -140,9 +140,11 @@ test: $(STAMP) postgres chromium codex claude-code
 	REVERB_LLAMA_WHEEL="$$(ls $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl)" $(BIN)/python -m pytest $(PYTEST_ARGS)
 	cd examples/ci-app && ../../$(BIN)/python -m pytest -q
 
-# The fast tier: every test that needs no model and starts no server (seconds).
+# The fast tier: every test that needs no model and starts no server, on one pytest-xdist worker per core (it is
+# plain Python, so the workers do not compete with a model for the cores). FAST_WORKERS=0 runs it in one process.
+FAST_WORKERS ?= auto
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not model" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not model" $(if $(filter 0,$(FAST_WORKERS)),,-n $(FAST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 # The whole suite while two busy loops keep both cores occupied, as on a shared CI runner; the loops stop with it.
 test-busy: $(STAMP)

@@ -1,4 +1,5 @@
-"""Shared fixtures: the real tiny model, and real `reverb serve` processes on loopback.
+"""Shared fixtures: the real tiny model, real `reverb serve` processes on loopback, and the real app in-process over
+a fake engine. docs/development.md says which fixture to use for what.
 
 All state (ledger, ready files, logs) lives under pytest's tmp paths.
 """
@@ -7,9 +8,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +25,11 @@ from .pgserver import PgServer, find_bindir
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-test-dev-key"
+
+# No trial load of the model in a child process (--probe-models) for the servers and commands the tests start: the
+# tiny model is trusted, and the trial costs every start a second model load. The tests of hostile model files pass
+# --probe-models, which wins over the environment.
+os.environ.setdefault("REVERB_PROBE_MODELS", "0")
 
 
 def tiny_model_path() -> Path:
@@ -138,19 +146,76 @@ class Server:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    def load(self) -> dict:
+        """Requests running and waiting, every model together, from /metrics."""
+        with self.client() as http:
+            text = http.get("/metrics").text
+        out = {"active": 0.0, "waiting": 0.0}
+        for line in text.splitlines():
+            name = line.partition("{")[0]
+            if name in ("reverb_active_slots", "reverb_queue_depth"):
+                out["active" if name == "reverb_active_slots" else "waiting"] += float(line.rsplit(" ", 1)[1])
+        return out
+
+    def wait_idle(self) -> "Server":
+        """Wait until no request runs or waits (a stream the previous test left is cancelled asynchronously)."""
+        wait_for(lambda: not any(self.load().values()), what="the server to be idle")
+        return self
+
+    def new_key(self, name: str = "", credit: int = 10**12, **settings) -> str:
+        """A fresh ledger key (raw), made in-process on this server's ledger: the isolation a test on a shared
+        server needs (its own credit, usage rows and per-key limits). ``credit`` in micro-units."""
+        with self.ledger() as ledger:
+            return ledger.create_key(name or f"k-{os.urandom(6).hex()}", credit, **settings)
+
     def ledger(self) -> Ledger:
         return Ledger(self.db)   # tests may set keys up before the server first starts
 
 
-# The slow tier: a test that needs the model (or starts processes that load it) is marked `model`, so
-# `pytest -m "not model"` (make test-fast) runs the rest in seconds.
-MODEL_FIXTURES = {"server", "make_server", "engine", "model_path", "no_eos", "term"}
+# Marks that say what a test needs (registered in pyproject.toml), set here from the fixtures it uses:
+#   model   needs the tiny model or starts processes that load it: `-m "not model"` (make test-fast) skips it
+#   server  starts `reverb serve` processes (its own, or the session's shared ones)
+#   inproc  the real app in-process over the fake engine (fast; no model, no process)
+#   slow    set by hand on tests that take more than ~15 s on a quiet machine (wheel builds, conversions,
+#           browsers, pytest run inside pytest): `-m "not slow"` skips them
+SERVER_FIXTURES = {"server", "make_server", "shared_server"}
+MODEL_FIXTURES = SERVER_FIXTURES | {"engine", "model_path", "no_eos", "term"}
+INPROC_FIXTURES = {"app"}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if MODEL_FIXTURES & set(item.fixturenames):
+        names = set(item.fixturenames)
+        if MODEL_FIXTURES & names:
             item.add_marker(pytest.mark.model)
+        if SERVER_FIXTURES & names:
+            item.add_marker(pytest.mark.server)
+        if INPROC_FIXTURES & names:
+            item.add_marker(pytest.mark.inproc)
+
+
+def pytest_configure(config):
+    """Each run has a data directory of its own (chat history, a default ledger), so two suites at once, or a
+    suite beside a user's own reverb, never share one."""
+    config._reverb_data_home = tempfile.mkdtemp(prefix="reverb-tests-")
+    os.environ["XDG_DATA_HOME"] = config._reverb_data_home
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(getattr(config, "_reverb_data_home", ""), ignore_errors=True)
+
+
+@pytest.hookimpl(trylast=True)   # after pytest's own sessionfinish, which tears the session's fixtures down
+def pytest_sessionfinish(session, exitstatus):
+    """After every fixture (the session's servers too) is torn down, nothing the run started may be alive: what is
+    is killed, and the run fails (test_zz_no_leftovers.py checks the same for single tests, inside the run)."""
+    alive = [p for p in STARTED if p.poll() is None]
+    for proc in alive:
+        kill_group(proc)
+    if alive:
+        print(f"\n!!! processes left running at the end of the session (killed): {[p.args for p in alive]}",
+              file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")
@@ -204,6 +269,54 @@ def make_server(tmp_path):
             assert inv["ok"], inv
 
 
+class SharedServers:
+    """One server per flag set for the whole session (per xdist worker), started on first use and stopped at the
+    session's end; each test gets it idle. For tests that only send requests: a test that stops, kills, pauses or
+    restarts its server, or needs a fresh ledger, uses ``make_server``."""
+
+    def __init__(self, factory):
+        self.factory = factory
+        self.servers: dict[tuple, Server] = {}
+
+    def get(self, *args: str, env: dict | None = None) -> Server:
+        key = (args, tuple(sorted((env or {}).items())))
+        srv = self.servers.get(key)
+        if srv is not None and srv.proc.poll() is not None:   # died under an earlier test: start a fresh one
+            srv.stop()
+            srv = None
+        if srv is None:
+            srv = Server(self.factory.mktemp("shared"), *args, env=env)
+            self.servers[key] = srv
+            srv.start()
+            SESSION_OWNED.add(srv.proc.pid)
+        return srv.wait_idle()
+
+    def close(self) -> None:
+        bad = []
+        for srv in self.servers.values():
+            srv.stop()
+            with srv.ledger() as ledger:
+                inv = ledger.invariant()
+            if not inv["ok"]:
+                bad.append((srv.args, inv))
+        assert not bad, bad
+
+
+@pytest.fixture(scope="session")
+def _shared_servers(tmp_path_factory):
+    shared = SharedServers(tmp_path_factory)
+    yield shared
+    shared.close()
+
+
+@pytest.fixture
+def shared_server(_shared_servers):
+    """``shared_server(*flags, env=None)``: the session's server for these flags (started on first use), idle.
+    Send requests with ``srv.client()`` (the operator key) or ``srv.client(srv.new_key())`` (a key of the test's
+    own); never stop it."""
+    return _shared_servers.get
+
+
 @pytest.fixture(scope="session")
 def pg_server():
     """One PostgreSQL server for the session (each test gets its own database from ``pg_url``)."""
@@ -237,11 +350,18 @@ def db_target(request, tmp_path) -> str:
     return request.getfixturevalue("pg_url")
 
 
+def engine_threads() -> int:
+    """llama.cpp threads for a model a test loads in-process: REVERB_THREADS when set (as the servers the tests
+    start take it from the environment), else 2."""
+    return int(os.environ.get("REVERB_THREADS") or 0) or 2
+
+
 @pytest.fixture(scope="session")
 def engine(model_path):
     """The tiny model loaded in-process, for tokenizer-level checks."""
     from reverb.backends.llama.engine import Engine, EngineConfig
-    eng = Engine(model_path, EngineConfig(n_ctx=2048, n_seq=1, n_threads=2, n_threads_batch=2))
+    n = engine_threads()
+    eng = Engine(model_path, EngineConfig(n_ctx=2048, n_seq=1, n_threads=n, n_threads_batch=n))
     yield eng
     eng.close()
 
@@ -259,6 +379,48 @@ def prompt_tokens(engine, messages: list[dict]) -> int:
     template = ChatTemplate(engine.chat_template(), bos_token=engine.bos_text, eos_token=engine.eos_text)
     segs = template.render([Message(m["role"], m["content"]) for m in messages])
     return sum(len(engine.tokenize(s.text, special=not s.user)) for s in segs)
+
+
+# ---- the app in-process: real routes, templates, service and ledger over a fake engine (no model, no process) ------
+
+@pytest.fixture
+def app(tmp_path):
+    """``app(**settings)``: a Starlette TestClient on the real app (routes, validation, auth, error formats, service,
+    SQLite ledger) whose model is the real llama backend over ``fakes.FakeEngine`` (byte tokens, instant decode, the
+    ChatML template). Sends the operator key ``KEY`` unless given other headers; ``client.service`` is the service
+    (``client.service.ledger.create_key(...)`` for a key of the test's own). Stopped, and the ledger's invariant
+    checked, at teardown. Settings as keyword arguments (``parallel=2, max_tokens_cap=64``)."""
+    from starlette.testclient import TestClient
+
+    from reverb import service as service_mod
+    from reverb.api.app import create_app
+    from reverb.api.metrics import Metrics
+    from reverb.settings import Settings
+
+    from .fakes import fake_llama
+
+    made = []
+
+    def make(*, engine=None, peer: str = "testclient", **settings) -> TestClient:
+        cfg = Settings.build(environ={}, api_keys=(KEY,), db=tmp_path / f"app{len(made)}" / "ledger.sqlite3",
+                             **settings)
+        factory = fake_llama if engine is None else (lambda spec, st: fake_llama(spec, st, engine))
+        svc = service_mod.build(cfg, backend_factory=factory, hooks=Metrics)
+        client = TestClient(create_app(svc.settings, service=svc), base_url="http://127.0.0.1",
+                            headers={"Authorization": f"Bearer {KEY}"}, client=(peer, 40000),
+                            raise_server_exceptions=False)
+        client.__enter__()
+        client.service = svc
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        db = client.service.settings.db_target
+        client.__exit__(None, None, None)
+        with Ledger(db, create=False) as ledger:
+            inv = ledger.invariant()
+        assert inv["ok"], inv
 
 
 def reverb(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

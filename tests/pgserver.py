@@ -65,7 +65,16 @@ class PgServer:
 
     def start(self) -> "PgServer":
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
-        self.resume()
+        for attempt in range(5):
+            try:
+                self.resume()
+                return self
+            except subprocess.CalledProcessError:
+                # PostgreSQL takes no port 0: another run (two suites at once) may bind the free port we picked
+                # before this server does. Then pick another one.
+                if attempt == 4 or "already in use" not in self.log():
+                    raise
+                self.port = free_port()
         return self
 
     def pause(self) -> None:

@@ -8,6 +8,8 @@ import statistics
 import threading
 import time
 
+import pytest
+
 from reverb.models import registry
 
 from .conftest import ROOT, chat, wait_for
@@ -33,6 +35,7 @@ def billed_for_what_it_used(ledger, request_id: str) -> dict:
     return row
 
 
+@pytest.mark.slow   # 1,536 tokens of attack: the figures docs/limits.md quotes
 def test_one_request_of_many_prompts_cannot_starve_another_key(make_server, no_eos):
     srv = make_server("--parallel", "4", start=False)        # --slots-per-key defaults to 3
     with srv.ledger() as ledger:

@@ -19,8 +19,8 @@ PROMPTS = ["Name a fruit.", "What is 2+2?", "Describe the moon.", "Write a haiku
            "Give me a dog's name.", "What color is the sky?", "Say hi to Bob.", "List three animals."]
 
 
-def complete(server, body: dict) -> dict:
-    with server.client() as http:
+def complete(server, body: dict, key: str | None = None) -> dict:
+    with server.client(key or server.key) as http:
         r = http.post("/v1/chat/completions", json=body)
         assert r.status_code == 200, r.text
         return r.json()
@@ -53,8 +53,8 @@ def hog(srv, stop: threading.Event, no_eos: dict) -> None:
 
 
 def test_concurrent_streams_match_their_solo_runs(server):
-    bodies = [chat(p, max_tokens=24, temperature=0) for p in PROMPTS]
-    bodies += [chat(p, max_tokens=24, temperature=0.9, seed=7 + i) for i, p in enumerate(PROMPTS[:4])]
+    bodies = [chat(p, max_tokens=12, temperature=0) for p in PROMPTS]
+    bodies += [chat(p, max_tokens=12, temperature=0.9, seed=7 + i) for i, p in enumerate(PROMPTS[:4])]
     solo = [complete(server, b) for b in bodies]
     with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
         together = list(pool.map(lambda b: stream_text(server, b), bodies))
@@ -64,8 +64,8 @@ def test_concurrent_streams_match_their_solo_runs(server):
         assert usage["prompt_tokens"] == alone["usage"]["prompt_tokens"]
 
 
-def test_prefix_reuse_gives_the_same_tokens_as_a_cold_run(make_server):
-    srv = make_server("--parallel", "2", "--deterministic")
+def test_prefix_reuse_gives_the_same_tokens_as_a_cold_run(shared_server):
+    srv = shared_server("--parallel", "2", "--deterministic")
     system = "You are a meticulous assistant. " * 40
     body = {"model": "smollm2-135m", "max_tokens": 20, "temperature": 0,
             "messages": [{"role": "system", "content": system}, {"role": "user", "content": "Name a bird."}]}
@@ -79,15 +79,17 @@ def test_prefix_reuse_gives_the_same_tokens_as_a_cold_run(make_server):
     other = {**body, "messages": [body["messages"][0], {"role": "user", "content": "Name a fish."}]}
     warm_other = complete(srv, other)
     assert srv.stats()["reused"] - after > 100
-    srv2 = make_server("--parallel", "2", "--deterministic")
-    cold_other = complete(srv2, other)
+    # cold: another key (a prefix is reused for its own key only, unless --share-prompt-cache) on the same server
+    before = srv.stats()["reused"]
+    cold_other = complete(srv, other, key=srv.new_key())
+    assert srv.stats()["reused"] == before
     assert warm_other["choices"][0]["message"]["content"] == cold_other["choices"][0]["message"]["content"]
 
 
-def test_long_contexts_are_identical_alone_and_under_load(make_server, no_eos):
+def test_long_contexts_are_identical_alone_and_under_load(server, no_eos):
     """Past position 256 a lone stream takes another attention kernel than a stream sharing its pass: deterministic
     mode must hide that. A seeded answer to a long prompt, alone, then while other streams run."""
-    srv = make_server("--parallel", "4", "--deterministic")
+    srv = server
     story = "The keeper of the lighthouse wrote in his log every night about ships and weather. " * 12
     body = chat(story + "Continue the story.", max_tokens=60, temperature=1.0, seed=11, logit_bias=no_eos)
     alone = complete(srv, body)["choices"][0]["message"]["content"]
@@ -100,18 +102,20 @@ def test_long_contexts_are_identical_alone_and_under_load(make_server, no_eos):
     assert loaded == alone
 
 
-def test_default_mode_serves_concurrent_streams_to_their_length(make_server, no_eos):
-    srv = make_server("--parallel", "4")
-    bodies = [chat(p, max_tokens=30, logit_bias=no_eos) for p in PROMPTS[:6]]
-    bodies.append(chat("Summarize this. " + "The sea is wide and deep. " * 120, max_tokens=30, logit_bias=no_eos))
+def test_default_mode_serves_concurrent_streams_to_their_length(shared_server, no_eos):
+    # a long prompt beside them, read in several chunks (a small --prefill-chunk keeps the prompt, and the test, short)
+    srv = shared_server("--parallel", "4", "--prefill-chunk", "64")
+    bodies = [chat(p, max_tokens=16, logit_bias=no_eos) for p in PROMPTS[:6]]
+    bodies.append(chat("Summarize this. " + "The sea is wide and deep. " * 30, max_tokens=16, logit_bias=no_eos))
     with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
         results = list(pool.map(lambda b: stream_text(srv, b), bodies))
     for text, usage in results:
-        assert text and usage["completion_tokens"] == 30
+        assert text and usage["completion_tokens"] == 16
+    assert results[-1][1]["prompt_tokens"] > 3 * 64
 
 
-def test_disconnect_frees_the_slot_for_a_queued_request(make_server, no_eos):
-    srv = make_server("--parallel", "1")
+def test_disconnect_frees_the_slot_for_a_queued_request(shared_server, no_eos):
+    srv = shared_server("--parallel", "1")
     streaming, leave = threading.Event(), threading.Event()
     got: dict = {}
 

@@ -24,6 +24,7 @@ class Term:
     def __init__(self, *args: str, home: str | None = None):
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # child: the pty is its controlling terminal, so ^C becomes SIGINT
+            signal.signal(signal.SIGINT, signal.SIG_DFL)   # a suite started in the background inherits SIGINT ignored
             os.chdir(ROOT)
             env = {k: v for k, v in os.environ.items() if k != "REVERB_API_KEY"}
             if home:   # chat keeps its line history and saved chats there

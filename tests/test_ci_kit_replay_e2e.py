@@ -13,7 +13,7 @@ import pytest
 from .misbehaving_upstream import Upstream
 from .upstreams import KEY_ENV, UP_KEY, remote, write_catalogue
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.slow]
 
 APP = '''
 import json, os

@@ -53,6 +53,7 @@ def run(tmp_path_factory):
 
 
 @pytest.mark.model
+@pytest.mark.slow
 @pytest.mark.parametrize("xdist", [(), ("-n", "2", "--reverb-xdist", "shared")], ids=["alone", "xdist-shared"])
 def test_usage_budgets_and_the_summary(run, xdist):
     r = run(*xdist)
@@ -73,6 +74,7 @@ def test_usage_budgets_and_the_summary(run, xdist):
 
 
 @pytest.mark.model
+@pytest.mark.slow
 def test_a_budget_from_the_command_line(run):
     r = run("--reverb-budget-tokens", "1", "-k", "usage_counts or without_requests")
     assert "1 failed, 1 passed" in r.stdout, r.stdout + r.stderr

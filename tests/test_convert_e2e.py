@@ -17,15 +17,15 @@ from reverb.backends.llama.engine import Engine, EngineConfig
 from reverb.types import SamplingParams
 
 from . import qwen2_tiny
-from .conftest import Server, reverb
+from .conftest import Server, engine_threads, reverb
 
-pytestmark = pytest.mark.model  # starts servers or loads models: the slow tier
+pytestmark = [pytest.mark.model, pytest.mark.slow]  # starts servers or loads models: the slow tier
 
 PROMPT = "<|im_start|>user\nWrite a story about a dragon.<|im_end|>\n<|im_start|>assistant\n"
 
 
-def greedy(path, n: int = 64, prompt: str = PROMPT) -> tuple[list[int], np.ndarray]:
-    e = Engine(path, EngineConfig(n_ctx=512, n_seq=1, n_threads=2, n_threads_batch=2))
+def greedy(path, n: int = 32, prompt: str = PROMPT) -> tuple[list[int], np.ndarray]:
+    e = Engine(path, EngineConfig(n_ctx=512, n_seq=1, n_threads=engine_threads(), n_threads_batch=engine_threads()))
     toks = e.tokenize(prompt, special=True)
     e.decode([(t, i, 0, i == len(toks) - 1) for i, t in enumerate(toks)])
     first = e.logits(len(toks) - 1)
@@ -124,7 +124,8 @@ def qwen2(tmp_path_factory):
 
 def test_qwen2_logits_match_a_numpy_forward_pass(qwen2):
     d, weights = qwen2
-    e = Engine(d / "f32.gguf", EngineConfig(n_ctx=256, n_seq=1, n_threads=2, n_threads_batch=2, n_ubatch=512,
+    e = Engine(d / "f32.gguf", EngineConfig(n_ctx=256, n_seq=1, n_threads=engine_threads(),
+                                            n_threads_batch=engine_threads(), n_ubatch=512,
                                             all_logits=True))
     toks = e.tokenize("the theory of the thin ether, then the rest", special=False)
     assert 257 in toks  # a merge from tokenizer.json was applied

@@ -72,17 +72,7 @@ def test_streaming_is_plain_text_and_matches(server):
     assert "status" not in "".join(pieces)[-40:]  # no final JSON
 
 
-@pytest.mark.parametrize("body,status,code", [
-    ({"messages": MESSAGES}, 400, "invalid_request"),
-    (gw(max_tokens="ten"), 400, "invalid_request"),
-    ({"model": "nope", "messages": MESSAGES}, 404, "model_not_found"),
-    ({"model": "smollm2-135m", "messages": MESSAGES, "options": []}, 400, "invalid_request"),
-])
-def test_errors_in_gateway_format(server, body, status, code):
-    with server.client() as http:
-        r = http.post("/api/endpoint", json=body)
-    assert r.status_code == status
-    assert r.json()["status"] == 0 and r.json()["error"]["code"] == code and r.json()["error"]["message"]
+# The gateway's error format for bad bodies: tests/test_errors_inproc.py (no model needed).
 
 
 def test_unknown_and_revoked_keys(server):
@@ -201,8 +191,8 @@ def test_kill_9_mid_stream_is_settled_by_the_next_start(make_server, no_eos):
     assert k["balance"] == 1_000_000 - row["price"]
 
 
-def test_log_bodies_flag(make_server):
-    srv = make_server("--log-bodies")
+def test_log_bodies_flag(shared_server):
+    srv = shared_server("--log-bodies")
     with srv.client() as http:
         r = http.post("/api/endpoint", json=gw(max_tokens=2))
     row = wait_row(srv, r.headers["x-request-id"])

@@ -78,7 +78,7 @@ def test_file_that_crashes_llama_cpp_takes_down_a_child_not_the_server(tmp_path,
     bad = rewrite(model_path, tmp_path / "crash.gguf",
                   {"llama.expert_count": (4, U32), "llama.expert_used_count": (8, U32)})
     check(bad)
-    srv = Server(tmp_path / "srv", "--models", path_catalogue(tmp_path, bad))
+    srv = Server(tmp_path / "srv", "--models", path_catalogue(tmp_path, bad), "--probe-models")  # as in production
     with pytest.raises(RuntimeError) as e:
         srv.start()
     assert "crashed (SIGABRT) in a trial load" in str(e.value)
@@ -101,7 +101,7 @@ def test_truncated_model_is_refused_before_llama_cpp(tmp_path, model_path):
 ])
 def test_gguf_with_hostile_template_is_refused_at_load(tmp_path, model_path, template):
     bad = rewrite(model_path, tmp_path / "evil.gguf", {"tokenizer.chat_template": template})
-    srv = Server(tmp_path / "srv", "--models", path_catalogue(tmp_path, bad))
+    srv = Server(tmp_path / "srv", "--models", path_catalogue(tmp_path, bad), "--probe-models")
     with pytest.raises(RuntimeError) as e:
         srv.start()
     assert "chat template is unsafe" in str(e.value)
@@ -129,8 +129,11 @@ def test_no_cors_by_default_and_forms_refused(server):
             assert r.status_code == 415 and r.json()["status"] == 0
 
 
-def test_configured_cors_origin(make_server):
-    srv = make_server("--cors-origin", "https://app.example")
+BOUNDARY = ("--cors-origin", "https://app.example", "--max-body-bytes", "4096")   # one shared server for both tests
+
+
+def test_configured_cors_origin(shared_server):
+    srv = shared_server(*BOUNDARY)
     pre = httpx.options(srv.base_url + "/v1/chat/completions",
                         headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}, timeout=300)
     assert pre.status_code == 204 and pre.headers["access-control-allow-origin"] == "https://app.example"
@@ -141,8 +144,8 @@ def test_configured_cors_origin(make_server):
     assert "access-control-allow-origin" not in other.headers
 
 
-def test_chunked_body_over_the_limit_is_refused_while_streaming_in(make_server):
-    srv = make_server("--max-body-bytes", "4096")
+def test_chunked_body_over_the_limit_is_refused_while_streaming_in(shared_server):
+    srv = shared_server(*BOUNDARY)
     sent = []
 
     def body():
@@ -175,11 +178,11 @@ def _answered(srv) -> bool:
     return r.status_code == 200
 
 
-def test_client_that_never_reads_does_not_hold_up_others(make_server, no_eos):
+def test_client_that_never_reads_does_not_hold_up_others(shared_server, no_eos):
     # The kernel buffers up to 4 MB per loopback connection, more than the tiny model can write in one answer;
     # the write-timeout abort itself is tested at the ASGI seam (tests/test_stream_seam.py). With one slot taken
     # by the client that never reads, the other slot still serves.
-    srv = make_server("--parallel", "2")
+    srv = shared_server("--parallel", "2")
     body = json.dumps(chat("Write a long essay.", max_tokens=1500, stream=True, logit_bias=no_eos)).encode()
     s = _raw(srv, body, rcvbuf=1024)
     try:
@@ -190,8 +193,8 @@ def test_client_that_never_reads_does_not_hold_up_others(make_server, no_eos):
         s.close()
 
 
-def test_slow_body_gets_408_and_slow_headers_block_no_one(make_server):
-    srv = make_server("--body-timeout", "1")
+def test_slow_body_gets_408_and_slow_headers_block_no_one(shared_server):
+    srv = shared_server("--body-timeout", "1")
     s = _raw(srv, b'{"model": "smollm2-135m"}', headers_only=True)  # headers done, body never comes
     lingering = []
     try:

@@ -42,8 +42,11 @@ def raw_post(srv, path: str, body: bytes) -> tuple[int, dict]:
     return int(head.split()[1]), json.loads(payload)
 
 
-def test_idle_and_half_sent_connections_are_closed_and_never_lock_others_out(make_server):
-    srv = make_server("--max-connections", "8", "--header-timeout", "2")
+CONNECTIONS = ("--max-connections", "8", "--header-timeout", "2")   # one shared server for the connection tests
+
+
+def test_idle_and_half_sent_connections_are_closed_and_never_lock_others_out(shared_server):
+    srv = shared_server(*CONNECTIONS)
     flood = []
     try:
         for i in range(24):  # three times the cap: nothing at all, or half a header
@@ -62,8 +65,8 @@ def test_idle_and_half_sent_connections_are_closed_and_never_lock_others_out(mak
             s.close()
 
 
-def test_trickling_a_header_does_not_keep_a_connection_open(make_server):
-    srv = make_server("--header-timeout", "2")
+def test_trickling_a_header_does_not_keep_a_connection_open(shared_server):
+    srv = shared_server(*CONNECTIONS)
     s = connect(srv)
     s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-slow: ")
     stop = threading.Event()
@@ -118,8 +121,8 @@ def test_busy_requests_past_the_cap_get_json_503_and_health_still_answers(make_s
             h.join()
 
 
-def test_lone_surrogates_are_400s_naming_the_field_before_any_hold(make_server):
-    srv = make_server("--log-bodies")
+def test_lone_surrogates_are_400s_naming_the_field_before_any_hold(shared_server):
+    srv = shared_server("--log-bodies")
     msg = b'"messages":[{"role":"user","content":"hi"}]'
     cases = [
         ("/v1/chat/completions", b'{"model":"smollm2-135m",' + msg + b',"user":"\\ud800"}', "user"),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.model  # installs packages and starts a server: the slow tier
+pytestmark = [pytest.mark.model, pytest.mark.slow]  # installs packages and starts a server: the slow tier
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "install-reverb.sh"

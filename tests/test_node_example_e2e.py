@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.model
+pytestmark = [pytest.mark.model, pytest.mark.slow]
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "node-ci"
 
 

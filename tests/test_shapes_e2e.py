@@ -12,13 +12,16 @@ from reverb.backends.llama.engine import Engine, EngineConfig
 from reverb.backends.llama.promptcache import PromptCache
 from reverb.types import SamplingParams
 
+from .conftest import engine_threads
+
 STORY = ("The lighthouse keeper climbed the spiral stairs each evening, counting the steps, listening to the sea "
          "below and the gulls above, and writing in his log what the weather had been and what ships had passed. ")
 
 
 @pytest.fixture(scope="module")
 def det_engine(model_path):
-    eng = Engine(model_path, EngineConfig(n_ctx=1024, n_seq=4, n_threads=2, n_threads_batch=2, deterministic=True))
+    n = engine_threads()
+    eng = Engine(model_path, EngineConfig(n_ctx=1024, n_seq=4, n_threads=n, n_threads_batch=n, deterministic=True))
     yield eng
     eng.close()
 

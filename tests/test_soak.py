@@ -7,7 +7,7 @@ import pytest
 
 from bench.soak import run
 
-pytestmark = pytest.mark.model  # starts servers or loads models: the slow tier
+pytestmark = [pytest.mark.model, pytest.mark.slow]  # starts servers or loads models: the slow tier
 
 
 def test_soak_holds_up():

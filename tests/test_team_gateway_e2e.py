@@ -16,7 +16,7 @@ import pytest
 from reverb.ledger import Ledger
 from reverb.models import registry
 
-from .conftest import KEY, ROOT, chat, prompt_tokens, reverb
+from .conftest import KEY, ROOT, SESSION_OWNED, Server, chat, prompt_tokens, reverb
 
 SPEC = registry.load(ROOT / "models.toml").resolve("smollm2-135m")
 ONE = ("--threads", "1")
@@ -154,10 +154,32 @@ def test_admin_routes_keys_teams_allowlists_headers_and_usage(make_server, engin
 
 # -- 20 concurrent requests over two servers on one ledger, for each limit ------------------------------------
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def two_servers(request, tmp_path_factory):
+    """Two servers on one ledger, per ledger engine, shared by the limits' tests (each makes keys of its own);
+    the ledger's invariant is checked once both have stopped."""
+    work = tmp_path_factory.mktemp(f"two-{request.param}")
+    target = (str(work / "ledger.sqlite3") if request.param == "sqlite"
+              else request.getfixturevalue("pg_server").new_database())
+    servers = [Server(work / name, "--parallel", "4", *ONE, db=target) for name in ("a", "b")]
+    try:
+        for srv in servers:
+            srv.start()
+            SESSION_OWNED.add(srv.proc.pid)
+        yield servers[0], servers[1], target
+    finally:
+        for srv in servers:
+            srv.stop()
+    with Ledger(target, create=False) as ledger:
+        inv = ledger.invariant()
+    assert inv["ok"], inv
+
+
 @pytest.mark.parametrize("limit", ["rpm", "tpm", "budget", "max_parallel", "team"])
-def test_twenty_concurrent_requests_over_two_servers(make_server, db_target, engine, no_eos, limit):
-    a = make_server("--parallel", "4", *ONE, db=db_target)
-    b = make_server("--parallel", "4", *ONE, db=db_target)
+def test_twenty_concurrent_requests_over_two_servers(two_servers, engine, no_eos, limit):
+    a, b, db_target = two_servers
+    a.wait_idle()
+    b.wait_idle()
     long = limit == "max_parallel"   # requests that run long enough for all 20 to arrive while 2 still run
     body = chat("Count.", max_tokens=300 if long else 4, logit_bias=no_eos, stream=long)
     tokens = prompt_tokens(engine, body["messages"]) + body["max_tokens"]
@@ -168,8 +190,8 @@ def test_twenty_concurrent_requests_over_two_servers(make_server, db_target, eng
     if limit == "team":   # two keys of one team, each over both servers: the team's 5 requests per minute
         out = reverb("teams", "create", "crew", "--rpm", "5", "--db", str(db_target))
         assert out.returncode == 0, out.stderr
-    keys = [new_key(db_target, name, "--credit", "100", *flags)
-            for name in (("racer", "mate") if limit == "team" else ("racer",))]
+    names = [f"{name}-{limit.replace('_', '-')}" for name in (("racer", "mate") if limit == "team" else ("racer",))]
+    keys = [new_key(db_target, name, "--credit", "100", *flags) for name in names]
 
     def call(i):
         with (a if i % 2 else b).client(keys[(i // 2) % len(keys)], timeout=600) as http:
@@ -184,6 +206,6 @@ def test_twenty_concurrent_requests_over_two_servers(make_server, db_target, eng
     admitted = 2 if long else 5
     assert sorted(codes) == [200] * admitted + [429] * (20 - admitted), codes
     with Ledger(db_target, create=False) as ledger:
-        usage = ledger.usage_by(["key"])
+        usage = [u for u in ledger.usage_by(["key"]) if u["key"] in names]
         assert [sum(u[k] for u in usage) for k in ("completed", "rejected")] == [admitted, 20 - admitted]
         assert ledger.invariant()["ok"]

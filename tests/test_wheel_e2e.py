@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-pytestmark = pytest.mark.model  # starts servers or loads models: the slow tier
+pytestmark = [pytest.mark.model, pytest.mark.slow]  # starts servers or loads models: the slow tier
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("runtime", "convert", "pyproject.toml", "README.md", "models.toml")

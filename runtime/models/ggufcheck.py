@@ -13,6 +13,7 @@ import mmap
 import os
 import stat
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -31,6 +32,7 @@ DEFAULT_ALIGNMENT = 32
 SCALARS = {0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4), 6: ("<f", 4),
            7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8)}
 _U64 = struct.Struct("<Q")
+SMALL_ARRAY = 4096            # scalar arrays up to this many elements are kept (per-layer values); longer are skipped
 
 
 class _Reader:
@@ -96,9 +98,26 @@ class _Reader:
             raise UnsafeModelFile("GGUF metadata holds more strings than any model needs: over the limit")
 
 
+@dataclass(frozen=True)
+class Header:
+    """What the walk kept: every metadata value except string arrays and long scalar arrays (None), and each
+    tensor's (name, dims, type)."""
+    version: int
+    kv: dict
+    tensors: list
+
+
 def check(path: Path, part: bool = False) -> dict:
     """Validate ``path``; returns a small summary. Raises UnsafeModelFile naming what is wrong. ``part``: a second
     or later part of a multi-part GGUF, which may hold no tensors and names no architecture."""
+    h = header(path, part)
+    return {"version": h.version, "tensors": len(h.tensors), "kv": len(h.kv), "architecture": h.kv.get(
+        "general.architecture")}
+
+
+def header(path: Path, part: bool = False) -> Header:
+    """Validate ``path`` as ``check`` does and return its header (``models/ggufinfo.py`` reads it: a fraction of a
+    second, where the ``gguf`` package's reader builds an array per vocabulary string)."""
     try:
         st = os.stat(path)  # follows links: the HF cache links snapshots to blobs
     except OSError:
@@ -119,10 +138,11 @@ def check(path: Path, part: bool = False) -> dict:
             raise UnsafeModelFile("GGUF tensor or metadata count is over the limit")
         alignment = DEFAULT_ALIGNMENT
         arch = None
+        kv = {}
         for _ in range(n_kv):
             key = r.string(limit=1 << 16)
             vtype = r.u32()
-            value = _value(r, vtype, depth=0)
+            value = kv[key] = _value(r, vtype, depth=0)
             if key == "general.alignment":
                 if not isinstance(value, int) or value <= 0 or value & (value - 1) or value > 1 << 16:
                     raise UnsafeModelFile("general.alignment must be a power of two")
@@ -154,13 +174,11 @@ def check(path: Path, part: bool = False) -> dict:
         size = elements // block * nbytes
         if data_size < 0 or offset % alignment or offset + size > data_size:
             raise UnsafeModelFile(f"tensor {name!r} data lies outside the file")
-    if part:
-        return {"version": version, "tensors": len(tensors), "kv": n_kv, "architecture": arch}
-    if not tensors:
+    if not part and not tensors:
         raise UnsafeModelFile("GGUF file holds no tensors: not a model")
-    if not isinstance(arch, str) or not arch:
+    if not part and (not isinstance(arch, str) or not arch):
         raise UnsafeModelFile("GGUF file names no general.architecture: not a model llama.cpp can load")
-    return {"version": version, "tensors": len(tensors), "kv": n_kv, "architecture": arch}
+    return Header(version, kv, tensors)
 
 
 def _value(r: _Reader, vtype: int, depth: int):
@@ -176,7 +194,10 @@ def _value(r: _Reader, vtype: int, depth: int):
         if count > MAX_ARRAY:
             raise UnsafeModelFile(f"GGUF array of {count} elements is over the limit")
         if etype in SCALARS:
-            r.skip(count * SCALARS[etype][1])
+            fmt, size = SCALARS[etype]
+            if count <= SMALL_ARRAY:
+                return list(struct.unpack(f"<{count}{fmt[1]}", r.take(count * size)))
+            r.skip(count * size)
         elif etype == 8:
             r.skip_strings(count)
         else:
