@@ -224,12 +224,12 @@ class Service:
         but logged as a request with no charge (and counted by the key's request limits)."""
         spec, backend = await self.models.acquire(ask.model, _allowed(ctx.account))
         try:
-            prompt = await backend.prepare(ask)
+            n = (await backend.prepare(ask)).counts.n_tokens
             if ctx.account is not None:
                 await self.db(self.ledger.reserve, ctx.account, ctx.request_id, 0, spec.name, ctx.endpoint,
-                              prompt.n_tokens, (spec.price_input, spec.price_output))
-                await self.settlement.close(ctx, spec, "completed", None, 0, Usage(prompt.n_tokens, 0))
-            return prompt.n_tokens
+                              n, (spec.price_input, spec.price_output))
+                await self.settlement.close(ctx, spec, "completed", None, 0, Usage(n, 0))
+            return n
         finally:
             self.models.release(spec.name, ask.keep_alive)
 
