@@ -79,8 +79,10 @@ def edit(text: str) -> str:
     return " ".join(words[:mid] + ["ocean-blue"] + words[mid + 1:])
 
 
-@pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 1.0, "seed": 11}],
-                         ids=["greedy", "seeded"])
+@pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 1.0, "seed": 11},
+                                      {"temperature": 0.8, "seed": 5, "frequency_penalty": 0.6, "presence_penalty": 0.3,
+                                       "top_k": 40, "logprobs": True, "top_logprobs": 2}],
+                         ids=["greedy", "seeded", "penalties-logprobs"])
 def test_a_prediction_changes_nothing_but_the_speed(servers, sampling):
     srv = servers["plain"]
     body = {"messages": POEM, "max_tokens": 60, **sampling}
@@ -90,6 +92,7 @@ def test_a_prediction_changes_nothing_but_the_speed(servers, sampling):
     before = drafts(srv, "prediction")
     same = ok(srv, {**body, "prediction": {"type": "content", "content": text}})
     assert content(same) == text
+    assert same["choices"][0]["logprobs"] == base["choices"][0]["logprobs"]
     details = same["usage"]["completion_tokens_details"]
     assert details["accepted_prediction_tokens"] > base["usage"]["completion_tokens"] // 2
     assert same["usage"]["completion_tokens"] == base["usage"]["completion_tokens"] + details[
@@ -214,6 +217,16 @@ def test_fast_forward_with_json_object_and_a_required_tool_call(servers):
         a, b = (ok(srv, body)["choices"][0]["message"] for srv in (servers["drafts"], servers["plain"]))
         assert a["content"] == b["content"]
         assert [c["function"] for c in a.get("tool_calls", ())] == [c["function"] for c in b.get("tool_calls", ())]
+
+
+def test_a_prediction_under_a_schema_with_fast_forward(servers):
+    """Forced drafts and a prediction's drafts take turns on one stream; the answer is still the plain one."""
+    body = {"messages": schema_messages("order"), "max_tokens": 120, "temperature": 0,
+            "response_format": schema_format("order")}
+    text = content(ok(servers["plain"], body))
+    got = ok(servers["drafts"], {**body, "prediction": {"type": "content", "content": text.replace("1", "7")}})
+    assert content(got) == text
+    assert got["usage"]["completion_tokens_details"]["accepted_prediction_tokens"] > 0
 
 
 def test_ngram_speculation_gives_the_same_answer_when_quoting(servers):
