@@ -8,6 +8,7 @@ Three servers: ``plain`` (--deterministic, no fast-forward, no speculation: draf
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 
 import httpx
@@ -107,6 +108,21 @@ def test_a_prediction_changes_nothing_but_the_speed(servers, sampling):
     after = drafts(srv, "prediction")
     assert after["accepted"] - before["accepted"] == (details["accepted_prediction_tokens"]
                                                        + d["accepted_prediction_tokens"])
+
+
+def test_drafts_beside_other_streams_change_no_answer(servers):
+    """Deterministic mode's promise under load: a drafting stream and a plain one share decode calls (rows of
+    unequal counts per sequence), and each answer is its solo answer."""
+    srv = servers["plain"]
+    story = {"messages": [{"role": "user", "content": "Tell me a story about a fox."}], "max_tokens": 60,
+             "temperature": 0.9, "seed": 21}
+    poem = {"messages": POEM, "max_tokens": 60, "temperature": 0}
+    solo_story, solo_poem = content(ok(srv, story)), content(ok(srv, poem))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        a = pool.submit(ok, srv, {**poem, "prediction": {"type": "content", "content": edit(solo_poem)}})
+        b = pool.submit(ok, srv, story)
+        assert content(a.result()) == solo_poem and content(b.result()) == solo_story
+    assert a.result()["usage"]["completion_tokens_details"]["accepted_prediction_tokens"] > 0
 
 
 def test_streamed_with_a_prediction_equals_the_plain_answer(servers):
