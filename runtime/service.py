@@ -213,7 +213,7 @@ class Service:
                 f"and max_tokens asks for {max_tokens}", param="max_tokens", model=spec.name), prompt.n_tokens)
         # The worst case: every choice runs to max_tokens; the prompt is billed once (a local job shares its KV).
         # A prediction's rejected tokens are billed as completion tokens: at most its length (draft.py).
-        hold = spec.cost(prompt.hold_tokens or prompt.n_tokens, max_tokens * prompt.choices + len(prompt.prediction))
+        hold = spec.cost(prompt.hold_tokens or prompt.n_tokens, max_tokens * prompt.choices + prompt.predicted)
         return Candidate(spec, backend, prompt, replace(ask.sampling, max_tokens=max_tokens), hold)
 
     async def start_embedding(self, ctx: RequestContext, ask: Ask) -> "Embedding":
@@ -299,7 +299,7 @@ class Service:
 def _tokens(c: Candidate) -> int:
     """What a request reserves of a tokens-per-minute limit: its prompt and every choice's max_tokens."""
     return ((c.prompt.hold_tokens or c.prompt.n_tokens) + (c.params.max_tokens or 0) * c.prompt.choices
-            + len(c.prompt.prediction))
+            + c.prompt.predicted)
 
 
 def _most_tokens(fits, most: int) -> int:

@@ -38,6 +38,13 @@ class Prompt:
     # The tokens of the request's prediction (Predicted Outputs): its rejected ones are billed as completion tokens,
     # so the credit hold covers them too.
     prediction: tuple[int, ...] = ()
+    # When the prediction's token count is unknown (an upstream's tokenizer): an upper bound to hold credit for.
+    prediction_hold: int | None = None
+
+    @property
+    def predicted(self) -> int:
+        """The most completion tokens a prediction may add to the bill (its rejected tokens)."""
+        return self.prediction_hold if self.prediction_hold is not None else len(self.prediction)
 
     @property
     def longest(self) -> int:

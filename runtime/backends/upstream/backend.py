@@ -75,7 +75,8 @@ class UpstreamBackend:
         estimate, bound = wire.estimate_prompt(ask)
         n = ask.extra.get("n", 1) if ask.extra else 1
         choices = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_CHOICES else 1
-        return UpstreamPrompt(n_tokens=estimate, hold_tokens=bound, choices=choices, ask=ask)
+        return UpstreamPrompt(n_tokens=estimate, hold_tokens=bound, choices=choices, ask=ask,
+                              prediction_hold=wire.prediction_bound(ask))
 
     def submit(self, prompt: Prompt, params: SamplingParams, on_chunk: Callable[[Chunk], None],
                tenant: str) -> "_Job":
@@ -112,7 +113,8 @@ class _Job:
         self.prompt = prompt
         spec = backend.spec
         self.relay = Relay(spec.name, backend._key, prompt.choices, max_tokens, prompt.n_tokens,
-                           wire.prompt_floor(prompt.ask), prompt.hold_tokens or prompt.n_tokens)
+                           wire.prompt_floor(prompt.ask), prompt.hold_tokens or prompt.n_tokens,
+                           predicted=prompt.predicted)
         self.on_chunk = on_chunk
         self.task: asyncio.Task | None = None
         self.delivered = False
