@@ -100,8 +100,9 @@ class Drafter:
             state.length = self.draft_max if state.prediction else FIRST_GUESS
         pos = len(slot.cached)
         most = min(self.draft_max, room)
-        if self.deterministic:  # a lone row from position 256 on takes another kernel path (shapes.py)
-            most = min(most, shapes.SPLIT_MIN // 2 - 1 - pos)
+        if self.deterministic:  # only where a lone row takes the path a draft's rows take (not KV-SPLIT: shapes.py)
+            while most > 0 and shapes.kv_view(pos + most) >= shapes.SPLIT_MIN:
+                most -= 1
         if most <= 0:
             return []
         source, draft = FORCED, self._forced(slot, most)
