@@ -8,6 +8,7 @@ Three servers: ``plain`` (--deterministic, no fast-forward, no speculation: draf
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 
 import httpx
@@ -79,8 +80,10 @@ def edit(text: str) -> str:
     return " ".join(words[:mid] + ["ocean-blue"] + words[mid + 1:])
 
 
-@pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 1.0, "seed": 11}],
-                         ids=["greedy", "seeded"])
+@pytest.mark.parametrize("sampling", [{"temperature": 0}, {"temperature": 1.0, "seed": 11},
+                                      {"temperature": 0.8, "seed": 5, "frequency_penalty": 0.6, "presence_penalty": 0.3,
+                                       "top_k": 40, "logprobs": True, "top_logprobs": 2}],
+                         ids=["greedy", "seeded", "penalties-logprobs"])
 def test_a_prediction_changes_nothing_but_the_speed(servers, sampling):
     srv = servers["plain"]
     body = {"messages": POEM, "max_tokens": 60, **sampling}
@@ -90,6 +93,7 @@ def test_a_prediction_changes_nothing_but_the_speed(servers, sampling):
     before = drafts(srv, "prediction")
     same = ok(srv, {**body, "prediction": {"type": "content", "content": text}})
     assert content(same) == text
+    assert same["choices"][0]["logprobs"] == base["choices"][0]["logprobs"]
     details = same["usage"]["completion_tokens_details"]
     assert details["accepted_prediction_tokens"] > base["usage"]["completion_tokens"] // 2
     assert same["usage"]["completion_tokens"] == base["usage"]["completion_tokens"] + details[
@@ -104,6 +108,21 @@ def test_a_prediction_changes_nothing_but_the_speed(servers, sampling):
     after = drafts(srv, "prediction")
     assert after["accepted"] - before["accepted"] == (details["accepted_prediction_tokens"]
                                                        + d["accepted_prediction_tokens"])
+
+
+def test_drafts_beside_other_streams_change_no_answer(servers):
+    """Deterministic mode's promise under load: a drafting stream and a plain one share decode calls (rows of
+    unequal counts per sequence), and each answer is its solo answer."""
+    srv = servers["plain"]
+    story = {"messages": [{"role": "user", "content": "Tell me a story about a fox."}], "max_tokens": 60,
+             "temperature": 0.9, "seed": 21}
+    poem = {"messages": POEM, "max_tokens": 60, "temperature": 0}
+    solo_story, solo_poem = content(ok(srv, story)), content(ok(srv, poem))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        a = pool.submit(ok, srv, {**poem, "prediction": {"type": "content", "content": edit(solo_poem)}})
+        b = pool.submit(ok, srv, story)
+        assert content(a.result()) == solo_poem and content(b.result()) == solo_story
+    assert a.result()["usage"]["completion_tokens_details"]["accepted_prediction_tokens"] > 0
 
 
 def test_streamed_with_a_prediction_equals_the_plain_answer(servers):
@@ -214,6 +233,16 @@ def test_fast_forward_with_json_object_and_a_required_tool_call(servers):
         a, b = (ok(srv, body)["choices"][0]["message"] for srv in (servers["drafts"], servers["plain"]))
         assert a["content"] == b["content"]
         assert [c["function"] for c in a.get("tool_calls", ())] == [c["function"] for c in b.get("tool_calls", ())]
+
+
+def test_a_prediction_under_a_schema_with_fast_forward(servers):
+    """Forced drafts and a prediction's drafts take turns on one stream; the answer is still the plain one."""
+    body = {"messages": schema_messages("order"), "max_tokens": 120, "temperature": 0,
+            "response_format": schema_format("order")}
+    text = content(ok(servers["plain"], body))
+    got = ok(servers["drafts"], {**body, "prediction": {"type": "content", "content": text.replace("1", "7")}})
+    assert content(got) == text
+    assert got["usage"]["completion_tokens_details"]["accepted_prediction_tokens"] > 0
 
 
 def test_ngram_speculation_gives_the_same_answer_when_quoting(servers):

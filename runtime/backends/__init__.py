@@ -33,7 +33,7 @@ class Counts:
     streams: int = 1
     # The tokens of the request's prediction (Predicted Outputs): its rejected ones are billed as completion tokens,
     # so the credit hold covers them too.
-    predicted: int = 0
+    predicted: int = 0    # (an upstream's: a bound from the prediction's bytes)
 
     @property
     def longest(self) -> int:

@@ -16,7 +16,8 @@ Where drafts come from, first that has one:
   difference the output is re-aligned: it rejoins the prediction where its last three tokens appear next, only
   forward, so an edit (a changed line) costs a few steps and not the rest of the file;
 - **n-gram** (``--speculate ngram``): the tokens that followed the last earlier occurrence of the output's last
-  ``NGRAM`` tokens in the prompt and the output (quotes of a document, repeated code).
+  ``NGRAM`` tokens in the prompt and the output (quotes of a document, repeated code). After k guesses in a row of
+  which none was accepted, the next 2^k - 1 steps (at most ``MAX_PAUSE``) make none: in new text they only cost.
 
 Billing, as OpenAI bills predicted outputs: prediction tokens decoded and thrown away are ``rejected`` and billed
 as completion tokens (at most the prediction's length minus those accepted, which the credit hold covers);
@@ -36,6 +37,7 @@ from . import shapes
 
 NGRAM = 3            # n-gram speculation: tokens of the output's end looked up in the prompt and output
 FIRST_GUESS = 4      # n-gram speculation: the first draft's length
+MAX_PAUSE = 32       # n-gram speculation: most steps without guessing after misses (1, 3, 7, ... in a row)
 REALIGN = 3          # prediction: the output's last tokens that must appear in it again to rejoin it
 PREDICTION, FORCED, GUESS = "prediction", "forced", "ngram"
 
@@ -65,6 +67,8 @@ class _State:
     grams: dict = field(default_factory=dict)   # n-gram of prompt + output -> index after its last occurrence
     indexed: int = 0
     length: int = 0          # the next draft's length: doubled on a full hit, else what was accepted + 1
+    pause: int = 0           # n-gram: steps to go without guessing (after guesses of which none was accepted)
+    misses: int = 0          # n-gram: guesses in a row of which none was accepted
 
 
 class Drafter:
@@ -100,15 +104,19 @@ class Drafter:
             state.length = self.draft_max if state.prediction else FIRST_GUESS
         pos = len(slot.cached)
         most = min(self.draft_max, room)
-        if self.deterministic:  # a lone row from position 256 on takes another kernel path (shapes.py)
-            most = min(most, shapes.SPLIT_MIN // 2 - 1 - pos)
+        if self.deterministic:  # only where a lone row takes the path a draft's rows take (not KV-SPLIT: shapes.py)
+            while most > 0 and shapes.kv_view(pos + most) >= shapes.SPLIT_MIN:
+                most -= 1
         if most <= 0:
             return []
         source, draft = FORCED, self._forced(slot, most)
         if not draft and state.prediction:
             source, draft = PREDICTION, self._predicted(state, slot, min(most, state.length))
         if not draft and self.ngram:
-            source, draft = GUESS, self._guessed(state, slot, min(most, state.length))
+            if state.pause > 0:
+                state.pause -= 1
+            else:
+                source, draft = GUESS, self._guessed(state, slot, min(most, state.length))
         draft = self._before_end(draft)
         if draft:
             self._pending[slot] = _Verify(draft, pos, source)
@@ -222,6 +230,9 @@ class Drafter:
         # they hit (a prediction's after an edit, an n-gram's in new text).
         full = v.accepted == len(v.tokens)
         state.length = max(1, min(self.draft_max, 2 * len(v.tokens) if full else v.accepted + 1))
+        if v.source == GUESS:  # a wasted guess costs a row of compute: after misses in a row, guess less often
+            state.misses = 0 if v.accepted else state.misses + 1
+            state.pause = min(MAX_PAUSE, 2 ** state.misses - 1) if state.misses else 0
 
 
 def _pairs(prediction: tuple[int, ...]) -> dict:

@@ -79,7 +79,8 @@ class UpstreamBackend:
         estimate, bound = wire.estimate_prompt(ask)
         n = ask.extra.get("n", 1) if ask.extra else 1
         choices = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_CHOICES else 1
-        return UpstreamPrompt(Counts(n_tokens=estimate, hold_tokens=bound, choices=choices), ask)
+        return UpstreamPrompt(Counts(n_tokens=estimate, hold_tokens=bound, choices=choices,
+                                     predicted=wire.prediction_bound(ask)), ask)
 
     async def compile(self, prompt: UpstreamPrompt, ask: Ask) -> UpstreamPrompt:
         """Nothing to compile: the upstream enforces the request's own response_format and tools."""
@@ -121,7 +122,7 @@ class _Job:
         spec = backend.spec
         counts = prompt.counts
         self.relay = Relay(spec.name, backend._key, counts.choices, max_tokens, counts.n_tokens,
-                           wire.prompt_floor(prompt.ask), counts.held)
+                           wire.prompt_floor(prompt.ask), counts.held, predicted=counts.predicted)
         self.on_chunk = on_chunk
         self.task: asyncio.Task | None = None
         self.delivered = False

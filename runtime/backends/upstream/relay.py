@@ -35,8 +35,9 @@ TEXT_FIELDS = ("content", "refusal", "reasoning_content", "reasoning")
 
 class Relay:
     def __init__(self, model: str, secret: str | None, choices: int, max_tokens: int, prompt_estimate: int,
-                 prompt_floor: int, prompt_bound: int):
+                 prompt_floor: int, prompt_bound: int, predicted: int = 0):
         self.model, self.secret = model, secret
+        self.predicted = predicted           # a prediction's tokens, billed by the upstream when it rejects them
         self.choices, self.max_tokens = choices, max_tokens
         self.prompt_estimate, self.prompt_floor, self.prompt_bound = prompt_estimate, prompt_floor, prompt_bound
         self.text_limit = max_tokens * MAX_TOKEN_BYTES
@@ -112,13 +113,15 @@ class Relay:
         """The usage to settle on: the upstream's own when it is plausible, else the local count (logged).
 
         Plausible means: completion tokens at least the relayed bytes / 16 (no token is that long on average)
-        and at most max_tokens x n; prompt tokens at least the prompt's bytes / 16 and at most its hold bound.
+        and at most max_tokens x n (plus a prediction's tokens, whose rejected ones are billed); prompt tokens at
+        least the prompt's bytes / 16 and at most its hold bound.
         After a cut the upstream ignored max_tokens, so its figures are not used at all."""
         local = self.local()
         if reported is None or self.cut:
             return local
         completion_floor = -(-sum(self.text_bytes) // MAX_TOKEN_BYTES)
-        ok_completion = completion_floor <= reported.completion_tokens <= self.max_tokens * self.choices
+        ok_completion = (completion_floor <= reported.completion_tokens
+                         <= self.max_tokens * self.choices + self.predicted)
         ok_prompt = self.prompt_floor <= reported.prompt_tokens <= self.prompt_bound
         if ok_completion and ok_prompt:
             return reported

@@ -64,6 +64,13 @@ def estimate_prompt(ask: Ask) -> tuple[int, int]:
     return estimate, max(bound, estimate)
 
 
+def prediction_bound(ask: Ask) -> int:
+    """The most tokens a relayed ``prediction`` can hold (its UTF-8 bytes as JSON: a token spells at least one),
+    which an OpenAI-style upstream bills as completion tokens when it rejects them; 0 without one."""
+    value = ask.extra.get("prediction") if ask.extra else None
+    return len(_json(value).encode("utf-8", "replace")) if value is not None else 0
+
+
 def prompt_floor(ask: Ask) -> int:
     """The fewest tokens the prompt can be: its UTF-8 bytes / MAX_TOKEN_BYTES, rounded up (at least 1)."""
     messages, fields = _pieces(ask)
