@@ -124,7 +124,7 @@ def test_the_recorded_request_fits_a_large_context_and_its_tools_grammar_compile
         try:
             prompt = await backend.prepare(ask)
             compiled = await backend.compile(prompt, ask)
-            return backend.info.ctx, prompt.n_tokens, compiled
+            return backend.info.ctx, prompt.counts.n_tokens, compiled
         finally:
             backend.close()
     ctx, tokens, compiled = asyncio.run(prepare())
