@@ -1,5 +1,5 @@
 """Claude Code against `reverb serve`: the request body `claude -p` really sends (recorded into
-tests/data/claude_code_request.json: 25 tools, ~87 KB, 23k tokens with the tiny model's tokenizer) answered with
+tests/data/claude_code_request.json: 25 tools, ~87 KB, 22.6k tokens with the tiny model's tokenizer) answered with
 Anthropic's well-formed context error on the tiny model's 2048-token context, and `claude -p` itself completing a
 turn (and showing the server's error for the full prompt). Claude Code comes from npm (`make claude-code`); these
 tests skip, loudly, only when it is not installed."""
@@ -106,7 +106,7 @@ def test_claude_code_shows_the_servers_context_error_for_its_full_prompt(srv, tm
 def test_the_recorded_request_fits_a_large_context_and_its_tools_grammar_compiles():
     """What a server with a context of 32768 does with the recorded request before it reads the prompt: every
     field checked, the prompt rendered and counted (it fits), and the grammar of its 25 tools compiled. (Reading
-    23k tokens takes longer than a test may on a busy 2-core machine: docs/anthropic.md.)"""
+    22.6k tokens took 934 s on a busy 2-core machine, longer than a test may: docs/anthropic.md.)"""
     import asyncio
 
     from reverb.api import wire
