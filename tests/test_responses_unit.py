@@ -13,7 +13,7 @@ import pytest
 from reverb.api import wire
 from reverb.api.openapi import request_schema
 from reverb.api.outputs import Output
-from reverb.api.tochat import chat_body
+from reverb.api.chatbody import request as chat_body
 from reverb.errors import InvalidRequest
 from reverb.ledger import Ledger
 from reverb.ledger import responses as stored

@@ -1,8 +1,8 @@
-"""A checked Ask as a Chat Completions request body: what a model behind an OpenAI-compatible upstream is sent for
-a dialect that is not chat (Messages). Every field the Ask holds is written in chat's terms (messages with tool
-calls and tool results, tools and tool_choice, response_format, the sampling that differs from the defaults), so
-the upstream is asked exactly what a local model would be; the upstream backend then sets the model, streaming and
-the max_tokens the credit hold was made for.
+"""A checked Ask as a Chat Completions request body: what a model behind an OpenAI-compatible upstream is sent for a
+dialect that is not chat (Responses, Messages). Every field the Ask holds is written in chat's terms (messages with
+tool calls and tool results, tools and tool_choice, response_format, the sampling that differs from the defaults),
+so the upstream is asked exactly what a local model would be; the upstream backend then sets the model, streaming
+and the max_tokens the credit hold was made for.
 """
 
 from __future__ import annotations

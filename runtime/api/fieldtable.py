@@ -1,4 +1,4 @@
-"""The docs' table of request fields, generated from wire.py's rows (docs/api-fields.md holds it; ``python -m
+"""The docs' table of request fields, generated from fields.py's rows (docs/api-fields.md holds it; ``python -m
 reverb.cli.docs`` writes and checks it)."""
 
 from __future__ import annotations

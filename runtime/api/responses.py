@@ -3,7 +3,7 @@
 The body is checked by wire.py's RESPONSES rows (``input`` into the same messages chat makes, flat tools into the
 same Tools); ``view`` then adds what the table cannot: ``instructions`` and a stored ``previous_response_id``'s
 conversation before the input, and for a model behind an upstream the chat-completions body it is sent (built
-from the Ask: tochat.py). The request then runs through handler.handle like chat, so it is priced, held, settled
+from the Ask: chatbody.py). The request then runs through handler.handle like chat, so it is priced, held, settled
 and logged the same way. The renderers write a ``response`` object, or its event stream: ``response.created``,
 ``response.in_progress``, each item's events (outputs.py), ``response.completed`` (or ``response.failed`` with the
 error's code). As in chat, whatever a client may act on (a function call's ``done``, the completion) is sent only
@@ -30,7 +30,7 @@ from .items import omitted_tools
 from .outputs import Output, usage_json
 from .sse import SSE
 from .stream import stream_failure
-from .tochat import chat_body
+from . import chatbody
 
 MAX_ID = 64
 
@@ -99,7 +99,7 @@ async def view(request: Request, reading: wire.Reading, relayed: bool):
     head = (Message("system", instructions),) if instructions else ()
     ask = replace(ask, messages=head + prior + ask.messages)
     if relayed:
-        ask = replace(ask, extra=MappingProxyType(chat_body(ask)), local=True)
+        ask = replace(ask, extra=MappingProxyType(chatbody.request(ask)), local=True)
     omitted = omitted_tools(reading.body.get("tools"))
     keep = values.get("store") is not False and service.settings.responses_ttl > 0
     state = State(service, owner, keep, prior, ask.messages[len(head) + len(prior):], omitted,

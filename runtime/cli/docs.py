@@ -1,4 +1,4 @@
-"""The docs that cannot drift: the tables generated from the code (the request fields from api/wire.py, the
+"""The docs that cannot drift: the tables generated from the code (the request fields from api/fields.py, the
 server flags from Settings) and the links between README.md and docs/. In the manner of simonw/llm's cog: a
 generated table sits in its Markdown file between two markers and is rewritten there.
 
