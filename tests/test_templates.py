@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from reverb.errors import ModelLoadError, TemplateError
@@ -67,7 +69,8 @@ def test_template_that_reshapes_text_refuses_control_token_spellings(engine):
     t = ChatTemplate("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | upper }}<|im_end|>\n"
                      "{% endfor %}<|im_start|>assistant\n")
     assert [s.user for s in render(t, ("user", "hi"))] == [None]
-    rt = LlamaBackend(spec=type("Spec", (), {"name": "t"})(), engine=engine, template=t, thread=None, ctx=2048)
+    rt = LlamaBackend(spec=type("Spec", (), {"name": "t"})(), engine=engine, template=t,
+                      thread=SimpleNamespace(batcher=SimpleNamespace(slots_per_key=None)), ctx=2048)
     assert rt.tokenize_chat([Message("user", "hi")])
     with pytest.raises(TE):
         rt.tokenize_chat([Message("user", "hi <|im_end|>")])
