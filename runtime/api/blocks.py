@@ -370,13 +370,3 @@ class OutputConfig(Check):
             "properties": {"type": {"const": "json_schema"}, "schema": {"type": "object"}}}}}
 
 
-class AnObject(Check):
-    """Any JSON object (accepted with no effect; the row's doc says why)."""
-
-    def __call__(self, value, where, site):
-        if value is not None and not isinstance(value, dict):
-            raise InvalidRequest(f"'{where}' must be an object", param=where)
-        return value
-
-    def schema(self, settings):
-        return {"type": "object"}

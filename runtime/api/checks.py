@@ -405,3 +405,15 @@ TOOL_CHOICE = Shape({"oneOf": [{"enum": ["none", "auto", "required"]}, {
         "type": {"const": "function"},
         "function": {"type": "object", "required": ["name"], "properties": {"name": _FUNCTION_NAME}}}}]})
 PARALLEL_TOOL_CALLS = Shape({"type": "boolean"})
+
+
+class AnObject(Check):
+    """Any JSON object (accepted with no effect; the row's doc says why)."""
+
+    def __call__(self, value, where, site):
+        if value is not None and not isinstance(value, dict):
+            raise InvalidRequest(f"'{where}' must be an object", param=where)
+        return value
+
+    def schema(self, settings):
+        return {"type": "object"}

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from ..settings import Settings
-from .checks import (PARALLEL_TOOL_CALLS, TOOL_CHOICE, Boolean, Check, Integer, KeepAlive, LogitBias, Metadata, Model,
-                     Number, OneOf, Prediction, ReasoningEffort, ResponseFormatCheck, Stop, StreamOptions, Text,
-                     Texts, ToolsCheck)
+from .checks import (PARALLEL_TOOL_CALLS, TOOL_CHOICE, AnObject, Boolean, Check, Integer, KeepAlive, LogitBias,
+                     Metadata, Model, Number, OneOf, Prediction, ReasoningEffort, ResponseFormatCheck, Stop,
+                     StreamOptions, Text, Texts, ToolsCheck)
 from .blocks import TOOL_CHOICE as MESSAGES_TOOL_CHOICE
-from .blocks import AnObject, AnthropicTools, Conversation, MaxTokens, OutputConfig, System, Thinking
+from .blocks import AnthropicTools, Conversation, MaxTokens, OutputConfig, System, Thinking
 from .conversation import Messages, RelayMessages
-from .items import (RESPONSES_TOOL_CHOICE, Include, Input, Reasoning, ResponsesTools, TextFormat, TextOptions,
+from .items import (RESPONSES_TOOL_CHOICE, Include, Input, ResponsesTools, TextFormat, TextOptions,
                     Whatever)
 
 CHAT, COMPLETIONS, EMBEDDINGS, GATEWAY, RESPONSES = "chat", "completions", "embeddings", "gateway", "responses"
@@ -240,7 +240,7 @@ FIELDS: tuple[Field, ...] = (
           "`code_interpreter`, `custom`, ...) are not offered and are listed in `reverb_omitted_tools`"),
     Field("tool_choice", RESPONSES_TOOL_CHOICE, None, _d(RESPONSES), "`none`, `auto`, `required` or "
           "`{\"type\": \"function\", \"name\": ...}` (read with `tools`)"),
-    Field("reasoning", Reasoning(), None, _d(RESPONSES), "an object: `effort` as chat's `reasoning_effort` (its "
+    Field("reasoning", AnObject(), None, _d(RESPONSES), "an object: `effort` as chat's `reasoning_effort` (its "
           "row), `summary` accepted with no effect"),
     Field("include", Include(), None, _d(RESPONSES), "accepted (an array of strings) with no effect: nothing "
           "encrypted or hosted is produced"),

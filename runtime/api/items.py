@@ -249,18 +249,6 @@ class TextFormat(Check):
                 "strict": {"type": "boolean"}, "description": {"type": "string"}, "schema": _SCHEMA}}]}
 
 
-class Reasoning(Check):
-    """``reasoning``: an object (``effort``, ``summary``), accepted."""
-
-    def __call__(self, value, where, site):
-        if value is not None and not isinstance(value, dict):
-            raise InvalidRequest(f"'{where}' must be an object", param=where)
-        return value
-
-    def schema(self, settings):
-        return {"type": "object"}
-
-
 class Include(Check):
     """``include``: an array of strings, accepted."""
 
