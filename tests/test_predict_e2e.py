@@ -257,3 +257,33 @@ def test_ngram_speculation_gives_the_same_answer_when_quoting(servers):
                 "max_tokens": 60, **sampling}
         assert content(ok(servers["drafts"], body)) == content(ok(servers["plain"], body))
     assert drafts(servers["drafts"], "ngram")["drafted"] > before["drafted"]
+
+
+def test_a_prediction_on_the_responses_api(servers):
+    """The Responses API takes the same `prediction` (the OpenAI SDK's extra_body): the same answer as without it,
+    streamed and not, its accepted and rejected tokens in usage.output_tokens_details and billed alike."""
+    import openai
+    srv = servers["plain"]
+    client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key=srv.key, max_retries=0)
+    ask = {"model": MODEL, "input": POEM[0]["content"], "max_output_tokens": 50, "temperature": 0, "store": False}
+    base = client.responses.create(**ask)
+    assert base.output_text and base.usage.output_tokens_details.model_extra == {}
+    raw = client.responses.with_raw_response.create(**ask, extra_body={"prediction": {
+        "type": "content", "content": edit(base.output_text)}})
+    got = raw.parse()
+    assert got.output_text == base.output_text
+    details = got.usage.output_tokens_details.model_extra
+    assert details["accepted_prediction_tokens"] > 0 and details["rejected_prediction_tokens"] > 0
+    assert got.usage.output_tokens == base.usage.output_tokens + details["rejected_prediction_tokens"]
+    with srv.ledger() as ledger:
+        row = wait_for(lambda: ledger.request(raw.headers["x-request-id"]), what="the ledger row")
+    assert row["completion_tokens"] == got.usage.output_tokens
+    events = list(client.responses.create(**ask, stream=True, extra_body={"prediction": {
+        "type": "content", "content": base.output_text}}))
+    assert events[-1].type == f"response.{base.status}"   # completed, or incomplete at max_output_tokens
+    final = events[-1].response
+    assert final.output_text == base.output_text
+    assert final.usage.output_tokens_details.model_extra["accepted_prediction_tokens"] > 0
+    bad = httpx.post(srv.base_url + "/v1/responses", headers={"Authorization": f"Bearer {srv.key}"},
+                     json={**ask, "prediction": {"type": "content", "content": 5}})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "prediction.content", bad.text

@@ -31,3 +31,14 @@ def test_rejected_prediction_tokens_reported_by_the_upstream_are_plausible():
     plain = Relay("m", None, 1, 4, prompt_estimate=10, prompt_floor=2, prompt_bound=40)
     plain.admit({"choices": [{"index": 0, "delta": {"content": "abcd"}, "finish_reason": "stop"}]}, 80)
     assert plain.usage(Usage(12, 24)) == Usage(12, plain.local().completion_tokens)
+
+
+def test_a_responses_prediction_reaches_the_upstream_and_its_bound():
+    """A dialect translated into a chat body (the Responses API behind an upstream) carries the checked prediction,
+    so the upstream gets it and the hold covers it."""
+    from reverb.api import chatbody
+    checked = Ask(model="m", messages=(), prediction="déjà vu " * 10)
+    body = chatbody.request(checked)
+    assert body["prediction"] == {"type": "content", "content": "déjà vu " * 10}
+    assert wire.prediction_bound(ask(**body)) >= len("déjà vu " * 10)
+    assert "prediction" not in chatbody.request(Ask(model="m", messages=()))

@@ -31,6 +31,8 @@ def request(ask: Ask) -> dict:
         body["response_format"] = ({"type": "json_object"} if rf.kind == "json_object" or rf.schema is None else
                                    {"type": "json_schema", "json_schema": {"name": rf.name or "output",
                                                                            "schema": rf.schema, "strict": rf.strict}})
+    if ask.prediction is not None:
+        body["prediction"] = {"type": "content", "content": ask.prediction}
     return body
 
 

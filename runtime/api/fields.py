@@ -209,11 +209,12 @@ FIELDS: tuple[Field, ...] = (
     Field("response_format", ResponseFormatCheck(), "response_format", CHATS, "`text`, `json_object`, "
           "`json_schema` (`strict` true or false, enforced alike) by a grammar with bounded work "
           "(docs/structured-output.md); a schema keyword that cannot be enforced is 400 naming it"),
-    Field("prediction", Prediction(), "prediction", _d(CHAT), "Predicted Outputs: `{\"type\": \"content\", "
+    Field("prediction", Prediction(), "prediction", _d(CHAT, RESPONSES), "Predicted Outputs: `{\"type\": \"content\", "
           "\"content\": ...}` (a string or text parts), the answer you expect (a file you ask to edit): its tokens are "
           "checked in batches against what the model samples, so the answer is the same, sooner; "
           "`usage.completion_tokens_details` counts accepted and rejected prediction tokens, and rejected ones are "
-          "billed as completion tokens. With `n` > 1 it is 400 (docs/predicted-outputs.md)", fallback=True),
+          "billed as completion tokens (the Responses API: in `usage.output_tokens_details`). With `n` > 1 it is 400 "
+          "(docs/predicted-outputs.md)", fallback=True),
     Field("tools", ToolsCheck(), "tools", CHATS, "functions the model may call, for every model (see Tool calls)"),
     Field("tool_choice", TOOL_CHOICE, None, CHATS, "`none`, `auto`, `required` or a named function (read with "
           "`tools`)"),

@@ -148,10 +148,16 @@ class Output:
         return (Message("assistant", text, calls),) if text or calls else ()
 
 
-def usage_json(usage) -> dict[str, Any]:
+def usage_json(usage, prediction: bool = False) -> dict[str, Any]:
+    """The Responses API's usage object; with a prediction, its accepted and rejected tokens as chat reports them
+    (rejected ones are in output_tokens too: they are billed)."""
     p, c = (usage.prompt_tokens, usage.completion_tokens) if usage is not None else (0, 0)
+    details: dict[str, Any] = {"reasoning_tokens": 0}
+    if prediction:
+        details |= {"accepted_prediction_tokens": usage.accepted_prediction_tokens if usage is not None else 0,
+                    "rejected_prediction_tokens": usage.rejected_prediction_tokens if usage is not None else 0}
     return {"input_tokens": p, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": c,
-            "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": p + c}
+            "output_tokens_details": details, "total_tokens": p + c}
 
 
 def _copy(item: dict) -> dict:

@@ -112,7 +112,8 @@ def response_json(a: Answer, status: str, output: list[dict], usage=None, error:
     state: State = a.render.state
     out = {"id": a.id, "object": "response", "created_at": a.created, "status": status, "background": False,
            "error": error, "incomplete_details": None, "model": a.gen.model, "output": output,
-           **state.echo, "store": state.store, "usage": usage_json(usage) if usage is not None else None,
+           **state.echo, "store": state.store,
+           "usage": usage_json(usage, a.ask.prediction is not None) if usage is not None else None,
            "reverb_omitted_tools": list(state.omitted)}
     if status == "incomplete":
         out["incomplete_details"] = {"reason": "max_output_tokens"}
