@@ -40,6 +40,7 @@ def tiny_model_path() -> Path:
 
 # Every process the tests start, so a failing test never leaves one behind (see test_zz_no_leftovers.py).
 STARTED: list[subprocess.Popen] = []
+SERVER_STARTS: list[float] = []   # seconds from spawn to ready, per `reverb serve` a test started (the run's summary)
 
 
 def spawn(cmd: list[str], **kw) -> subprocess.Popen:
@@ -99,7 +100,8 @@ class Server:
         cmd = [sys.executable, "-m", "reverb.cli", "serve", "--port", "0", "--ready-file", str(ready),
                "--db", str(self.db), "--api-key", KEY, "--exit-with-parent", *self.args]
         self.proc = spawn(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT)
-        deadline = time.monotonic() + timeout
+        t0 = time.monotonic()
+        deadline = t0 + timeout
         while not ready.exists():
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log()}")
@@ -107,6 +109,7 @@ class Server:
                 self.kill()
                 raise RuntimeError(f"server not ready after {timeout}s:\n{self.log()}")
             time.sleep(0.02)
+        SERVER_STARTS.append(time.monotonic() - t0)
         self.base_url = ready.read_text().strip()
         return self
 
@@ -216,6 +219,14 @@ def pytest_sessionfinish(session, exitstatus):
         print(f"\n!!! processes left running at the end of the session (killed): {[p.args for p in alive]}",
               file=sys.stderr)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    """What servers cost the run: a test that starts its own where a shared one would do shows up here."""
+    if SERVER_STARTS:
+        terminalreporter.write_line(f"reverb serve: {len(SERVER_STARTS)} servers started, "
+                                    f"{sum(SERVER_STARTS):.0f} s waiting for them to be ready "
+                                    f"(median {sorted(SERVER_STARTS)[len(SERVER_STARTS) // 2]:.2f} s)")
 
 
 @pytest.fixture(scope="session")

@@ -197,7 +197,7 @@ def test_an_answer_past_its_grammar_budget_ends_alone_and_is_billed(make_server)
     victim = threading.Thread(target=lambda: out.setdefault("victim", post(s, "victim", long_body)))
     victim.start()
     r = post(s, "attacker", {"messages": [{"role": "user", "content": "List numbers."}], "max_tokens": 64,
-                             "response_format": rf({"type": "array", "items": {"type": "integer"}})})
+                             "response_format": rf({"type": "array", "items": {"type": "integer"}, "minItems": 30})})
     victim.join(600)
     assert r.status_code == 400 and r.json()["error"]["code"] == "grammar_too_costly", r.text
     assert "CPU time" in r.json()["error"]["message"]

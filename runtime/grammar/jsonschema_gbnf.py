@@ -2,7 +2,7 @@
 
 Modelled on llama.cpp's common/json-schema-to-grammar.cpp, but it only ever sees the checked subset, so
 every construct it emits is exact or tighter than the schema. Generated JSON: keys in declared order,
-whitespace only after '{' '[' ':' ',' and before '}' ']' (see SPACE), no exponents on bounded numbers.
+one space after ':' and ',' and none elsewhere (see SPACE), no exponents on bounded numbers.
 """
 import json
 import math
@@ -14,14 +14,19 @@ from .numeric import int_range, number_range
 from .pattern import pattern_to_gbnf
 from .schema_check import Checked, families
 
-# Whitespace between JSON tokens: at most one space, so output is compact like OpenAI's. llama.cpp's own
-# converter also allows a newline plus up to 20 indent characters per gap; on the tiny model that measured
-# about the same speed, so the choice is about output shape, not cost. Either way each gap is bounded.
-SPACE = '" "?'
+# Whitespace between JSON tokens: exactly one space after ':' and ',' and none inside brackets, as Python's
+# json.dumps writes it (and as ``json_literal`` writes consts). One spelling per document, not "at most one space
+# per gap" (llama.cpp's converter even allows a newline and indent per gap): then the grammar alone decides every
+# key name and separator between two values, and grammar fast-forward (backends/llama/draft.py) decodes them as
+# one run of forced tokens instead of stopping at each optional space. WS (an optional space) is for the text
+# around a tool call, which the model writes before the grammar takes over (tools.py).
+SPACE = '" "'
+WS = '" "?'
 CHAR = (r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" ([0-9a-cA-CefEF] [0-9a-fA-F]{3}'
         r' | [dD] [0-7] [0-9a-fA-F]{2}))')  # \u escapes exclude surrogates: one char = one code point
 PRIMITIVES = {
     "space": SPACE,
+    "ws": WS,
     "char": CHAR,
     "string": r'"\"" char* "\""',
     "boolean": '"true" | "false"',
@@ -30,8 +35,8 @@ PRIMITIVES = {
     "integer": '"-"? integral-part',
     "number": '"-"? integral-part ("." [0-9]{1,16})? ([eE] [-+]? [0-9]{1,2})?',
     "value": "object | array | string | number | boolean | null",
-    "object": '"{" space (string ":" space value ("," space string ":" space value)* space)? "}"',
-    "array": '"[" space (value ("," space value)* space)? "]"',
+    "object": '"{" (string ":" space value ("," space string ":" space value)*)? "}"',
+    "array": '"[" (value ("," space value)*)? "]"',
 }
 PRIM_DEPS = {"string": ["char"], "integer": ["integral-part"], "number": ["integral-part"],
              "value": ["object", "array", "string", "number", "boolean", "null"],
@@ -168,12 +173,12 @@ class SchemaConverter:
         sp = self.b.prim("space")
         if not props:
             if ap is False:
-                return self.b.add(hint, f'"{{" {sp} "}}"')
+                return self.b.add(hint, '"{" "}"')
             if ap is True or ap == {}:
                 return self.b.prim("object")
             val = self.visit(ap, f"{hint}-value", f"{path}.additionalProperties")
             kv = self.b.add(f"{hint}-kv", f'{self.b.prim("string")} ":" {sp} {val}')
-            return self.b.add(hint, f'"{{" {sp} ({kv} ("," {sp} {kv})* {sp})? "}}"')
+            return self.b.add(hint, f'"{{" ({kv} ("," {sp} {kv})*)? "}}"')
         # Declared properties only (extra ones are merely permitted): required always, optional maybe,
         # in declared order. Two rule chains keep the grammar linear in the number of properties (a nested
         # expression is quadratic and llama.cpp's parser refuses deep nesting): rest-i = properties i..
@@ -197,25 +202,25 @@ class SchemaConverter:
             tail = f'"," {sp} {kv}' if req else f'("," {sp} {kv})?'
             rest = self.b.add(f"{hint}-rest-{i}", f"{tail} {rest}".strip()) if i else ""
         body = firsts[0]
-        inner = f"({body}) {sp}" if required else f"(({body}) {sp})?"
-        return self.b.add(hint, f'"{{" {sp} {inner} "}}"')
+        inner = f"({body})" if required else f"(({body}))?"
+        return self.b.add(hint, f'"{{" {inner} "}}"')
 
     def array(self, node, hint, path) -> str:
         sp = self.b.prim("space")
         if "prefixItems" in node:
             items = [self.visit(s, f"{hint}-{i}", f"{path}.prefixItems[{i}]")
                      for i, s in enumerate(node["prefixItems"])]
-            return self.b.add(hint, f'"[" {sp} ' + f' "," {sp} '.join(items) + f' {sp} "]"')
+            return self.b.add(hint, '"[" ' + f' "," {sp} '.join(items) + ' "]"')
         lo, hi = node.get("minItems", 0), node.get("maxItems")
         if node.get("items", True) is False or hi == 0:
-            return self.b.add(hint, f'"[" {sp} "]"')
+            return self.b.add(hint, '"[" "]"')
         item = self.visit(node.get("items", True), f"{hint}-item", f"{path}.items")
         if hi == 1:
-            body = f"{item} {sp}"
+            body = item
         else:
             rep = "*" if hi is None and lo <= 1 else f"{{{max(lo - 1, 0)},{'' if hi is None else hi - 1}}}"
-            body = f'{item} ("," {sp} {item}){rep} {sp}'
-        return self.b.add(hint, f'"[" {sp} ' + (f"({body})?" if lo == 0 else body) + ' "]"')
+            body = f'{item} ("," {sp} {item}){rep}'
+        return self.b.add(hint, '"[" ' + (f"({body})?" if lo == 0 else body) + ' "]"')
 
     def string(self, node, hint, path) -> str:
         if "pattern" in node:

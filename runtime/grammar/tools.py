@@ -111,12 +111,12 @@ def _parse_tool(tool, path) -> Tool:
 
 def _calls_rule(b: GrammarBuilder, plan: Tools) -> str:
     """Rule for one or more (if parallel) <tool_call> blocks of the allowed functions."""
-    sp = b.prim("space")
+    sp = b.prim("ws")   # the call's own JSON, as the model opens it (the trigger allows a space); arguments: canonical
     alts = []
     for i, t in enumerate(plan.allowed):
         ppath = f"tools[{plan.tools.index(t)}].function.parameters"
         args = add_schema(b, t.parameters, ppath, f"fn{i}-args") if t.parameters is not None \
-            else b.add("empty-object", f'"{{" {sp} "}}"')
+            else b.add("empty-object", '"{" "}"')
         alts.append(b.add(f"fn{i}-call", f'{literal(json.dumps(t.name))} "," {sp} "\\"arguments\\":" {sp} {args}'))
     tcws = b.add("tc-ws", TC_WS)
     call = b.add("tool-call", f'{literal(OPEN)} {tcws} "{{" {sp} "\\"name\\":" {sp} ({" | ".join(alts)}) '
