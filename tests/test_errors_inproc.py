@@ -79,3 +79,25 @@ def test_errors_in_gateway_format(app, body, status, code):
     r = app().post("/api/endpoint", json=body)
     assert r.status_code == status
     assert r.json()["status"] == 0 and r.json()["error"]["code"] == code and r.json()["error"]["message"]
+
+
+def test_a_preflight_allows_delete_and_the_sdks_own_headers(app):
+    """A browser page at an allowed origin may DELETE a stored response and send the headers the SDKs add (Anthropic's
+    x-api-key and anthropic-version, OpenAI's x-stainless-*); a header list that is not plain names is not echoed."""
+    http = app(cors_origins=("https://app.example",))
+    asked = "X-Api-Key, anthropic-version, x-stainless-os, content-type"
+    pre = http.options("/v1/responses/resp_1", headers={"Origin": "https://app.example",
+                                                       "Access-Control-Request-Method": "DELETE",
+                                                       "Access-Control-Request-Headers": asked})
+    assert pre.status_code == 204
+    assert "DELETE" in pre.headers["access-control-allow-methods"].split(", ")
+    assert pre.headers["access-control-allow-headers"] == asked.lower()
+    for hostile in ("x-a\r\nset-cookie: 1", "x-a; y", "x" * 3000):
+        pre = http.options("/v1/messages", headers={"Origin": "https://app.example",
+                                                    "Access-Control-Request-Method": "POST",
+                                                    "Access-Control-Request-Headers": hostile})
+        assert pre.headers["access-control-allow-headers"] == "authorization, content-type", hostile
+    other = http.options("/v1/messages", headers={"Origin": "https://evil.example",
+                                                  "Access-Control-Request-Method": "POST",
+                                                  "Access-Control-Request-Headers": asked})
+    assert "access-control-allow-headers" not in other.headers

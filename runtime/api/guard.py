@@ -9,6 +9,8 @@ without credentials, as browsers require. Preflight requests are answered here, 
 
 from __future__ import annotations
 
+import re
+
 from ..errors import InvalidRequest
 from .refuse import refuse
 
@@ -52,8 +54,9 @@ class Cors:
             return await self.app(scope, receive, send)
         cors = [(b"access-control-allow-origin", allow.encode("latin-1")), (b"vary", b"Origin")]
         if scope["method"] == "OPTIONS" and any(k == b"access-control-request-method" for k, _ in scope["headers"]):
-            headers = cors + [(b"access-control-allow-methods", b"GET, POST, OPTIONS"),
-                              (b"access-control-allow-headers", b"authorization, content-type"),
+            asked = next((v for k, v in scope["headers"] if k == b"access-control-request-headers"), b"")
+            headers = cors + [(b"access-control-allow-methods", b"GET, POST, DELETE, OPTIONS"),
+                              (b"access-control-allow-headers", _allowed_headers(asked)),
                               (b"access-control-max-age", b"600"), (b"content-length", b"0")]
             await send({"type": "http.response.start", "status": 204, "headers": headers})
             await send({"type": "http.response.body", "body": b""})
@@ -65,3 +68,17 @@ class Cors:
             await send(message)
 
         await self.app(scope, receive, send_with_cors)
+
+
+BASE_HEADERS = b"authorization, content-type"
+_HEADER_LIST = re.compile(rb"[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*")
+
+
+def _allowed_headers(asked: bytes) -> bytes:
+    """The request headers a preflight may allow: the ones it asks for (the SDKs send their own: Anthropic's
+    x-api-key and anthropic-version, OpenAI's x-stainless-*), echoed only when they are a plain list of header names
+    of bounded length; otherwise authorization and content-type. The origin is already one the operator allowed."""
+    asked = asked.strip()
+    if asked and len(asked) <= 2048 and _HEADER_LIST.fullmatch(asked):
+        return asked.lower()
+    return BASE_HEADERS
