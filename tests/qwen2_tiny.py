@@ -22,16 +22,17 @@ def write(dir_: Path, seed: int = 0, template: str = TEMPLATE, added: tuple[str,
     return {k: np.array(v) for k, v in safetensors_io.read_dir(Path(dir_)).items()}
 
 
-def forward(t: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
-    """Qwen2 logits [n, vocab] in float64: RMSNorm, biased q/k/v, NEOX RoPE, GQA causal attention, SwiGLU."""
-    h, nh, nkv = CFG["hidden_size"], CFG["num_attention_heads"], CFG["num_key_value_heads"]
-    hd, eps, n = h // nh, CFG["rms_norm_eps"], len(tokens)
+def forward(t: dict[str, np.ndarray], tokens: list[int], cfg: dict = CFG) -> np.ndarray:
+    """Qwen2 logits [n, vocab] in float64: RMSNorm, biased q/k/v, NEOX RoPE, GQA causal attention, SwiGLU; ``cfg``
+    is the checkpoint's config.json (default: the tiny one's)."""
+    h, nh, nkv = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd, eps, n = h // nh, cfg["rms_norm_eps"], len(tokens)
     g = {k: v.astype(np.float64) for k, v in t.items()}
 
     def norm(x, w):
         return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
 
-    inv = 1.0 / CFG["rope_theta"] ** (np.arange(0, hd, 2) / hd)
+    inv = 1.0 / cfg["rope_theta"] ** (np.arange(0, hd, 2) / hd)
     ang = np.outer(np.arange(n), inv)
     cos, sin = np.cos(np.concatenate([ang, ang], -1)), np.sin(np.concatenate([ang, ang], -1))
 
@@ -41,7 +42,7 @@ def forward(t: dict[str, np.ndarray], tokens: list[int]) -> np.ndarray:
 
     x = g["model.embed_tokens.weight"][tokens]
     mask = np.triu(np.full((n, n), -np.inf), 1)
-    for i in range(CFG["num_hidden_layers"]):
+    for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}."
         a = norm(x, g[p + "input_layernorm.weight"])
         q, k, v = (_proj(g, p, name, a, heads, hd) for name, heads in (("q", nh), ("k", nkv), ("v", nkv)))
