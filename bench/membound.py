@@ -48,10 +48,12 @@ def model(preset: str) -> Path:
     if path.exists():
         return path
     n = synthetic.parameters(shape, synthetic.BYTE_MERGES)
-    print(f"building the synthetic {preset} model ({n / 1e9:.2f}B parameters, {OUTTYPE}) into {path}: random "
+    print(f"building the synthetic {preset} model ({n / 1e6:,.0f}M parameters, {OUTTYPE}) into {path}: random "
           f"weights, then the HF -> GGUF conversion; about 2 minutes for 1b on 2 cores, once", file=sys.stderr,
           flush=True)
     CACHE.mkdir(parents=True, exist_ok=True)
+    for stale in CACHE.glob(f"qwen2-{preset}-*.gguf"):   # built by an older generator or converter
+        stale.unlink()
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(dir=CACHE, prefix="build-") as tmp:
         synthetic.write(Path(tmp) / "hf", shape, SEED, DTYPE, shards=1, merges=synthetic.BYTE_MERGES)
@@ -64,7 +66,9 @@ def model(preset: str) -> Path:
 def describe(preset: str, path: Path) -> dict:
     shape = synthetic.PRESETS[preset]
     return {"preset": preset, "file": path.name, "bytes": path.stat().st_size, "quant": OUTTYPE.upper(),
-            "parameters": synthetic.parameters(shape, synthetic.BYTE_MERGES), "shape": repr(shape)}
+            "parameters": synthetic.parameters(shape, synthetic.BYTE_MERGES),
+            "shape": f"hidden {shape.hidden}, ffn {shape.ffn}, {shape.layers} layers, {shape.heads} heads / "
+                     f"{shape.kv_heads} kv, byte vocabulary"}
 
 
 def measure(tmp: Path, args, quick: bool = False) -> dict:
@@ -116,7 +120,8 @@ def report(r: dict) -> None:
     a, b, c = (p50(runs.get(k, [])) for k in ("reverb", "reverb + prediction", "llama-server"))
     acc = p50([d.get("accepted_prediction_tokens", 0) for d in r["details"]])
     rej = p50([d.get("rejected_prediction_tokens", 0) for d in r["details"]])
-    print(f"\nmemory-bound row: synthetic Qwen2 {m['parameters'] / 1e9:.2f}B ({m['preset']}: {m['shape']}), "
+    size = f"{m['parameters'] / 1e9:.2f}B" if m["parameters"] >= 1e8 else f"{m['parameters'] / 1e6:.1f}M"
+    print(f"\nmemory-bound row: synthetic Qwen2 {size} ({m['preset']}: {m['shape']}), "
           f"{m['quant']}, {m['bytes'] / 1e6:.0f} MB; {r['tokens']} tokens, prediction = the model's own greedy "
           f"answer; medians of {r['rounds']} interleaved rounds (decode tok/s)\n")
     print(f"  llama-server {c:.1f}" if c else "  llama-server -", end="")
