@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -126,6 +127,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-grammar", action="store_true", help="skip the grammar-vs-plain decode section")
     ap.add_argument("--skip-contention", action="store_true", help="skip the decode-beside-busy-loops section")
     args = ap.parse_args(argv)
+    # SIGTERM runs the finally blocks that stop the servers (each in its own session, so nothing else would)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.only == "grammar":
         return only_grammar(args)
     if args.only == "contention":
