@@ -41,5 +41,6 @@ def run_synthetic(args) -> None:
     merges = synthetic.BYTE_MERGES if args.byte_tokens else synthetic.MERGES
     t0 = time.monotonic()
     info = synthetic.write(args.output, shape, args.seed, args.dtype, shards=args.shards, merges=merges)
-    print(f"{args.output}: Qwen2ForCausalLM, {info['parameters'] / 1e9:.3f}B parameters ({shape}), {args.dtype}, "
+    print(f"{args.output}: Qwen2ForCausalLM, {info['parameters'] / 1e6:,.1f}M parameters (hidden {shape.hidden}, "
+          f"ffn {shape.ffn}, {shape.layers} layers, {shape.heads} heads / {shape.kv_heads} kv), {args.dtype}, "
           f"{info['bytes'] / 1e6:.1f} MB in {time.monotonic() - t0:.0f} s")
