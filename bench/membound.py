@@ -95,7 +95,8 @@ def measure(tmp: Path, args, quick: bool = False) -> dict:
         predicted = {**plain, "prediction": {"type": "content", "content": answer}}
         plan = [("reverb", "reverb", plain), ("reverb + prediction", "reverb", predicted)]
         plan += [("llama-server", "llama-server", plain)] if "llama-server" in by else []
-        out: dict = {"model": describe(preset, path), "tokens": tokens, "rounds": rounds, "runs": {}, "details": [],
+        out: dict = {"model": describe(preset, path), "tokens": tokens, "rounds": rounds, "quick": quick,
+                     "runs": {}, "details": [],
                      "answer": {"tokens": reference["tokens"], "distinct": len(set(answer)), "start": answer[:80]},
                      "same_answer": True}
         for rnd in range(rounds):
@@ -123,7 +124,8 @@ def report(r: dict) -> None:
     size = f"{m['parameters'] / 1e9:.2f}B" if m["parameters"] >= 1e8 else f"{m['parameters'] / 1e6:.1f}M"
     print(f"\nmemory-bound row: synthetic Qwen2 {size} ({m['preset']}: {m['shape']}), "
           f"{m['quant']}, {m['bytes'] / 1e6:.0f} MB; {r['tokens']} tokens, prediction = the model's own greedy "
-          f"answer; medians of {r['rounds']} interleaved rounds (decode tok/s)\n")
+          f"answer; medians of {r['rounds']} interleaved rounds (decode tok/s)"
+          + ("; --quick: a check, not a measurement" if r.get("quick") else "") + "\n")
     print(f"  llama-server {c:.1f}" if c else "  llama-server -", end="")
     print(f"   reverb without {a:.1f}   reverb with {b:.1f}   gain " + (f"{b / a:.2f}x" if a else "-")
           + f"   same answer {'yes' if r['same_answer'] else 'NO'}")
