@@ -18,12 +18,13 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from . import contention, drafts
+from . import contention, drafts, membound
 from . import grammar as grammar_bench
 from . import peers, workloads
 from .load import p50
@@ -120,9 +121,14 @@ def main(argv=None) -> int:
                     help="run one section alone (its own servers)")
     ap.add_argument("--quick", action="store_true", help="with --only drafts: one short round, to check it works")
     ap.add_argument("--skip-drafts", action="store_true", help="skip the predicted-outputs / speculation section")
+    ap.add_argument("--membound", choices=["with", "only", "skip"], default="with",
+                    help="the drafts section's memory-bound row (a synthetic ~1B model, bench/membound.py): run it "
+                         "with the other rows, alone, or not")
     ap.add_argument("--skip-grammar", action="store_true", help="skip the grammar-vs-plain decode section")
     ap.add_argument("--skip-contention", action="store_true", help="skip the decode-beside-busy-loops section")
     args = ap.parse_args(argv)
+    # SIGTERM runs the finally blocks that stop the servers (each in its own session, so nothing else would)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.only == "grammar":
         return only_grammar(args)
     if args.only == "contention":
@@ -173,7 +179,7 @@ def main(argv=None) -> int:
     if not args.skip_drafts:
         drafts_tmp = Path(tempfile.mkdtemp(prefix="reverb-bench-"))
         try:
-            results["drafts"] = drafts.measure(drafts_tmp, args, eog)
+            results["drafts"] = drafts_section(drafts_tmp, args, eog, quick=False)
         finally:
             shutil.rmtree(drafts_tmp, ignore_errors=True)
     if not args.skip_contention:
@@ -188,6 +194,8 @@ def main(argv=None) -> int:
     report(results, args)
     if "drafts" in results:
         drafts.report(results["drafts"], "draft tokens verified in batches (bench/drafts.py)")
+        if "membound" in results["drafts"]:
+            membound.report(results["drafts"]["membound"])
     if "contention" in results:
         contention.report(results["contention"], model.name, results["machine"])
     args.out.mkdir(parents=True, exist_ok=True)
@@ -267,23 +275,37 @@ def only_grammar(args) -> int:
 
 def only_drafts(args) -> int:
     """`--only drafts`: predicted outputs, fast-forward and n-gram speculation against their own servers, written to
-    bench/results/drafts-latest.json (`--quick`: one short round)."""
+    bench/results/drafts-latest.json (`--quick`: one short round; `--membound only`: membound-latest.json)."""
     from .raw import Raw
     raw = Raw(model_path(), 1, n_seq=1)
     eog = raw.eog_tokens()
     raw.close()
     tmp = Path(tempfile.mkdtemp(prefix="reverb-bench-"))
     try:
-        result = drafts.measure(tmp, args, eog, quick=args.quick)
+        result = drafts_section(tmp, args, eog, quick=args.quick)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     m = cpu()
     result.update(machine=m, threads=args.threads, quick=args.quick, rounds=1 if args.quick else args.rounds)
-    drafts.report(result, f"{model_path().name}, {args.threads} threads, {args.parallel} slots x {args.ctx}; "
-                          f"{m.get('model', '?')}" + ("; --quick: a check, not a measurement" if args.quick else ""))
+    if result["runs"]:
+        drafts.report(result, f"{model_path().name}, {args.threads} threads, {args.parallel} slots x {args.ctx}; "
+                              f"{m.get('model', '?')}" + ("; --quick: a check, not a measurement" if args.quick
+                                                          else ""))
+    if "membound" in result:
+        membound.report(result["membound"])
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / ("drafts-quick.json" if args.quick else "drafts-latest.json")).write_text(json.dumps(result, indent=2))
+    stem = "membound" if args.membound == "only" else "drafts"
+    (args.out / f"{stem}-{'quick' if args.quick else 'latest'}.json").write_text(json.dumps(result, indent=2))
     return 0
+
+
+def drafts_section(tmp: Path, args, eog: list[int], quick: bool) -> dict:
+    """The drafts workloads on the tiny model, then the memory-bound row (servers of the one stopped before the
+    other's start), as ``--membound`` says."""
+    result = drafts.measure(tmp, args, eog, quick=quick) if args.membound != "only" else {"runs": {}}
+    if args.membound != "skip":
+        result["membound"] = membound.measure(tmp, args, quick=quick)
+    return result
 
 
 if __name__ == "__main__":

@@ -89,35 +89,50 @@ def convert(hf_dir: Path, out: Path, outtype: str = "f16", pre: str | None = Non
     w.add_file_type(ftype)
     tokenizer.write_gguf_fields(w, vocab)
 
-    written = 0
+    # Two passes, so only one tensor is converted and held at a time: every tensor's name, shape and size (from
+    # the memory-mapped shapes alone) into the header, then each one read, encoded and written in that order.
+    plan = []
     for name, arr in tensors.items():
         if name.endswith("rotary_emb.inv_freq"):
             continue
         new = name_map.get_name(name, try_suffixes=(".weight", ".bias"))
         if new is None:
             raise ConvertError(f"tensor {name} has no GGUF name for {archs[0]}")
-        data = np.asarray(arr, dtype=np.float32)
-        if arch.permute_qk and name.endswith("q_proj.weight"):
-            data = permute(data, n_head)
-        elif arch.permute_qk and name.endswith("k_proj.weight"):
-            data = permute(data, n_head_kv)
-        encoded, raw_dtype = _encode(data, qtype)
-        w.add_tensor(new, encoded, raw_dtype=raw_dtype)
-        written += 1
+        raw_dtype, nbytes = _encoded_size(arr.shape, qtype)
+        w.add_tensor_info(new, arr.shape, np.dtype(np.float32), nbytes, raw_dtype=raw_dtype)
+        plan.append(name)
     if cfg.get("tie_word_embeddings") is False and "lm_head.weight" not in tensors:
         raise ConvertError("config says the output layer is not tied, but lm_head.weight is missing")
     try:
         w.write_header_to_file()
         w.write_kv_data_to_file()
-        w.write_tensors_to_file()
+        w.write_ti_data_to_file()
+        for name in plan:
+            data = np.asarray(tensors[name], dtype=np.float32)
+            if arch.permute_qk and name.endswith("q_proj.weight"):
+                data = permute(data, n_head)
+            elif arch.permute_qk and name.endswith("k_proj.weight"):
+                data = permute(data, n_head_kv)
+            w.write_tensor_data(_encode(data, qtype)[0])
         w.close()
         os.replace(tmp, out)
     except BaseException:
         w.close()
         tmp.unlink(missing_ok=True)
         raise
+    written = len(plan)
     return {"architecture": archs[0], "tensors": written, "outtype": outtype, "pre": vocab.pre,
             "bytes": out.stat().st_size}
+
+
+def _encoded_size(shape: tuple[int, ...], qtype) -> tuple[gguf.GGMLQuantizationType, int]:
+    """(GGUF type, bytes) of a tensor of ``shape`` as ``_encode`` writes it."""
+    n = int(np.prod(shape))
+    if qtype is None or len(shape) == 1:
+        return gguf.GGMLQuantizationType.F32, 4 * n
+    if qtype == gguf.GGMLQuantizationType.F16 or (qtype == gguf.GGMLQuantizationType.Q8_0 and shape[-1] % 32):
+        return gguf.GGMLQuantizationType.F16, 2 * n
+    return qtype, int(np.prod(gguf.quants.quant_shape_to_byte_shape(shape, qtype)))
 
 
 def _encode(data: np.ndarray, qtype) -> tuple[np.ndarray, gguf.GGMLQuantizationType | None]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ class SafetensorsError(ValueError):
 
 
 def read(path: Path) -> dict[str, np.ndarray]:
-    """Tensor name -> array (memory-mapped). BF16 is widened to float32. Raises SafetensorsError."""
+    """Tensor name -> array (memory-mapped; BF16 as a ``BF16``, float32 when read). Raises SafetensorsError."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         raw = f.read(8)
@@ -44,10 +45,20 @@ def read(path: Path) -> dict[str, np.ndarray]:
         if not 0 <= start <= end <= size - base:
             raise SafetensorsError(f"{path.name}: {name}: offsets outside the file")
         arr = mm[base + start: base + end].view(dtype).reshape(info["shape"])
-        if info["dtype"] == "BF16":
-            arr = (arr.astype(np.uint32) << 16).view(np.float32)
-        out[name] = arr
+        out[name] = BF16(arr) if info["dtype"] == "BF16" else arr
     return out
+
+
+class BF16:
+    """A memory-mapped BF16 tensor, widened to float32 only when it is read (``np.asarray``), so a converter that
+    reads one tensor at a time holds one float32 tensor, not the whole checkpoint's."""
+
+    def __init__(self, raw: np.ndarray):
+        self.raw, self.shape, self.ndim, self.dtype = raw, raw.shape, raw.ndim, np.dtype(np.float32)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        arr = (self.raw.astype(np.uint32) << 16).view(np.float32)
+        return arr if dtype is None else arr.astype(dtype, copy=False)
 
 
 def read_dir(hf_dir: Path) -> dict[str, np.ndarray]:
@@ -66,17 +77,43 @@ def read_dir(hf_dir: Path) -> dict[str, np.ndarray]:
 
 def write(path: Path, tensors: dict[str, np.ndarray]) -> None:
     """Write float32/float16 tensors, atomically (temp file, then rename)."""
-    header, offset = {}, 0
     rev = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
-    for name, arr in tensors.items():
-        nbytes = arr.nbytes
-        header[name] = {"dtype": rev[arr.dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + nbytes]}
+    write_stream(path, [(name, rev[arr.dtype], arr.shape) for name, arr in tensors.items()], iter(tensors.values()))
+
+
+def write_stream(path: Path, specs: list[tuple[str, str, tuple[int, ...]]], arrays: Iterator[np.ndarray]) -> int:
+    """Write tensors one at a time, atomically: ``specs`` are (name, "F32" | "F16" | "BF16", shape) and ``arrays``
+    yields each one's values (any float dtype, converted here; BF16 rounded to nearest even) in the same order, so
+    only one tensor is in memory at a time. Returns the file's size."""
+    header, offset = {}, 0
+    for name, dtype, shape in specs:
+        nbytes = int(np.prod(shape)) * (4 if dtype == "F32" else 2)
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     blob = json.dumps(header).encode()
     blob += b" " * (-len(blob) % 8)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(blob)) + blob)
-        for arr in tensors.values():
-            f.write(np.ascontiguousarray(arr).tobytes())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(blob)) + blob)
+            for (name, dtype, shape), arr in zip(specs, arrays, strict=True):
+                if tuple(arr.shape) != tuple(shape):
+                    raise SafetensorsError(f"{name}: shape {arr.shape}, expected {tuple(shape)}")
+                f.write(np.ascontiguousarray(_encode(arr, dtype)).tobytes())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return len(blob) + 8 + offset
+
+
+def _encode(arr: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "F32":
+        return arr.astype(np.float32, copy=False)
+    if dtype == "F16":
+        return arr.astype(np.float16)
+    if dtype != "BF16":
+        raise SafetensorsError(f"cannot write dtype {dtype}")
+    bits = arr.astype(np.float32, copy=False).view(np.uint32)
+    bits = bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
+    return (bits >> np.uint32(16)).astype(np.uint16)

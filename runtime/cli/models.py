@@ -56,6 +56,20 @@ def add_parsers(sub, common) -> None:
     c.add_argument("--outtype", choices=["f32", "f16", "bf16", "q8_0"], default="f16", help="tensor type (default f16)")
     c.add_argument("--pre", help="llama.cpp pre-tokenizer name (default: detected from tokenizer.json)")
     c.set_defaults(run=convert)
+    y = sub.add_parser("synthetic", help="a Qwen2 checkpoint with random weights at a chosen size (for tests and "
+                       "benchmarks; its output is not language)")
+    y.add_argument("output", type=Path, metavar="DIR", help="the directory to write (then: reverb convert DIR -o ...)")
+    y.add_argument("--preset", choices=["tiny", "1b"], default="1b", help="the shape to start from (default 1b: "
+                   "hidden 2048, ffn 5632, 22 layers, 32 heads, 4 kv heads, 0.97B parameters)")
+    for flag, what in (("hidden", "hidden size"), ("ffn", "MLP size"), ("layers", "layers"),
+                       ("heads", "attention heads"), ("kv-heads", "key/value heads"), ("ctx", "trained context")):
+        y.add_argument(f"--{flag}", type=int, help=f"{what} (default: the preset's)")
+    y.add_argument("--seed", type=int, default=0, help="random seed (the same arguments write the same weights)")
+    y.add_argument("--dtype", choices=["f32", "f16", "bf16"], default="bf16", help="tensor type (default bf16)")
+    y.add_argument("--shards", type=int, default=1, help="safetensors files to split the tensors over (default 1)")
+    y.add_argument("--byte-tokens", action="store_true", help="ASCII text is one token per byte (no merges that "
+                   "ASCII can use), so any ASCII text tokenizes back to the tokens that made it")
+    y.set_defaults(run=convert)
     e = sub.add_parser("export-hf", help="GGUF (llama architecture) -> Hugging Face directory (for round trips)")
     e.add_argument("gguf", type=Path, help="the GGUF file to read")
     e.add_argument("-o", "--output", type=Path, required=True, help="the directory to write")
