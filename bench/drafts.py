@@ -6,7 +6,8 @@ second of output (first to last token; a prediction's rejected tokens are not ou
 
 - **edit**: a ~400-token answer returned with one change, ``prediction`` = the answer before the change (the tiny
   model cannot be trusted to copy a file, so the "file" is its own greedy answer to the prompt, and the prediction is
-  that answer with one word changed in its middle: the output leaves the prediction there and must rejoin it).
+  that answer with one word changed in its middle: the output leaves the prediction there and must rejoin it); three
+  such files (three system prompts), medians over all of them, the gain and whether the answer was the same per file.
   reverb without and with the prediction; llama-server (which has no predicted outputs) without.
 - **json**: an answer under a JSON schema with many required keys (six records of five fields): reverb with
   grammar fast-forward (the default) and ``--no-fast-forward``; llama-server with its grammar sampler.
@@ -23,7 +24,6 @@ are not a measurement. Writes bench/results/drafts-latest.json.
 from __future__ import annotations
 
 import json
-import secrets
 import time
 
 import httpx
@@ -32,6 +32,11 @@ from . import peers
 from .load import p50
 
 MODEL = "smollm2-135m"
+# Three files to edit: one prompt, three system prompts (three different ~400-token answers). In the default mode a
+# draft may flip a near tie past position 256 (docs/predicted-outputs.md), after which the prediction no longer
+# matches: one file is luck, three show how often.
+EDITS = ("You write manuals for lighthouse keepers.", "You are a careful technical writer.",
+         "Answer in short numbered steps.")
 FILE = ("Write a detailed guide to keeping a small lighthouse: the daily checks of the lamp, the lens, the "
         "clockwork, the fuel store and the log book, written as numbered steps.")
 PEOPLE = {"type": "object", "additionalProperties": False, "required": ["people"], "properties": {"people": {
@@ -107,16 +112,19 @@ def edited(text: str) -> str:
 
 
 def bodies(eog: list[int], quick: bool, reference) -> dict:
-    """workload -> (body without the feature, body with it); the edit's prediction comes from ``reference``."""
+    """workload -> [(body without the feature, body with it), ...]; the edits' predictions come from ``reference``.
+    The edit has one pair per system prompt of EDITS (three different files), the others one pair."""
     n = 160 if quick else 400
-    edit = body(eog, n, FILE, system=secrets.token_hex(4))
-    answer = one(reference, edit)["text"]
+    edits = []
+    for system in EDITS[:1] if quick else EDITS:
+        edit = body(eog, n, FILE, system=system)
+        answer = one(reference, edit)["text"]
+        edits.append((edit, {**edit, "prediction": {"type": "content", "content": edited(answer)}}))
     json_body = body(eog, 120 if quick else 300, "List six people as JSON.", response_format={
         "type": "json_schema", "json_schema": {"name": "people", "schema": PEOPLE}})
     rag = body(eog, 80 if quick else 160, f"Document:\n{DOC}\n\n{RAG_Q}", system="Answer by quoting the document.")
     chat = body(eog, 64 if quick else 128, CHAT)
-    return {"edit": (edit, {**edit, "prediction": {"type": "content", "content": edited(answer)}}),
-            "json": (json_body, json_body), "rag": (rag, rag), "chat": (chat, chat)}
+    return {"edit": edits, "json": [(json_body, json_body)], "rag": [(rag, rag)], "chat": [(chat, chat)]}
 
 
 def measure(tmp, args, eog: list[int], quick: bool = False) -> dict:
@@ -134,32 +142,39 @@ def measure(tmp, args, eog: list[int], quick: bool = False) -> dict:
             started.append(p)
         by = {p.label: p for p in started}
         work = bodies(eog, quick, by["reverb"])
-        plan = []   # (workload, server label, body)
-        for w, (without, with_) in work.items():
+        plan = []   # (workload, server label, body, which pair of the workload)
+        for w, pairs in work.items():
             off, on, _ = ROWS[w]
-            plan += [(w, off, without), (w, on + " +" if off == on else on, with_)]
-            for label in LLAMA[w]:
-                if label is not None and label in by:
-                    plan.append((w, label, without))
+            for i, (without, with_) in enumerate(pairs):
+                plan += [(w, off, without, i), (w, on + " +" if off == on else on, with_, i)]
+                for label in LLAMA[w]:
+                    if label is not None and label in by:
+                        plan.append((w, label, without, i))
         for p in started:   # warm-up
             one(p, body(eog, 4, "Hello"))
-        out: dict = {"runs": {}, "texts_equal": {}, "details": {}}
+        out: dict = {"runs": {}, "by_pair": {}, "texts_equal": {}, "same": {}, "details": {}}
         rounds = 1 if quick else args.rounds
         for rnd in range(rounds):
             order = plan[rnd % len(plan):] + plan[:rnd % len(plan)]
             texts: dict = {}
-            for w, label, b in order:
+            for w, label, b, i in order:
                 got = one(by[label.removesuffix(" +")], b)
                 out["runs"].setdefault(w, {}).setdefault(label, []).append(got["tps"])
-                texts[(w, label)] = got["text"]
+                out["by_pair"].setdefault(w, {}).setdefault(str(i), {}).setdefault(label, []).append(got["tps"])
+                texts[(w, label, i)] = got["text"]
                 if got["details"]:
                     out["details"].setdefault(w, []).append(got["details"])
                 print(f"  round {rnd + 1} {w:<5} {label:<30} {got['tps']:.1f} tok/s ({got['tokens']} tokens)",
                       flush=True)
-            for w in work:   # the feature must not change the answer (llama-server's may differ)
+            for w, pairs in work.items():   # the feature must not change the answer (llama-server's may differ)
                 off, on, _ = ROWS[w]
-                same = texts[(w, off)] == texts[(w, on + " +" if off == on else on)]
-                out["texts_equal"][w] = out["texts_equal"].get(w, True) and same
+                for i in range(len(pairs)):
+                    same = texts[(w, off, i)] == texts[(w, on + " +" if off == on else on, i)]
+                    out["texts_equal"][w] = out["texts_equal"].get(w, True) and same
+                    if rnd == 0:   # [identical, of how many] (the same bodies every round)
+                        counted = out["same"].setdefault(w, [0, 0])
+                        counted[0] += same
+                        counted[1] += 1
         return out
     finally:
         for p in started:
@@ -186,8 +201,15 @@ def rows(result: dict) -> list[tuple[str, ...]]:
         c = p50(runs.get(ls, []))
         d = p50(runs.get(lspec, [])) if lspec else 0.0
         out.append((names[w], f"{c:.1f}" if c else "-", f"{d:.1f}" if d else "-", f"{a:.1f}", f"{b:.1f}",
-                    f"{b / a:.2f}x" if a else "-", "yes" if result["texts_equal"].get(w) else "NO"))
+                    f"{b / a:.2f}x" if a else "-", _same(result, w)))
     return out
+
+
+def _same(result: dict, w: str) -> str:
+    k, n = result.get("same", {}).get(w, (0, 0))
+    if n > 1:
+        return f"{k} of {n}"
+    return "yes" if result["texts_equal"].get(w) else "NO"
 
 
 def report(result: dict, header: str) -> None:
@@ -201,3 +223,12 @@ def report(result: dict, header: str) -> None:
         acc = p50([d.get("accepted_prediction_tokens", 0) for d in ds])
         rej = p50([d.get("rejected_prediction_tokens", 0) for d in ds])
         print(f"  {w}: prediction tokens accepted {acc:.0f}, rejected {rej:.0f} (medians)")
+    for w, pairs in result.get("by_pair", {}).items():
+        if len(pairs) < 2:
+            continue
+        off, on, _ = ROWS[w]
+        gains = []
+        for runs in pairs.values():
+            a, b = p50(runs.get(off, [])), p50(runs.get(on + " +" if off == on else on, []))
+            gains.append(f"{b / a:.2f}x" if a else "-")
+        print(f"  {w}: gain per file {', '.join(gains)}")
