@@ -135,10 +135,15 @@ $(STAMP): pyproject.toml $(BIN)/python
 serve: $(STAMP)
 	$(BIN)/reverb serve $(ARGS)
 
-# The suite, then the example app that tests itself through reverb's pytest plugin (as a user's CI would).
+# The whole suite (examples/ci-app's own tests included, run as a user's CI would by tests/test_example_app_e2e.py)
+# on TEST_WORKERS pytest-xdist workers, a file's tests on one worker, the longest files first (tests/conftest.py
+# orders them; --no-loadscope-reorder keeps that order). Each worker's models get cores / workers threads. Much of
+# the suite waits (servers starting, leases expiring, upstreams timing out) while the other worker computes.
+# TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 test: $(STAMP) postgres chromium codex claude-code
-	REVERB_LLAMA_WHEEL="$$(ls $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl)" $(BIN)/python -m pytest $(PYTEST_ARGS)
-	cd examples/ci-app && ../../$(BIN)/python -m pytest -q
+	REVERB_LLAMA_WHEEL="$$(ls $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl)" $(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The fast tier: every test that needs no model and starts no server, on one pytest-xdist worker per core (it is
 # plain Python, so the workers do not compete with a model for the cores). FAST_WORKERS=0 runs it in one process.

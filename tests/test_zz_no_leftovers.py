@@ -1,5 +1,6 @@
-"""Runs last (pytest takes files in name order): no process a test started is still running, and no `reverb`
-process descends from this test run, except the servers that session fixtures own until the session ends."""
+"""Runs last (tests/conftest.py orders it last; under xdist, on whichever worker takes it): no process a test
+started is still running, and no `reverb` process descends from this test run, except the servers that session
+fixtures own until the session ends."""
 
 from __future__ import annotations
 
