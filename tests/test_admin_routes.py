@@ -129,3 +129,22 @@ def test_bad_organization_queries_are_400s(app, query):
     c, _ = app
     for path in ("/v1/organization/usage/completions", "/v1/organization/costs"):
         assert c.get(f"{path}?{query}").status_code == 400, (path, query)
+
+
+def test_every_route_but_the_web_pages_is_in_the_openapi_document(app):
+    """The dialect table and the OpenAPI document name the same paths and methods (the web page's files and data
+    routes are its own, not an API)."""
+    from jsonschema import Draft202012Validator
+
+    from reverb.api.routes import ROUTES as TABLE
+    c, _ = app
+    doc = c.get("/openapi.json").json()
+    missing = [(r.path, m) for r in TABLE if not r.endpoint.startswith("ui") for m in r.methods
+               if m.lower() not in doc["paths"].get(r.path, {})]
+    assert not missing, missing
+    extra = [p for p in doc["paths"] if p not in {r.path for r in TABLE}]
+    assert not extra, extra
+    for path in doc["paths"].values():
+        for op in path.values():
+            for param in op.get("parameters", []):
+                Draft202012Validator.check_schema(param["schema"])

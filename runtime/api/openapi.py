@@ -180,6 +180,44 @@ def _messages_paths() -> dict:
     }
 
 
+def _account_paths() -> dict:
+    """``/v1/me`` (any key), the admin routes and OpenAI-shaped organization usage (admin keys; docs/keys.md)."""
+    def op(summary: str, codes: tuple[int, ...] = (400, 401, 403, 404), body: bool = False, query=()) -> dict:
+        out = {"summary": summary, "responses": {"200": {"description": "json"}, **_errors("OpenAIError", codes)}}
+        if body:
+            out["requestBody"] = {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}
+        if query:
+            out["parameters"] = [{"name": n, "in": "query", "required": n == "start_time", "schema": schema}
+                                 for n, schema in query]
+        return out
+
+    def named(param: str, ops: dict) -> dict:
+        params = [{"name": param, "in": "path", "required": True, "schema": {"type": "string"}}]
+        return {method: {**o, "parameters": params} for method, o in ops.items()}
+
+    change = "change its settings (budget, limits, models; a field it does not know is a 400)"
+    seconds, text = {"type": "integer"}, {"type": "string"}
+    usage_query = (("start_time", seconds), ("end_time", seconds), ("bucket_width", text), ("limit", seconds),
+                   ("page", seconds), ("group_by", {"type": "array", "items": text}))
+    return {
+        "/v1/me": {"get": op("this key: credit, budget left and its reset, limits and their use, models", (401,))},
+        "/v1/admin/keys": {"get": op("every key with its credit and use (admin keys only)"),
+                           "post": op("create a key; its secret is shown once", body=True)},
+        "/v1/admin/keys/{name}": named("name", {"get": op("a key and what it uses now"),
+                                                "post": op(change, body=True), "patch": op(change, body=True),
+                                                "delete": op("revoke a key")}),
+        "/v1/admin/teams": {"get": op("every team"), "post": op("create a team", body=True)},
+        "/v1/admin/teams/{name}": named("name", {"get": op("a team, its keys and what it uses now"),
+                                                 "post": op(change, body=True), "patch": op(change, body=True)}),
+        "/v1/admin/topup": {"post": op('add credit: {"key": NAME, "amount": 5} or {"team": ...}', body=True)},
+        "/v1/admin/rotate": {"post": op('a new secret for {"key": NAME}: same name, settings and history', body=True)},
+        "/v1/admin/log": {"get": op("the admin actions, newest first")},
+        "/v1/organization/usage/completions": {"get": op("token usage in time buckets, as OpenAI's usage API",
+                                                         query=usage_query)},
+        "/v1/organization/costs": {"get": op("costs in daily buckets, as OpenAI's costs API", query=usage_query)},
+    }
+
+
 def _ref(name: str) -> dict:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -242,6 +280,7 @@ def document(settings: Settings) -> dict:
             "/v1/models/{model}": model,
             "/api/v1/models/{model}": model,
             **_messages_paths(),
+            **_account_paths(),
             "/api/endpoint": {"post": {
                 "summary": "gateway dialect: credit-checked, priced, logged",
                 "requestBody": {"required": True,
