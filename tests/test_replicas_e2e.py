@@ -143,7 +143,7 @@ def test_postgres_unreachable_at_settle_time_fails_closed_then_settles(make_serv
     try:
         with srv.client(key, timeout=600) as http:
             with http.stream("POST", "/v1/chat/completions",
-                             json=chat("Write an essay.", max_tokens=200, stream=True, logit_bias=no_eos)) as r:
+                             json=chat("Write an essay.", max_tokens=100, stream=True, logit_bias=no_eos)) as r:
                 rid = r.headers["x-request-id"]
                 it = r.iter_lines()
                 lines.append(next(it))
@@ -156,8 +156,8 @@ def test_postgres_unreachable_at_settle_time_fails_closed_then_settles(make_serv
     finally:
         pg_server.resume()
     row = poll(lambda: row_of(target, rid), "the retried settlement", timeout=120)
-    assert (row["status"], row["error_code"], row["completion_tokens"]) == ("failed", "ledger_unavailable", 200)
-    assert row["price"] == SPEC.cost(row["prompt_tokens"], 200)
+    assert (row["status"], row["error_code"], row["completion_tokens"]) == ("failed", "ledger_unavailable", 100)
+    assert row["price"] == SPEC.cost(row["prompt_tokens"], 100)
     assert hold_of(target, rid) is None
 
 
