@@ -191,7 +191,8 @@ def test_twenty_concurrent_requests_over_two_servers(two_servers, engine, no_eos
                 "budget": {"budget": 5 * hold, "period": "day"},
                 "max_parallel": {"max_parallel": 2}, "team": {"team": "crew"}}[limit]
     names = [f"{name}-{limit.replace('_', '-')}" for name in (("racer", "mate") if limit == "team" else ("racer",))]
-    with Ledger(db_target, create=False) as ledger:   # in-process: the CLI's keys and teams are tested above
+    # in-process: the CLI's `keys create` is tested above and `teams create` in test_gateway_cli.py
+    with Ledger(db_target, create=False) as ledger:
         if limit == "team":   # two keys of one team, each over both servers: the team's 5 requests per minute
             ledger.create_team("crew", rpm=5)
         keys = [ledger.create_key(name, 100_000_000, **settings) for name in names]
@@ -208,7 +209,7 @@ def test_twenty_concurrent_requests_over_two_servers(two_servers, engine, no_eos
                     r.read()
                     return r.status_code
                 lines = r.iter_lines()
-                assert next(lines).startswith("data: ")   # running: a token has arrived
+                assert next(lines).startswith("data: ")   # admitted and streaming
                 wait_for(lambda: len(answered) == 20, what="all 20 statuses while the admitted still stream")
                 return r.status_code   # leaves mid-stream: the server cancels the request
 
