@@ -4,15 +4,25 @@ an extreme, so both the accepted and the refused paths get exercised."""
 
 from __future__ import annotations
 
+import json
+
 from hypothesis import strategies as st
 
 EXTREMES = st.sampled_from([None, True, -1, 0, 2**63, -(2**63), 1e308, -1e308, 1e-320, "", "x" * 300, [], {},
                             "\u0000", "<|im_end|>", "12", 3.5])
 
 
+_MADE: dict[tuple[str, bool], st.SearchStrategy] = {}
+
+
 def strategy(schema: dict, mutate: bool = True):
-    base = _valid(schema, mutate)
-    return st.one_of(base, base, base, EXTREMES) if mutate else base
+    """Built once per schema (strategies are immutable; ``st.composite`` reads its function's source each time it
+    is applied, which made rebuilding them per example the fuzz tests' main cost)."""
+    key = (json.dumps(schema, sort_keys=True), mutate)
+    if key not in _MADE:
+        base = _valid(schema, mutate)
+        _MADE[key] = st.one_of(base, base, base, EXTREMES) if mutate else base
+    return _MADE[key]
 
 
 def _valid(s: dict, mutate: bool):
@@ -30,6 +40,7 @@ def _valid(s: dict, mutate: bool):
         required = set(s.get("required", []))
         extra = s.get("additionalProperties")
         fields = {k: strategy(v, mutate) for k, v in props.items()}
+        extras = strategy(extra, mutate) if isinstance(extra, dict) else None
 
         @st.composite
         def obj(draw):
@@ -37,9 +48,9 @@ def _valid(s: dict, mutate: bool):
             for k, strat in fields.items():
                 if k in required or draw(st.booleans()):
                     out[k] = draw(strat)
-            if isinstance(extra, dict):
+            if extras is not None:
                 for k in draw(st.lists(st.text(min_size=1, max_size=6), max_size=3)):
-                    out[k] = draw(strategy(extra, mutate))
+                    out[k] = draw(extras)
             return out
         return obj()
     if t == "array":

@@ -36,7 +36,7 @@ def wait_row(server, request_id: str) -> dict:
 def test_shape_with_stats(server, engine):
     key = new_key(server, "shape", "1")
     with server.client(key) as http:
-        r = http.post("/api/endpoint", json=gw(max_tokens=12, temperature=0))
+        r = http.post("/api/endpoint", json=gw(max_tokens=6, temperature=0))
     assert r.status_code == 200
     body = r.json()
     assert body["status"] == 1
@@ -44,7 +44,7 @@ def test_shape_with_stats(server, engine):
     assert set(res) == {"response", "tokens_input", "tokens_output", "price", "model", "request"}
     assert res["request"] == MESSAGES and res["model"] == "smollm2-135m" and res["response"]
     assert res["tokens_input"] == prompt_tokens(engine, MESSAGES)
-    assert 0 < res["tokens_output"] <= 12
+    assert 0 < res["tokens_output"] <= 6
     charged = SPEC.cost(res["tokens_input"], res["tokens_output"])
     assert res["price"] == pytest.approx(charged / 1e6, abs=1e-12)
     row = wait_row(server, r.headers["x-request-id"])
@@ -59,11 +59,11 @@ def test_shape_without_stats(server):
 
 
 def test_streaming_is_plain_text_and_matches(server):
-    body = gw(max_tokens=20, temperature=0)
+    body = gw(max_tokens=10, temperature=0)
     with server.client() as http:
         whole = http.post("/api/endpoint", json=body).json()["result"]["response"]
         pieces = []
-        with http.stream("POST", "/api/endpoint", json=gw(max_tokens=20, temperature=0, stream=True)) as r:
+        with http.stream("POST", "/api/endpoint", json=gw(max_tokens=10, temperature=0, stream=True)) as r:
             assert r.status_code == 200
             assert r.headers["content-type"].startswith("text/plain")
             for piece in r.iter_text():
@@ -110,12 +110,12 @@ def test_insufficient_credit_in_both_dialects(server):
 
 def test_credit_for_exactly_one_of_many_concurrent(server, engine):
     n_prompt = prompt_tokens(engine, MESSAGES)
-    hold = SPEC.cost(n_prompt, 16)
+    hold = SPEC.cost(n_prompt, 4)
     key = new_key(server, "exactly-one", registry.format_money(hold))
 
     def call(_):
         with server.client(key) as http:
-            return http.post("/api/endpoint", json=gw(max_tokens=16)).status_code
+            return http.post("/api/endpoint", json=gw(max_tokens=4)).status_code
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         codes = list(pool.map(call, range(8)))
@@ -152,7 +152,7 @@ def test_usage_report_agrees_with_responses(server):
     total_in = total_out = total_price = 0
     with server.client(key) as http:
         for i in range(3):
-            res = http.post("/api/endpoint", json=gw(max_tokens=5 + i)).json()["result"]
+            res = http.post("/api/endpoint", json=gw(max_tokens=2 + i)).json()["result"]
             total_in += res["tokens_input"]
             total_out += res["tokens_output"]
             total_price += round(res["price"] * 1e6)

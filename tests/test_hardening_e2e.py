@@ -222,7 +222,7 @@ def test_locked_ledger_at_settle_time_fails_closed_then_recovers(make_server, no
     lines = []
     with httpx.Client(base_url=srv.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60) as http:
         with http.stream("POST", "/v1/chat/completions",
-                         json=chat("Write an essay.", max_tokens=120, stream=True, logit_bias=no_eos)) as r:
+                         json=chat("Write an essay.", max_tokens=60, stream=True, logit_bias=no_eos)) as r:
             it = r.iter_lines()
             lines.append(next(it))
             locker = sqlite3.connect(srv.db, timeout=5, isolation_level=None)
@@ -275,7 +275,7 @@ def test_read_only_ledger_at_settle_time_fails_closed(make_server, no_eos):
     try:
         with srv.client() as http:
             with http.stream("POST", "/v1/chat/completions",
-                             json=chat("Write an essay.", max_tokens=100, stream=True, logit_bias=no_eos)) as r:
+                             json=chat("Write an essay.", max_tokens=50, stream=True, logit_bias=no_eos)) as r:
                 it = r.iter_lines()
                 lines.append(next(it))
                 # the files become immutable, even for root: every write to the ledger now fails

@@ -22,7 +22,7 @@ def client(server) -> openai.OpenAI:
 
 def test_official_client_non_streaming(server, engine):
     messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a color."}]
-    r = client(server).chat.completions.create(model="smollm2-135m", messages=messages, max_tokens=12,
+    r = client(server).chat.completions.create(model="smollm2-135m", messages=messages, max_tokens=6,
                                                temperature=0, seed=1)
     assert r.id.startswith("chatcmpl-")
     assert r.object == "chat.completion"
@@ -36,7 +36,7 @@ def test_official_client_non_streaming(server, engine):
 
 def test_official_client_streaming_with_usage(server):
     c = client(server)
-    kw = dict(model="smollm2-135m", messages=[{"role": "user", "content": "Count to five."}], max_tokens=16,
+    kw = dict(model="smollm2-135m", messages=[{"role": "user", "content": "Count to five."}], max_tokens=8,
               temperature=0)
     chunks = list(c.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -53,7 +53,7 @@ def test_official_client_streaming_with_usage(server):
 def test_raw_sse_is_line_framed(server):
     with server.client() as http:
         with http.stream("POST", "/v1/chat/completions",
-                         json=chat("Say something.", max_tokens=10, stream=True)) as r:
+                         json=chat("Say something.", max_tokens=6, stream=True)) as r:
             assert r.status_code == 200
             assert r.headers["content-type"].startswith("text/event-stream")
             assert r.headers["x-request-id"].startswith("req_")
@@ -83,7 +83,7 @@ def test_length_finish_and_usage_agree_with_tokenizer(server, engine):
 
 
 def test_greedy_is_deterministic(server):
-    body = chat("Tell me about the sea.", max_tokens=24, temperature=0)
+    body = chat("Tell me about the sea.", max_tokens=12, temperature=0)
     with server.client() as http:
         a = http.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
         b = http.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
@@ -91,7 +91,7 @@ def test_greedy_is_deterministic(server):
 
 
 def test_seeded_sampling_is_reproducible(server):
-    body = chat("Invent a name for a cat.", max_tokens=16, temperature=1.0, seed=1234, top_k=40, top_p=0.9)
+    body = chat("Invent a name for a cat.", max_tokens=8, temperature=1.0, seed=1234, top_k=40, top_p=0.9)
     with server.client() as http:
         outs = {http.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
                 for _ in range(2)}
@@ -102,19 +102,19 @@ def test_seeded_sampling_is_reproducible(server):
 
 def test_stop_string_is_not_sent(server):
     with server.client() as http:
-        base = http.post("/v1/chat/completions", json=chat("Count from 1 to 10.", max_tokens=40,
+        base = http.post("/v1/chat/completions", json=chat("Count from 1 to 10.", max_tokens=16,
                                                              temperature=0)).json()
         text = base["choices"][0]["message"]["content"]
         assert len(text) > 6
         stop = text[3:6]
-        r = http.post("/v1/chat/completions", json=chat("Count from 1 to 10.", max_tokens=40, temperature=0,
+        r = http.post("/v1/chat/completions", json=chat("Count from 1 to 10.", max_tokens=16, temperature=0,
                                                           stop=[stop, "zzzz"])).json()
     assert r["choices"][0]["finish_reason"] == "stop"
     assert r["choices"][0]["message"]["content"] == text[: text.index(stop)]
 
 
 def test_utf8_split_across_tokens_is_never_replaced(server, engine):
-    body = chat(JAPANESE, max_tokens=40, temperature=0)
+    body = chat(JAPANESE, max_tokens=16, temperature=0)
     with server.client() as http:
         whole = http.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
         deltas = []

@@ -71,24 +71,29 @@ def test_kill_9_of_one_server_mid_stream_while_the_other_streams(make_server, db
     key = new_key(db_target, "streamer", "1")
     with a.client(key, timeout=600) as http_a, b.client(key, timeout=600) as http_b:
         with http_a.stream("POST", "/v1/chat/completions",
-                           json=chat("Write a long story.", max_tokens=1500, stream=True, logit_bias=no_eos)) as ra, \
-                http_b.stream("POST", "/v1/chat/completions",
-                              json=chat("Write a story.", max_tokens=300, stream=True, logit_bias=no_eos)) as rb:
-            rid_a, rid_b = ra.headers["x-request-id"], rb.headers["x-request-id"]
+                           json=chat("Write a long story.", max_tokens=1500, stream=True, logit_bias=no_eos)) as ra:
+            rid_a = ra.headers["x-request-id"]
+            lines_a = ra.iter_lines()   # kept: a dropped iterator closes the connection, and the server cancels
+            next(lines_a)
+            # A has delivered tokens and recorded a high-water mark on its hold
+            poll(lambda: (hold_of(db_target, rid_a) or {}).get("delivered_tokens"), "a's delivered-token mark")
+            # B starts only now, so that it is streaming when A dies (it need not run long before that)
+            rb = http_b.send(http_b.build_request("POST", "/v1/chat/completions", json=chat(
+                "Write a story.", max_tokens=150, stream=True, logit_bias=no_eos)), stream=True)
+            rid_b = rb.headers["x-request-id"]
             lines_b = rb.iter_lines()
             first_b = next(lines_b)
-            # A has delivered tokens and recorded a high-water mark on its hold: now it dies
-            poll(lambda: (hold_of(db_target, rid_a) or {}).get("delivered_tokens"), "a's delivered-token mark")
             a.kill()
             mark = hold_of(db_target, rid_a)["delivered_tokens"]   # final: nothing writes it any more
             swept = poll(lambda: row_of(db_target, rid_a), "the dead server's hold to be settled")
             if row_of(db_target, rid_b) is None:                    # B still streaming: its hold is intact
                 assert hold_of(db_target, rid_b) is not None
             rest_b = [first_b, *lines_b]
+            rb.close()
     assert "data: [DONE]" in rest_b                                 # B's stream was never disturbed
     done_b = poll(lambda: row_of(db_target, rid_b), "b's row")
-    assert done_b["status"] == "completed" and done_b["completion_tokens"] == 300
-    assert done_b["price"] == SPEC.cost(done_b["prompt_tokens"], 300)
+    assert done_b["status"] == "completed" and done_b["completion_tokens"] == 150
+    assert done_b["price"] == SPEC.cost(done_b["prompt_tokens"], 150)
     assert (swept["status"], swept["error_code"]) == ("failed", "interrupted")
     assert swept["completion_tokens"] == mark > 0                  # settled like a disconnect: what it delivered
     assert swept["price"] == SPEC.cost(swept["prompt_tokens"], mark) > 0
@@ -138,7 +143,7 @@ def test_postgres_unreachable_at_settle_time_fails_closed_then_settles(make_serv
     try:
         with srv.client(key, timeout=600) as http:
             with http.stream("POST", "/v1/chat/completions",
-                             json=chat("Write an essay.", max_tokens=200, stream=True, logit_bias=no_eos)) as r:
+                             json=chat("Write an essay.", max_tokens=100, stream=True, logit_bias=no_eos)) as r:
                 rid = r.headers["x-request-id"]
                 it = r.iter_lines()
                 lines.append(next(it))
@@ -151,8 +156,8 @@ def test_postgres_unreachable_at_settle_time_fails_closed_then_settles(make_serv
     finally:
         pg_server.resume()
     row = poll(lambda: row_of(target, rid), "the retried settlement", timeout=120)
-    assert (row["status"], row["error_code"], row["completion_tokens"]) == ("failed", "ledger_unavailable", 200)
-    assert row["price"] == SPEC.cost(row["prompt_tokens"], 200)
+    assert (row["status"], row["error_code"], row["completion_tokens"]) == ("failed", "ledger_unavailable", 100)
+    assert row["price"] == SPEC.cost(row["prompt_tokens"], 100)
     assert hold_of(target, rid) is None
 
 

@@ -28,7 +28,7 @@ def ledger_row(server, request_id: str) -> dict:
 
 def test_logprobs_agree_with_greedy_decoding(server):
     r = client(server).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Name a fruit."}],
-                                               max_tokens=12, temperature=0, logprobs=True, top_logprobs=5)
+                                               max_tokens=6, temperature=0, logprobs=True, top_logprobs=5)
     content = r.choices[0].logprobs.content
     assert len(content) == r.usage.completion_tokens
     for entry in content:
@@ -42,7 +42,7 @@ def test_logprobs_agree_with_greedy_decoding(server):
 
 def test_logprobs_streamed_match_the_blocking_answer(server):
     c = client(server)
-    kw = dict(model=MODEL, messages=[{"role": "user", "content": "Count to three."}], max_tokens=10, temperature=0,
+    kw = dict(model=MODEL, messages=[{"role": "user", "content": "Count to three."}], max_tokens=6, temperature=0,
               logprobs=True, top_logprobs=2)
     streamed = [e for ch in c.chat.completions.create(stream=True, **kw) if ch.choices and ch.choices[0].logprobs
                 for e in ch.choices[0].logprobs.content]
@@ -67,8 +67,8 @@ def test_no_logprobs_unless_asked_and_top_needs_logprobs(server):
 def test_n_choices_share_the_prompt_and_are_each_billed(server, engine):
     messages = [{"role": "user", "content": "Invent a name for a boat."}]
     c = client(server)
-    one = c.chat.completions.create(model=MODEL, messages=messages, max_tokens=10, temperature=0)
-    raw = c.chat.completions.with_raw_response.create(model=MODEL, messages=messages, max_tokens=10, temperature=0,
+    one = c.chat.completions.create(model=MODEL, messages=messages, max_tokens=6, temperature=0)
+    raw = c.chat.completions.with_raw_response.create(model=MODEL, messages=messages, max_tokens=6, temperature=0,
                                                       n=2)
     two = raw.parse()
     assert [ch.index for ch in two.choices] == [0, 1]
@@ -83,7 +83,7 @@ def test_n_choices_share_the_prompt_and_are_each_billed(server, engine):
 
 def test_n_seeded_choices_differ_and_repeat(server):
     c = client(server)
-    kw = dict(model=MODEL, messages=[{"role": "user", "content": "Invent a name for a cat."}], max_tokens=12,
+    kw = dict(model=MODEL, messages=[{"role": "user", "content": "Invent a name for a cat."}], max_tokens=8,
               temperature=1.0, seed=42, n=3)
     a = [ch.message.content for ch in c.chat.completions.create(**kw).choices]
     b = [ch.message.content for ch in c.chat.completions.create(**kw).choices]

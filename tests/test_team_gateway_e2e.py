@@ -16,7 +16,7 @@ import pytest
 from reverb.ledger import Ledger
 from reverb.models import registry
 
-from .conftest import KEY, ROOT, SESSION_OWNED, Server, chat, prompt_tokens, reverb
+from .conftest import KEY, ROOT, SESSION_OWNED, Server, chat, prompt_tokens, reverb, wait_for
 
 SPEC = registry.load(ROOT / "models.toml").resolve("smollm2-135m")
 ONE = ("--threads", "1")
@@ -119,13 +119,14 @@ def test_admin_routes_keys_teams_allowlists_headers_and_usage(make_server, engin
         assert me["team"]["name"] == "eng" and me["team"]["limits"]["budget"]["time_zone"] == "Europe/Paris"
         assert time.monotonic() - first < 60   # the refusals above were inside the window they report
     # a credit refusal says what the request would hold against what is left, and what would pass
-    poor = new_key(srv.db, "poor", "--credit", "0.0002")
+    poor = new_key(srv.db, "poor", "--credit", "0.00001")   # little: what would pass is a few tokens to generate
     with srv.client(poor) as http:
         r = http.post("/v1/chat/completions", json=chat("Say hi.", max_tokens=1000))
         msg = r.json()["error"]["message"]
         assert r.status_code == 429 and r.json()["error"]["code"] == "insufficient_quota", r.text
-        assert "would hold" in msg and "0.0002 left" in msg and "a max_tokens of at most" in msg, msg
+        assert "would hold" in msg and "0.00001 left" in msg and "a max_tokens of at most" in msg, msg
         fits = int(msg.rsplit("at most ", 1)[1].split()[0])
+        assert 0 < fits < 100, msg
         assert http.post("/v1/chat/completions", json=chat("Say hi.", max_tokens=fits)).status_code == 200
         assert http.post("/v1/chat/completions", json=chat("Say hi.", max_tokens=fits + 1)).status_code in (200, 429)
 
@@ -180,32 +181,49 @@ def test_twenty_concurrent_requests_over_two_servers(two_servers, engine, no_eos
     a, b, db_target = two_servers
     a.wait_idle()
     b.wait_idle()
-    long = limit == "max_parallel"   # requests that run long enough for all 20 to arrive while 2 still run
-    body = chat("Count.", max_tokens=300 if long else 4, logit_bias=no_eos, stream=long)
+    # max_parallel: the admitted streams run until all 20 have their answer's status, then leave (cancelled), so
+    # every request arrives while 2 still run and no more tokens are made than that wait takes
+    long = limit == "max_parallel"
+    body = chat("Count.", max_tokens=1000 if long else 4, logit_bias=no_eos, stream=long)
     tokens = prompt_tokens(engine, body["messages"]) + body["max_tokens"]
     hold = SPEC.cost(tokens - body["max_tokens"], body["max_tokens"])
-    flags = {"rpm": ["--rpm", "5"], "tpm": ["--tpm", str(5 * tokens + tokens - 1)],
-             "budget": ["--budget", registry.format_money(5 * hold), "--period", "day"],
-             "max_parallel": ["--max-parallel", "2"], "team": ["--team", "crew"]}[limit]
-    if limit == "team":   # two keys of one team, each over both servers: the team's 5 requests per minute
-        out = reverb("teams", "create", "crew", "--rpm", "5", "--db", str(db_target))
-        assert out.returncode == 0, out.stderr
+    settings = {"rpm": {"rpm": 5}, "tpm": {"tpm": 5 * tokens + tokens - 1},
+                "budget": {"budget": 5 * hold, "period": "day"},
+                "max_parallel": {"max_parallel": 2}, "team": {"team": "crew"}}[limit]
     names = [f"{name}-{limit.replace('_', '-')}" for name in (("racer", "mate") if limit == "team" else ("racer",))]
-    keys = [new_key(db_target, name, "--credit", "100", *flags) for name in names]
+    # in-process: the CLI's `keys create` is tested above and `teams create` in test_gateway_cli.py
+    with Ledger(db_target, create=False) as ledger:
+        if limit == "team":   # two keys of one team, each over both servers: the team's 5 requests per minute
+            ledger.create_team("crew", rpm=5)
+        keys = [ledger.create_key(name, 100_000_000, **settings) for name in names]
+
+    answered: list[int] = []
 
     def call(i):
         with (a if i % 2 else b).client(keys[(i // 2) % len(keys)], timeout=600) as http:
             if not long:
                 return http.post("/v1/chat/completions", json=body).status_code
             with http.stream("POST", "/v1/chat/completions", json=body) as r:
-                r.read()
-                return r.status_code
+                answered.append(r.status_code)
+                if r.status_code != 200:
+                    r.read()
+                    return r.status_code
+                lines = r.iter_lines()
+                assert next(lines).startswith("data: ")   # admitted and streaming
+                wait_for(lambda: len(answered) == 20, what="all 20 statuses while the admitted still stream")
+                return r.status_code   # leaves mid-stream: the server cancels the request
 
     with concurrent.futures.ThreadPoolExecutor(20) as pool:
         codes = list(pool.map(call, range(20)))
     admitted = 2 if long else 5
     assert sorted(codes) == [200] * admitted + [429] * (20 - admitted), codes
+    ran = "cancelled" if long else "completed"
+
+    def usage():
+        with Ledger(db_target, create=False) as ledger:
+            rows = [u for u in ledger.usage_by(["key"]) if u["key"] in names]
+            return {k: sum(u[k] for u in rows) for k in ("completed", "cancelled", "failed", "rejected")}
+    counts = wait_for(lambda: sum(usage().values()) == 20 and usage(), what="all 20 requests' rows", interval=0.1)
+    assert (counts[ran], counts["rejected"]) == (admitted, 20 - admitted), counts
     with Ledger(db_target, create=False) as ledger:
-        usage = [u for u in ledger.usage_by(["key"]) if u["key"] in names]
-        assert [sum(u[k] for u in usage) for k in ("completed", "rejected")] == [admitted, 20 - admitted]
         assert ledger.invariant()["ok"]
