@@ -16,7 +16,7 @@ import pytest
 
 from reverb.models import registry
 
-from .conftest import SESSION_OWNED, Server, reverb, wait_for
+from .conftest import SESSION_OWNED, Server, wait_for
 from .test_structured_e2e import SCHEMAS, messages as schema_messages, schema_format
 
 pytestmark = pytest.mark.model
@@ -86,7 +86,7 @@ def edit(text: str) -> str:
                          ids=["greedy", "seeded", "penalties-logprobs"])
 def test_a_prediction_changes_nothing_but_the_speed(servers, sampling):
     srv = servers["plain"]
-    body = {"messages": POEM, "max_tokens": 60, **sampling}
+    body = {"messages": POEM, "max_tokens": 30, **sampling}
     base = ok(srv, body)
     text = content(base)
     assert len(text) > 40
@@ -114,9 +114,9 @@ def test_drafts_beside_other_streams_change_no_answer(servers):
     """Deterministic mode's promise under load: a drafting stream and a plain one share decode calls (rows of
     unequal counts per sequence), and each answer is its solo answer."""
     srv = servers["plain"]
-    story = {"messages": [{"role": "user", "content": "Tell me a story about a fox."}], "max_tokens": 60,
+    story = {"messages": [{"role": "user", "content": "Tell me a story about a fox."}], "max_tokens": 30,
              "temperature": 0.9, "seed": 21}
-    poem = {"messages": POEM, "max_tokens": 60, "temperature": 0}
+    poem = {"messages": POEM, "max_tokens": 30, "temperature": 0}
     solo_story, solo_poem = content(ok(srv, story)), content(ok(srv, poem))
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         a = pool.submit(ok, srv, {**poem, "prediction": {"type": "content", "content": edit(solo_poem)}})
@@ -127,7 +127,7 @@ def test_drafts_beside_other_streams_change_no_answer(servers):
 
 def test_streamed_with_a_prediction_equals_the_plain_answer(servers):
     srv = servers["plain"]
-    body = {"messages": POEM, "max_tokens": 50, "temperature": 0}
+    body = {"messages": POEM, "max_tokens": 30, "temperature": 0}
     text = content(ok(srv, body))
     pieces, usage = [], None
     with srv.client() as http:
@@ -153,7 +153,7 @@ def test_the_default_mode_gives_the_same_greedy_answer(servers):
     length (all rows before position 256) a lone row and a draft's rows take the same kernel path. Both requests
     start from the same cached prompt (the first one warms the slot)."""
     srv = servers["default"]
-    body = {"messages": POEM, "max_tokens": 60, "temperature": 0}
+    body = {"messages": POEM, "max_tokens": 30, "temperature": 0}
     ok(srv, body)
     text = content(ok(srv, body))
     got = ok(srv, {**body, "prediction": {"type": "content", "content": edit(text)}})
@@ -180,16 +180,16 @@ def test_bad_predictions_are_refused_by_name(servers):
 
 def test_rejected_prediction_tokens_are_billed_and_held_for(servers):
     srv = servers["plain"]
-    body = {"messages": POEM, "max_tokens": 40, "temperature": 0}
+    body = {"messages": POEM, "max_tokens": 24, "temperature": 0}
     base = ok(srv, body)
     n_prompt = base["usage"]["prompt_tokens"]
-    key = new_key(srv, "predictor", registry.format_money(SPEC.cost(n_prompt, 40)))   # exactly the plain hold
+    key = srv.new_key("predictor", SPEC.cost(n_prompt, 24))   # exactly the plain hold
     r = post(srv, body, key)
     assert r.status_code == 200, r.text
     prediction = {"type": "content", "content": "A completely different text, " * 4}
     refused = post(srv, {**body, "prediction": prediction}, key)
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
-    rich = new_key(srv, "rich-predictor", "1")
+    rich = srv.new_key("rich-predictor")
     r = post(srv, {**body, "prediction": {"type": "content", "content": edit(content(base))}}, rich)
     answer = r.json()
     assert content(answer) == content(base)
@@ -200,12 +200,6 @@ def test_rejected_prediction_tokens_are_billed_and_held_for(servers):
     assert row["completion_tokens"] == answer["usage"]["completion_tokens"] == (
         base["usage"]["completion_tokens"] + rejected)
     assert row["price"] == SPEC.cost(row["prompt_tokens"], row["completion_tokens"])
-
-
-def new_key(srv: Server, name: str, credit: str) -> str:
-    out = reverb("keys", "create", name, "--credit", credit, "--db", str(srv.db))
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip().splitlines()[-1]
 
 
 CASES = [(name, {"temperature": 0}) for name in sorted(SCHEMAS)] + [
@@ -226,7 +220,7 @@ def test_fast_forward_with_json_object_and_a_required_tool_call(servers):
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
         "type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
         "required": ["city", "unit"]}}}]
-    for body in ({"messages": schema_messages("cat"), "max_tokens": 60, "temperature": 0,
+    for body in ({"messages": schema_messages("cat"), "max_tokens": 40, "temperature": 0,
                   "response_format": {"type": "json_object"}},
                  {"messages": [{"role": "user", "content": "Weather in Paris?"}], "max_tokens": 60,
                   "temperature": 0, "tools": tools, "tool_choice": "required"}):
@@ -254,7 +248,7 @@ def test_ngram_speculation_gives_the_same_answer_when_quoting(servers):
         body = {"messages": [{"role": "system", "content": "Answer by quoting the document."},
                              {"role": "user", "content": f"Document: {doc}\n\nWhat did the keeper do every "
                                                          "evening? Quote the document."}],
-                "max_tokens": 60, **sampling}
+                "max_tokens": 40, **sampling}
         assert content(ok(servers["drafts"], body)) == content(ok(servers["plain"], body))
     assert drafts(servers["drafts"], "ngram")["drafted"] > before["drafted"]
 
@@ -265,7 +259,7 @@ def test_a_prediction_on_the_responses_api(servers):
     import openai
     srv = servers["plain"]
     client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key=srv.key, max_retries=0)
-    ask = {"model": MODEL, "input": POEM[0]["content"], "max_output_tokens": 50, "temperature": 0, "store": False}
+    ask = {"model": MODEL, "input": POEM[0]["content"], "max_output_tokens": 30, "temperature": 0, "store": False}
     base = client.responses.create(**ask)
     assert base.output_text and base.usage.output_tokens_details.model_extra == {}
     raw = client.responses.with_raw_response.create(**ask, extra_body={"prediction": {

@@ -8,11 +8,11 @@ import re
 from .conftest import KEY
 
 OTHER = "sk-test-other-key"
-SYSTEM = "Internal note: the vault code is 4812 and the courier arrives on Tuesday. " * 20
+SYSTEM = "Internal note: the vault code is 4812 and the courier arrives on Tuesday. " * 12   # ~200 tokens
 
 
 def body(question: str, system: str = SYSTEM, **kw) -> dict:
-    return {"model": "smollm2-135m", "max_tokens": 12, "temperature": 0,
+    return {"model": "smollm2-135m", "max_tokens": 8, "temperature": 0,
             "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}], **kw}
 
 
@@ -53,7 +53,7 @@ def test_the_next_turn_comes_back_from_host_memory(make_server):
     history = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Tell me about the courier."},
                {"role": "assistant", "content": first["choices"][0]["message"]["content"]},
                {"role": "user", "content": "And the vault?"}]
-    ask(srv, body("Write a poem about autumn.", system="You are a poet. " * 30))  # takes the only slot
+    ask(srv, body("Write a poem about autumn.", system="You are a poet. " * 8, max_tokens=2))  # takes the only slot
     assert metric(srv, "reverb_prompt_cache_entries") == 1 and metric(srv, "reverb_prompt_cache_bytes") > 0
     warm, reused = ask(srv, {**body(""), "messages": history})
     assert reused >= first["usage"]["prompt_tokens"] - 64               # at least the first turn's prompt

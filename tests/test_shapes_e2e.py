@@ -61,15 +61,16 @@ def ended(out, *jobs):
 
 def test_a_seeded_job_is_identical_alone_beside_others_and_from_a_reused_prefix(det_engine):
     eng = det_engine
-    prompt_text = STORY * 4                                  # ~170 tokens: the answer runs past position 256
+    prompt_text = STORY * 7                                  # the prompt itself passes position 256: every token
+    assert len(eng.tokenize(prompt_text, special=False)) > 256   # generated is past it (prefill is the cheap way)
     # alone
     b = batcher(eng)
     out: dict = {}
-    alone = job(eng, prompt_text, 120)
+    alone = job(eng, prompt_text, 24)
     b.submit(alone, 0)
     step_until(b, ended(out, alone), out)
     reference = text_of(out, alone)
-    assert len(eng.tokenize(reference, special=False)) > 40
+    assert len(eng.tokenize(reference, special=False)) > 12
 
     # beside others: three long-running jobs in slots 0-2 and the same prompt in slot 3 (so its slot keeps the
     # prefix), then again in slot 3 while slot 2 is free: alone in its run of sequences, past position 256
@@ -79,13 +80,13 @@ def test_a_seeded_job_is_identical_alone_beside_others_and_from_a_reused_prefix(
     for h in hogs:
         b.submit(h, 0)
         b.admit(0)
-    first = job(eng, prompt_text, 120)
+    first = job(eng, prompt_text, 24)
     b.submit(first, 0)
     step_until(b, ended(out, first), out)
     assert text_of(out, first) == reference                 # beside three others (one pass of four)
     assert [s.seq for s in b.slots if s.job is hogs[2]] == [2]
     hogs[2].cancelled.set()
-    again = job(eng, prompt_text, 120)
+    again = job(eng, prompt_text, 24)
     reused = b.reused_tokens
     b.submit(again, 0)
     step_until(b, ended(out, again), out)
@@ -100,7 +101,7 @@ def test_a_prefix_restored_from_host_memory_gives_the_same_tokens(det_engine):
     eng = det_engine
     b = batcher(eng, slots=1, cache_mb=256)
     out: dict = {}
-    turn = job(eng, STORY * 5, 30)
+    turn = job(eng, STORY * 5, 12)
     b.submit(turn, 0)
     step_until(b, ended(out, turn), out)
     cold = text_of(out, turn)
@@ -108,7 +109,7 @@ def test_a_prefix_restored_from_host_memory_gives_the_same_tokens(det_engine):
     b.submit(other, 0)
     step_until(b, ended(out, other), out)
     assert len(b.prompt_cache) == 1                         # the first conversation went to host memory
-    warm = job(eng, STORY * 5, 30)
+    warm = job(eng, STORY * 5, 12)
     reused = b.reused_tokens
     b.submit(warm, 0)
     step_until(b, ended(out, warm), out)

@@ -71,8 +71,9 @@ def test_json_schema_streamed_equals_blocking(server, name):
 
 
 def test_json_object_is_an_object(server):
+    # (at 60 tokens seeds 1 and 2 end by themselves and seed 3 is cut off, as at 120: both branches run)
     for seed in (1, 2, 3):
-        r = client(server).chat.completions.create(model=MODEL, messages=messages("user profile"), max_tokens=120,
+        r = client(server).chat.completions.create(model=MODEL, messages=messages("user profile"), max_tokens=60,
                                                    temperature=0.8, seed=seed, response_format={"type": "json_object"})
         if r.choices[0].finish_reason == "stop":
             assert isinstance(json.loads(r.choices[0].message.content), dict)
