@@ -7,7 +7,6 @@ SIMD paths.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -44,15 +43,9 @@ def greedy(path, n: int = 32, prompt: str = PROMPT) -> tuple[list[int], np.ndarr
 
 
 def eval_json(model, ref) -> dict:
-    # `reverb eval` decodes with a thread per core it may use. Where the suite runs llama.cpp on fewer threads
-    # (REVERB_THREADS=1), it gets that many cores: two threads on a shared machine spin at llama.cpp's barrier
-    # (1.6x the CPU for the same report, bit for bit).
-    cores = sorted(os.sched_getaffinity(0))
-    k = os.getpid() % len(cores)   # two suites at once take different cores
-    mine = set((cores[k:] + cores[:k])[:engine_threads()])
-    out = subprocess.run([sys.executable, "-m", "reverb.cli", "eval", str(model), "--ref", str(ref), "--json"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=600,
-                         preexec_fn=lambda: os.sched_setaffinity(0, mine))
+    # `reverb eval` takes its thread count from REVERB_THREADS like the servers (the suite's share of the cores)
+    out = subprocess.run([sys.executable, "-m", "reverb.cli", "eval", str(model), "--ref", str(ref), "--json",
+                          "--threads", str(engine_threads())], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
 

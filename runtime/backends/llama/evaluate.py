@@ -35,15 +35,16 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-def compare(model: Path, ref: Path, text: str, ctx: int = 512) -> dict:
-    """The quality report as a dict (perplexities, mean KL, top-1 agreement, tokens scored)."""
+def compare(model: Path, ref: Path, text: str, ctx: int = 512, threads: int = 0) -> dict:
+    """The quality report as a dict (perplexities, mean KL, top-1 agreement, tokens scored). ``threads``: llama.cpp
+    threads per model (0: the cores this process may use)."""
     tok_engine = Engine(ref, EngineConfig(n_ctx=256, n_seq=1, n_threads=1, n_threads_batch=1))
     tokens = ([tok_engine.bos()] if tok_engine.add_bos() else []) + tok_engine.tokenize(text, special=False)
     tok_engine.close()
     nll_m = nll_r = kl = agree = 0.0
     n = 0
-    for (lm, targets), (lr, _) in zip(window_logits(model, tokens, ctx), window_logits(ref, tokens, ctx),
-                                      strict=True):
+    for (lm, targets), (lr, _) in zip(window_logits(model, tokens, ctx, threads),
+                                      window_logits(ref, tokens, ctx, threads), strict=True):
         pm, pr = _log_softmax(lm.astype(np.float64)), _log_softmax(lr.astype(np.float64))
         idx = np.arange(len(targets))
         nll_m -= pm[idx, targets].sum()
