@@ -201,7 +201,6 @@ INPROC_FIXTURES = {"app"}
 
 
 def pytest_collection_modifyitems(config, items):
-    _heavy_files_first(items)
     for item in items:
         names = set(item.fixturenames)
         if MODEL_FIXTURES & names:
@@ -210,6 +209,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.server)
         if INPROC_FIXTURES & names:
             item.add_marker(pytest.mark.inproc)
+    _heavy_files_first(items)
 
 
 def _heavy_files_first(items) -> None:
@@ -221,7 +221,7 @@ def _heavy_files_first(items) -> None:
         return item.nodeid.split("::", 1)[0]
 
     slow = {file_of(i) for i in items if i.get_closest_marker("slow")}
-    model = {file_of(i) for i in items if MODEL_FIXTURES & set(i.fixturenames) or i.get_closest_marker("model")}
+    model = {file_of(i) for i in items if i.get_closest_marker("model")}   # marked from fixtures above
 
     def weight(item) -> int:
         path = file_of(item)

@@ -176,3 +176,15 @@ def test_the_start_up_banner_names_models_slots_and_threads(tmp_path):
         svc.close()
     assert line.startswith("reverb: serving smollm2-135m (context ") and "[2 slots, 1 threads]" in line, line
     assert line.endswith("Ctrl-C to stop")
+
+
+def test_a_bad_thread_count_is_one_line_of_error(tmp_path):
+    """A bad REVERB_THREADS or --threads is one line of error, never a traceback from building the command line."""
+    env = {"REVERB_THREADS": "abc"}
+    listed = reverb("keys", "list", "--db", str(tmp_path / "l.sqlite3"), env=env)
+    assert listed.returncode == 2 and "Traceback" not in listed.stderr and "REVERB_THREADS" in listed.stderr
+    for args, extra in ((["eval", "a.gguf", "--ref", "b.gguf"], env), (["eval", "a.gguf", "--ref", "b.gguf",
+                                                                         "--threads", "-2"], {})):
+        out = reverb(*args, env=extra)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert "must be 0 (the usable cores) or more" in out.stderr

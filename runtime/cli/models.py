@@ -86,7 +86,7 @@ def add_parsers(sub, common) -> None:
     v.add_argument("--ref", type=Path, required=True, help="the reference GGUF (e.g. the F16 or F32 original)")
     v.add_argument("--text", type=Path, help="text file (default: the one shipped with reverb)")
     v.add_argument("--ctx", type=int, default=512, help="tokens per window (default 512)")
-    v.add_argument("--threads", type=int, default=int(os.environ.get("REVERB_THREADS") or 0),
+    v.add_argument("--threads", type=int, default=None,
                    help="llama.cpp threads (default: $REVERB_THREADS, else 0: the cores this process may use)")
     v.add_argument("--json", action="store_true", help="print the report as JSON")
     v.set_defaults(run=evaluate)
@@ -268,10 +268,12 @@ def evaluate(args) -> int:
         where, text = str(args.text), Path(args.text).read_text(encoding="utf-8")
     else:
         where, text = "eval.txt (shipped with reverb)", EVAL_TEXT.read_text(encoding="utf-8")
-    if args.threads < 0:
-        print("reverb eval: --threads must be 0 (the usable cores) or more", file=sys.stderr)
+    threads = args.threads if args.threads is not None else os.environ.get("REVERB_THREADS") or "0"
+    if not str(threads).isdigit():   # read here, not when the parser is built (every command builds it)
+        print("reverb eval: --threads / REVERB_THREADS must be 0 (the usable cores) or more, "
+              f"not {str(threads)[:40]!r}", file=sys.stderr)
         return 2
-    report = compare(args.model, args.ref, text, args.ctx, args.threads)
+    report = compare(args.model, args.ref, text, args.ctx, int(threads))
     if args.json:
         print(json.dumps(report))
     else:
