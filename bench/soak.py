@@ -14,6 +14,7 @@ import json
 import os
 import random
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -159,6 +160,7 @@ def run(seconds: float, parallel: int = 4, clients: dict | None = None, need: tu
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
     by_kind = collections.Counter(f"{k} {o}" for k, o, _ in out)
     ok_lat = sorted(lat for k, o, lat in out if k in ("stream", "gateway") and o == "200")
 

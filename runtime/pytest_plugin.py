@@ -185,9 +185,15 @@ class _XdistController:
             "base_url": s.base_url, "api_key": s.api_key, "model": s.model, "startup_seconds": s.startup_seconds,
             "db_path": str(s.db_path), "control_secret": s.control_secret, "workdir": str(s.workdir)}
 
+    def pytest_sessionfinish(self, session, exitstatus) -> None:
+        self.passed = exitstatus == 0
+
     def pytest_unconfigure(self, config) -> None:
         if self.server is not None:
             stop_server(self.server)
+            if getattr(self, "passed", False):   # a failed run keeps the server's log and ledger to look at
+                import shutil
+                shutil.rmtree(self.server.workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

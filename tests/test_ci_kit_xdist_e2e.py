@@ -53,14 +53,18 @@ def test_same_bytes_alone_under_xdist_and_reversed(tmp_path):
     ids = [f"test_suite.py::test_answer[{i}]" for i in range(6)] + [f"test_suite.py::test_stream[{i}]"
                                                                    for i in range(2)]
 
+    temp = tmp_path / "tmp"   # the child runs' temporary files, to see what they leave behind
+    temp.mkdir()
+
     def run(name, *args):
         r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--reverb-record",
                             "--reverb-cassettes", name, *args], cwd=tmp_path, capture_output=True, text=True,
-                           env=CHILD_ENV, timeout=1800)
+                           env={**CHILD_ENV, "TMPDIR": str(temp)}, timeout=1800)
         assert "8 passed" in r.stdout, r.stdout + r.stderr
         return answers(tmp_path / name)
 
     alone = run("alone", *ids)
     assert len(alone) == 8 and all(alone.values())
     assert run("xdist-shared-reversed", "-n", "2", "--reverb-xdist", "shared", *reversed(ids)) == alone
+    assert not list(temp.glob("reverb-xdist-*")), "a passing run removes its shared server's folder"
     assert run("xdist-per-worker", "-n", "2", "--reverb-xdist", "per-worker", *ids) == alone

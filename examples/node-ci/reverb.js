@@ -2,7 +2,7 @@
 // Any test runner can do this: the server writes its URL to --ready-file once it accepts requests, and
 // --exit-with-parent makes it go when this process goes, even on kill -9.
 import { spawn } from "node:child_process";
-import { mkdtempSync, existsSync, readFileSync } from "node:fs";
+import { mkdtempSync, existsSync, readFileSync, rmSync } from "node:fs";
 import { randomBytes } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -37,6 +37,9 @@ export async function startReverb({ timeoutMs = 300_000 } = {}) {
     fault: (kind, opts = {}) => control("faults", { fault: { kind: String(kind), ...opts } }),
     requests: async () => (await control("journal", {})).requests,
     reset: () => control("reset", {}),
-    stop: () => new Promise((resolve) => { proc.once("exit", resolve); proc.kill("SIGTERM"); }),
+    stop: () => new Promise((resolve) => {
+      proc.once("exit", () => { rmSync(dir, { recursive: true, force: true }); resolve(); });
+      proc.kill("SIGTERM");
+    }),
   };
 }
