@@ -213,7 +213,7 @@ class Settings:
         for name, ok in checks.items():
             if not ok:
                 raise ConfigError(f"setting {name}={getattr(self, name)!r} is out of range", param=name)
-        if self.deterministic:  # prompt rows run in passes of at least 64 rows (backends/llama/shapes.py)
+        if self.deterministic:  # prompt rows from 256 on run in passes of at least 64 rows (backends/llama/shapes.py)
             for name, least in (("ubatch", 64), ("prefill_chunk", 64), ("batch", self.parallel + 64)):
                 if getattr(self, name) < least:
                     raise ConfigError(f"with deterministic on, setting {name} must be at least {least}", param=name)

@@ -5,14 +5,14 @@ test_shapes_e2e.py."""
 from __future__ import annotations
 
 from reverb.backends.llama import shapes
-from reverb.backends.llama.shapes import KV_PAD, SPLIT_MIN, TILE
+from reverb.backends.llama.shapes import KV_PAD, SPLIT_MIN, TILE, TILED_FROM
 
 from .test_batcher import final, job, make, run
 
 
 def kinds(call):
-    """'prompt' (TILE+ rows of one sequence) or 'generated' (one row per sequence)."""
-    return "prompt" if len({r[2] for r in call}) == 1 and len(call) >= TILE else "generated"
+    """'generated' (one sampled row per sequence) or 'prompt' (rows of one sequence, at most one sampled)."""
+    return "generated" if all(r[3] for r in call) and len({r[2] for r in call}) == len(call) else "prompt"
 
 
 def test_deterministic_mode_keeps_every_row_on_one_kernel_path():
@@ -29,8 +29,10 @@ def test_deterministic_mode_keeps_every_row_on_one_kernel_path():
     ub = b.engine.n_ubatch
     long_rows = 0
     for call in b.engine.calls:
-        if kinds(call) == "prompt":                 # TILE..ub rows of one sequence, consecutive positions
-            assert TILE <= len(call) <= ub, len(call)
+        if kinds(call) == "prompt":                 # rows of one sequence, consecutive positions: ONE-ROW
+            assert len({r[2] for r in call}) == 1       # (under TILE) before 256, TILED (TILE..ub) from there
+            assert TILE <= len(call) <= ub if call[0][1] >= TILED_FROM else len(call) < TILE, call[:2]
+            assert call[0][1] >= TILED_FROM or call[-1][1] < TILED_FROM
             positions = [r[1] for r in call]
             assert positions == list(range(positions[0], positions[0] + len(call)))
             assert sum(r[3] for r in call) <= 1
@@ -43,9 +45,12 @@ def test_deterministic_mode_keeps_every_row_on_one_kernel_path():
         else:
             assert all(r[1] < KV_PAD for r in call)
     assert long_rows and shapes.kv_view(255) < SPLIT_MIN <= shapes.kv_view(256)
-    # the one-token prompt ran as one piece of TILE rows (padded), the 700-token one as two whole pieces
-    assert any(c[0][0] == 5 and c[0][1] == 0 and len(c) == TILE for c in b.engine.calls)
-    assert [len(c) for c in b.engine.calls if kinds(c) == "prompt" and 200 <= c[0][0] < 900] == [512, 188]
+    # the one-token prompt ran as one row; the 70-token one in two ONE-ROW pieces; the 700-token one in
+    # ONE-ROW pieces to position 256, then one TILED piece
+    assert sum(c == [(5, 0, c[0][2], True)] for c in b.engine.calls) == 1
+    assert [len(c) for c in b.engine.calls if len(c) > 1 and c[0][0] - c[0][1] == 100] == [35, 35]
+    pieces = [(c[0][1], len(c)) for c in b.engine.calls if len(c) > 1 and c[0][0] - c[0][1] == 200]
+    assert sum(n for at, n in pieces if at < TILED_FROM) == TILED_FROM and pieces[-1] == (TILED_FROM, 444)
     for j in [lone, *jobs]:
         assert final(out[j]).usage.completion_tokens == j.params.max_tokens
         assert final(out[j]).usage.prompt_tokens == len(j.prompt)
@@ -72,23 +77,42 @@ def test_default_mode_runs_each_step_as_one_call_of_every_slot():
     assert sum(len(c) for c in calls) == (29 + 39) + (1300 + 3) + (40 + 7)
 
 
-def test_a_short_last_piece_rereads_cached_prompt_tokens_in_deterministic_mode():
+def test_a_short_last_tiled_piece_rereads_cached_prompt_rows_in_deterministic_mode():
     b = make(slots=1, deterministic=True, prefill_chunk=64)
-    j = job(list(range(1, 101)))                     # 100 tokens in pieces of at most 64: 64, then 36 + 28 re-read
+    j = job(list(range(1, 401)))          # 256 ONE-ROW rows, then TILED pieces of 64, 64 and 16 + 48 re-read
     b.submit(j, 0)
     out = run(b)
-    prompt_calls = [c for c in b.engine.calls if kinds(c) == "prompt"]
-    assert [len(c) for c in prompt_calls] == [64, 64]
-    assert prompt_calls[1][0][1] == 100 - 64 and (0, 36, -1) in b.engine.removed
-    assert final(out[j]).usage.prompt_tokens == 100
+    tiled = [c for c in b.engine.calls if c[0][1] >= TILED_FROM and kinds(c) == "prompt"]
+    assert [(c[0][1], len(c)) for c in tiled] == [(256, 64), (320, 64), (336, 64)]
+    assert (0, 336, -1) in b.engine.removed and not any(r[1] >= 400 for c in tiled for r in c)
+    assert final(out[j]).usage.prompt_tokens == 400
+
+
+def test_cached_prompts_recompute_their_last_row_and_a_short_tiled_part_is_padded():
+    b = make(slots=1, deterministic=True, prefill_chunk=512)
+    for prompt in (list(range(1, 31)), list(range(1, 291))):
+        for _ in range(2):     # the second time the slot holds the prompt
+            b.submit(job(prompt, max_tokens=2), 0)
+            run(b)
+    n = b.engine.calls.count
+    assert n([(30, 29, 0, True)]) == 1                      # before 256: the last row alone, ONE-ROW
+    # past it: the last row's TILED piece, re-reading rows 256..288 and padded after the prompt's end to TILE rows
+    last = [c for c in b.engine.calls if c[0][1] == TILED_FROM and len(c) == TILE]
+    assert len(last) == 2 and [r[1] for r in last[1]] == list(range(TILED_FROM, TILED_FROM + TILE))
+    assert sum(r[3] for r in last[1]) == 1 and last[1][289 - TILED_FROM][3]
+    assert (0, 290, -1) in b.engine.removed                 # the throwaway rows are dropped right after the call
 
 
 def test_prompt_take_and_cut():
-    assert shapes.prompt_take(1000, 0, 512, False) == (0, 512)
-    assert shapes.prompt_take(530, 0, 512, True) == (0, 466)      # leaves a whole piece, not 18 tokens
-    assert shapes.prompt_take(20, 200, 512, True) == (44, 20)     # a short last piece re-reads cached rows
-    assert shapes.prompt_take(20, 10, 512, True) == (10, 20)      # (and is padded to TILE by calls())
-    assert shapes.prompt_take(100, 0, 40, True) == (0, 0)         # no room for a whole piece this step
+    assert shapes.prompt_take(1000, 0, 512, False, TILED_FROM) == (0, 512)
+    assert shapes.prompt_take(1000, 0, 512, True, TILED_FROM) == (0, 256)     # ONE-ROW rows up to 256
+    assert shapes.prompt_take(1000, 100, 40, True, TILED_FROM) == (0, 40)     # any room will do for them
+    assert shapes.prompt_take(530, 256, 512, True, TILED_FROM) == (0, 466)    # leaves a whole piece, not 18
+    assert shapes.prompt_take(20, 456, 512, True, TILED_FROM) == (44, 20)     # a short last piece re-reads rows
+    assert shapes.prompt_take(20, 266, 512, True, TILED_FROM) == (10, 20)     # from 256 on only (calls() pads it)
+    assert shapes.prompt_take(100, 300, 40, True, TILED_FROM) == (0, 0)       # no room for a whole piece
+    assert shapes.prompt_take(100, 300, 40, True, 4096) == (0, 40)            # a short context: ONE-ROW only
+    assert shapes.tiled_from(2048) == TILED_FROM and shapes.tiled_from(300) == 300
     assert shapes._cut(530, 512) == [466, 64] and shapes._cut(30, 512) == [30]
-    assert shapes.recomputed(1000, True) == TILE and shapes.recomputed(1000, False) == 1
-    assert shapes.recomputed(10, True) == 10
+    assert shapes._even(64, 63) == [32, 32] and shapes._even(1, 63) == [1] and shapes._even(127, 63) == [43, 42, 42]
+    assert shapes.recomputed(1000) == 1 and shapes.recomputed(0) == 0

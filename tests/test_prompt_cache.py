@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from reverb.backends.llama.placement import MIN_COPY
 from reverb.backends.llama.promptcache import PromptCache
-from reverb.backends.llama.shapes import TILE
 
 from .test_batcher import final, job, make, run
 
@@ -81,8 +80,8 @@ def test_deterministic_mode_reuses_prompt_rows_only():
     assert len(history) > len(turn1) and b.slots[0].reusable == len(turn1)
     _, reused = served(b, ask(history + list(range(500, 600)), "alice"))
     assert reused == len(turn1)                                 # the answer's rows came from another kernel path
-    _, reused = served(b, ask(turn1, "alice"))                  # the same prompt: all but a whole last piece
-    assert reused == len(turn1) - TILE
+    _, reused = served(b, ask(turn1, "alice"))                  # the same prompt: all but its last token
+    assert reused == len(turn1) - 1
 
 
 def test_new_jobs_take_slots_next_to_busy_ones():

@@ -81,6 +81,7 @@ class Batcher:
         self.prompt_cache = prompt_cache if prompt_cache is not None else PromptCache(0)
         self.placement = Placement(engine, self.prompt_cache)
         self.ctx_per_slot = ctx_per_slot
+        self.tiled_from = shapes.tiled_from(ctx_per_slot)
         self.prefill_chunk = prefill_chunk
         self.max_queue = max_queue
         self.queue_timeout = queue_timeout
@@ -172,7 +173,7 @@ class Batcher:
     def _start(self, job: Job, free: list[Slot]) -> None:
         prompt = job.prompt
         slot, shared = self.placement.place(prompt, job.tenant, self.slots, free,
-                                            shapes.recomputed(len(prompt), self.deterministic))
+                                            shapes.recomputed(len(prompt)))
         self.reused_tokens += shared
         seed = job.params.seed if job.params.seed is not None else secrets.randbits(32)
         others = [s for s in free if s is not slot][:job.params.n - 1]
@@ -225,7 +226,7 @@ class Batcher:
             if s.state is not SlotState.PREFILL:
                 continue
             reread, n = shapes.prompt_take(len(s.todo), len(s.cached), min(self.prefill_chunk, budget),
-                                           self.deterministic)
+                                           self.deterministic, self.tiled_from)
             if not n:
                 continue
             if reread:  # deterministic mode: top a short last piece up with prompt tokens already in the cache
@@ -245,7 +246,7 @@ class Batcher:
         for s in self.slots:
             if s.job is not None and s.job.cancelled.is_set():
                 self.retire(s, FinishReason.CANCELLED)
-        for call in shapes.calls(self.plan(), self.deterministic, self.engine.n_ubatch):
+        for call in shapes.calls(self.plan(), self.deterministic, self.engine.n_ubatch, self.tiled_from):
             self.engine.decode(call.rows)
             for seq, pos in call.trim:
                 self.engine.seq_remove(seq, pos, -1)
