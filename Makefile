@@ -137,12 +137,13 @@ serve: $(STAMP)
 
 # The whole suite (examples/ci-app's own tests included, run as a user's CI would by tests/test_example_app_e2e.py)
 # on TEST_WORKERS pytest-xdist workers, a file's tests on one worker, the longest files first (tests/conftest.py
-# orders them; --no-loadscope-reorder keeps that order). Each worker's models get cores / workers threads. Much of
-# the suite waits (servers starting, leases expiring, upstreams timing out) while the other worker computes.
-# TEST_WORKERS=0 runs it in one process.
+# orders them; --no-loadscope-reorder keeps that order). Each worker's models get cores / workers threads (at least
+# one). Workers: one per core this process may use, plus one, since much of the suite waits (servers starting,
+# leases expiring, upstreams timing out) and the extra worker computes meanwhile (on 2 cores: 6 min 1 s against
+# 7 min 7 s with two, docs/development.md). TEST_WORKERS=0 runs it in one process.
 # PYTHONDONTWRITEBYTECODE is emptied for the run: the suite starts hundreds of Python processes (servers, the CLI,
 # child pytest runs), and without cached bytecode each one compiles reverb's ~115 modules again (~0.2 s of CPU).
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(len(os.sched_getaffinity(0)) + 1 if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1) + 1)")
 XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 test: $(STAMP) postgres chromium codex claude-code
 	PYTHONDONTWRITEBYTECODE= REVERB_LLAMA_WHEEL="$$(ls $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl)" \
