@@ -65,21 +65,22 @@ def test_concurrent_streams_match_their_solo_runs(server):
         assert usage["prompt_tokens"] == alone["usage"]["prompt_tokens"]
 
 
-def test_prefix_reuse_gives_the_same_tokens_as_a_cold_run(shared_server):
-    srv = shared_server("--parallel", "2", "--deterministic")
+def test_prefix_reuse_gives_the_same_tokens_as_a_cold_run(server):
+    srv, key = server, server.new_key()      # a key of its own: no other test's prefix is this key's to reuse
     system = "You are a meticulous assistant. " * 40
     body = {"model": "smollm2-135m", "max_tokens": 8, "temperature": 0,
             "messages": [{"role": "system", "content": system}, {"role": "user", "content": "Name a bird."}]}
-    cold = complete(srv, body)
+    cold = complete(srv, body, key=key)
+    assert cold["usage"]["prompt_tokens"] > 256           # its last piece runs tiled (shapes.py)
     before = srv.stats()["reused"]
-    warm = complete(srv, body)
+    warm = complete(srv, body, key=key)
     after = srv.stats()["reused"]
     assert warm["choices"][0]["message"]["content"] == cold["choices"][0]["message"]["content"]
     assert after - before == cold["usage"]["prompt_tokens"] - 1   # all but the last token (its TILED piece
     # re-reads cached rows instead: shapes.py)
     # a different question after the same system prompt reuses the system prompt's tokens
     other = {**body, "messages": [body["messages"][0], {"role": "user", "content": "Name a fish."}]}
-    warm_other = complete(srv, other)
+    warm_other = complete(srv, other, key=key)
     assert srv.stats()["reused"] - after > 100
     # cold: another key (a prefix is reused for its own key only, unless --share-prompt-cache) on the same server
     before = srv.stats()["reused"]
