@@ -5,6 +5,7 @@ disconnects, and the upstream key never leaking."""
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -178,8 +179,21 @@ def test_failures_before_the_first_byte_refund_everything(gw, model, status, cod
                                         ("up-error-event", "upstream_error"), ("up-slow-mid", "upstream_timeout")])
 def test_failures_mid_stream_end_with_an_error_event_and_charge_what_was_delivered(gw, model, code):
     body = {"model": model, "messages": [{"role": "user", "content": ECHO}], "stream": True}
-    with gw.client(gw.alice) as c:
-        r = c.post("/v1/chat/completions", json=body)
+
+    def plain_text_stream():
+        """The gateway dialect's plain-text stream has no error frame: it breaks off."""
+        with gw.client(gw.alice) as c, pytest.raises(httpx.RemoteProtocolError):
+            with c.stream("POST", "/api/endpoint", json={"model": model, "messages": body["messages"],
+                                                          "options": {"stream": True}}) as s:
+                for _ in s.iter_raw():
+                    pass
+
+    # both dialects at once: up-slow-mid's between-bytes timeout is then waited once, not twice
+    with ThreadPoolExecutor(1) as pool:
+        gateway_dialect = pool.submit(plain_text_stream)
+        with gw.client(gw.alice) as c:
+            r = c.post("/v1/chat/completions", json=body)
+        gateway_dialect.result()
     assert r.status_code == 200
     events = sse(r.content)
     assert "[DONE]" not in events and events[-1]["error"]["code"] == code
@@ -191,12 +205,6 @@ def test_failures_mid_stream_end_with_an_error_event_and_charge_what_was_deliver
     prompt = -(-len(ECHO) // 3) + 4 + 3
     assert (row["prompt_tokens"], row["completion_tokens"], row["price"]) == (prompt, completion,
                                                                               cost(prompt, completion))
-    # The gateway dialect's plain-text stream has no error frame: it breaks off.
-    with gw.client(gw.alice) as c, pytest.raises(httpx.RemoteProtocolError):
-        with c.stream("POST", "/api/endpoint", json={"model": model, "messages": body["messages"],
-                                                      "options": {"stream": True}}) as s:
-            for _ in s.iter_raw():
-                pass
 
 
 def test_fallbacks_before_the_first_byte_only(gw, upstream):  # noqa: F811
