@@ -38,8 +38,8 @@ def new_key(target, name: str, *flags: str) -> str:
 
 def test_admin_routes_keys_teams_allowlists_headers_and_usage(make_server, engine):
     srv = make_server(*ONE)
-    plain = new_key(srv.db, "plain", "--credit", "1")
-    admin = new_key(srv.db, "boss", "--admin")
+    plain = new_key(srv.db, "plain", "--credit", "1")   # the CLI once; the others in-process (~0.4 s of CPU each)
+    admin = srv.new_key("boss", 0, admin=True)          # `keys create --admin`: test_gateway_cli.py
     with srv.client(plain) as http:
         for method, path, body in ADMIN_ROUTES:
             r = http.request(method, path, json=body)
@@ -122,7 +122,7 @@ def test_admin_routes_keys_teams_allowlists_headers_and_usage(make_server, engin
         assert (last.status_code, last.json()["error"]["type"]) == (429, "requests")
         assert int(last.headers["retry-after-ms"]) <= int(r.headers["retry-after-ms"])
     # a credit refusal says what the request would hold against what is left, and what would pass
-    poor = new_key(srv.db, "poor", "--credit", "0.00001")   # little: what would pass is a few tokens to generate
+    poor = srv.new_key("poor", 10)   # 0.00001: little: what would pass is a few tokens to generate
     with srv.client(poor) as http:
         r = http.post("/v1/chat/completions", json=chat("Say hi.", max_tokens=1000))
         msg = r.json()["error"]["message"]
