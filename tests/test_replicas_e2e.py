@@ -167,9 +167,10 @@ def test_postgres_unreachable_at_settle_time_fails_closed_then_settles(make_serv
     """The database goes away mid-stream: the stream ends with an error event (no [DONE]); once it is back,
     the server settles the request itself, charged for the text the stream delivered."""
     target = pg_server.new_database()
-    # failed settlements are retried every third of the lease: 12 s retries 4 s after the database is back (30 s
-    # waited 10), and still outlasts the outage, so the lease never expires and the retry, not a sweep, settles it
-    srv = make_server("--lease-seconds", "12", *ONE, env={"REVERB_DB_BUSY_TIMEOUT": "1"}, db=target)
+    # failed settlements are retried every third of the lease: 18 s retries within 6 s of the database's return
+    # (30 s: within 10), and the lease (less the 6 s since the last heartbeat) still outlasts a slow outage by far,
+    # so it never expires and the retry, not a sweep, settles the request
+    srv = make_server("--lease-seconds", "18", *ONE, env={"REVERB_DB_BUSY_TIMEOUT": "1"}, db=target)
     key = new_key(target, "outage", 1_000_000)
     lines = []
     try:
