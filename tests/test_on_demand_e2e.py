@@ -34,9 +34,19 @@ def ask(srv, model: str, **extra):
 
 
 def ps(srv) -> list[str]:
+    """The loaded models as `reverb ps` shows them (a CLI process: ~0.5 s of CPU, so only where the CLI is the
+    point; ``loaded`` reads the same route over HTTP)."""
     out = reverb("ps", "--url", srv.base_url, "--api-key", srv.key, "--json")
     assert out.returncode == 0, out.stderr
     return [m["model"] for m in json.loads(out.stdout)["data"] if not m.get("loading")]
+
+
+def loaded(srv) -> list[str]:
+    """The loaded models from GET /api/ps, the route `reverb ps` reads."""
+    with srv.client() as http:
+        r = http.get("/api/ps")
+    assert r.status_code == 200, r.text
+    return [m["model"] for m in r.json()["data"] if not m.get("loading")]
 
 
 def loads(srv, model: str) -> float:
@@ -62,10 +72,10 @@ def test_load_on_first_request_evict_lru_and_keep_alive(two_models, make_server)
     assert ps(srv) == ["a"] and loads(srv, "a") == 1
     # room for one model: b's first request unloads a, the least recently used
     assert ask(srv, "b").status_code == 200
-    assert ps(srv) == ["b"] and loads(srv, "b") == 1
+    assert loaded(srv) == ["b"] and loads(srv, "b") == 1
     # a request's keep_alive, as Ollama's: "1s" unloads b a second after its last request
     assert ask(srv, "b", keep_alive="1s").status_code == 200
-    wait_for(lambda: ps(srv) == [], what="b unloaded after its keep_alive")
+    wait_for(lambda: loaded(srv) == [], what="b unloaded after its keep_alive", interval=0.1)
     assert "model b: unloaded (idle for 1 s)" in srv.log()
     assert ask(srv, "a", keep_alive="often").json()["error"]["param"] == "keep_alive"
     assert ask(srv, "nope").json()["error"]["code"] == "model_not_found"
@@ -77,7 +87,7 @@ def test_load_on_first_request_evict_lru_and_keep_alive(two_models, make_server)
 
 def test_without_on_demand_only_the_models_given_are_served(two_models, make_server):
     srv = make_server("--catalogue", two_models, "--parallel", "1")
-    assert ps(srv) == ["a"]                               # loaded at start, as before
+    assert loaded(srv) == ["a"]                           # loaded at start, as before
     with srv.ledger() as ledger:
         assert [(e["model"], e["event"], e["reason"]) for e in ledger.model_events()] == [("a", "loaded", "at start")]
     r = ask(srv, "b")

@@ -12,25 +12,27 @@ import json
 import subprocess
 import sys
 
+import pytest
 
 from reverb.ledger import Ledger
 from reverb.models import registry
 
-from .conftest import ROOT, chat, prompt_tokens, reverb, wait_for
+from .conftest import ROOT, SESSION_OWNED, Server, chat, prompt_tokens, reverb, wait_for
 
 SPEC = registry.load(ROOT / "models.toml").resolve("smollm2-135m")
-LEASE = "3"   # seconds: short, so a dead server's holds are settled soon; renewed every second
+LEASE = "2"   # seconds: short, so a dead server's holds are settled soon; renewed every 2/3 s
 ONE = ("--threads", "1")   # two servers on two cores: one thread each keeps llama.cpp from oversubscribing
 
 
-def new_key(target: str, name: str, credit: str) -> str:
-    out = reverb("keys", "create", name, "--credit", credit, "--db", target)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.strip().splitlines()[-1]
+def new_key(target: str, name: str, credit: int) -> str:
+    """A key made in-process (``credit`` in micro-units): `keys create` on both engines is tested in
+    test_keys_cli.py, and a CLI process here cost ~0.7 s of CPU a test."""
+    with Ledger(target, create=False) as ledger:
+        return ledger.create_key(name, credit)
 
 
 def poll(condition, what: str, timeout: float = 120):
-    return wait_for(condition, timeout=timeout, what=what, interval=0.05)
+    return wait_for(condition, timeout=timeout, what=what, interval=0.1)   # each poll opens the ledger
 
 
 def hold_of(target: str, request_id: str) -> dict | None:
@@ -43,20 +45,48 @@ def row_of(target: str, request_id: str) -> dict | None:
         return ledger.request(request_id)
 
 
-def test_credit_race_spread_over_two_servers(make_server, db_target, engine, no_eos):
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def two_servers(request, tmp_path_factory):
+    """Two servers on one fresh ledger, per engine, for the credit race and then the kill -9 (which kills A, so it
+    comes last: pytest runs a module fixture's tests in file order); each test makes keys of its own. Two server
+    starts fewer per engine (~1.3 s of CPU each). The ledger's invariant is checked once both have stopped."""
+    work = tmp_path_factory.mktemp(f"pair-{request.param}")
+    target = (str(work / "ledger.sqlite3") if request.param == "sqlite"
+              else request.getfixturevalue("pg_server").new_database())
+    servers = [Server(work / name, "--lease-seconds", LEASE, *ONE, db=target) for name in ("a", "b")]
+    try:
+        for srv in servers:
+            srv.start()
+            SESSION_OWNED.add(srv.proc.pid)
+        yield servers[0], servers[1], target
+    finally:
+        for srv in servers:
+            srv.stop()
+    with Ledger(target, create=False) as ledger:
+        inv = ledger.invariant()
+    assert inv["ok"] and inv["holds"] == 0, inv
+
+
+def alive(*servers: Server) -> None:
+    for srv in servers:
+        assert srv.proc.poll() is None, "a test before this one stopped a server of the pair"
+        srv.wait_idle()
+
+
+def test_credit_race_spread_over_two_servers(two_servers, engine, no_eos):
     """20 requests at once, alternating between two servers on one ledger: exactly the affordable 5 run."""
-    a = make_server("--parallel", "4", *ONE, db=db_target)
-    b = make_server("--parallel", "4", *ONE, db=db_target)
+    a, b, db_target = two_servers
+    alive(a, b)
     body = chat("Count.", max_tokens=4, logit_bias=no_eos)   # no end token: each is charged its whole hold
     hold = SPEC.cost(prompt_tokens(engine, body["messages"]), 4)
-    key = new_key(db_target, "racer", registry.format_money(5 * hold))
+    key = new_key(db_target, "racer", 5 * hold)
+    # one client per server, shared by the threads (each its own connection): 20 clients cost ~0.5 s of CPU
+    with a.client(key, timeout=600) as http_a, b.client(key, timeout=600) as http_b:
+        def call(i):
+            return (http_a if i % 2 else http_b).post("/v1/chat/completions", json=body).status_code
 
-    def call(i):
-        with (a if i % 2 else b).client(key, timeout=600) as http:
-            return http.post("/v1/chat/completions", json=body).status_code
-
-    with concurrent.futures.ThreadPoolExecutor(20) as pool:
-        codes = list(pool.map(call, range(20)))
+        with concurrent.futures.ThreadPoolExecutor(20) as pool:
+            codes = list(pool.map(call, range(20)))
     assert sorted(codes) == [200] * 5 + [429] * 15, codes
     with Ledger(db_target, create=False) as ledger:
         racer = [k for k in ledger.list_keys() if k["name"] == "racer"][0]
@@ -65,10 +95,10 @@ def test_credit_race_spread_over_two_servers(make_server, db_target, engine, no_
         assert [sum(u[k] for u in usage) for k in ("completed", "rejected", "price")] == [5, 15, 5 * hold]
 
 
-def test_kill_9_of_one_server_mid_stream_while_the_other_streams(make_server, db_target, no_eos):
-    a = make_server("--lease-seconds", LEASE, *ONE, db=db_target)
-    b = make_server("--lease-seconds", LEASE, *ONE, db=db_target)
-    key = new_key(db_target, "streamer", "1")
+def test_kill_9_of_one_server_mid_stream_while_the_other_streams(two_servers, no_eos):
+    a, b, db_target = two_servers
+    alive(a, b)
+    key = new_key(db_target, "streamer", 1_000_000)
     with a.client(key, timeout=600) as http_a, b.client(key, timeout=600) as http_b:
         with http_a.stream("POST", "/v1/chat/completions",
                            json=chat("Write a long story.", max_tokens=1500, stream=True, logit_bias=no_eos)) as ra:
@@ -79,7 +109,7 @@ def test_kill_9_of_one_server_mid_stream_while_the_other_streams(make_server, db
             poll(lambda: (hold_of(db_target, rid_a) or {}).get("delivered_tokens"), "a's delivered-token mark")
             # B starts only now, so that it is streaming when A dies (it need not run long before that)
             rb = http_b.send(http_b.build_request("POST", "/v1/chat/completions", json=chat(
-                "Write a story.", max_tokens=150, stream=True, logit_bias=no_eos)), stream=True)
+                "Write a story.", max_tokens=100, stream=True, logit_bias=no_eos)), stream=True)
             rid_b = rb.headers["x-request-id"]
             lines_b = rb.iter_lines()
             first_b = next(lines_b)
@@ -92,8 +122,8 @@ def test_kill_9_of_one_server_mid_stream_while_the_other_streams(make_server, db
             rb.close()
     assert "data: [DONE]" in rest_b                                 # B's stream was never disturbed
     done_b = poll(lambda: row_of(db_target, rid_b), "b's row")
-    assert done_b["status"] == "completed" and done_b["completion_tokens"] == 150
-    assert done_b["price"] == SPEC.cost(done_b["prompt_tokens"], 150)
+    assert done_b["status"] == "completed" and done_b["completion_tokens"] == 100
+    assert done_b["price"] == SPEC.cost(done_b["prompt_tokens"], 100)
     assert (swept["status"], swept["error_code"]) == ("failed", "interrupted")
     assert swept["completion_tokens"] == mark > 0                  # settled like a disconnect: what it delivered
     assert swept["price"] == SPEC.cost(swept["prompt_tokens"], mark) > 0
@@ -105,7 +135,7 @@ def test_kill_9_of_one_server_mid_stream_while_the_other_streams(make_server, db
 def test_read_only_commands_never_settle_a_hold(make_server, db_target, no_eos):
     """A dead server's hold, its lease expired: keys list, usage and chat leave it alone; a server settles it."""
     srv = make_server("--lease-seconds", "1", *ONE, db=db_target)
-    key = new_key(db_target, "reader", "1")
+    key = new_key(db_target, "reader", 1_000_000)
     with srv.client(key, timeout=600) as http:
         with http.stream("POST", "/v1/chat/completions",
                          json=chat("Write a long story.", max_tokens=1500, stream=True, logit_bias=no_eos)) as r:
@@ -137,8 +167,11 @@ def test_postgres_unreachable_at_settle_time_fails_closed_then_settles(make_serv
     """The database goes away mid-stream: the stream ends with an error event (no [DONE]); once it is back,
     the server settles the request itself, charged for the text the stream delivered."""
     target = pg_server.new_database()
-    srv = make_server("--lease-seconds", "30", *ONE, env={"REVERB_DB_BUSY_TIMEOUT": "1"}, db=target)
-    key = new_key(target, "outage", "1")
+    # failed settlements are retried every third of the lease: 18 s retries within 6 s of the database's return
+    # (30 s: within 10), and the lease (less the 6 s since the last heartbeat) still outlasts a slow outage by far,
+    # so it never expires and the retry, not a sweep, settles the request
+    srv = make_server("--lease-seconds", "18", *ONE, env={"REVERB_DB_BUSY_TIMEOUT": "1"}, db=target)
+    key = new_key(target, "outage", 1_000_000)
     lines = []
     try:
         with srv.client(key, timeout=600) as http:
