@@ -61,6 +61,9 @@ def start_server(model: str = "", parallel: int = 2, models: str = "", timeout: 
     cmd = [sys.executable, "-m", "reverb.cli", "serve", "--host", "127.0.0.1", "--port", "0",
            "--ready-file", str(ready), "--db", str(workdir / "ledger.sqlite3"), "--api-key", key,
            "--parallel", str(parallel), "--slots-per-key", str(parallel),   # one suite: every slot is its own
+           # and one tenant: each test has a key of its own, and a prompt cached for one test's key (the same
+           # system prompt, tools, fixture text) would otherwise be read again for the next
+           "--share-prompt-cache",
            "--deterministic" if deterministic else "--no-deterministic", "--exit-with-parent", *extra]
     if model:
         cmd += ["--model", model]
