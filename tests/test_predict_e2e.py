@@ -3,8 +3,9 @@ n-gram speculation give exactly the answer of the same request without them, on 
 token with --deterministic (greedy and seeded); accepted and rejected prediction tokens are reported as OpenAI
 reports them, billed (rejected ones as completion tokens) and covered by the credit hold.
 
-Three servers: ``plain`` (--deterministic, no fast-forward, no speculation: drafts come only from a prediction),
-``drafts`` (--deterministic, fast-forward and --speculate ngram) and ``default`` (the default mode)."""
+Two servers of the module's own: ``plain`` (--deterministic, no fast-forward, no speculation: drafts come only from a
+prediction) and ``drafts`` (--deterministic, fast-forward and --speculate ngram); and the session's shared
+default-mode server (``shared_server("--parallel", "2")``, which other files use too)."""
 
 from __future__ import annotations
 
@@ -29,8 +30,7 @@ POEM = [{"role": "user", "content": "Write a short poem about the sea, four line
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
     flags = {"plain": ("--deterministic", "--no-fast-forward"),
-             "drafts": ("--deterministic", "--speculate", "ngram"),
-             "default": ()}
+             "drafts": ("--deterministic", "--speculate", "ngram")}
     started: dict[str, Server] = {}
     try:
         for name, args in flags.items():
@@ -162,11 +162,11 @@ def test_streamed_with_a_prediction_equals_the_plain_answer(servers, plain):
     assert set(usage["completion_tokens_details"]) == {"accepted_prediction_tokens", "rejected_prediction_tokens"}
 
 
-def test_the_default_mode_gives_the_same_greedy_answer(servers):
+def test_the_default_mode_gives_the_same_greedy_answer(shared_server):
     """The default mode's numbers may move with what shares a pass, which a draft changes as load does; at this
     length (all rows before position 256) a lone row and a draft's rows take the same kernel path. Both requests
     start from the same cached prompt (the first one warms the slot)."""
-    srv = servers["default"]
+    srv = shared_server("--parallel", "2")
     body = {"messages": POEM, "max_tokens": 20, "temperature": 0}
     ok(srv, body)
     text = content(ok(srv, body))
