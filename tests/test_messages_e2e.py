@@ -111,7 +111,7 @@ def test_a_tool_round_trip_with_tool_choice_enforced(srv):
     forced_call = next(b for b in forced.content if b.type == "tool_use")
     assert forced.stop_reason == "tool_use" and forced_call.name == "get_time"
     assert forced_call.input["zone"] in ("UTC", "CET")
-    answer = c.messages.create(model=MODEL, max_tokens=20, extra_body=GREEDY, tools=[WEATHER, TIME], messages=[
+    answer = c.messages.create(model=MODEL, max_tokens=8, extra_body=GREEDY, tools=[WEATHER, TIME], messages=[
         {"role": "user", "content": "What is the weather in Paris?"},
         {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "Sunny, 21 C"}

@@ -3,8 +3,9 @@ n-gram speculation give exactly the answer of the same request without them, on 
 token with --deterministic (greedy and seeded); accepted and rejected prediction tokens are reported as OpenAI
 reports them, billed (rejected ones as completion tokens) and covered by the credit hold.
 
-Three servers: ``plain`` (--deterministic, no fast-forward, no speculation: drafts come only from a prediction),
-``drafts`` (--deterministic, fast-forward and --speculate ngram) and ``default`` (the default mode)."""
+Two servers of the module's own: ``plain`` (--deterministic, no fast-forward, no speculation: drafts come only from a
+prediction) and ``drafts`` (--deterministic, fast-forward and --speculate ngram); and the session's shared
+default-mode server (``shared_server("--parallel", "2")``, which other files use too)."""
 
 from __future__ import annotations
 
@@ -29,8 +30,7 @@ POEM = [{"role": "user", "content": "Write a short poem about the sea, four line
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
     flags = {"plain": ("--deterministic", "--no-fast-forward"),
-             "drafts": ("--deterministic", "--speculate", "ngram"),
-             "default": ()}
+             "drafts": ("--deterministic", "--speculate", "ngram")}
     started: dict[str, Server] = {}
     try:
         for name, args in flags.items():
@@ -45,6 +45,20 @@ def servers(tmp_path_factory):
             with srv.ledger() as ledger:
                 inv = ledger.invariant()
             assert inv["ok"], inv
+
+
+@pytest.fixture(scope="module")
+def plain(servers):
+    """``plain(body)``: the plain server's answer to ``body``, asked once per module. --deterministic gives a request
+    the same tokens every time, alone or beside others, so tests comparing against the same body share one run."""
+    answers: dict[str, dict] = {}
+
+    def answer(body: dict) -> dict:
+        key = json.dumps(body, sort_keys=True)
+        if key not in answers:
+            answers[key] = ok(servers["plain"], body)
+        return answers[key]
+    return answer
 
 
 def post(srv: Server, body: dict, key: str | None = None) -> httpx.Response:
@@ -84,10 +98,10 @@ def edit(text: str) -> str:
                                       {"temperature": 0.8, "seed": 5, "frequency_penalty": 0.6, "presence_penalty": 0.3,
                                        "top_k": 40, "logprobs": True, "top_logprobs": 2}],
                          ids=["greedy", "seeded", "penalties-logprobs"])
-def test_a_prediction_changes_nothing_but_the_speed(servers, sampling):
+def test_a_prediction_changes_nothing_but_the_speed(servers, plain, sampling):
     srv = servers["plain"]
-    body = {"messages": POEM, "max_tokens": 30, **sampling}
-    base = ok(srv, body)
+    body = {"messages": POEM, "max_tokens": 20, **sampling}
+    base = plain(body)
     text = content(base)
     assert len(text) > 40
     before = drafts(srv, "prediction")
@@ -110,14 +124,14 @@ def test_a_prediction_changes_nothing_but_the_speed(servers, sampling):
                                                        + d["accepted_prediction_tokens"])
 
 
-def test_drafts_beside_other_streams_change_no_answer(servers):
+def test_drafts_beside_other_streams_change_no_answer(servers, plain):
     """Deterministic mode's promise under load: a drafting stream and a plain one share decode calls (rows of
     unequal counts per sequence), and each answer is its solo answer."""
     srv = servers["plain"]
-    story = {"messages": [{"role": "user", "content": "Tell me a story about a fox."}], "max_tokens": 30,
+    story = {"messages": [{"role": "user", "content": "Tell me a story about a fox."}], "max_tokens": 20,
              "temperature": 0.9, "seed": 21}
-    poem = {"messages": POEM, "max_tokens": 30, "temperature": 0}
-    solo_story, solo_poem = content(ok(srv, story)), content(ok(srv, poem))
+    poem = {"messages": POEM, "max_tokens": 20, "temperature": 0}
+    solo_story, solo_poem = content(plain(story)), content(plain(poem))
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         a = pool.submit(ok, srv, {**poem, "prediction": {"type": "content", "content": edit(solo_poem)}})
         b = pool.submit(ok, srv, story)
@@ -125,10 +139,10 @@ def test_drafts_beside_other_streams_change_no_answer(servers):
     assert a.result()["usage"]["completion_tokens_details"]["accepted_prediction_tokens"] > 0
 
 
-def test_streamed_with_a_prediction_equals_the_plain_answer(servers):
+def test_streamed_with_a_prediction_equals_the_plain_answer(servers, plain):
     srv = servers["plain"]
-    body = {"messages": POEM, "max_tokens": 30, "temperature": 0}
-    text = content(ok(srv, body))
+    body = {"messages": POEM, "max_tokens": 20, "temperature": 0}
+    text = content(plain(body))
     pieces, usage = [], None
     with srv.client() as http:
         with http.stream("POST", "/v1/chat/completions", json={
@@ -148,12 +162,12 @@ def test_streamed_with_a_prediction_equals_the_plain_answer(servers):
     assert set(usage["completion_tokens_details"]) == {"accepted_prediction_tokens", "rejected_prediction_tokens"}
 
 
-def test_the_default_mode_gives_the_same_greedy_answer(servers):
+def test_the_default_mode_gives_the_same_greedy_answer(shared_server):
     """The default mode's numbers may move with what shares a pass, which a draft changes as load does; at this
     length (all rows before position 256) a lone row and a draft's rows take the same kernel path. Both requests
     start from the same cached prompt (the first one warms the slot)."""
-    srv = servers["default"]
-    body = {"messages": POEM, "max_tokens": 30, "temperature": 0}
+    srv = shared_server("--parallel", "2")
+    body = {"messages": POEM, "max_tokens": 20, "temperature": 0}
     ok(srv, body)
     text = content(ok(srv, body))
     got = ok(srv, {**body, "prediction": {"type": "content", "content": edit(text)}})
@@ -178,12 +192,12 @@ def test_bad_predictions_are_refused_by_name(servers):
     assert "completion_tokens_details" not in no_details
 
 
-def test_rejected_prediction_tokens_are_billed_and_held_for(servers):
+def test_rejected_prediction_tokens_are_billed_and_held_for(servers, plain):
     srv = servers["plain"]
-    body = {"messages": POEM, "max_tokens": 24, "temperature": 0}
-    base = ok(srv, body)
+    body = {"messages": POEM, "max_tokens": 20, "temperature": 0}
+    base = plain(body)
     n_prompt = base["usage"]["prompt_tokens"]
-    key = srv.new_key("predictor", SPEC.cost(n_prompt, 24))   # exactly the plain hold
+    key = srv.new_key("predictor", SPEC.cost(n_prompt, 20))   # exactly the plain hold
     r = post(srv, body, key)
     assert r.status_code == 200, r.text
     prediction = {"type": "content", "content": "A completely different text, " * 4}
@@ -207,10 +221,10 @@ CASES = [(name, {"temperature": 0}) for name in sorted(SCHEMAS)] + [
 
 
 @pytest.mark.parametrize("name,run", CASES, ids=[f"{n}-{'seeded' if 'seed' in r else 'greedy'}" for n, r in CASES])
-def test_grammar_fast_forward_gives_the_same_answer(servers, name, run):
+def test_grammar_fast_forward_gives_the_same_answer(servers, plain, name, run):
     body = {"messages": schema_messages(name), "max_tokens": 120, "response_format": schema_format(name), **run}
     before = drafts(servers["drafts"], "forced")
-    assert content(ok(servers["drafts"], body)) == content(ok(servers["plain"], body))
+    assert content(ok(servers["drafts"], body)) == content(plain(body))
     after = drafts(servers["drafts"], "forced")
     if SCHEMAS[name].get("required"):   # a required key's spelling is forced (all-optional properties are not)
         assert after["accepted"] > before["accepted"]
@@ -220,20 +234,20 @@ def test_fast_forward_with_json_object_and_a_required_tool_call(servers):
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
         "type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
         "required": ["city", "unit"]}}}]
-    for body in ({"messages": schema_messages("cat"), "max_tokens": 40, "temperature": 0,
+    for body in ({"messages": schema_messages("cat"), "max_tokens": 24, "temperature": 0,
                   "response_format": {"type": "json_object"}},
                  {"messages": [{"role": "user", "content": "Weather in Paris?"}], "max_tokens": 60,
-                  "temperature": 0, "tools": tools, "tool_choice": "required"}):
+                  "temperature": 0, "tools": tools, "tool_choice": "required", "parallel_tool_calls": False}):
         a, b = (ok(srv, body)["choices"][0]["message"] for srv in (servers["drafts"], servers["plain"]))
         assert a["content"] == b["content"]
         assert [c["function"] for c in a.get("tool_calls", ())] == [c["function"] for c in b.get("tool_calls", ())]
 
 
-def test_a_prediction_under_a_schema_with_fast_forward(servers):
+def test_a_prediction_under_a_schema_with_fast_forward(servers, plain):
     """Forced drafts and a prediction's drafts take turns on one stream; the answer is still the plain one."""
     body = {"messages": schema_messages("order"), "max_tokens": 120, "temperature": 0,
             "response_format": schema_format("order")}
-    text = content(ok(servers["plain"], body))
+    text = content(plain(body))
     got = ok(servers["drafts"], {**body, "prediction": {"type": "content", "content": text.replace("1", "7")}})
     assert content(got) == text
     assert got["usage"]["completion_tokens_details"]["accepted_prediction_tokens"] > 0
@@ -259,7 +273,7 @@ def test_a_prediction_on_the_responses_api(servers):
     import openai
     srv = servers["plain"]
     client = openai.OpenAI(base_url=srv.base_url + "/v1", api_key=srv.key, max_retries=0)
-    ask = {"model": MODEL, "input": POEM[0]["content"], "max_output_tokens": 30, "temperature": 0, "store": False}
+    ask = {"model": MODEL, "input": POEM[0]["content"], "max_output_tokens": 20, "temperature": 0, "store": False}
     base = client.responses.create(**ask)
     assert base.output_text and base.usage.output_tokens_details.model_extra == {}
     raw = client.responses.with_raw_response.create(**ask, extra_body={"prediction": {

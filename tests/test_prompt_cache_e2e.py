@@ -8,11 +8,12 @@ import re
 from .conftest import KEY
 
 OTHER = "sk-test-other-key"
-SYSTEM = "Internal note: the vault code is 4812 and the courier arrives on Tuesday. " * 12   # ~200 tokens
+SYSTEM = "Internal note: the vault code is 4812 and the courier arrives on Tuesday. " * 8    # ~140 tokens
 
 
-def body(question: str, system: str = SYSTEM, **kw) -> dict:
-    return {"model": "smollm2-135m", "max_tokens": 8, "temperature": 0,
+def body(question: str, system: str = SYSTEM, max_tokens: int = 1, **kw) -> dict:
+    """One token where only the cache counts; a test that compares answers asks for more."""
+    return {"model": "smollm2-135m", "max_tokens": max_tokens, "temperature": 0,
             "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}], **kw}
 
 
@@ -49,15 +50,15 @@ def test_a_shared_prompt_cache_serves_every_key(make_server):
 
 def test_the_next_turn_comes_back_from_host_memory(make_server):
     srv = make_server("--parallel", "1", "--deterministic")
-    first, _ = ask(srv, body("Tell me about the courier."))
+    first, _ = ask(srv, body("Tell me about the courier.", max_tokens=8))
     history = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "Tell me about the courier."},
                {"role": "assistant", "content": first["choices"][0]["message"]["content"]},
                {"role": "user", "content": "And the vault?"}]
     ask(srv, body("Write a poem about autumn.", system="You are a poet. " * 8, max_tokens=2))  # takes the only slot
     assert metric(srv, "reverb_prompt_cache_entries") == 1 and metric(srv, "reverb_prompt_cache_bytes") > 0
-    warm, reused = ask(srv, {**body(""), "messages": history})
+    warm, reused = ask(srv, {**body("", max_tokens=8), "messages": history})
     assert reused >= first["usage"]["prompt_tokens"] - 64               # at least the first turn's prompt
     # cold: another key on the same server (a prefix is reused for its own key only)
-    cold, reused = ask(srv, {**body(""), "messages": history}, key=srv.new_key())
+    cold, reused = ask(srv, {**body("", max_tokens=8), "messages": history}, key=srv.new_key())
     assert reused == 0
     assert warm["choices"][0]["message"]["content"] == cold["choices"][0]["message"]["content"]

@@ -120,12 +120,12 @@ def test_function_tool_round_trip_with_stored_responses(srv):
     assert isinstance(json.loads(calls[0].arguments)["city"], str) and calls[0].call_id
     second = c.responses.create(model=MODEL, previous_response_id=first.id, tools=[WEATHER],
                                 input=[{"type": "function_call_output", "call_id": calls[0].call_id,
-                                        "output": "sunny, 21 C"}], max_output_tokens=12, temperature=0)
+                                        "output": "sunny, 21 C"}], max_output_tokens=6, temperature=0)
     assert second.output_text and second.previous_response_id == first.id
     # the stored conversation came first: its input, its call and the call's output were all read
     assert second.usage.input_tokens > first.usage.input_tokens + 5
     # the same conversation sent whole (store: false) is the same prompt and the same answer
-    whole = c.responses.create(model=MODEL, store=False, tools=[WEATHER], max_output_tokens=12, temperature=0,
+    whole = c.responses.create(model=MODEL, store=False, tools=[WEATHER], max_output_tokens=6, temperature=0,
                                input=[{"role": "user", "content": "What is the weather in Paris?"},
                                       {"type": "function_call", "call_id": calls[0].call_id, "name": "get_weather",
                                        "arguments": calls[0].arguments},
