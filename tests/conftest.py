@@ -6,6 +6,7 @@ All state (ledger, ready files, logs) lives under pytest's tmp paths.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -47,12 +48,11 @@ def _threads_per_worker() -> None:
 _threads_per_worker()
 
 
-def _tls(cache: list = []) -> ssl.SSLContext:
+@functools.cache
+def _tls() -> ssl.SSLContext:
     """One TLS context for every test client: httpx builds one per client otherwise, loading the CA bundle each
     time (~25 ms of CPU; the servers are plain HTTP on loopback, and the clients of a run number thousands)."""
-    if not cache:
-        cache.append(ssl.create_default_context())
-    return cache[0]
+    return ssl.create_default_context()
 
 
 def tiny_model_path() -> Path:
