@@ -57,3 +57,17 @@ def test_no_retention_stores_nothing(tmp_path):
         r = c.post("/v1/responses", json=BODY).json()
         assert r["store"] is False
         assert c.get(f"/v1/responses/{r['id']}").status_code == 404
+
+
+def test_unicode_line_breaks_in_echoed_fields_stay_inside_their_event(tmp_path):
+    """U+0085, U+2028 and U+2029 are line breaks to Python's ``splitlines()`` (and U+2028/9 to older JavaScript):
+    json.dumps leaves them raw, so a client splitting the stream that way cut an event in two. They are escaped."""
+    odd = "a\x85b\u2028c\u2029d"
+    with app_client(tmp_path) as c:
+        r = c.post("/v1/responses", json={**BODY, "stream": True, "metadata": {"k": odd}, "instructions": odd})
+        assert r.status_code == 200
+        lines = r.text.splitlines()
+        assert lines == r.text.split("\n")[:len(lines)]          # no line breaks but the framing's own
+        events = [json.loads(line[6:]) for line in lines if line.startswith("data: ")]
+        final = events[-1]["response"]
+        assert final["metadata"] == {"k": odd} and final["instructions"] == odd   # the text itself is unchanged

@@ -25,14 +25,14 @@ from .body import read_json
 from .errors import anthropic_body
 from .handler import Answer, Dialect, Renderers
 from .sse import SSE
+from .sse import event as sse_event
 from .body import keep_body
 from .stream import stream_failure
 
 
 def frame(kind: str, payload: dict) -> bytes:
     """One named SSE event, as Anthropic sends them: ``event: <type>`` then ``data: <json>``."""
-    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    return b"event: " + kind.encode() + b"\ndata: " + data.encode("utf-8") + b"\n\n"
+    return sse_event(payload, kind)
 
 
 def _emit(payload: dict) -> bytes:

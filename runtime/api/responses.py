@@ -29,6 +29,7 @@ from .handler import Answer, Dialect, Renderers
 from .items import omitted_tools
 from .outputs import Output, usage_json
 from .sse import SSE
+from .sse import event as sse_event
 from .stream import stream_failure
 from . import chatbody
 
@@ -157,9 +158,7 @@ async def _whole(a: Answer, chunks: list[Chunk], final: Chunk, price: int) -> di
 
 
 def _frame(kind: str, payload: dict, seq: int) -> bytes:
-    data = json.dumps({"type": kind, "sequence_number": seq, **payload}, ensure_ascii=False,
-                      separators=(",", ":"))
-    return b"event: " + kind.encode() + b"\ndata: " + data.encode("utf-8") + b"\n\n"
+    return sse_event({"type": kind, "sequence_number": seq, **payload}, kind)
 
 
 async def _stream(a: Answer, first: Chunk):

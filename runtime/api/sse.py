@@ -1,8 +1,10 @@
 """Server-Sent Events for the OpenAI dialect: the framing, and the one loop that streams a generation's choices.
 
-Every event is exactly one line ``data: <json>`` and a blank line: JSON never holds a raw newline (json.dumps
-escapes them), and no comment or keep-alive lines are sent, so line-based readers that ``JSON.parse`` whatever
-follows ``data: `` always work. The stream ends with ``data: [DONE]``; an error after the first byte is one
+Every event is exactly one line ``data: <json>`` and a blank line (the Messages and Responses dialects put an
+``event: <type>`` line before it): JSON never holds a raw line break, not even the ones only Unicode-aware
+splitters see (U+0085, U+2028, U+2029, which json.dumps leaves raw and a client's ``splitlines()`` splits on), and
+no comment or keep-alive lines are sent, so line-based readers that ``JSON.parse`` whatever follows ``data: ``
+always work. The stream ends with ``data: [DONE]``; an error after the first byte is one
 ``data: {"error": ...}`` event.
 """
 
@@ -20,8 +22,13 @@ DONE = b"data: [DONE]\n\n"
 SSE = "text/event-stream; charset=utf-8"
 
 
-def event(payload: dict) -> bytes:
-    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n\n"
+_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def event(payload: dict, kind: str | None = None) -> bytes:
+    """One event: ``data: <json>``, after ``event: <kind>`` when given."""
+    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).translate(_BREAKS).encode("utf-8")
+    return (b"event: " + kind.encode() + b"\n" if kind else b"") + b"data: " + data + b"\n\n"
 
 
 class Frames(Protocol):
