@@ -10,19 +10,15 @@ if it cannot work, chat exits non-zero at once. Later failures print an error li
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import os
 import re
 import sys
-import threading
 from dataclasses import replace
-from queue import Queue
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError, RemoteError, ReverbError
-from ..request import Account, Ask, RequestContext
 from ..settings import Settings
 from ..types import Message, SamplingParams
 from .flags import settings_from
@@ -43,6 +39,11 @@ class LocalBackend:
     """The model in this process, through the same service the server uses (no ledger charges: a dev account)."""
 
     def __init__(self, settings: Settings):
+        # imported here, not with the module: every `reverb` command imports this one to build its parser
+        import asyncio
+        import threading
+
+        from ..request import Account
         from ..service import build
         # serve=False: reads and logs to an existing --db, takes no lease and never refunds another server's holds
         self.service = build(settings.with_(db=settings.db or _memory_db(), parallel=1), serve=False)
@@ -53,6 +54,10 @@ class LocalBackend:
         self.current = None
 
     def stream(self, messages: list[dict], params: SamplingParams, max_tokens: int):
+        import asyncio
+        from queue import Queue
+
+        from ..request import Ask, RequestContext
         out: Queue = Queue()
 
         async def run():
