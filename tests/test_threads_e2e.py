@@ -100,8 +100,10 @@ def test_the_thread_count_does_not_change_the_logits(engines, deterministic, rep
         for n in (1, 2):
             eng.set_threads(n, n)
             eng.seq_remove(0)
-            for start in range(0, len(prompt), 64):  # prompt pieces, as deterministic mode cuts them
-                piece = prompt[start:start + 64]
+            # prompt pieces as deterministic mode cuts them: under 64 rows (one-row kernel) before 256, 64 after
+            starts = [*range(0, min(len(prompt), 256), 32), *range(256, len(prompt), 64), len(prompt)]
+            for start, end in zip(starts, starts[1:]):
+                piece = prompt[start:end]
                 eng.decode([(t, start + i, 0, start + i == len(prompt) - 1) for i, t in enumerate(piece)])
             rows = [eng.logits(-1)]
             for pos in range(len(prompt), len(prompt) + 4):
