@@ -4,6 +4,7 @@ two cores, compared as a ratio within the test."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -102,7 +103,7 @@ def test_the_thread_count_does_not_change_the_logits(engines, deterministic, rep
             eng.seq_remove(0)
             # prompt pieces as deterministic mode cuts them: under 64 rows (one-row kernel) before 256, 64 after
             starts = [*range(0, min(len(prompt), 256), 32), *range(256, len(prompt), 64), len(prompt)]
-            for start, end in zip(starts, starts[1:]):
+            for start, end in itertools.pairwise(starts):
                 piece = prompt[start:end]
                 eng.decode([(t, start + i, 0, start + i == len(prompt) - 1) for i, t in enumerate(piece)])
             rows = [eng.logits(-1)]
