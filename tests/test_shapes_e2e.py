@@ -34,9 +34,12 @@ def batcher(engine, slots=4, cache_mb=0) -> Batcher:
                    deterministic=True, prompt_cache=PromptCache(cache_mb << 20))
 
 
-def job(engine, text: str, max_tokens: int, seed: int = 5) -> Job:
+def job(engine, text: str, max_tokens: int, seed: int = 5, endless: bool = False) -> Job:
+    """``endless``: the end tokens banned, so the job runs to ``max_tokens`` (or until cancelled)."""
     prompt = engine.tokenize(text, special=False)
-    return Job(prompt=prompt, params=SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=seed))
+    ban = tuple((t, -100.0) for t in range(engine.n_vocab) if engine.is_eog(t)) if endless else ()
+    return Job(prompt=prompt, params=SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=seed,
+                                                    logit_bias=ban))
 
 
 def step_until(b: Batcher, done, out: dict, limit: int = 5000) -> None:
@@ -77,7 +80,7 @@ def test_a_seeded_job_is_identical_alone_beside_others_and_from_a_reused_prefix(
     # prefix), then again in slot 3 while slot 2 is free: alone in its run of sequences, past position 256
     b = batcher(eng)
     out = {}
-    hogs = [job(eng, f"Write about topic number {i}. " * 30, 400, seed=i) for i in range(3)]
+    hogs = [job(eng, f"Write about topic number {i}.", 400, seed=i, endless=True) for i in range(3)]
     for h in hogs:
         b.submit(h, 0)
         b.admit(0)
