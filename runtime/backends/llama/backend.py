@@ -13,7 +13,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from ... import grammar
 from ...errors import RETRY_BUSY, GrammarTooCostly, InvalidRequest, OverloadedError, TemplateError
@@ -25,12 +25,14 @@ from ...types import Chunk, Message, SamplingParams, Tools
 from .. import Counts, Info, Stats
 from . import threads
 from .batcher import Batcher, Job
-from . import guidance
 from .bridge import ModelThread, Sink
 from .draft import Drafter
 from .output import Constraint
 from .promptcache import PromptCache
 from .reasoning import LEADING, OPENED, opens_thinking
+
+if TYPE_CHECKING:
+    from . import guidance
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class LlamaPrompt:
 class LlamaBackend:
     def __init__(self, spec: ModelSpec, engine, template: ChatTemplate, thread: ModelThread, ctx: int,
                  prepare_workers: int = 2, prepare_timeout: float = 30.0, max_waiting: int = 64,
-                 grammar_cpu_s: float = guidance.ANSWER_BUDGET_S, split_reasoning: bool = True):
+                 grammar_cpu_s: float | None = None, split_reasoning: bool = True):
         self.spec = spec
         self.engine = engine
         self.template = template
@@ -70,7 +72,7 @@ class LlamaBackend:
         self._prep_pending = 0
         self._vocab: guidance.Vocabulary | None = None
         self._vocab_lock = threading.Lock()
-        self._grammar_cpu_s = grammar_cpu_s
+        self._grammar_cpu_s = grammar_cpu_s   # None: guidance.ANSWER_BUDGET_S
 
     @classmethod
     def load(cls, spec: ModelSpec, path, settings: Settings, engine_factory=None) -> "LlamaBackend":
@@ -262,12 +264,16 @@ class LlamaBackend:
         if tools is not None:
             parser = functools.partial(grammar.ToolCallParser, frozenset(t.name for t in ask.tools.tools))
         _check_deadline(deadline)
-        compiled = (guidance.compile_grammar(spec, self.vocabulary(), self._grammar_cpu_s) if spec is not None
-                    else None)
+        compiled = None
+        if spec is not None:
+            from . import guidance   # llguidance loads with the first grammar, not with every server start
+            budget = self._grammar_cpu_s if self._grammar_cpu_s is not None else guidance.ANSWER_BUDGET_S
+            compiled = guidance.compile_grammar(spec, self.vocabulary(), budget)
         return Constraint(compiled, parser) if compiled is not None or parser is not None else None
 
     def vocabulary(self) -> guidance.Vocabulary:
         """The model's vocabulary for grammar matching, built once (a fraction of a second)."""
+        from . import guidance
         with self._vocab_lock:
             if self._vocab is None:
                 pieces, eog = self.engine.vocabulary()
