@@ -48,11 +48,13 @@ def test_within_its_budget(reverb):
 def run(tmp_path_factory):
     project = tmp_path_factory.mktemp("project")
     (project / "test_usage.py").write_text(PROJECT)
+    # the child run fails on purpose (a budget test), and a failed run keeps its shared server's folder: in here
+    temp = tmp_path_factory.mktemp("tmp")
 
     def run(*args):
         return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf",
                                "--reverb-prices", "input=1000000,output=1000000", *args], cwd=project,
-                              capture_output=True, text=True, env=CHILD_ENV, timeout=900)
+                              capture_output=True, text=True, env={**CHILD_ENV, "TMPDIR": str(temp)}, timeout=900)
     return run
 
 
