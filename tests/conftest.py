@@ -378,6 +378,27 @@ def shared_server(_shared_servers):
     return _shared_servers.get
 
 
+def server_pair(request, tmp_path_factory, *flags: str, no_holds: bool = False):
+    """Two servers with ``flags`` on one fresh ledger of the engine ``request.param`` names ("sqlite" or
+    "postgresql"), for a module fixture to ``yield from``: yields (a, b, ledger target); stops both after, then
+    checks the ledger's invariant (and, with ``no_holds``, that no credit hold is left)."""
+    work = tmp_path_factory.mktemp(f"pair-{request.param}")
+    target = (str(work / "ledger.sqlite3") if request.param == "sqlite"
+              else request.getfixturevalue("pg_server").new_database())
+    servers = [Server(work / name, *flags, db=target) for name in ("a", "b")]
+    try:
+        for srv in servers:
+            srv.start()
+            SESSION_OWNED.add(srv.proc.pid)
+        yield servers[0], servers[1], target
+    finally:
+        for srv in servers:
+            srv.stop()
+    with Ledger(target, create=False) as ledger:
+        inv = ledger.invariant()
+    assert inv["ok"] and (inv["holds"] == 0 or not no_holds), inv
+
+
 @pytest.fixture(scope="session")
 def pg_server():
     """One PostgreSQL server for the session (each test gets its own database from ``pg_url``)."""

@@ -17,7 +17,7 @@ import pytest
 from reverb.ledger import Ledger
 from reverb.models import registry
 
-from .conftest import ROOT, SESSION_OWNED, Server, chat, prompt_tokens, reverb, wait_for
+from .conftest import ROOT, Server, server_pair, chat, prompt_tokens, reverb, wait_for
 
 SPEC = registry.load(ROOT / "models.toml").resolve("smollm2-135m")
 LEASE = "2"   # seconds: short, so a dead server's holds are settled soon; renewed every 2/3 s
@@ -50,21 +50,7 @@ def two_servers(request, tmp_path_factory):
     """Two servers on one fresh ledger, per engine, for the credit race and then the kill -9 (which kills A, so it
     comes last: pytest runs a module fixture's tests in file order); each test makes keys of its own. Two server
     starts fewer per engine (~1.3 s of CPU each). The ledger's invariant is checked once both have stopped."""
-    work = tmp_path_factory.mktemp(f"pair-{request.param}")
-    target = (str(work / "ledger.sqlite3") if request.param == "sqlite"
-              else request.getfixturevalue("pg_server").new_database())
-    servers = [Server(work / name, "--lease-seconds", LEASE, *ONE, db=target) for name in ("a", "b")]
-    try:
-        for srv in servers:
-            srv.start()
-            SESSION_OWNED.add(srv.proc.pid)
-        yield servers[0], servers[1], target
-    finally:
-        for srv in servers:
-            srv.stop()
-    with Ledger(target, create=False) as ledger:
-        inv = ledger.invariant()
-    assert inv["ok"] and inv["holds"] == 0, inv
+    yield from server_pair(request, tmp_path_factory, "--lease-seconds", LEASE, *ONE, no_holds=True)
 
 
 def alive(*servers: Server) -> None:

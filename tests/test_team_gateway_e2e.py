@@ -16,7 +16,7 @@ import pytest
 from reverb.ledger import Ledger
 from reverb.models import registry
 
-from .conftest import KEY, ROOT, SESSION_OWNED, Server, chat, prompt_tokens, reverb, wait_for
+from .conftest import KEY, ROOT, server_pair, chat, prompt_tokens, reverb, wait_for
 
 SPEC = registry.load(ROOT / "models.toml").resolve("smollm2-135m")
 ONE = ("--threads", "1")
@@ -166,21 +166,7 @@ def test_admin_routes_keys_teams_allowlists_headers_and_usage(two_servers, engin
 def two_servers(request, tmp_path_factory):
     """Two servers on one ledger, per ledger engine, shared by the limits' tests (each makes keys of its own);
     the ledger's invariant is checked once both have stopped."""
-    work = tmp_path_factory.mktemp(f"two-{request.param}")
-    target = (str(work / "ledger.sqlite3") if request.param == "sqlite"
-              else request.getfixturevalue("pg_server").new_database())
-    servers = [Server(work / name, "--parallel", "4", *ONE, db=target) for name in ("a", "b")]
-    try:
-        for srv in servers:
-            srv.start()
-            SESSION_OWNED.add(srv.proc.pid)
-        yield servers[0], servers[1], target
-    finally:
-        for srv in servers:
-            srv.stop()
-    with Ledger(target, create=False) as ledger:
-        inv = ledger.invariant()
-    assert inv["ok"], inv
+    yield from server_pair(request, tmp_path_factory, "--parallel", "4", *ONE)
 
 
 @pytest.mark.parametrize("limit", ["rpm", "tpm", "budget", "max_parallel", "team"])
