@@ -173,6 +173,7 @@ class _XdistController:
     def __init__(self, config):
         self.config = config
         self.server: ReverbServer | None = None
+        self.passed = False          # the run's outcome, known at sessionfinish
 
     def pytest_configure_node(self, node) -> None:
         if self.server is None:
@@ -191,7 +192,7 @@ class _XdistController:
     def pytest_unconfigure(self, config) -> None:
         if self.server is not None:
             stop_server(self.server)
-            if getattr(self, "passed", False):   # a failed run keeps the server's log and ledger to look at
+            if self.passed:   # a failed run keeps the server's log and ledger to look at
                 import shutil
                 shutil.rmtree(self.server.workdir, ignore_errors=True)
 

@@ -27,7 +27,10 @@ _BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2
 
 def event(payload: dict, kind: str | None = None) -> bytes:
     """One event: ``data: <json>``, after ``event: <kind>`` when given."""
-    data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).translate(_BREAKS).encode("utf-8")
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    if "\x85" in text or "\u2028" in text or "\u2029" in text:   # rare: a 30 ns scan, not a 2 us translate, per token
+        text = text.translate(_BREAKS)
+    data = text.encode("utf-8")
     return (b"event: " + kind.encode() + b"\n" if kind else b"") + b"data: " + data + b"\n\n"
 
 
